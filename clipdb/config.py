@@ -1,0 +1,89 @@
+"""Settings shared by every command: flags > environment (CLIPDB_*) > defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_TOP_K = 5
+# Smallest hnsw.ef_search with recall@10 >= 0.95 in bench/ (see BENCHMARKS.md).
+DEFAULT_EF_SEARCH = 40
+
+# Names the original CLIPImageRetrieval tool (OpenAI's clip package) used.
+MODEL_ALIASES = {
+    "ViT-B/32": "ViT-B-32",
+    "ViT-B/16": "ViT-B-16",
+    "ViT-L/14": "ViT-L-14",
+    "ViT-L/14@336px": "ViT-L-14-336",
+    "RN50": "RN50",
+    "RN101": "RN101",
+}
+
+
+def canonical_model_name(name: str) -> str:
+    """Map the original tool's model names (``ViT-B/32``) to open_clip's (``ViT-B-32``)."""
+    return MODEL_ALIASES.get(name, name)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the database is and which model's rows a command works on."""
+
+    database_url: str | None
+    home: Path
+    model: str
+    pretrained: str | None  # None: the model's standard weights
+
+    @classmethod
+    def resolve(
+        cls,
+        database_url: str | None = None,
+        home: str | os.PathLike[str] | None = None,
+        model: str | None = None,
+        pretrained: str | None = None,
+    ) -> Settings:
+        """Explicit values win over CLIPDB_* environment variables, which win over defaults."""
+        env = os.environ
+        home_value = home or env.get("CLIPDB_HOME") or platformdirs.user_data_dir("clipdb")
+        return cls(
+            database_url=database_url or env.get("CLIPDB_DATABASE_URL") or None,
+            home=Path(home_value).expanduser(),
+            model=canonical_model_name(model or env.get("CLIPDB_MODEL") or DEFAULT_MODEL),
+            pretrained=pretrained or env.get("CLIPDB_PRETRAINED") or None,
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        return cls.resolve(
+            database_url=getattr(args, "database_url", None),
+            model=getattr(args, "model", None),
+            pretrained=getattr(args, "pretrained", None),
+        )
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, with_model: bool = True) -> None:
+    """The flags every command takes."""
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL (env CLIPDB_DATABASE_URL; default: the embedded server in "
+        "CLIPDB_HOME)",
+    )
+    if with_model:
+        parser.add_argument(
+            "--model",
+            metavar="NAME",
+            help=f"open_clip architecture or ViT-B/32-style name (env CLIPDB_MODEL; "
+            f"default {DEFAULT_MODEL})",
+        )
+        parser.add_argument(
+            "--pretrained",
+            metavar="TAG|FILE|none",
+            help="open_clip pretrained tag, a local checkpoint file, or 'none' for seeded "
+            "random weights (env CLIPDB_PRETRAINED; default: the model's standard weights)",
+        )

