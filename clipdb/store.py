@@ -1,0 +1,102 @@
+"""Writing image rows: binary COPY for bulk loads, COPY + upsert for ingest batches.
+
+Callers own the transaction: one commit per batch keeps a crash from leaving partial batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from clipdb.queries import Model
+
+_COLUMNS = "path, sha256, size, mtime_ns, width, height, embedding"
+_TYPES = ["text", "bytea", "int8", "int8", "int4", "int4", "vector"]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file and its embedding, as stored."""
+
+    path: str
+    sha256: bytes
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
+    embedding: np.ndarray
+
+    def as_row(self) -> tuple[Any, ...]:
+        return (
+            self.path,
+            self.sha256,
+            self.size,
+            self.mtime_ns,
+            self.width,
+            self.height,
+            np.asarray(self.embedding, dtype=np.float32),
+        )
+
+
+def _copy(conn: psycopg.Connection[Any], table: str, rows: Iterable[tuple[Any, ...]]) -> int:
+    count = 0
+    with conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_TYPES)
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
+
+
+def copy_new_images(
+    conn: psycopg.Connection[Any], model: Model, records: Iterable[ImageRecord]
+) -> int:
+    """Bulk-insert rows known to be new (fastest path; a duplicate path raises)."""
+    # COPY cannot take a constant column, so the model id goes in through a default.
+    model_id = int(model.model_id)
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS clipdb_bulk ({_columns_ddl()}) ON COMMIT DELETE ROWS"
+    )
+    count = _copy(conn, f"clipdb_bulk ({_COLUMNS})", (r.as_row() for r in records))
+    conn.execute(
+        f"INSERT INTO clipdb.images (model_id, {_COLUMNS}) "
+        f"SELECT {model_id}, {_COLUMNS} FROM clipdb_bulk"
+    )
+    conn.execute("TRUNCATE clipdb_bulk")
+    return count
+
+
+def upsert_images(
+    conn: psycopg.Connection[Any], model: Model, records: Sequence[ImageRecord]
+) -> int:
+    """Insert or replace rows by (model, path); concurrent writers never duplicate a path."""
+    if not records:
+        return 0
+    model_id = int(model.model_id)
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS clipdb_incoming ({_columns_ddl()}) ON COMMIT DELETE ROWS"
+    )
+    _copy(conn, f"clipdb_incoming ({_COLUMNS})", (r.as_row() for r in records))
+    conn.execute(
+        f"""
+        INSERT INTO clipdb.images (model_id, {_COLUMNS})
+        SELECT DISTINCT ON (path) {model_id}, {_COLUMNS} FROM clipdb_incoming
+        ON CONFLICT (model_id, path) DO UPDATE SET
+            sha256 = EXCLUDED.sha256, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns,
+            width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding,
+            updated_at = now()
+        """
+    )
+    conn.execute("TRUNCATE clipdb_incoming")
+    return len(records)
+
+
+def _columns_ddl() -> str:
+    return (
+        "path text, sha256 bytea, size bigint, mtime_ns bigint, width integer, height integer, "
+        "embedding vector"
+    )
