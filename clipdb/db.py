@@ -190,12 +190,19 @@ def downgrade(database: Database, revision: str) -> None:
 
 def _run_alembic(database: Database, direction: str, revision: str) -> None:
     from alembic import command
-    from sqlalchemy import text
+    from sqlalchemy import exc, text
 
-    with database.engine.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-        config = _alembic_config(connection)
-        getattr(command, direction)(config, revision)
+    try:
+        with database.engine.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+            config = _alembic_config(connection)
+            getattr(command, direction)(config, revision)
+    except exc.DBAPIError as err:
+        # One transaction: a failed migration leaves the schema as it was.
+        first = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        raise ClipdbError(
+            f"schema {direction} to {revision} failed on {server_address(database.url)}: {first}"
+        ) from None
 
 
 # --- status -----------------------------------------------------------------------------------

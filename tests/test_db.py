@@ -300,3 +300,16 @@ def test_every_search_uses_its_models_hnsw_index(database: Database, filters: di
                 (f"%model_id = {model.model_id}%",),
             ).fetchone()[0]
             assert prepared == (0 if filters else 1)  # generic plans only where safe
+
+
+def test_failed_migration_is_one_line_and_changes_nothing(
+    database: Database, empty_database: Database
+) -> None:
+    # clipdb_reader exists (created by the template's migration) but may not create schemas.
+    reader = Database(url=empty_database.url.replace("postgres@", "clipdb_reader@", 1))
+    with pytest.raises(ClipdbError, match="schema upgrade to head failed") as caught:
+        upgrade(reader)
+    assert "\n" not in str(caught.value)
+    with psycopg.connect(empty_database.url) as conn:
+        assert current_revision(conn) is None
+        assert conn.execute("SELECT to_regnamespace('clipdb')").fetchone() == (None,)
