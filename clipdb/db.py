@@ -14,7 +14,7 @@ import psycopg
 from psycopg import conninfo
 
 from clipdb.config import Settings, add_common_arguments
-from clipdb.errors import ClipdbError
+from clipdb.errors import ClipdbError, UsageError
 
 SCHEMA = "clipdb"
 VERSION_TABLE = "alembic_version"
@@ -325,16 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from clipdb.cli import run_guarded
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     settings = Settings.from_args(args)
-    try:
+
+    def body() -> int:
         if args.action == "stop":
             if settings.database_url:
-                raise ClipdbError("stop applies to the embedded server only, not --database-url")
+                raise UsageError("stop applies to the embedded server only, not --database-url")
             from clipdb.embedded import stop_server
 
-            stopped = stop_server(settings.home)
-            print("stopped" if stopped else "not running")
+            print("stopped" if stop_server(settings.home) else "not running")
             return 0
         database = open_database(settings)
         if args.action == "url":
@@ -343,10 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_status(database_status(database), database.url))
         elif args.action == "upgrade":
             print(f"schema at revision {current_revision_of(database)}")
-    except ClipdbError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_guarded(parser, body)
 
 
 def current_revision_of(database: Database) -> str | None:
