@@ -177,4 +177,5 @@ def indexed_embedding(conn: psycopg.Connection[Any], model: Model, path_or_id: s
         ).fetchone()
     if row is None:
         raise ClipdbError(f"{path_or_id} is not indexed with model {model}")
-    return np.asarray(row[0], dtype=np.float32)
+    value = row[0]  # pgvector >= 0.4 loads a Vector, older versions an ndarray
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
