@@ -1,0 +1,300 @@
+"""``python -m clipdb.search`` and its library functions, against a real database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, TINY_WIDE_MODEL, make_images, run_module
+from PIL import Image
+
+from clipdb import search, viz
+from clipdb.db import Database
+from clipdb.queries import register_model
+from clipdb.search import Weights, combine_query, main
+from clipdb.store import ImageRecord, upsert_images
+
+TINY = ["--model", TINY_MODEL, "--pretrained", "none"]
+
+
+def index_images(database: Database, encoder, paths: list[Path]) -> None:  # type: ignore[no-untyped-def]
+    """Put images in the database the way ingest does (absolute paths, real embeddings)."""
+    images = [Image.open(path).convert("RGB") for path in paths]
+    embeddings = encoder.encode_pil(images)
+    records = [
+        ImageRecord(
+            path=str(path.resolve()),
+            sha256=hashlib.sha256(path.read_bytes()).digest(),
+            size=path.stat().st_size,
+            mtime_ns=path.stat().st_mtime_ns,
+            width=image.width,
+            height=image.height,
+            embedding=embedding,
+        )
+        for path, image, embedding in zip(paths, images, embeddings, strict=True)
+    ]
+    with database.connect() as conn:
+        model = register_model(conn, encoder.architecture, encoder.pretrained, encoder.dim)
+        upsert_images(conn, model, records)
+
+
+@pytest.fixture
+def indexed(database, tiny_encoder, tmp_path):  # type: ignore[no-untyped-def]
+    """12 images in two folders, indexed with the tiny model."""
+    paths = make_images(tmp_path / "lib" / "a", 6, seed=1) + make_images(
+        tmp_path / "lib" / "b", 6, seed=2
+    )
+    index_images(database, tiny_encoder, paths)
+    return paths
+
+
+def table_rows(text: str) -> list[list[str]]:
+    lines = text.strip().splitlines()
+    assert lines[0] == f"{'rank':>4}  {'similarity':>10}  path"
+    return [line.split(maxsplit=2) for line in lines[1:]]
+
+
+def test_image_query_finds_itself_first(indexed, capsys) -> None:  # type: ignore[no-untyped-def]
+    query = indexed[3]
+    assert main([str(query), *TINY]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[0] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert rows[0][2] == str(query.resolve())
+    assert float(rows[0][1]) >= 0.999
+    similarities = [float(row[1]) for row in rows]
+    assert similarities == sorted(similarities, reverse=True)
+
+
+def test_like_by_path_and_id_needs_no_model_flags(indexed, capsys, database) -> None:  # type: ignore[no-untyped-def]
+    query = str(indexed[7].resolve())
+    assert main(["--like", query, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results[0]["image_path"] == query
+    assert results[0]["similarity"] >= 0.999
+    assert main(["--like", str(results[0]["image_id"]), "--paths", "-k", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == query
+
+
+def test_json_has_the_original_format(indexed, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main([str(indexed[0]), *TINY, "--json", "-k", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["rank"] for r in results] == [1, 2, 3]
+    for result in results:
+        assert {"rank", "image_path", "similarity", "filename"} <= set(result)
+        assert result["filename"] == os.path.basename(result["image_path"])
+        assert isinstance(result["similarity"], float) and -1 <= result["similarity"] <= 1
+
+
+def test_paths_output_is_bare(indexed, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["--like", str(indexed[0]), "--paths", "-k", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(os.path.isabs(line) for line in lines)
+
+
+def test_text_query_searches_the_chosen_model_only(  # type: ignore[no-untyped-def]
+    indexed, database, tmp_path, capsys
+) -> None:
+    from clipdb.encoder import load_encoder
+
+    wide = load_encoder(TINY_WIDE_MODEL, "none", device="cpu", precision="fp32")
+    others = make_images(tmp_path / "wide", 4, seed=9)
+    index_images(database, wide, others)
+    capsys.readouterr()
+    assert main(["--text", "a red car", *TINY, "-k", "7", "--paths"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7
+    assert {line for line in lines} <= {str(p.resolve()) for p in indexed}
+    wide_args = ["--model", TINY_WIDE_MODEL, "--pretrained", "none"]
+    assert main(["--text", "a red car", *wide_args, "-k", "7", "--paths"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert set(lines) == {str(p.resolve()) for p in others}
+
+
+def test_under_and_threshold_filter(indexed, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    under = tmp_path / "lib" / "b"
+    assert main([str(indexed[0]), *TINY, "--under", str(under), "-k", "10", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 6
+    assert all(r["image_path"].startswith(str(under.resolve()) + os.sep) for r in results)
+    assert main([str(indexed[0]), *TINY, "-k", "12", "--json"]) == 0
+    everything = json.loads(capsys.readouterr().out)
+    cut = everything[3]["similarity"] - 1e-6  # JSON similarities are rounded
+    assert main([str(indexed[0]), *TINY, "-k", "12", "--threshold", str(cut), "--json"]) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert [r["image_path"] for r in kept] == [r["image_path"] for r in everything[:4]]
+    assert main([str(indexed[0]), *TINY, "--threshold", "1", "--under", str(under)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.endswith("\nno results\n")
+
+
+def test_combined_queries(indexed, tiny_encoder, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = [str(indexed[2]), "--text", "a blue square", *TINY, "--json", "-k", "12"]
+    assert main([*args, "--weights", "1,0"]) == 0
+    image_only = json.loads(capsys.readouterr().out)
+    assert image_only[0]["image_path"] == str(indexed[2].resolve())
+    assert main([*args, "--weights", "0,1"]) == 0
+    text_only = json.loads(capsys.readouterr().out)
+    assert main(["--text", "a blue square", *TINY, "--json", "-k", "12"]) == 0
+    assert json.loads(capsys.readouterr().out) == text_only
+    assert main(["--text", "a blue square", "--minus", "green", *TINY, "--json"]) == 0
+    pushed = json.loads(capsys.readouterr().out)
+    text, green = tiny_encoder.encode_texts(["a blue square", "green"])
+    expected = combine_query(text=text, minus=[green])
+    assert np.isclose(np.linalg.norm(expected), 1.0)
+    paths = [r["image_path"] for r in pushed]
+    assert paths == [r["image_path"] for r in _search_vector(expected)]
+
+
+def _search_vector(vector: np.ndarray) -> list[dict]:  # type: ignore[type-arg]
+    from clipdb.config import Settings
+    from clipdb.db import open_database
+
+    database = open_database(Settings.resolve())
+    with database.connect() as conn:
+        model = search.model_for_encoding(
+            conn, Settings.resolve(model=TINY_MODEL, pretrained="none")
+        )
+        return search.result_dicts(search.search(conn, model, vector, search.SearchOptions()))
+
+
+def test_combine_query_formula() -> None:
+    image, text, minus = np.eye(3, dtype=np.float32)
+    combined = combine_query(image * 3, text, [minus], Weights(2, 1, 1))
+    expected = np.array([2, 1, -1], dtype=np.float32) / np.sqrt(6)
+    assert np.allclose(combined, expected)
+    assert Weights.parse("0.7,0.3") == Weights(0.7, 0.3, 0.5)
+    for bad in ("1", "a,b", "1,-1", "1,2,3,4"):
+        with pytest.raises(search.UsageError):
+            Weights.parse(bad)
+
+
+def test_plot_is_a_png_of_the_expected_size(indexed, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    plot = tmp_path / "out" / "grid.png"
+    assert main([str(indexed[1]), *TINY, "-k", "4", "--plot", str(plot)]) == 0
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
+        assert image.size == viz.figure_pixels(4, with_query_image=True)
+    text_plot = tmp_path / "text.png"
+    assert main(["--text", "x" * 300, *TINY, "-k", "8", "--plot", str(text_plot)]) == 0
+    with Image.open(text_plot) as image:
+        assert image.size == viz.figure_pixels(8, with_query_image=False)
+
+
+def test_batch_writes_json_and_grids_and_skips_unreadable(  # type: ignore[no-untyped-def]
+    indexed, tmp_path, capsys
+) -> None:
+    queries = make_images(tmp_path / "queries", 3, seed=1)  # same pictures as lib/a/img_000*
+    (tmp_path / "queries" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "results"
+    code = main(["--batch", str(tmp_path / "queries"), "--out", str(out), *TINY, "-k", "3"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"skipping {tmp_path / 'queries' / 'broken.jpg'}: cannot read image" in captured.err
+    assert captured.out == (
+        f"searched 3 queries (1 skipped); results in {out / search.BATCH_RESULTS_FILE}\n"
+    )
+    results = json.loads((out / search.BATCH_RESULTS_FILE).read_text())
+    assert sorted(results) == [str(p.resolve()) for p in queries]
+    for query, hits in results.items():
+        assert len(hits) == 3 and hits[0]["filename"] == os.path.basename(query)
+        assert hits[0]["similarity"] >= 0.999
+    grids = sorted(p.name for p in out.glob("*.png"))
+    assert grids == [search.batch_plot_name(i, q) for i, q in enumerate(queries, start=2)]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{missing}", *TINY], "error: query image {missing} does not exist\n"),
+        (["{broken}", *TINY], "error: cannot read image {broken}: "),
+        (["--like", "{missing}"], "error: {missing} is not indexed\n"),
+        (["--like", "{missing}", *TINY], "error: {missing} is not indexed with model clipdb-tiny"),
+        (
+            ["--text", "cat", "--model", "ViT-B-16"],
+            "error: no images indexed with model ViT-B-16; indexed models: clipdb-tiny (none) "
+            "[12 images]\n",
+        ),
+        (["--like", "{missing}", "--model", "nope"], "error: no images indexed with model nope"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1(indexed, tmp_path, capsys, args, message) -> None:  # type: ignore[no-untyped-def]
+    names = {"missing": str(tmp_path / "missing.jpg"), "broken": str(tmp_path / "broken.png")}
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG truncated")
+    assert main([arg.format(**names) for arg in args]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(message.format(**names))
+    assert captured.err.count("\n") == 1
+
+
+def test_empty_database(database, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    (query,) = make_images(tmp_path, 1)
+    assert main([str(query), *TINY]) == 1
+    assert capsys.readouterr().err == (
+        "error: the database has no indexed images yet; run python -m clipdb.ingest\n"
+    )
+    assert main(["--like", str(query)]) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["a.jpg", "--like", "b.jpg"],
+        ["--text", "x", "--json", "--paths"],
+        ["--batch", "dir"],
+        ["--batch", "dir", "--out", "o", "--text", "x"],
+        ["a.jpg", "--out", "o"],
+        ["a.jpg", "-k", "0"],
+        ["a.jpg", "--threshold", "2"],
+        ["a.jpg", "--weights", "1,x"],
+        ["a.jpg", "--bogus"],
+    ],
+)
+def test_bad_flag_combinations_exit_2_with_usage(args, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m clipdb.search")
+    assert "error:" in err
+
+
+def test_like_imports_no_torch(indexed) -> None:  # type: ignore[no-untyped-def]
+    script = (
+        "import sys\n"
+        "from clipdb.search import main\n"
+        f"code = main(['--like', {str(indexed[0])!r}, '--paths', '-k', '1'])\n"
+        "print(code, 'torch' in sys.modules, 'open_clip' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.splitlines() == [str(indexed[0].resolve()), "0 False False"], done.stderr
+
+
+def test_end_to_end_subprocess(indexed, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    plot = tmp_path / "e2e.png"
+    done = run_module(
+        "clipdb.search", str(indexed[4]), *TINY, "--json", "-k", "2", "--plot", str(plot)
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert results[0]["image_path"] == str(indexed[4].resolve())
+    assert _png_size(plot) == viz.figure_pixels(2, with_query_image=True)
+    bad = run_module("clipdb.search", str(tmp_path / "nope.jpg"), *TINY)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        f"error: query image {tmp_path / 'nope.jpg'} does not exist"
+    ]
