@@ -29,9 +29,6 @@ if TYPE_CHECKING:
 
     from clipdb.encoder import ClipEncoder
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".avif"}
-)
 BATCH_RESULTS_FILE = "batch_search_results.json"
 DEFAULT_WEIGHTS = (1.0, 1.0, 0.5)  # image, text, minus
 
@@ -90,32 +87,38 @@ def combine_query(
 # --- reading queries ----------------------------------------------------------------------------
 
 
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """A query image as RGB, EXIF-rotated; one-line errors for missing or unreadable files."""
-    from PIL import Image, ImageOps
+def open_image(path: str | os.PathLike[str], encoder: ClipEncoder | None = None) -> Image.Image:
+    """A query image decoded exactly as ingest decodes it (so an indexed file finds itself).
+
+    With ``encoder``, JPEGs use ingest's draft scale for that model; without, full size (to
+    check a file early, before a model is loaded). Missing/unreadable files: one-line errors.
+    """
+    from clipdb import files
 
     file = Path(path)
     if not file.exists():
         raise ClipdbError(f"query image {path} does not exist")
     if file.is_dir():
         raise ClipdbError(f"query image {path} is a directory; use --batch DIR --out DIR")
+    draft = max(encoder.image_size) * files.DRAFT_MARGIN if encoder is not None else None
     try:
-        with Image.open(file) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ClipdbError(f"cannot read image {path}: {reason}") from None
+        image, _, _ = files.open_image(os.fspath(file), draft_size=draft)
+    except files.ImageError as err:
+        raise ClipdbError(f"cannot read image {path}: {err}") from None
+    return image
 
 
 def image_files(directory: str | os.PathLike[str]) -> list[Path]:
-    """Image files under ``directory`` (recursive, by suffix), sorted."""
+    """Image files under ``directory`` (recursive, hidden ones left out), sorted."""
+    from clipdb import files
+
     root = Path(directory)
     if not root.is_dir():
         raise ClipdbError(f"{directory} is not a directory")
     return sorted(
         path
         for path in root.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and path.name[0] != "."
+        if files.is_image_name(path.name) and not path.name.startswith(".") and path.is_file()
     )
 
 
@@ -262,7 +265,7 @@ def batch_search(
 
     for path in query_paths:
         try:
-            pending.append((path, open_image(path)))
+            pending.append((path, open_image(path, encoder)))
         except ClipdbError as err:
             yield BatchItem(path, None, str(err))
             continue
@@ -459,6 +462,7 @@ def run_query(args: argparse.Namespace, settings: Settings, database: Database) 
         if needs_encoder:
             encoder = load_model_encoder(model, settings, args.device)
             if image is not None:
+                image = open_image(args.query_image, encoder)  # at ingest's decoding scale
                 image_vector = encoder.encode_pil([image])[0]
             if args.text is not None:
                 text_vector = encoder.encode_texts([args.text])[0]
@@ -519,35 +523,30 @@ def run_batch(args: argparse.Namespace, settings: Settings, database: Database) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from clipdb.cli import run_guarded
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        check_arguments(args)
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
-    except UsageError as err:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    settings = Settings.from_args(args)
-    try:
+        return exit_.code if isinstance(exit_.code, int) else 2
+
+    def body() -> int:
+        check_arguments(args)
+        settings = Settings.from_args(args)
         database = open_database(settings)
         if args.batch is not None:
             return run_batch(args, settings, database)
         hits = run_query(args, settings, database)
-    except ClipdbError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(format_json(hits))
-    elif args.paths:
-        if hits:
-            print(format_paths(hits))
-    elif hits:
-        print(format_table(hits))
-    if not hits:
-        print("no results", file=sys.stderr)
-    return 0
+        if args.json:
+            print(format_json(hits))
+        elif hits:
+            print(format_paths(hits) if args.paths else format_table(hits))
+        if not hits:
+            print("no results", file=sys.stderr)
+        return 0
+
+    return run_guarded(parser, body)
 
 
 if __name__ == "__main__":

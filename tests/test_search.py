@@ -284,17 +284,21 @@ def test_like_imports_no_torch(indexed) -> None:  # type: ignore[no-untyped-def]
     assert done.stdout.splitlines() == [str(indexed[0].resolve()), "0 False False"], done.stderr
 
 
-def test_end_to_end_subprocess(indexed, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_end_to_end_after_ingest(database, tiny_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from clipdb.ingest import ingest
+
+    paths = make_images(tmp_path / "lib", 5, seed=4, size=(640, 480))  # big enough for drafts
+    paths += make_images(tmp_path / "lib", 2, seed=5, prefix="png", fmt="PNG")
+    ingest([tmp_path / "lib"], database=database, encoder=tiny_encoder, progress=False)
     plot = tmp_path / "e2e.png"
     done = run_module(
-        "clipdb.search", str(indexed[4]), *TINY, "--json", "-k", "2", "--plot", str(plot)
+        "clipdb.search", str(paths[4]), *TINY, "--json", "-k", "2", "--plot", str(plot)
     )
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
-    assert results[0]["image_path"] == str(indexed[4].resolve())
+    assert results[0]["image_path"] == str(paths[4].resolve())
+    assert results[0]["similarity"] >= 0.999
     assert _png_size(plot) == viz.figure_pixels(2, with_query_image=True)
     bad = run_module("clipdb.search", str(tmp_path / "nope.jpg"), *TINY)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines() == [
-        f"error: query image {tmp_path / 'nope.jpg'} does not exist"
-    ]
+    assert bad.stderr.splitlines() == [f"error: query image {tmp_path / 'nope.jpg'} does not exist"]
