@@ -290,7 +290,7 @@ def result_dicts(hits: Sequence[Hit]) -> list[dict[str, Any]]:
         {
             "rank": hit.rank,
             "image_path": hit.image_path,
-            "similarity": round(hit.similarity, 6),
+            "similarity": hit.similarity,
             "filename": hit.filename,
             "image_id": hit.image_id,
         }
