@@ -1,0 +1,166 @@
+// clipdb search page: plain JavaScript, no build step, no external resources.
+"use strict";
+
+const form = document.getElementById("search-form");
+const dropZone = document.getElementById("drop-zone");
+const imageInput = document.getElementById("image-input");
+const preview = document.getElementById("query-preview");
+const hint = document.getElementById("drop-hint");
+const textInput = document.getElementById("text-input");
+const kInput = document.getElementById("k-input");
+const statusLine = document.getElementById("status");
+const results = document.getElementById("results");
+
+let queryFile = null; // the chosen or dropped image, if any
+
+function setStatus(message, isError = false) {
+  statusLine.textContent = message;
+  statusLine.classList.toggle("error", isError);
+}
+
+function setQueryImage(file, previewUrl) {
+  queryFile = file;
+  if (preview.src && preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+  if (previewUrl) {
+    preview.src = previewUrl;
+    preview.hidden = false;
+    hint.textContent = file ? file.name : "";
+  } else {
+    preview.removeAttribute("src");
+    preview.hidden = true;
+    hint.textContent = "Drop an image here, or click to choose one";
+  }
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (typeof body.detail === "string") return body.detail;
+    if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
+  } catch (_) { /* not JSON */ }
+  return `${response.status} ${response.statusText}`;
+}
+
+async function run(label, request) {
+  setStatus(`Searching ${label}…`);
+  const started = performance.now();
+  let response;
+  try {
+    response = await request();
+  } catch (err) {
+    setStatus(`Search failed: ${err}`, true);
+    return;
+  }
+  if (!response.ok) {
+    setStatus(await errorMessage(response), true);
+    return;
+  }
+  const hits = await response.json();
+  const ms = Math.round(performance.now() - started);
+  render(hits);
+  results.dataset.query = label;
+  setStatus(`${hits.length} result${hits.length === 1 ? "" : "s"} ${label} in ${ms} ms`);
+}
+
+function render(hits) {
+  results.replaceChildren(...hits.map((hit) => {
+    const card = document.createElement("button");
+    card.type = "button";
+    card.className = "result";
+    card.dataset.imageId = hit.image_id;
+    card.title = `${hit.image_path}\nclick: more like this`;
+    const img = document.createElement("img");
+    img.src = `/api/images/${hit.image_id}/thumbnail`;
+    img.alt = hit.filename;
+    img.loading = "lazy";
+    const caption = document.createElement("span");
+    caption.className = "caption";
+    const similarity = document.createElement("span");
+    similarity.className = "similarity";
+    similarity.textContent = hit.similarity.toFixed(3);
+    const name = document.createElement("span");
+    name.className = "filename";
+    name.textContent = `#${hit.rank} ${hit.filename}`;
+    caption.append(similarity, name);
+    card.append(img, caption);
+    card.addEventListener("click", () => moreLike(hit));
+    return card;
+  }));
+}
+
+function searchForm() {
+  const text = textInput.value.trim();
+  if (!queryFile && !text) {
+    setStatus("Choose or drop an image, or type a text.", true);
+    return;
+  }
+  const body = new FormData();
+  if (queryFile) body.append("image", queryFile);
+  if (text) body.append("text", text);
+  body.append("k", kInput.value || "12");
+  const label = queryFile && text ? `for "${text}" + image` : text ? `for "${text}"` : "by image";
+  run(label, () => fetch("/api/search", { method: "POST", body }));
+}
+
+function moreLike(hit) {
+  queryFile = null;
+  textInput.value = "";
+  setQueryImage(null, `/api/images/${hit.image_id}/thumbnail`);
+  hint.textContent = `more like ${hit.filename}`;
+  const k = encodeURIComponent(kInput.value || "12");
+  run(`like ${hit.filename}`, () => fetch(`/api/similar/${hit.image_id}?k=${k}`));
+  window.scrollTo({ top: 0, behavior: "smooth" });
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  searchForm();
+});
+
+imageInput.addEventListener("change", () => {
+  const file = imageInput.files[0];
+  if (!file) return;
+  setQueryImage(file, URL.createObjectURL(file));
+  imageInput.value = ""; // choosing the same file again fires "change" again
+  searchForm();
+});
+
+for (const type of ["dragenter", "dragover"]) {
+  dropZone.addEventListener(type, (event) => {
+    event.preventDefault();
+    dropZone.classList.add("dragging");
+  });
+}
+for (const type of ["dragleave", "drop"]) {
+  dropZone.addEventListener(type, () => dropZone.classList.remove("dragging"));
+}
+dropZone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/"));
+  if (!file) {
+    setStatus("That is not an image file.", true);
+    return;
+  }
+  setQueryImage(file, URL.createObjectURL(file));
+  searchForm();
+});
+
+document.getElementById("clear-button").addEventListener("click", () => {
+  setQueryImage(null, null);
+  textInput.value = "";
+  results.replaceChildren();
+  delete results.dataset.query;
+  setStatus("");
+});
+
+fetch("/api/stats")
+  .then((response) => (response.ok ? response.json() : null))
+  .then((stats) => {
+    if (!stats) return;
+    const serving = stats.serving;
+    const model = stats.models.find((m) => m.model_id === serving.model_id);
+    const count = model ? `, ${model.image_count} images` : "";
+    document.getElementById("model").textContent =
+      `${serving.architecture}${serving.pretrained ? ` (${serving.pretrained})` : ""}${count}`;
+  })
+  .catch(() => {});
