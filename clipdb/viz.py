@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 CELL_INCHES = (2.6, 2.9)  # width, height of one thumbnail with its caption
-TITLE_INCHES = 0.6  # room above the grid for a text query
+TITLE_INCHES = 0.8  # room above the grid for a text query
 DPI = 100
 MAX_COLUMNS = 6
 THUMBNAIL_PIXELS = 320
@@ -68,6 +68,7 @@ def _thumbnail(path: str | os.PathLike[str]) -> Image.Image | None:
 
 def _show(axes: Axes, path: str | os.PathLike[str] | None, caption: str) -> None:
     axes.set_axis_off()
+    axes.set_anchor("N")  # pictures hang from the top of their cells: captions line up
     image = _thumbnail(path) if path is not None else None
     if image is None:
         axes.text(0.5, 0.5, "unreadable", ha="center", va="center", color="0.4", fontsize=10)
