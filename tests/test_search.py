@@ -276,12 +276,14 @@ def test_like_imports_no_torch(indexed) -> None:  # type: ignore[no-untyped-def]
         "import sys\n"
         "from clipdb.search import main\n"
         f"code = main(['--like', {str(indexed[0])!r}, '--paths', '-k', '1'])\n"
-        "print(code, 'torch' in sys.modules, 'open_clip' in sys.modules)\n"
+        "print(code, *(name in sys.modules for name in ('torch', 'open_clip', 'alembic')))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
-    assert done.stdout.splitlines() == [str(indexed[0].resolve()), "0 False False"], done.stderr
+    assert done.stdout.splitlines() == [str(indexed[0].resolve()), "0 False False False"], (
+        done.stderr
+    )
 
 
 def test_end_to_end_after_ingest(database, tiny_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -302,3 +304,12 @@ def test_end_to_end_after_ingest(database, tiny_encoder, tmp_path) -> None:  # t
     bad = run_module("clipdb.search", str(tmp_path / "nope.jpg"), *TINY)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.splitlines() == [f"error: query image {tmp_path / 'nope.jpg'} does not exist"]
+
+
+def test_like_still_migrates_a_database_without_schema(empty_database, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from clipdb.db import current_revision_of
+
+    monkeypatch.setenv("CLIPDB_DATABASE_URL", empty_database.url)
+    assert main(["--like", "/nowhere.jpg"]) == 1
+    assert "no indexed images" in capsys.readouterr().err
+    assert current_revision_of(empty_database) == search._head_from_files() == "0001"
