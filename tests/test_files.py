@@ -1,0 +1,202 @@
+"""Discovery and robust decoding (no database, no model loading except the tiny fixture)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from clipdb import files
+
+
+def write_jpeg(path: Path, size: tuple[int, int] = (40, 30), color=(200, 30, 40)) -> Path:  # type: ignore[no-untyped-def]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, "JPEG")
+    return path
+
+
+def test_scan_finds_images_recursively_sorted_and_absolute(tmp_path: Path) -> None:
+    write_jpeg(tmp_path / "b.jpg")
+    write_jpeg(tmp_path / "sub" / "a.JPEG")
+    (tmp_path / "notes.txt").write_text("not an image, not counted")
+    write_jpeg(tmp_path / "dir.jpg" / "inside.png")  # a directory named like an image
+    os.chdir(tmp_path)
+    result = files.scan(["."])
+    assert [f.path for f in result.files] == sorted(
+        str(tmp_path / p) for p in ("b.jpg", "sub/a.JPEG", "dir.jpg/inside.png")
+    )
+    assert result.skipped == []
+    stat = os.stat(tmp_path / "b.jpg")
+    first = next(f for f in result.files if f.path.endswith("b.jpg"))
+    assert (first.size, first.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+
+def test_scan_explicit_file_any_extension_and_exclude(tmp_path: Path) -> None:
+    odd = write_jpeg(tmp_path / "picture.data")
+    write_jpeg(tmp_path / "keep.jpg")
+    write_jpeg(tmp_path / "thumbs" / "x.jpg")
+    write_jpeg(tmp_path / "skip.thumb.jpg")
+    result = files.scan([tmp_path, odd], exclude=["thumbs", "*.thumb.jpg"])
+    assert [Path(f.path).name for f in result.files] == ["keep.jpg", "picture.data"]
+
+
+def test_scan_symlinks_loops_and_special_files(tmp_path: Path) -> None:
+    real = write_jpeg(tmp_path / "real.jpg")
+    (tmp_path / "link.jpg").symlink_to(real)  # kept under its own (unresolved) path
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "missing.jpg")
+    (tmp_path / "loop_a.jpg").symlink_to(tmp_path / "loop_b.jpg")
+    (tmp_path / "loop_b.jpg").symlink_to(tmp_path / "loop_a.jpg")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path)  # directory loop: must not hang
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block forever
+    result = files.scan([tmp_path])
+    assert [Path(f.path).name for f in result.files] == ["link.jpg", "real.jpg"]
+    assert {Path(p).name: r for p, r in result.skipped} == {
+        "broken.jpg": files.BROKEN_SYMLINK,
+        "loop_a.jpg": files.SYMLINK_LOOP,
+        "loop_b.jpg": files.SYMLINK_LOOP,
+        "pipe.jpg": files.NOT_REGULAR,
+    }
+
+
+def _bytes_of(image: Image.Image, fmt: str, **kwargs) -> bytes:  # type: ignore[no-untyped-def]
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_open_image_bad_inputs() -> None:
+    good = _bytes_of(Image.new("RGB", (64, 48), (10, 200, 10)), "JPEG")
+    cases = {
+        b"": files.EMPTY,
+        os.urandom(2048): files.NOT_IMAGE,
+        b"hello, I am text": files.NOT_IMAGE,
+        good[: len(good) // 2]: files.CORRUPT,
+    }
+    for data, reason in cases.items():
+        with pytest.raises(files.ImageError) as caught:
+            files.open_image(data)
+        assert str(caught.value) == reason
+    with pytest.raises(files.ImageError, match=files.TOO_LARGE):
+        files.open_image(good, max_pixels=64 * 48 - 1)
+    assert files.open_image(good, max_pixels=64 * 48)[1:] == (64, 48)
+
+
+def test_open_image_decompression_bomb_is_checked_before_decoding() -> None:
+    huge = _bytes_of(Image.new("L", (12000, 12000)), "PNG")  # compresses to a few kB
+    with pytest.raises(files.ImageError, match=files.TOO_LARGE):
+        files.open_image(huge)
+
+
+def test_open_image_modes_become_upright_rgb() -> None:
+    rgba = Image.new("RGBA", (8, 6), (255, 0, 0, 0))  # fully transparent: white, not red
+    image, _, _ = files.open_image(_bytes_of(rgba, "PNG"))
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)
+
+    deep = Image.fromarray(np.full((6, 8), 65535 // 2, dtype=np.uint16))  # I;16 mid-grey
+    image, _, _ = files.open_image(_bytes_of(deep, "PNG"))
+    assert image.mode == "RGB" and abs(image.getpixel((0, 0))[0] - 128) <= 1
+
+    cmyk = Image.new("CMYK", (8, 6), (0, 255, 255, 0))  # red in CMYK
+    image, _, _ = files.open_image(_bytes_of(cmyk, "JPEG"))
+    red = image.getpixel((4, 3))
+    assert image.mode == "RGB" and red[0] > 200 and red[1] < 60
+
+    palette = Image.new("RGB", (8, 6), (0, 0, 255)).convert("P")
+    assert files.open_image(_bytes_of(palette, "PNG"))[0].getpixel((0, 0)) == (0, 0, 255)
+    gray = Image.new("L", (8, 6), 77)
+    assert files.open_image(_bytes_of(gray, "PNG"))[0].getpixel((0, 0)) == (77, 77, 77)
+
+    frames = [Image.new("RGB", (8, 6), c) for c in ((255, 0, 0), (0, 255, 0))]
+    gif = _bytes_of(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    first = files.open_image(gif)[0].getpixel((0, 0))
+    assert first[0] > 200 and first[1] < 60
+
+
+def test_open_image_exif_orientation_swaps_reported_size() -> None:
+    image = Image.new("RGB", (60, 40), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 10, 10))  # marks the top-left corner
+    exif = Image.Exif()
+    exif[files.ORIENTATION_TAG] = 6  # "rotate 90 clockwise to view"
+    decoded, width, height = files.open_image(_bytes_of(image, "JPEG", exif=exif))
+    assert (width, height) == (40, 60) and decoded.size == (40, 60)
+    assert decoded.getpixel((35, 3))[0] > 200  # corner moved to the top right
+
+
+def test_draft_decoding_keeps_the_margin() -> None:
+    big = _bytes_of(Image.new("RGB", (1600, 1200), (90, 90, 90)), "JPEG")
+    image, width, height = files.open_image(big, draft_size=448)
+    assert (width, height) == (1600, 1200)  # the file's size, not the draft's
+    assert image.size == (800, 600)  # 1/2 scale: short side 600 >= 448
+
+
+def test_pixel_pipeline_is_bit_identical_to_preprocess(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    pipeline = files.PixelPipeline.from_preprocess(tiny_encoder.preprocess, 32)
+    assert pipeline.whole is None  # the split path is the one in use
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)) for _ in range(3)]
+    batch = pipeline.to_batch([pipeline.to_pixels(image) for image in images])
+    expected = torch.stack([tiny_encoder.preprocess(image) for image in images])
+    assert torch.equal(batch, expected)
+
+
+def test_decode_task_reports_permission_denied_as_non_root() -> None:
+    """Root reads anything, so the check runs as user nobody (setpriv) on a mode-000 file."""
+    if os.geteuid() != 0:
+        pytest.skip("runs as root and drops to nobody")
+    directory = Path(tempfile.mkdtemp(prefix="clipdb-perm-"))
+    try:
+        directory.chmod(0o755)
+        locked = write_jpeg(directory / "locked.jpg")
+        locked.chmod(0o000)
+        code = (
+            "import sys\nfrom clipdb import files\n"
+            "try:\n    files.open_image(sys.argv[1])\n"
+            "except files.ImageError as err:\n    print(err)\n"
+        )
+        result = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                code,
+                str(locked),
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[1],
+        )
+        if result.returncode != 0 and "setpriv" in result.stderr:
+            pytest.skip(f"setpriv unavailable: {result.stderr.strip()}")
+        assert result.stdout.strip() == files.PERMISSION_DENIED, result.stderr
+    finally:
+        for path in directory.iterdir():
+            path.unlink()
+        directory.rmdir()
+
+
+def test_exif_transpose_matches_pillow_reference() -> None:
+    image = Image.new("RGB", (30, 20), (0, 0, 0))
+    image.paste((250, 250, 250), (0, 0, 6, 6))
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[files.ORIENTATION_TAG] = orientation
+        data = _bytes_of(image, "PNG", exif=exif)
+        decoded, _, _ = files.open_image(data)
+        import io
+
+        reference = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        assert decoded.tobytes() == reference.tobytes(), orientation
