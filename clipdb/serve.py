@@ -183,21 +183,18 @@ class SearchService:
         self.max_pixels = max_pixels
         self._device, self._precision = device, precision
         self._encoder = encoder
+        # pretrained None: serve whichever weights of this architecture are indexed.
+        self.architecture: str = canonical_model_name(model)
+        self.pretrained: str | None = None
+        self._load_as: str | None = None  # what load_encoder gets (tag, "none" or a file)
         if encoder is not None:
             self.architecture, self.pretrained = encoder.architecture, encoder.pretrained
-            self._load_as: str | None = encoder.pretrained
         elif pretrained is not None:
             spec = resolve_model_spec(model, pretrained)  # validates names, no weights loaded
-            self.architecture, self.pretrained, self._load_as = (
-                spec.architecture,
-                spec.pretrained,
-                pretrained,
-            )
-        else:
-            self.architecture, self.pretrained = canonical_model_name(model), None
-            self._load_as = None  # the weights of whatever is indexed with this architecture
-            if self.architecture not in known_architectures():
-                raise UsageError(f"unknown model {model!r}; use an open_clip architecture")
+            self.architecture, self.pretrained = spec.architecture, spec.pretrained
+            self._load_as = pretrained
+        elif self.architecture not in known_architectures():
+            raise UsageError(f"unknown model {model!r}; use an open_clip architecture")
         self._model: queries.Model | None = None
         self._load_lock = threading.Lock()
         self._encode_lock = threading.Lock()
@@ -303,6 +300,9 @@ class SearchService:
             "model_id": self._model.model_id if self._model else None,
             "encoder_loaded": self.encoder_loaded,
         }
+        if self._encoder is not None:
+            serving["device"] = str(self._encoder.device)
+            serving["precision"] = self._encoder.precision
         return {
             "server": status.server,
             "postgres": status.server_version,
