@@ -90,6 +90,40 @@ def time_command(args: Sequence[str], env: dict[str, str], repeat: int) -> list[
     return times
 
 
+BREAKDOWN = """
+import time
+from PIL import Image
+start = time.perf_counter()
+import torch, open_clip
+imported = time.perf_counter()
+from clipdb.encoder import load_encoder
+encoder = load_encoder("ViT-B-32", "none")
+loaded = time.perf_counter()
+encoder.encode_pil([Image.new("RGB", (640, 480))])
+image = time.perf_counter()
+encoder.encode_texts(["a red car"])
+text = time.perf_counter()
+print(imported - start, loaded - imported, image - loaded, text - image, encoder.precision)
+"""
+
+
+def breakdown(env: dict[str, str]) -> list[str]:
+    """Where an image/text query's time goes, in one fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-c", BREAKDOWN], capture_output=True, text=True, env=env, check=True
+    )
+    *seconds, precision = done.stdout.split()
+    imports, load, image, text = (float(x) for x in seconds)
+    return [
+        f"Where an image or text query's time goes (one fresh process, {precision} on the CPU):",
+        "",
+        f"- import torch + open_clip: {imports:.2f} s",
+        f"- build ViT-B-32 (`--pretrained none`): {load:.2f} s",
+        f"- first image encode: {image:.2f} s; first text encode: {text:.2f} s",
+        "",
+    ]
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -134,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         'text query --text "a red car" (model load included)': ["--text", "a red car", *MODEL],
     }
     rows = []
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     time_command(["--like", like_target], env, 1)  # warm the OS file cache and the server
     for label, command in commands.items():
         log(f"timing {label}")
@@ -146,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Measured by `python bench/bench_search.py --rows {args.rows} --repeat {args.repeat}` "
         f"on {time.strftime('%Y-%m-%d')}.",
         "",
-        f"- Machine: {machine()}.",
+        f"- Machine: {machine()}; load average {load} when the timing started (other",
+        "  processes share these cores, so treat the figures as upper bounds).",
         f"- Data: {args.rows:,} rows of random unit vectors ({DIM}-d) registered as ViT-B-32 "
         "`--pretrained none`, HNSW index built; embedded PostgreSQL + pgvector on the same "
         "machine, already running.",
@@ -171,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "milliseconds.",
         "",
     ]
+    log("breakdown of a model-loading query")
+    lines += breakdown(env)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines))
     print("\n".join(lines))
