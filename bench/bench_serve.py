@@ -129,22 +129,38 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def timed(http: httpx.Client, send: Any, count: int, warmup: int) -> dict[str, Any]:
+def timed(http: httpx.Client, send: Any, count: int, warmup: int, pid: int) -> dict[str, Any]:
     for index in range(warmup):
         send(http, index).raise_for_status()
     wall: list[float] = []
+    overhead: list[float] = []
     phases: dict[str, list[float]] = {}
+    cpu_before = process_cpu_s(pid)
     for index in range(count):
         started = time.perf_counter()
         response = send(http, index)
         wall.append((time.perf_counter() - started) * 1000)
         response.raise_for_status()
-        for name, value in server_timing(response).items():
+        timing = server_timing(response)
+        for name, value in timing.items():
             phases.setdefault(name, []).append(value)
+        overhead.append(wall[-1] - sum(timing.values()))
     return {
         "wall_ms": percentiles(wall),
         "server_ms": {name: float(np.median(values)) for name, values in phases.items()},
+        # Time outside the endpoint body: HTTP, multipart parsing, thread hand-offs.
+        "overhead_ms": float(np.median(overhead)),
+        "server_cpu_ms_per_query": (process_cpu_s(pid) - cpu_before) * 1000 / count,
     }
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(command: list[str], url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -188,7 +204,8 @@ def measure(command: list[str], url: str, args: argparse.Namespace) -> dict[str,
                 ("thumbnail_cached", thumbnail),
             ):
                 log(f"  {name}")
-                result[name] = timed(http, send, args.queries, 0 if "thumb" in name else 10)
+                warmup = 0 if "thumb" in name else 10
+                result[name] = timed(http, send, args.queries, warmup, process.pid)
 
         def one(index: int) -> tuple[int, float]:
             with httpx.Client(base_url=url, timeout=120) as http:
@@ -238,13 +255,17 @@ def markdown(runs: dict[str, dict[str, Any]], args: argparse.Namespace, loads: l
         f"- Model: ViT-B-32 with random weights (`--pretrained none`, the real model's size and "
         f"cost); {args.rows} indexed rows; k = 10; {args.queries} sequential queries per row "
         "below after 10 warm-up queries, timed on the client (httpx over localhost, HTTP "
-        "keep-alive); server columns are medians of the Server-Timing header.",
+        "keep-alive); server columns are medians of the Server-Timing header; overhead = "
+        "the median of wall time minus the server's phases (HTTP, multipart parsing, thread "
+        "hand-offs); server CPU = the server process's user+system CPU time per query "
+        "(torch's threads included).",
         "- Text queries: 10 different captions in turn. Image queries: the same 640x480 JPEG "
         "(about 60 kB) uploaded each time, so upload, decode, preprocessing and encoding are all "
         "in the number.",
         "",
-        "| precision | query | p50 ms | p95 ms | mean ms | server decode | encode | db |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| precision | query | p50 ms | p95 ms | mean ms | server: decode | encode | db "
+        "| overhead | server CPU ms/query |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for precision, run in runs.items():
         used = run["serving"].get("precision", precision)
@@ -253,7 +274,8 @@ def markdown(runs: dict[str, dict[str, Any]], args: argparse.Namespace, loads: l
             cells = [f"{server[p]:.1f}" if p in server else "" for p in ("decode", "encode", "db")]
             lines.append(
                 f"| {precision} ({used}) | {name} | {wall['p50']:.1f} | {wall['p95']:.1f} | "
-                f"{wall['mean']:.1f} | " + " | ".join(cells) + " |"
+                f"{wall['mean']:.1f} | " + " | ".join(cells) + f" | {run[name]['overhead_ms']:.1f} "
+                f"| {run[name]['server_cpu_ms_per_query']:.0f} |"
             )
     lines += ["", "20 concurrent requests (10 text + 10 image, one connection each):", ""]
     for precision, run in runs.items():
