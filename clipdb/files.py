@@ -237,14 +237,15 @@ def _read(path: str) -> bytes:
 class PixelPipeline:
     """The model's preprocessing, split so workers send uint8 pixels instead of floats.
 
-    ``pil_steps`` (resize, crop) run in the workers on PIL images; the float conversion and
-    normalisation run batched in the encoding process. The arithmetic is exactly that of the
-    full transform, so results are bit-identical to ``preprocess(image)``. Transforms that do
-    not have this shape are run whole in the workers (``whole``).
+    Resize and centre crop run in the workers on PIL images, re-stated as plain data
+    (``pil_steps``) so workers never import torch; the float conversion and normalisation run
+    batched in the encoding process. The arithmetic is that of torchvision's transforms, so
+    results are bit-identical to ``preprocess(image)`` (tested). A transform of any other
+    shape runs whole in the workers (``whole``).
     """
 
     input_size: int
-    pil_steps: Any = None
+    pil_steps: tuple[tuple[Any, ...], ...] = ()
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     whole: Any = None
@@ -253,27 +254,35 @@ class PixelPipeline:
     def from_preprocess(cls, preprocess: Any, input_size: int) -> PixelPipeline:
         steps = list(getattr(preprocess, "transforms", []))
         names = [type(step).__name__ for step in steps]
-        for index, name in enumerate(names):
-            if name in ("ToTensor", "MaybeToTensor"):
-                rest = steps[index + 1 :]
-                if len(rest) == 1 and type(rest[0]).__name__ == "Normalize":
-                    return cls(
-                        input_size=input_size,
-                        pil_steps=type(preprocess)(steps[:index]),
-                        mean=tuple(float(v) for v in rest[0].mean),
-                        std=tuple(float(v) for v in rest[0].std),
-                    )
-                break
+        if "ToTensor" in names or "MaybeToTensor" in names:
+            index = names.index("MaybeToTensor" if "MaybeToTensor" in names else "ToTensor")
+            rest = steps[index + 1 :]
+            pil_steps = [_pil_step(step) for step in steps[:index]]
+            if (
+                len(rest) == 1
+                and type(rest[0]).__name__ == "Normalize"
+                and all(step is not None for step in pil_steps)
+            ):
+                return cls(
+                    input_size=input_size,
+                    pil_steps=tuple(step for step in pil_steps if step),
+                    mean=tuple(float(v) for v in rest[0].mean),
+                    std=tuple(float(v) for v in rest[0].std),
+                )
         return cls(input_size=input_size, whole=preprocess)
 
     def to_pixels(self, image: Image.Image) -> np.ndarray:
         """An RGB image -> uint8 HWC array (split mode) or float32 CHW array (whole mode)."""
         if self.whole is not None:
             return self.whole(image).numpy()
-        out = self.pil_steps(image)
-        if out.mode != "RGB":
-            out = out.convert("RGB")
-        return np.asarray(out, dtype=np.uint8)
+        for step in self.pil_steps:
+            if step[0] == "resize":
+                image = _resize(image, step[1], step[2], step[3])
+            else:
+                image = _center_crop(image, step[1], step[2])
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
 
     def to_batch(self, arrays: Sequence[np.ndarray]) -> Any:
         """Worker outputs -> the float batch the model takes (N, 3, H, W)."""
@@ -286,6 +295,57 @@ class PixelPipeline:
         mean = torch.tensor(self.mean, dtype=batch.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=batch.dtype).view(1, -1, 1, 1)
         return batch.sub_(mean).div_(std)
+
+
+def _pil_step(step: Any) -> tuple[Any, ...] | None:
+    """torchvision Resize/CenterCrop as data; () for a no-op; None if not understood."""
+    name = type(step).__name__
+    if name == "MaybeConvertMode" and getattr(step, "mode", "RGB") == "RGB":
+        return ()  # images are RGB already
+    if name == "Resize":
+        from torchvision.transforms.functional import pil_modes_mapping
+
+        size = step.size
+        size = [size] if isinstance(size, int) else list(size)
+        if len(size) not in (1, 2):
+            return None
+        return ("resize", tuple(size), int(pil_modes_mapping[step.interpolation]), step.max_size)
+    if name == "CenterCrop":
+        height, width = step.size
+        return ("crop", int(height), int(width))
+    return None
+
+
+def _resize(
+    image: Image.Image, size: tuple[int, ...], resample: int, max_size: int | None
+) -> Image.Image:
+    """torchvision.transforms.functional.resize for PIL images."""
+    width, height = image.size
+    if len(size) == 2:
+        new_height, new_width = size
+    else:
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = size[0], int(size[0] * long / short)
+        if max_size is not None and new_long > max_size:
+            new_short, new_long = int(max_size * new_short / new_long), max_size
+        new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_width, new_height) == (width, height):
+        return image
+    return image.resize((new_width, new_height), resample)
+
+
+def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
+    """torchvision's center_crop: zero padding first when the image is smaller."""
+    image_width, image_height = image.size
+    if width > image_width:
+        left = -((width - image_width) // 2)
+    else:
+        left = int(round((image_width - width) / 2.0))
+    if height > image_height:
+        top = -((height - image_height) // 2)
+    else:
+        top = int(round((image_height - height) / 2.0))
+    return image.crop((left, top, left + width, top + height))
 
 
 @dataclass(frozen=True)

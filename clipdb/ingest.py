@@ -446,7 +446,7 @@ class Ingester:
         from concurrent.futures import ProcessPoolExecutor
 
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["clipdb.files", "open_clip"])
+        context.set_forkserver_preload(["clipdb.files"])
         pool = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=context, initializer=files.worker_init
         )

@@ -138,16 +138,33 @@ def test_draft_decoding_keeps_the_margin() -> None:
     assert image.size == (800, 600)  # 1/2 scale: short side 600 >= 448
 
 
-def test_pixel_pipeline_is_bit_identical_to_preprocess(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("input_size", [32, 224])
+def test_pixel_pipeline_is_bit_identical_to_preprocess(tiny_encoder, input_size) -> None:  # type: ignore[no-untyped-def]
+    import open_clip
     import torch
 
-    pipeline = files.PixelPipeline.from_preprocess(tiny_encoder.preprocess, 32)
-    assert pipeline.whole is None  # the split path is the one in use
+    preprocess = (
+        tiny_encoder.preprocess if input_size == 32 else open_clip.image_transform(224, False)
+    )
+    pipeline = files.PixelPipeline.from_preprocess(preprocess, input_size)
+    assert pipeline.whole is None  # the split path, without torch in the workers
     rng = np.random.default_rng(3)
-    images = [Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)) for _ in range(3)]
+    sizes = [(70, 50), (50, 70), (301, 227), (20, 15), (input_size + 1, 5), (900, 601)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
     batch = pipeline.to_batch([pipeline.to_pixels(image) for image in images])
-    expected = torch.stack([tiny_encoder.preprocess(image) for image in images])
+    expected = torch.stack([preprocess(image) for image in images])
     assert torch.equal(batch, expected)
+
+
+def test_pixel_pipeline_falls_back_to_the_whole_transform() -> None:
+    import torchvision.transforms as T
+
+    odd = T.Compose(
+        [T.Resize(40), T.RandomCrop(32), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)]
+    )
+    pipeline = files.PixelPipeline.from_preprocess(odd, 32)
+    assert pipeline.whole is odd
+    assert pipeline.to_pixels(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
 
 
 def test_decode_task_reports_permission_denied_as_non_root() -> None:
