@@ -202,16 +202,15 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the limit
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
+            opened = Image.open(io.BytesIO(data))
+            width, height = opened.size
             if limit and width * height > limit:
                 raise ImageError(TOO_LARGE)
-            orientation = image.getexif().get(ORIENTATION_TAG, 1)
-            if draft_size and image.format == "JPEG":
-                image.draft(image.mode, (draft_size, draft_size))
-            image.load()  # first frame of animations
-            image = ImageOps.exif_transpose(image) or image
-            rgb = _to_rgb(image)
+            orientation = opened.getexif().get(ORIENTATION_TAG, 1)
+            if draft_size and opened.format == "JPEG":
+                opened.draft(opened.mode, (draft_size, draft_size))
+            opened.load()  # first frame of animations
+            rgb = _to_rgb(ImageOps.exif_transpose(opened) or opened)
     except ImageError:
         raise
     except Image.DecompressionBombError:

@@ -396,7 +396,9 @@ class Ingester:
         batch: list[files.Decoded] = []
 
         def flush() -> None:
-            embeddings = encoder.encode_images(pipeline.to_batch([d.pixels for d in batch]))
+            embeddings = encoder.encode_images(
+                pipeline.to_batch([d.pixels for d in batch if d.pixels is not None])
+            )
             records = []
             for item, embedding in zip(batch, embeddings, strict=True):
                 stat = stats[item.path]
