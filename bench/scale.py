@@ -358,6 +358,40 @@ def plot(paths: Sequence[Path], target: Path) -> None:
     fig.savefig(target, dpi=120)
 
 
+def report(paths: Sequence[Path]) -> str:
+    """Markdown tables of every result file (pasted into bench/results/SCALE.md)."""
+    lines = [
+        "| run | N | storage | ef_search | recall@10 | p50 ms | p95 ms | QPS (2 clients) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    builds = [
+        "| run | N | COPY rows/s | vector index build s | index MB | table+TOAST MB "
+        "| halfvec index build s | halfvec index MB | numpy p50 ms | numpy MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for path in paths:
+        r = json.loads(path.read_text())
+        for row in r.get("search", []):
+            lines.append(
+                f"| {r['label']} | {r['n']} | {row['storage']} | {row['ef_search']} "
+                f"| {row['recall10']:.3f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} "
+                f"| {row['qps2']:.0f} |"
+            )
+        load, sizes, half = r.get("load", {}), r.get("sizes_mb", {}), r.get("halfvec", {})
+
+        def f(v: Any, fmt: str = ".0f") -> str:
+            return "-" if v is None else format(v, fmt)
+
+        builds.append(
+            f"| {r['label']} | {r['n']} | {f(load.get('copy_rows_per_s'))} "
+            f"| {f(load.get('index_build_s'), '.1f')} | {f(sizes.get('vector_index'))} "
+            f"| {f(sizes.get('table_with_toast'))} | {f(half.get('index_build_s'), '.1f')} "
+            f"| {f(half.get('index_mb'))} | {f(r['numpy']['p50_ms'], '.2f')} "
+            f"| {f(r['numpy']['memory_mb'])} |"
+        )
+    return "\n".join([*builds, "", *lines]) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -376,7 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="result name (default from N)")
     parser.add_argument("--out", default=str(RESULTS), help="where JSON results go")
     parser.add_argument("--plot", action="store_true", help="only redraw the plot")
+    parser.add_argument("--report", action="store_true", help="print markdown tables, exit")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(sorted(Path(args.out).glob("scale_*.json"))), end="")
+        return 0
     if not args.plot:
         args.ef = [int(v) for v in args.ef.split(",")]
         run(args)
