@@ -285,6 +285,15 @@ def markdown(runs: dict[str, dict[str, Any]], args: argparse.Namespace, loads: l
             f"slowest {c['slowest_ms']:.0f} ms (encoding is serialised: one model, 2 cores); "
             f"server start to healthy with the model loaded: {run['startup_s']:.1f} s"
         )
+    lines += [
+        "",
+        "Targets: text p50 <= 50 ms, image p50 <= 150 ms (2-core machine, model warm).",
+        "",
+    ]
+    for precision, run in runs.items():
+        text, image = run["text"]["wall_ms"]["p50"], run["image"]["wall_ms"]["p50"]
+        verdict = "met" if text <= 50 and image <= 150 else "NOT met"
+        lines.append(f"- {precision}: text {text:.0f} ms, image {image:.0f} ms: {verdict}")
     return "\n".join(lines) + "\n"
 
 
