@@ -36,7 +36,13 @@ from PIL import Image
 
 from clipdb import files, queries
 from clipdb.cli import run_guarded
-from clipdb.config import DEFAULT_TOP_K, Settings, add_common_arguments, canonical_model_name
+from clipdb.config import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_TOP_K,
+    Settings,
+    add_common_arguments,
+    canonical_model_name,
+)
 from clipdb.db import Database, database_status, open_database
 from clipdb.encoder import ClipEncoder, known_architectures, load_encoder, resolve_model_spec
 from clipdb.errors import ClipdbError, UsageError
@@ -256,7 +262,11 @@ class SearchService:
     ) -> list[queries.Hit]:
         model = self.model()
         with self.pool.connection() as conn:
-            return queries.search_vector(conn, model, vector, k, under=under, threshold=threshold)
+            # As the CLI: the recall-tuned ef_search, and never below k (HNSW returns <= ef).
+            ef_search = max(DEFAULT_EF_SEARCH, k)
+            return queries.search_vector(
+                conn, model, vector, k, ef_search=ef_search, under=under, threshold=threshold
+            )
 
     def indexed_vector(self, image_id: int) -> np.ndarray:
         model = self.model()
