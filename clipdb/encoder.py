@@ -8,7 +8,6 @@ loader with tiny architectures from ``CLIPDB_MODEL_CONFIGS`` and ``pretrained="n
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import socket
@@ -25,9 +24,10 @@ from PIL import Image
 
 from clipdb.config import canonical_model_name
 from clipdb.errors import ClipdbError, UsageError
+from clipdb.model_names import RANDOM_WEIGHTS, ModelSpec, file_identity, quick_model_spec
 
-RANDOM_WEIGHTS = "none"
 RANDOM_SEED = 0  # every process builds the identical random model
+__all__ = ["ModelSpec", "file_identity", "quick_model_spec", "load_encoder", "ClipEncoder"]
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HUB_HOST = ("huggingface.co", 443)
@@ -62,24 +62,6 @@ def default_pretrained(architecture: str) -> str:
             "pass --pretrained FILE (a local checkpoint) or --pretrained none"
         )
     return "openai" if "openai" in tags else tags[0]
-
-
-def file_identity(path: Path) -> str:
-    """How a local checkpoint is named in the database: by content, so a copy matches."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"file:sha256:{digest.hexdigest()[:16]}"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which weights to load, and the identity stored with their embeddings."""
-
-    architecture: str
-    pretrained: str  # identity in clipdb.models: tag, "none" or "file:sha256:..."
-    checkpoint: Path | None = None  # set for local files
 
 
 def resolve_model_spec(model: str, pretrained: str | None) -> ModelSpec:

@@ -155,11 +155,12 @@ class Ingester:
         if encoder is not None:
             self.spec = encoder.spec
         else:
-            from clipdb.encoder import resolve_model_spec
+            from clipdb.model_names import quick_model_spec
 
-            self.spec = resolve_model_spec(
-                model or settings.model, pretrained or settings.pretrained
-            )
+            # Without importing open_clip (seconds) when the identity is clear from the names;
+            # _lookup_model validates names fully the first time a model is seen.
+            name, weights = model or settings.model, pretrained or settings.pretrained
+            self.spec = quick_model_spec(name, weights) or self._validated_spec(name, weights)
         self.pretrained_arg = pretrained or settings.pretrained
         self.database = database or open_database(settings)
         self.device, self.precision = device, precision
@@ -240,12 +241,22 @@ class Ingester:
         query = f"SELECT EXISTS (SELECT 1 FROM clipdb.images WHERE model_id = {model.model_id})"
         return bool(conn.execute(query).fetchone()[0])
 
+    @staticmethod
+    def _validated_spec(model: str, pretrained: str | None) -> Any:
+        from clipdb.encoder import resolve_model_spec
+
+        return resolve_model_spec(model, pretrained)
+
     def _lookup_model(self, conn: Any) -> Model | None:
         row = conn.execute(
             "SELECT id, architecture, pretrained, dim FROM clipdb.models "
             "WHERE architecture = %s AND pretrained = %s",
             (self.spec.architecture, self.spec.pretrained),
         ).fetchone()
+        if row is None and self.encoder is None:
+            # Never registered: check the names now (an unknown model is a usage error even
+            # when there is nothing to encode).
+            self.spec = self._validated_spec(self.spec.architecture, self.pretrained_arg)
         return Model(*row) if row else None
 
     def _rows(self, conn: Any, model: Model, paths: list[str]) -> dict[str, tuple[int, int, bytes]]:

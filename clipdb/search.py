@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,13 +21,8 @@ import psycopg
 
 from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, Settings, add_common_arguments
 from clipdb.db import (
-    MIGRATIONS_DIR,
     Database,
-    connect_checked,
-    current_revision,
     open_database,
-    resolve_database,
-    upgrade,
 )
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.queries import Hit, Model, find_model, models_with_rows, search_vector
@@ -133,35 +127,6 @@ def image_files(directory: str | os.PathLike[str]) -> list[Path]:
 
 # --- opening the database -----------------------------------------------------------------------
 
-_REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*["']?([^"'\s]+)""", re.M)
-
-
-def _head_from_files() -> str | None:
-    """The migrations' head read from the revision files (Alembic takes 0.7 s to import)."""
-    revisions, parents = set(), set()
-    for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        for key, value in _REVISION_LINE.findall(script.read_text(encoding="utf-8")):
-            (revisions if key == "revision" else parents).add(value)
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
-
-
-def open_database_quickly(settings: Settings) -> Database:
-    """:func:`clipdb.db.open_database`, minus importing Alembic when the schema is at head.
-
-    ``--like`` has to answer well under a second, and importing Alembic alone costs most of
-    that. Any doubt (another revision, several heads, no schema) takes the full migrating path.
-    """
-    database = resolve_database(settings)
-    head = _head_from_files()
-    if head is not None:
-        with connect_checked(database.url, autocommit=True) as conn:
-            if current_revision(conn) == head:
-                return database
-    upgrade(database)
-    return database
-
-
 # --- choosing the model's rows ------------------------------------------------------------------
 
 
@@ -174,9 +139,13 @@ def model_for_encoding(conn: psycopg.Connection[Any], settings: Settings) -> Mod
     architecture = settings.model
     if not any(model.architecture == architecture for model, _ in models_with_rows(conn)):
         find_model(conn, architecture, settings.pretrained)  # raises, listing indexed models
-    from clipdb.encoder import resolve_model_spec
+    from clipdb.model_names import quick_model_spec
 
-    spec = resolve_model_spec(architecture, settings.pretrained)
+    spec = quick_model_spec(architecture, settings.pretrained)
+    if spec is None:
+        from clipdb.encoder import resolve_model_spec
+
+        spec = resolve_model_spec(architecture, settings.pretrained)
     return find_model(conn, spec.architecture, spec.pretrained)
 
 
@@ -185,7 +154,7 @@ def _pretrained_identity(pretrained: str | None) -> str | None:
     if pretrained is None or pretrained.lower() == "none":
         return None if pretrained is None else "none"
     if Path(pretrained).expanduser().is_file():
-        from clipdb.encoder import file_identity
+        from clipdb.model_names import file_identity
 
         return file_identity(Path(pretrained).expanduser())
     return pretrained
@@ -574,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         check_arguments(args)
         settings = Settings.from_args(args)
-        database = open_database_quickly(settings) if args.like else open_database(settings)
+        database = open_database(settings)
         if args.batch is not None:
             return run_batch(args, settings, database)
         hits = run_query(args, settings, database)

@@ -313,3 +313,7 @@ def test_failed_migration_is_one_line_and_changes_nothing(
     with psycopg.connect(empty_database.url) as conn:
         assert current_revision(conn) is None
         assert conn.execute("SELECT to_regnamespace('clipdb')").fetchone() == (None,)
+
+
+def test_quick_head_agrees_with_alembic() -> None:
+    assert clipdb_db.head_from_files() == clipdb_db.known_revisions()[1]

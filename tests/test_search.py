@@ -307,9 +307,9 @@ def test_end_to_end_after_ingest(database, tiny_encoder, tmp_path) -> None:  # t
 
 
 def test_like_still_migrates_a_database_without_schema(empty_database, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    from clipdb.db import current_revision_of
+    from clipdb.db import current_revision_of, head_from_files
 
     monkeypatch.setenv("CLIPDB_DATABASE_URL", empty_database.url)
     assert main(["--like", "/nowhere.jpg"]) == 1
     assert "no indexed images" in capsys.readouterr().err
-    assert current_revision_of(empty_database) == search._head_from_files() == "0001"
+    assert current_revision_of(empty_database) == head_from_files() == "0001"

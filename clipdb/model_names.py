@@ -1,0 +1,70 @@
+"""Model identities that can be worked out without importing torch or open_clip.
+
+Importing open_clip costs seconds (it imports torch). A no-op ingest re-run or a ``--like``
+search only needs to know which rows a model's embeddings are stored under, so the common
+cases are answered here; :func:`clipdb.encoder.resolve_model_spec` does the full validation
+whenever a model is actually loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipdb.config import canonical_model_name
+
+RANDOM_WEIGHTS = "none"
+
+# open_clip's standard ("openai") weights for the architectures users name most. Must agree
+# with encoder.default_pretrained, which picks "openai" whenever open_clip lists it.
+STANDARD_WEIGHTS = {
+    name: "openai"
+    for name in (
+        "ViT-B-32",
+        "ViT-B-16",
+        "ViT-L-14",
+        "ViT-L-14-336",
+        "RN50",
+        "RN101",
+        "RN50x4",
+        "RN50x16",
+        "RN50x64",
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which weights to load, and the identity stored with their embeddings."""
+
+    architecture: str
+    pretrained: str  # identity in clipdb.models: tag, "none" or "file:sha256:..."
+    checkpoint: Path | None = None  # set for local files
+
+
+def file_identity(path: Path) -> str:
+    """How a local checkpoint is named in the database: by content, so a copy matches."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"file:sha256:{digest.hexdigest()[:16]}"
+
+
+def quick_model_spec(model: str, pretrained: str | None) -> ModelSpec | None:
+    """The stored identity without importing open_clip, or None when only open_clip can tell.
+
+    Names are not validated here: callers either find the identity already registered in the
+    database (so it was valid) or go on to load the model, which validates everything.
+    """
+    architecture = canonical_model_name(model)
+    if pretrained is None:
+        tag = STANDARD_WEIGHTS.get(architecture)
+        return ModelSpec(architecture, tag) if tag else None
+    if pretrained.lower() == RANDOM_WEIGHTS:
+        return ModelSpec(architecture, RANDOM_WEIGHTS)
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return ModelSpec(architecture, file_identity(path), checkpoint=path.resolve())
+    return ModelSpec(architecture, pretrained)
