@@ -106,16 +106,19 @@ def find_model(conn: psycopg.Connection[Any], architecture: str, pretrained: str
 def topk_sql(model: Model, *, under: bool = False, threshold: bool = False) -> str:
     """The top-k statement for ``model``, served by its partial HNSW index."""
     dim, model_id = int(model.dim), int(model.model_id)
-    distance = f"embedding::vector({dim}) <=> %(query)s::vector({dim})"
+    # The index ranks candidates by a halfvec copy (clipdb.model_index_ddl); results are
+    # ordered, filtered and reported by the exact float32 distance.
+    exact = f"embedding::vector({dim}) <=> %(query)s::vector({dim})"
+    indexed = f"embedding::halfvec({dim}) <=> %(query)s::vector({dim})::halfvec({dim})"
     filters = [f"model_id = {model_id}"]
     if under:
         filters.append("starts_with(path, %(under)s)")
     if threshold:
-        filters.append(f"({distance}) <= %(max_distance)s")
+        filters.append(f"({exact}) <= %(max_distance)s")
     return (
         f"SELECT id, path, 1 - distance FROM ("
-        f"SELECT id, path, {distance} AS distance FROM clipdb.images "
-        f"WHERE {' AND '.join(filters)} ORDER BY {distance} LIMIT %(k)s"
+        f"SELECT id, path, {exact} AS distance FROM clipdb.images "
+        f"WHERE {' AND '.join(filters)} ORDER BY {indexed} LIMIT %(k)s"
         f") nearest ORDER BY distance, id"
     )
 

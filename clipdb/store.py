@@ -162,10 +162,11 @@ def bulk_load(
             conn.execute(
                 "SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,)
             )
-        conn.execute(
-            f"CREATE INDEX {model.index_name} ON clipdb.images "
-            f"USING hnsw ((embedding::vector({dim})) vector_cosine_ops) WHERE model_id = {model_id}"
-        )
+        ddl = conn.execute(
+            "SELECT clipdb.model_index_ddl(%s::smallint, %s)", (model_id, dim)
+        ).fetchone()
+        assert ddl is not None
+        conn.execute(ddl[0])
         # Fresh statistics, so the planner knows how many rows this model now has.
         conn.execute("ANALYZE clipdb.images")
     return BulkLoadResult(count, copied - started, time.perf_counter() - copied)

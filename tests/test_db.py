@@ -31,7 +31,7 @@ def _tables(database: Database) -> set[str]:
 
 
 def test_migration_round_trip(empty_database: Database) -> None:
-    assert upgrade(empty_database) == "0001"
+    assert upgrade(empty_database) == "0002"
     assert {"images", "models", "alembic_version"} <= _tables(empty_database)
     downgrade(empty_database, "base")
     assert _tables(empty_database) <= {"alembic_version"}
@@ -57,7 +57,7 @@ def test_concurrent_upgrades_are_serialised(empty_database: Database) -> None:
         thread.join()
     assert errors == []
     with psycopg.connect(empty_database.url) as conn:
-        assert current_revision(conn) == "0001"
+        assert current_revision(conn) == "0002"
 
 
 def test_newer_schema_is_refused_and_left_alone(database: Database) -> None:
@@ -95,9 +95,9 @@ def test_external_url_is_migrated_and_used(tmp_path: Path) -> None:
     try:
         result = run_module("clipdb.db", "status", "--database-url", server.url())
         assert result.returncode == 0, result.stderr
-        assert "external" in result.stdout and "revision 0001" in result.stdout
+        assert "external" in result.stdout and "revision 0002" in result.stdout
         with psycopg.connect(server.url()) as conn:
-            assert current_revision(conn) == "0001"
+            assert current_revision(conn) == "0002"
     finally:
         stop_server(other_home)
 
@@ -317,3 +317,32 @@ def test_failed_migration_is_one_line_and_changes_nothing(
 
 def test_quick_head_agrees_with_alembic() -> None:
     assert clipdb_db.head_from_files() == clipdb_db.known_revisions()[1]
+
+
+def _index_kind(conn: psycopg.Connection, name: str) -> str:
+    row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (name,)).fetchone()
+    assert row is not None, name
+    return "halfvec" if "halfvec_cosine_ops" in row[0] else "vector"
+
+
+def test_halfvec_migration_rebuilds_existing_indexes_and_back(empty_database: Database) -> None:
+    upgrade(empty_database, "0001")
+    with empty_database.connect() as conn:
+        model, vectors, paths = insert_rows(conn, "old", 16, 300)
+        assert _index_kind(conn, model.index_name) == "vector"
+    upgrade(empty_database)
+    with empty_database.connect() as conn:
+        assert _index_kind(conn, model.index_name) == "halfvec"
+        new_model = insert_rows(conn, "new", 8, 5, prefix="/n")[0]
+        assert _index_kind(conn, new_model.index_name) == "halfvec"
+        hits = search_vector(conn, model, vectors[3], 5)
+        # Ranked by the index's halfvec copy, reported with the exact float32 similarity.
+        exact = np.sort(vectors @ vectors[3])[::-1][:5]
+        assert [h.similarity for h in hits] == pytest.approx(exact.tolist(), abs=1e-6)
+        assert hits[0].image_path == paths[3]
+        rows = conn.execute("SELECT similarity FROM clipdb.search(%s, 5)", (vectors[3],))
+        assert [r[0] for r in rows] == pytest.approx(exact.tolist(), abs=1e-6)
+    downgrade(empty_database, "0001")
+    with empty_database.connect() as conn:
+        assert _index_kind(conn, model.index_name) == "vector"
+        assert search_vector(conn, model, vectors[3], 1)[0].image_path == paths[3]
