@@ -22,7 +22,10 @@ from functools import partial
 from queue import Queue
 from typing import Any
 
+import psycopg
+
 from clipdb import files
+from clipdb.cli import first_line
 from clipdb.config import Settings, add_common_arguments
 from clipdb.db import Database, open_database
 from clipdb.errors import ClipdbError, UsageError
@@ -32,6 +35,8 @@ SkipCallback = Callable[[str, str], None]
 ID_CHUNK = 10_000  # paths / hashes per "= ANY(%s)" lookup
 MIN_FILES_FOR_POOL = 16  # fewer files decode faster here than a pool starts
 WRITE_RETRIES = 3  # deadlocks between concurrent ingesters are retried
+# Seconds to wait before each new try of a batch whose connection was lost (server restart).
+RECONNECT_DELAYS = (1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -94,28 +99,50 @@ class _Writer:
             raise self.error
 
     def _run(self) -> None:
-        import psycopg
-
-        from clipdb.store import upsert_images
-
         conn = None
         while (records := self.queue.get()) is not None:
             if self.error is not None:
                 continue  # drain so the producer never blocks
             try:
-                conn = conn or self.database.connect()
-                for attempt in range(WRITE_RETRIES):
-                    try:
-                        with conn.transaction():
-                            upsert_images(conn, self.model, records)
-                        break
-                    except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                        if attempt == WRITE_RETRIES - 1:
-                            raise
+                conn = self._write(conn, records)
             except BaseException as err:  # re-raised in the producer
                 self.error = err
         if conn is not None:
             conn.close()
+
+    def _write(self, conn: Any, records: list[Any]) -> Any:
+        """Commit one batch; returns the connection to use for the next one.
+
+        A lost connection (server restart) is replaced and the batch sent again after each of
+        RECONNECT_DELAYS; the upsert is idempotent, so a batch whose commit did reach the
+        server before the connection dropped is not duplicated.
+        """
+        from clipdb.store import upsert_images
+
+        deadlocks = reconnects = 0
+        while True:
+            try:
+                conn = conn or self.database.connect()
+                with conn.transaction():
+                    upsert_images(conn, self.model, records)
+                return conn
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                deadlocks += 1
+                if deadlocks == WRITE_RETRIES:
+                    raise
+            except (psycopg.OperationalError, ClipdbError) as err:
+                if conn is not None and not conn.broken:
+                    raise  # a statement failed on a live connection: not ours to retry
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                if reconnects == len(RECONNECT_DELAYS):
+                    raise ClipdbError(
+                        f"lost the database connection and {reconnects} reconnects failed "
+                        f"({first_line(err)}); committed batches are kept, run again to finish"
+                    ) from None
+                time.sleep(RECONNECT_DELAYS[reconnects])
+                reconnects += 1
 
 
 class Ingester:
@@ -625,12 +652,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip images with more pixels (default: Pillow's decompression-bomb limit)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if any file was skipped (the good files are still indexed and committed)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.strict and args.watch:
+        parser.error("--strict cannot be combined with --watch")
     settings = Settings.from_args(args)
 
     def report(summary: IngestSummary) -> None:
@@ -656,13 +690,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             except KeyboardInterrupt:
                 print("stopped watching", file=sys.stderr)
             return 0
-        report(ingest(args.paths, **options))
+        summary = ingest(args.paths, **options)
+        report(summary)
+        skipped = sum((summary.skipped or {}).values())
+        if args.strict and skipped:
+            print(f"error: {skipped} file(s) skipped (--strict)", file=sys.stderr)
+            return 1
     except UsageError as err:
         parser.print_usage(sys.stderr)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ClipdbError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except psycopg.Error as err:
+        print(f"error: database: {first_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: committed batches are kept; run again to finish", file=sys.stderr)

@@ -1,0 +1,314 @@
+"""Faults during ingest: kill -9, two ingesters at once, the database restarting mid-run.
+
+Each test ends by comparing the table with a clean run's (same paths, bytes, sizes and
+embeddings) and counts duplicates: rows lost or doubled would show. See docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clipdb import ingest as ingest_module
+from clipdb.db import Database, upgrade
+from clipdb.embedded import EmbeddedServer, ensure_server, stop_server
+from clipdb.ingest import ingest
+from clipdb.queries import list_models, search_vector
+from tests.conftest import TINY_MODEL, make_images, run_module
+
+IMAGES = 60
+BATCH = 4
+# The subprocesses encode exactly like the tiny_encoder fixture (no bf16 autodetection).
+CLI_MODEL = ["--model", TINY_MODEL, "--pretrained", "none", "--device", "cpu",
+             "--precision", "fp32", "--batch-size", str(BATCH), "--workers", "0"]  # fmt: skip
+# python -m clipdb.ingest, with each batch held open 0.15 s inside its transaction (after the
+# rows are written, before COMMIT), so that a kill -9 usually lands on an uncommitted batch.
+SLOW_COMMIT_INGEST = """\
+import runpy, time
+import clipdb.store as store
+upsert = store.upsert_images
+def held(*args):
+    count = upsert(*args)
+    time.sleep(0.15)
+    return count
+store.upsert_images = held
+runpy.run_module("clipdb.ingest", run_name="__main__", alter_sys=True)
+"""
+
+
+def table(database: Database) -> dict[str, tuple[Any, ...]]:
+    """path -> (sha256, size, mtime_ns, width, height, embedding); fails on duplicate paths."""
+    with database.connect() as conn:
+        found = conn.execute(
+            "SELECT path, sha256, size, mtime_ns, width, height, embedding FROM clipdb.images"
+        ).fetchall()
+    result = {
+        path: (bytes(sha), size, mtime, width, height, np.asarray(emb.to_numpy(), np.float32))
+        for path, sha, size, mtime, width, height, emb in found
+    }
+    assert len(result) == len(found), "duplicate paths"
+    return result
+
+
+def count(database: Database) -> int:
+    try:
+        with database.connect() as conn:
+            return int(conn.execute("SELECT count(*) FROM clipdb.images").fetchone()[0])
+    except Exception:  # noqa: BLE001 - not migrated yet, or the server is restarting
+        return 0
+
+
+def assert_same_rows(actual: dict, expected: dict) -> None:
+    assert sorted(actual) == sorted(expected)
+    for path, row in expected.items():
+        assert actual[path][:5] == row[:5], path
+        np.testing.assert_allclose(actual[path][5], row[5], atol=1e-5, err_msg=path)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    make_images(tmp_path / "tree", IMAGES, size=(64, 48), seed=11)
+    return tmp_path / "tree"
+
+
+@pytest.fixture
+def clean_run(pg_server, template_database, tiny_encoder, tree) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+    """The table one undisturbed ingest of ``tree`` gives, in a database of its own."""
+    import psycopg
+
+    name = f"clipdb_test_clean_{os.getpid()}"
+    admin = pg_server.url(database="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
+    reference = Database(url=pg_server.url(database=name))
+    ingest([tree], database=reference, encoder=tiny_encoder, batch_size=BATCH, workers=0,
+           progress=False)  # fmt: skip
+    yield table(reference)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# --- 1. kill -9 mid-run ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_leaves_whole_batches_and_rerun_equals_clean_run(database, tree, clean_run):  # type: ignore[no-untyped-def]
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_COMMIT_INGEST, str(tree), *CLI_MODEL],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while count(database) < 2 * BATCH and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1].decode()
+            time.sleep(0.02)
+        assert process.poll() is None, "ingest finished before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(10) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+    killed = table(database)
+    assert 2 * BATCH <= len(killed) < IMAGES
+    assert len(killed) % BATCH == 0, "a partial batch was committed"
+    for path, row in killed.items():  # each committed row is complete and correct
+        assert row[:5] == clean_run[path][:5]
+        np.testing.assert_allclose(row[5], clean_run[path][5], atol=1e-5)
+
+    result = run_module("clipdb.ingest", str(tree), *CLI_MODEL, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["new"], summary["unchanged"]) == (IMAGES - len(killed), len(killed))
+    assert_same_rows(table(database), clean_run)
+
+
+# --- 2. two ingesters and a search loop ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_ingester_processes_with_searches_throughout_equal_one_clean_run(
+    database, tree, clean_run
+):  # type: ignore[no-untyped-def]
+    stop = threading.Event()
+    searches: list[int] = []
+    failures: list[BaseException] = []
+    query = np.random.default_rng(0).normal(size=32).astype(np.float32)
+
+    def search_loop() -> None:
+        seen = 0
+        while not stop.is_set():
+            try:
+                with database.connect(autocommit=True) as conn:
+                    total, distinct = conn.execute(
+                        "SELECT count(*), count(DISTINCT path) FROM clipdb.images"
+                    ).fetchone()
+                    assert total == distinct, "a duplicate path was visible"
+                    assert total >= seen, "rows disappeared"
+                    seen = total
+                    for model in list_models(conn):
+                        hits = search_vector(conn, model, query, k=IMAGES)
+                        assert len(hits) == len({h.image_path for h in hits})
+                searches.append(total)
+            except BaseException as err:  # noqa: BLE001
+                failures.append(err)
+                return
+            time.sleep(0.01)
+
+    searcher = threading.Thread(target=search_loop)
+    searcher.start()
+    command = [sys.executable, "-m", "clipdb.ingest", str(tree), *CLI_MODEL, "--json"]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        stop.set()
+        searcher.join(30)
+    assert not failures, failures
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err
+    summaries = [json.loads(out) for out, _ in outputs]
+    assert all(s["skipped"] == {} for s in summaries)
+    assert len(searches) > 20 and searches[0] < IMAGES and searches[-1] == IMAGES
+    assert_same_rows(table(database), clean_run)
+
+
+# --- 3. the database server restarts mid-ingest ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[EmbeddedServer]:
+    """An embedded server of these tests' own, so stopping it disturbs no other test."""
+    home = Path(tempfile.mkdtemp(prefix="clipdb-restart-"))
+    server = ensure_server(home)
+    upgrade(Database(url=server.url()))
+    yield server
+    stop_server(home)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def restartable(own_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch) -> Database:
+    ensure_server(own_server.home)
+    database = Database(url=own_server.url())
+    with database.connect() as conn:
+        conn.execute("TRUNCATE clipdb.images, clipdb.models CASCADE")
+        conn.commit()
+    monkeypatch.setenv("CLIPDB_DATABASE_URL", database.url)
+    return database
+
+
+class HeldEncoder:
+    """The tiny encoder, holding its third batch until released (two are with the writer)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = dataclasses.replace(encoder)
+        self.reached, self.release = threading.Event(), threading.Event()
+        self.calls = 0
+        encode = encoder.encode_images
+
+        def held(pixels: Any) -> Any:
+            self.calls += 1
+            if self.calls == 3:
+                self.reached.set()
+                self.release.wait(30)
+            return encode(pixels)
+
+        object.__setattr__(self.encoder, "encode_images", held)
+
+
+def wait_for_rows(database: Database, rows: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while count(database) < rows:
+        assert time.monotonic() < deadline, f"fewer than {rows} rows after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_restart_mid_ingest_is_retried_and_loses_nothing(
+    restartable, own_server, tiny_encoder, tree, clean_run
+):  # type: ignore[no-untyped-def]
+    held = HeldEncoder(tiny_encoder)
+    outcome: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            ingest(
+                [tree],
+                database=restartable,
+                encoder=held.encoder,
+                batch_size=BATCH,
+                workers=0,
+                progress=False,
+            )  # fmt: skip
+        )
+    )
+    worker.start()
+    try:
+        assert held.reached.wait(30)
+        wait_for_rows(restartable, 2 * BATCH)
+        stop_server(own_server.home)  # pg_ctl -m fast: every connection is cut
+        held.release.set()  # batch 3 meets a dead connection and a server that is down
+        time.sleep(1.5)  # the first reconnect (after 1 s) fails, the second (2 s later) works
+        ensure_server(own_server.home)
+    finally:
+        held.release.set()
+        worker.join(60)
+    assert outcome and outcome[0].new == IMAGES
+    assert_same_rows(table(restartable), clean_run)
+
+
+def test_server_down_for_good_exits_1_with_one_line_and_rerun_completes(
+    restartable, own_server, tiny_encoder, tree, clean_run, monkeypatch, capsys
+):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(ingest_module, "RECONNECT_DELAYS", (0.1, 0.2, 0.4))
+    held = HeldEncoder(tiny_encoder)
+    monkeypatch.setattr("clipdb.encoder.load_encoder", lambda *a, **k: held.encoder)
+    codes: list[int] = []
+    args = [str(tree), *CLI_MODEL, "--json"]
+    worker = threading.Thread(target=lambda: codes.append(ingest_module.main(args)))
+    worker.start()
+    try:
+        assert held.reached.wait(30)
+        wait_for_rows(restartable, 2 * BATCH)
+        stop_server(own_server.home)
+        held.release.set()
+        worker.join(30)
+    finally:
+        held.release.set()
+        worker.join(30)
+        ensure_server(own_server.home)
+    assert codes == [1]
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.err.startswith("error: lost the database connection and 3 reconnects failed")
+    assert captured.err.endswith("committed batches are kept, run again to finish\n")
+    kept = table(restartable)
+    assert len(kept) == 2 * BATCH  # the two committed batches survived the restart
+
+    monkeypatch.setattr("clipdb.encoder.load_encoder", lambda *a, **k: tiny_encoder)
+    assert ingest_module.main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["new"], summary["unchanged"]) == (IMAGES - len(kept), len(kept))
+    assert_same_rows(table(restartable), clean_run)
