@@ -152,7 +152,7 @@ def _offline_hub_if_unreachable() -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
     """open_clip logs through the root logger; our own stderr lines say what matters."""
-    logging.disable(logging.WARNING)
+    logging.disable(logging.ERROR)
     try:
         yield
     finally:
