@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -329,7 +330,7 @@ def read_index(index_path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 "export it again with ClipDB.save_index"
             ) from None
         raise ClipdbError(f"{path} is not a clipdb index file: {err}") from None
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zipfile.BadZipFile) as err:  # truncated or bytes flipped
         raise ClipdbError(f"cannot read index file {path}: {err}") from None
     missing = [name for name in (*_INDEX_ARRAYS, "checksum") if name not in arrays]
     if missing or str(arrays["format"]) != INDEX_FORMAT:

@@ -35,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from clipdb import files, queries
-from clipdb.cli import run_guarded
+from clipdb.cli import first_line, run_guarded
 from clipdb.config import (
     DEFAULT_EF_SEARCH,
     DEFAULT_TOP_K,
@@ -442,6 +442,11 @@ def create_app(
     def clipdb_error(request: Request, err: ClipdbError) -> JSONResponse:
         # Nothing indexed for this model yet, database down, weights missing: not the client.
         return JSONResponse({"detail": str(err)}, status_code=503)
+
+    @app.exception_handler(psycopg.DataError)
+    def bad_value(request: Request, err: psycopg.DataError) -> JSONResponse:
+        # A value PostgreSQL cannot hold (a NUL byte in `under`): the client's input, not a 500.
+        return JSONResponse({"detail": f"invalid input: {first_line(err)}"}, status_code=400)
 
     @app.get("/", include_in_schema=False)
     def index_page() -> FileResponse:
