@@ -207,8 +207,41 @@ class ClipEncoder:
         """Texts -> (N, dim) normalised float32 from the text tower."""
         tokens = self.tokenizer(list(texts)).to(self.device)
         with self._autocast():
-            features = self.model.encode_text(tokens)
+            features = _encode_text_trimmed(self.model, tokens)
         return _normalise(features)
+
+
+def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` over only as many positions as the longest text uses.
+
+    Tokenizers pad every text to the context length (77); "a red car" uses 5. In a causal text
+    transformer, positions never see later ones, so dropping the padding after the last real
+    token leaves every kept position, and the end-of-text token that argmax pooling picks,
+    exactly as they were, at a fraction of the cost. Other text towers take the plain path.
+    """
+    from open_clip.model import CLIP
+    from open_clip.transformer import text_global_pool
+
+    mask = getattr(model, "attn_mask", None)
+    simple = (
+        isinstance(model, CLIP)
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and mask is not None
+        and bool(torch.isinf(mask[torch.ones_like(mask, dtype=torch.bool).triu(1)]).all())
+    )
+    if not simple:
+        return model.encode_text(tokens)
+    length = int((tokens != 0).any(dim=0).nonzero().max()) + 1  # last real token, any text
+    kept = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(kept).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, kept, model.text_pool_type)
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection if model.text_projection is not None else x
 
 
 def _normalise(features: torch.Tensor) -> np.ndarray:

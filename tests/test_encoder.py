@@ -1,0 +1,91 @@
+"""Model loading through open_clip's real code paths, with tiny configs and no downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL
+from PIL import Image
+
+from clipdb.encoder import _encode_text_trimmed, _normalise, load_encoder, resolve_model_spec
+from clipdb.errors import ClipdbError, UsageError
+from clipdb.model_names import STANDARD_WEIGHTS, quick_model_spec
+
+
+def test_random_weights_are_identical_in_every_process(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    again = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32")
+    for ours, theirs in zip(
+        tiny_encoder.model.state_dict().values(), again.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(ours, theirs)
+    # Loading must not disturb the caller's random stream.
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_encodings_are_unit_vectors_of_the_model_dimension(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    images = tiny_encoder.encode_pil([Image.new("RGB", (40, 30), "red"), Image.new("L", (9, 50))])
+    texts = tiny_encoder.encode_texts(["a red car", "night"])
+    for vectors in (images, texts):
+        assert vectors.shape == (2, 32) and vectors.dtype == np.float32
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_trimmed_text_encoding_equals_open_clips(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    texts = ["a red car", "x", "a photo of a cat on a long couch in the living room at night"]
+    tokens = tiny_encoder.tokenizer(texts)
+    with torch.inference_mode():
+        full = _normalise(tiny_encoder.model.encode_text(tokens))
+        trimmed = _normalise(_encode_text_trimmed(tiny_encoder.model, tokens))
+    assert np.abs(full - trimmed).max() < 1e-5
+    assert np.allclose(tiny_encoder.encode_texts(texts), full, atol=1e-5)
+
+
+def test_local_checkpoint_file_loads_through_open_clip(tiny_encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A checkpoint the way users have them: a state dict saved by torch.
+    checkpoint = tmp_path / "tiny.pt"
+    state = {k: v + 0.01 for k, v in tiny_encoder.model.state_dict().items()}
+    torch.save(state, checkpoint)
+    loaded = load_encoder(TINY_MODEL, str(checkpoint), device="cpu", precision="fp32")
+    assert loaded.pretrained.startswith("file:sha256:")
+    assert loaded.pretrained == resolve_model_spec(TINY_MODEL, str(checkpoint)).pretrained
+    first = next(iter(loaded.model.state_dict().values()))
+    assert torch.allclose(first, next(iter(state.values())))
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    assert resolve_model_spec(TINY_MODEL, str(copy)).pretrained == loaded.pretrained
+
+
+def test_broken_checkpoint_and_missing_weights_are_one_line_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ClipdbError, match="cannot load checkpoint") as caught:
+        load_encoder(TINY_MODEL, str(junk), device="cpu")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ClipdbError, match="does not exist"):
+        resolve_model_spec(TINY_MODEL, str(tmp_path / "missing.pt"))
+    with pytest.raises(ClipdbError, match="pass --pretrained FILE"):
+        resolve_model_spec(TINY_MODEL, None)  # a custom architecture has no standard weights
+
+
+def test_names_from_the_original_tool_and_bad_names() -> None:
+    assert resolve_model_spec("ViT-B/32", None).architecture == "ViT-B-32"
+    assert resolve_model_spec("ViT-B/32", None).pretrained == "openai"
+    with pytest.raises(UsageError, match="unknown model"):
+        resolve_model_spec("ViT-Z/99", None)
+    with pytest.raises(UsageError, match="unknown pretrained tag"):
+        resolve_model_spec("ViT-B-32", "no_such_tag")
+
+
+def test_quick_identities_agree_with_open_clip() -> None:
+    for architecture in STANDARD_WEIGHTS:
+        quick = quick_model_spec(architecture, None)
+        assert quick == resolve_model_spec(architecture, None)
+    assert quick_model_spec("ViT-B/16", "none") == resolve_model_spec("ViT-B-16", "none")
+    assert quick_model_spec("coca_ViT-B-32", None) is None  # only open_clip knows
