@@ -199,6 +199,19 @@ def upgrade(database: Database, revision: str = "head") -> str:
     return revision if revision != "head" else head
 
 
+def require_write_access(database: Database) -> None:
+    """Fail before any work (and before loading a model) when the role may not write rows."""
+    with connect_checked(database.url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT current_user, has_table_privilege('clipdb.images', 'INSERT, UPDATE, DELETE')"
+        ).fetchone()
+    if row is not None and not row[1]:
+        raise ClipdbError(
+            f"role {row[0]} may not write to clipdb.images (a read-only role such as "
+            "clipdb_reader can only search)"
+        )
+
+
 def downgrade(database: Database, revision: str) -> None:
     """Migrate down (tests of the migrations; never done implicitly)."""
     with connect_checked(database.url, autocommit=True) as conn:

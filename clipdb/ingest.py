@@ -27,7 +27,7 @@ import psycopg
 from clipdb import files
 from clipdb.cli import first_line
 from clipdb.config import Settings, add_common_arguments
-from clipdb.db import Database, open_database
+from clipdb.db import Database, open_database, require_write_access
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.queries import Model, register_model
 
@@ -190,6 +190,7 @@ class Ingester:
             self.spec = quick_model_spec(name, weights) or self._validated_spec(name, weights)
         self.pretrained_arg = pretrained or settings.pretrained
         self.database = database or open_database(settings)
+        require_write_access(self.database)
         self.device, self.precision = device, precision
         self.batch_size = batch_size
         self.workers = default_workers() if workers is None else workers

@@ -201,7 +201,8 @@ DO $do$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'clipdb_reader') THEN
         GRANT USAGE ON SCHEMA clipdb TO clipdb_reader;
-        GRANT SELECT ON clipdb.models, clipdb.images TO clipdb_reader;
+        -- alembic_version too: every command checks the schema revision before it reads.
+        GRANT SELECT ON clipdb.models, clipdb.images, clipdb.alembic_version TO clipdb_reader;
         GRANT EXECUTE ON FUNCTION clipdb.search(vector, integer, text, text, integer),
             clipdb.similar(bigint, integer, integer),
             clipdb.similar(text, integer, text, text, integer),
