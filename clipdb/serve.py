@@ -103,8 +103,10 @@ class ConnectionPool:
             conn = self._take()
             try:
                 yield conn
-            except psycopg.OperationalError:
-                conn.close()  # the server went away or the link broke: don't reuse it
+            except BaseException:
+                # Broken link, failed statement, cancelled request: a fresh connection is
+                # cheaper than reasoning about this one's state.
+                conn.close()
                 raise
             if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.close()
