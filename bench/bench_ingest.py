@@ -133,7 +133,9 @@ def drift(encoder, paths: list[Path]) -> tuple[float, float, int]:  # type: igno
     a = encoder.encode_images(pipeline.to_batch([d.pixels for d in fast]))
     b = encoder.encode_images(pipeline.to_batch([d.pixels for d in full]))
     cosines = (a * b).sum(axis=1)
-    image, _, _ = files.open_image(str(paths[0]), draft_size=pipeline.input_size * files.DRAFT_MARGIN)
+    image, _, _ = files.open_image(
+        str(paths[0]), draft_size=pipeline.input_size * files.DRAFT_MARGIN
+    )
     scale = round(fast[0].width / image.width)
     return float(cosines.min()), float(cosines.mean()), scale
 
