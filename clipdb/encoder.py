@@ -229,7 +229,7 @@ def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
         and mask is not None
         and bool(torch.isinf(mask[torch.ones_like(mask, dtype=torch.bool).triu(1)]).all())
     )
-    if not simple:
+    if not simple or mask is None:
         return model.encode_text(tokens)
     length = int((tokens != 0).any(dim=0).nonzero().max()) + 1  # last real token, any text
     kept = tokens[:, :length]
