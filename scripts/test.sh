@@ -8,5 +8,6 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 . .venv/bin/activate
-ruff check clipdb tests $( [ -d bench ] && echo bench )
+ruff check clipdb tests bench
+mypy clipdb
 python -m pytest "$@"
