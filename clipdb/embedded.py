@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -123,6 +124,28 @@ def _start_lock(home: Path) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def shared_buffers() -> str:
+    """PostgreSQL's page cache for the embedded server: 1/8 of RAM, 128 MB to 4 GB.
+
+    An HNSW search touches index pages all over the graph; at 1M images the index alone is
+    1.3 GB, and reading it through the OS cache instead of shared buffers costs latency (see
+    bench/results/SCALE.md). 1/8 leaves most memory to the encoder and the OS. Pages are only
+    backed as they are used. ``CLIPDB_PG_SHARED_BUFFERS`` (e.g. ``2GB``) overrides it.
+    """
+    override = os.environ.get("CLIPDB_PG_SHARED_BUFFERS")
+    if override:
+        if not re.fullmatch(r"\d+(kB|MB|GB)?", override):
+            raise ClipdbError(
+                f"CLIPDB_PG_SHARED_BUFFERS={override!r}: use a size like 512MB or 2GB"
+            )
+        return override
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return "256MB"
+    return f"{max(128, min(4096, ram // 8 // (1 << 20)))}MB"
+
+
 def running_server(home: Path) -> EmbeddedServer | None:
     """The server in ``home`` if it is up and ready, from its postmaster.pid."""
     try:
@@ -176,7 +199,8 @@ def ensure_server(home: Path) -> EmbeddedServer:
             _hand_to_system_user(socket_dir)
         options = (
             f"-c listen_addresses='' -k {socket_dir} "
-            "-c shared_buffers=256MB -c maintenance_work_mem=1GB -c max_connections=100"
+            f"-c shared_buffers={shared_buffers()} -c maintenance_work_mem=1GB "
+            "-c max_connections=100"
         )
         _run_pg(
             [

@@ -346,3 +346,16 @@ def test_halfvec_migration_rebuilds_existing_indexes_and_back(empty_database: Da
     with empty_database.connect() as conn:
         assert _index_kind(conn, model.index_name) == "vector"
         assert search_vector(conn, model, vectors[3], 1)[0].image_path == paths[3]
+
+
+def test_shared_buffers_follow_ram_and_accept_only_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipdb.embedded import shared_buffers
+
+    monkeypatch.delenv("CLIPDB_PG_SHARED_BUFFERS", raising=False)
+    size = int(shared_buffers().removesuffix("MB"))
+    assert 128 <= size <= 4096
+    monkeypatch.setenv("CLIPDB_PG_SHARED_BUFFERS", "2GB")
+    assert shared_buffers() == "2GB"
+    monkeypatch.setenv("CLIPDB_PG_SHARED_BUFFERS", "1GB -c listen_addresses='*'")
+    with pytest.raises(ClipdbError, match="use a size like"):
+        shared_buffers()
