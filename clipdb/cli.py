@@ -14,8 +14,14 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def run_guarded(parser: argparse.ArgumentParser, body: Callable[[], int]) -> int:
-    """Run a command body: 0 ok, 1 runtime error (one line, no traceback), 2 usage error."""
+def run_guarded(
+    parser: argparse.ArgumentParser,
+    body: Callable[[], int],
+    *,
+    interrupted: str = "interrupted",
+) -> int:
+    """Run a command body: 0 ok, 1 runtime error (one line, no traceback), 2 usage error,
+    130 on Ctrl-C (with the ``interrupted`` line)."""
     import psycopg
 
     try:
@@ -31,5 +37,5 @@ def run_guarded(parser: argparse.ArgumentParser, body: Callable[[], int]) -> int
         print(f"error: database: {first_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from clipdb import files
-from clipdb.cli import first_line
+from clipdb.cli import first_line, run_guarded
 from clipdb.config import Settings, add_common_arguments
 from clipdb.db import Database, open_database, require_write_access
 from clipdb.errors import ClipdbError, UsageError
@@ -682,7 +682,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prune=args.prune,
         max_pixels=args.max_pixels,
     )
-    try:
+
+    def body() -> int:
         if args.watch:
             try:
                 watch(
@@ -697,20 +698,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.strict and skipped:
             print(f"error: {skipped} file(s) skipped (--strict)", file=sys.stderr)
             return 1
-    except UsageError as err:
-        parser.print_usage(sys.stderr)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ClipdbError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except psycopg.Error as err:
-        print(f"error: database: {first_line(err)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: committed batches are kept; run again to finish", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_guarded(
+        parser, body, interrupted="interrupted: committed batches are kept; run again to finish"
+    )
 
 
 def _watch_reporter(report: Callable[[IngestSummary], None]) -> Callable[[IngestSummary], None]:
