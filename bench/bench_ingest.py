@@ -27,8 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CLIPDB_MODEL_CONFIGS", str(ROOT / "tests" / "model_configs"))
 
+from benchutil import fresh_database  # noqa: E402
+
 from clipdb import files  # noqa: E402
-from clipdb.db import Database, upgrade  # noqa: E402
+from clipdb.db import Database  # noqa: E402
 from clipdb.embedded import ensure_server, stop_server  # noqa: E402
 from clipdb.encoder import load_encoder  # noqa: E402
 from clipdb.ingest import ingest  # noqa: E402
@@ -146,17 +148,6 @@ def precision_check(encoder, paths: list[Path]) -> float:  # type: ignore[no-unt
     fp32 = dataclasses.replace(encoder, precision="fp32").encode_images(batch)
     other = encoder.encode_images(batch)
     return float((fp32 * other).sum(axis=1).min())
-
-
-def fresh_database(server, name: str) -> Database:  # type: ignore[no-untyped-def]
-    import psycopg
-
-    with psycopg.connect(server.url(database="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    database = Database(url=server.url(database=name))
-    upgrade(database)
-    return database
 
 
 def main() -> None:

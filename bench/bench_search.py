@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clipdb.db import Database, upgrade  # noqa: E402
-from clipdb.embedded import ensure_server  # noqa: E402
+from benchutil import fresh_database  # noqa: E402
+
 from clipdb.queries import register_model  # noqa: E402
 from clipdb.store import ImageRecord, bulk_load  # noqa: E402
 
@@ -38,18 +38,6 @@ DIM = 512
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def fresh_database(home: Path, name: str) -> Database:
-    import psycopg
-
-    server = ensure_server(home)
-    with psycopg.connect(server.url(database="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    database = Database(url=server.url(database=name))
-    upgrade(database)
-    return database
 
 
 def random_records(count: int, seed: int = 0) -> Iterator[ImageRecord]:

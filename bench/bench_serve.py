@@ -35,8 +35,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipdb.db import Database, upgrade  # noqa: E402
-from clipdb.embedded import ensure_server  # noqa: E402
+from benchutil import fresh_database  # noqa: E402
+
+from clipdb.db import Database  # noqa: E402
 from clipdb.queries import register_model  # noqa: E402
 from clipdb.store import ImageRecord, bulk_load  # noqa: E402
 
@@ -69,18 +70,6 @@ def picture(seed: int, size: tuple[int, int]) -> Image.Image:
         fill = tuple(int(c) for c in rng.integers(0, 256, 3))
         (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=fill)
     return image
-
-
-def fresh_database(home: Path, name: str) -> Database:
-    import psycopg
-
-    server = ensure_server(home)
-    with psycopg.connect(server.url(database="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    database = Database(url=server.url(database=name))
-    upgrade(database)
-    return database
 
 
 def fill(database: Database, pictures_dir: Path, rows: int, dim: int) -> None:

@@ -28,10 +28,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchutil import fresh_database  # noqa: E402
 from datagen import ClusteredSphere, neighbour_stats  # noqa: E402
 
-from clipdb.db import Database, upgrade  # noqa: E402
-from clipdb.embedded import ensure_server  # noqa: E402
+from clipdb.db import Database  # noqa: E402
 from clipdb.queries import Model, register_model, search_vector, topk_sql  # noqa: E402
 from clipdb.store import ImageRecord, bulk_load, copy_new_images  # noqa: E402
 
@@ -154,18 +154,6 @@ def qps_two_clients(
 def relation_mb(conn: Any, name: str, function: str = "pg_relation_size") -> float:
     row = conn.execute(f"SELECT {function}(%s::regclass)", (name,)).fetchone()
     return float(row[0]) / 2**20
-
-
-def fresh_database(home: Path, name: str) -> Database:
-    import psycopg
-
-    server = ensure_server(home)
-    with psycopg.connect(server.url(database="postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    database = Database(url=server.url(database=name))
-    upgrade(database)
-    return database
 
 
 def encoder_vectors(count: int, queries: int) -> tuple[np.ndarray, np.ndarray, float]:
