@@ -32,7 +32,6 @@ from benchutil import fresh_database  # noqa: E402
 from clipdb import files  # noqa: E402
 from clipdb.db import Database  # noqa: E402
 from clipdb.embedded import ensure_server, stop_server  # noqa: E402
-from clipdb.encoder import load_encoder  # noqa: E402
 from clipdb.ingest import ingest  # noqa: E402
 from clipdb.queries import register_model  # noqa: E402
 from clipdb.store import ImageRecord, upsert_images  # noqa: E402
@@ -151,6 +150,10 @@ def precision_check(encoder, paths: list[Path]) -> float:  # type: ignore[no-unt
 
 
 def main() -> None:
+    # Imported here, not at the top: decode workers re-import this module as __mp_main__,
+    # and a top-level torch import would add seconds to every pool start in the measurement.
+    from clipdb.encoder import load_encoder
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--size", default="1600x1200")
