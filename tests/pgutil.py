@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,3 +35,31 @@ def insert_rows(
         )
     conn.commit()
     return model, vectors, paths
+
+
+def index_images(database: Any, encoder: Any, paths: list[Path]) -> dict[str, int]:
+    """Index ``paths`` the way ingest stores them (absolute paths, the model's embeddings of
+    the decoded images); returns {path: image id}."""
+    from clipdb import files
+    from clipdb.store import ImageRecord, upsert_images
+
+    images = [files.open_image(str(path))[0] for path in paths]
+    vectors = encoder.encode_pil(images)
+    records = [
+        ImageRecord(
+            path=str(path.resolve()),
+            sha256=hashlib.sha256(path.read_bytes()).digest(),
+            size=path.stat().st_size,
+            mtime_ns=path.stat().st_mtime_ns,
+            width=image.width,
+            height=image.height,
+            embedding=vector,
+        )
+        for path, image, vector in zip(paths, images, vectors, strict=True)
+    ]
+    with database.connect() as conn:
+        model = register_model(conn, encoder.architecture, encoder.pretrained, encoder.dim)
+        upsert_images(conn, model, records)
+        conn.commit()
+        rows = conn.execute("SELECT path, id FROM clipdb.images").fetchall()
+    return dict(rows)

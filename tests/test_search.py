@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -13,36 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_MODEL, TINY_WIDE_MODEL, make_images, run_module
+from pgutil import index_images
 from PIL import Image
 
 from clipdb import search, viz
-from clipdb.db import Database
-from clipdb.queries import register_model
 from clipdb.search import Weights, combine_query, main
-from clipdb.store import ImageRecord, upsert_images
 
 TINY = ["--model", TINY_MODEL, "--pretrained", "none"]
-
-
-def index_images(database: Database, encoder, paths: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    """Put images in the database the way ingest does (absolute paths, real embeddings)."""
-    images = [Image.open(path).convert("RGB") for path in paths]
-    embeddings = encoder.encode_pil(images)
-    records = [
-        ImageRecord(
-            path=str(path.resolve()),
-            sha256=hashlib.sha256(path.read_bytes()).digest(),
-            size=path.stat().st_size,
-            mtime_ns=path.stat().st_mtime_ns,
-            width=image.width,
-            height=image.height,
-            embedding=embedding,
-        )
-        for path, image, embedding in zip(paths, images, embeddings, strict=True)
-    ]
-    with database.connect() as conn:
-        model = register_model(conn, encoder.architecture, encoder.pretrained, encoder.dim)
-        upsert_images(conn, model, records)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import socket
@@ -17,37 +16,14 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL, make_images
 from fastapi.testclient import TestClient
+from pgutil import index_images
 from PIL import Image
 
-from clipdb import files, queries, store
+from clipdb import files, queries
 from clipdb.db import Database
 from clipdb.serve import create_app, main, running
 
 RESULT_KEYS = {"rank", "image_path", "similarity", "filename", "image_id"}
-
-
-def fill(database: Database, encoder: Any, paths: list[Path]) -> dict[str, int]:
-    """Index ``paths`` the way ingest stores them; returns {path: image id}."""
-    images = [files.open_image(str(path))[0] for path in paths]
-    vectors = encoder.encode_pil(images)
-    records = [
-        store.ImageRecord(
-            path=str(path.resolve()),
-            sha256=hashlib.sha256(path.read_bytes()).digest(),
-            size=path.stat().st_size,
-            mtime_ns=path.stat().st_mtime_ns,
-            width=image.width,
-            height=image.height,
-            embedding=vector,
-        )
-        for path, image, vector in zip(paths, images, vectors, strict=True)
-    ]
-    with database.connect() as conn:
-        model = queries.register_model(conn, encoder.architecture, encoder.pretrained, encoder.dim)
-        store.upsert_images(conn, model, records)
-        conn.commit()
-        rows = conn.execute("SELECT path, id FROM clipdb.images").fetchall()
-    return dict(rows)
 
 
 @pytest.fixture
@@ -60,7 +36,7 @@ def pictures(tmp_path: Path) -> dict[str, list[Path]]:
 
 @pytest.fixture
 def ids(database: Database, tiny_encoder: Any, pictures: dict[str, list[Path]]) -> dict[str, int]:
-    return fill(database, tiny_encoder, pictures["holiday"] + pictures["work"])
+    return index_images(database, tiny_encoder, pictures["holiday"] + pictures["work"])
 
 
 @pytest.fixture
