@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from conftest import make_images
-from test_serve import fill
+from pgutil import index_images
 
 from clipdb.db import Database
 from clipdb.serve import create_app, running
@@ -38,7 +38,7 @@ def test_upload_then_more_like_this(database: Database, tiny_encoder: Any, tmp_p
     from playwright.sync_api import expect, sync_playwright
 
     pictures = make_images(tmp_path / "pictures", 12, size=(160, 120), seed=7)
-    ids = fill(database, tiny_encoder, pictures)
+    ids = index_images(database, tiny_encoder, pictures)
     query = pictures[4]
 
     with (
