@@ -46,6 +46,7 @@ from clipdb.config import (
 from clipdb.db import Database, database_status, open_database
 from clipdb.encoder import ClipEncoder, known_architectures, load_encoder, resolve_model_spec
 from clipdb.errors import ClipdbError, UsageError
+from clipdb.search import combine_query
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -80,13 +81,6 @@ def decode_upload(
             reason = "empty upload"
         raise BadUpload(f"cannot use the upload: {reason}") from None
     return image
-
-
-def combine_queries(vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """Image and text together: the normalised mean of their normalised embeddings."""
-    mean = np.mean(np.stack([np.asarray(v, dtype=np.float32) for v in vectors]), axis=0)
-    norm = float(np.linalg.norm(mean))
-    return mean / norm if norm > 0 else mean
 
 
 class ConnectionPool:
@@ -251,13 +245,11 @@ class SearchService:
 
     def encode_query(self, image: Image.Image | None, text: str | None) -> np.ndarray:
         encoder = self.encoder()
-        vectors = []
         with self._encode_lock:
-            if image is not None:
-                vectors.append(encoder.encode_pil([image])[0])
-            if text:
-                vectors.append(encoder.encode_texts([text])[0])
-        return vectors[0] if len(vectors) == 1 else combine_queries(vectors)
+            image_vector = encoder.encode_pil([image])[0] if image is not None else None
+            text_vector = encoder.encode_texts([text])[0] if text else None
+        # The CLI's combination with its default 1:1 weights: the normalised mean.
+        return combine_query(image=image_vector, text=text_vector)
 
     def search(
         self, vector: np.ndarray, k: int, *, threshold: float | None, under: str | None
