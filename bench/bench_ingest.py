@@ -29,12 +29,12 @@ os.environ.setdefault("CLIPDB_MODEL_CONFIGS", str(ROOT / "tests" / "model_config
 
 from benchutil import fresh_database  # noqa: E402
 
-from clipdb import files  # noqa: E402
+from clipdb import decode, files  # noqa: E402
 from clipdb.db import Database  # noqa: E402
-from clipdb.embedded import ensure_server, stop_server  # noqa: E402
+from clipdb.db.embedded import ensure_server, stop_server  # noqa: E402
+from clipdb.db.registry import register_model  # noqa: E402
+from clipdb.db.store import ImageRecord, upsert_images  # noqa: E402
 from clipdb.ingest import ingest  # noqa: E402
-from clipdb.queries import register_model  # noqa: E402
-from clipdb.store import ImageRecord, upsert_images  # noqa: E402
 
 
 def photo(rng: np.random.Generator, width: int, height: int):  # type: ignore[no-untyped-def]
@@ -128,22 +128,22 @@ def naive(encoder, database: Database, paths: list[Path]) -> float:  # type: ign
 
 def drift(encoder, paths: list[Path]) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
     """Cosine between embeddings of draft-decoded and fully decoded JPEGs: min, mean, scale."""
-    pipeline = files.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
-    fast = [files.decode_task(str(p), pipeline, None, draft=True) for p in paths]
-    full = [files.decode_task(str(p), pipeline, None, draft=False) for p in paths]
+    pipeline = decode.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
+    fast = [decode.decode_task(str(p), pipeline, None, draft=True) for p in paths]
+    full = [decode.decode_task(str(p), pipeline, None, draft=False) for p in paths]
     a = encoder.encode_images(pipeline.to_batch([d.pixels for d in fast]))
     b = encoder.encode_images(pipeline.to_batch([d.pixels for d in full]))
     cosines = (a * b).sum(axis=1)
-    image, _, _ = files.open_image(
-        str(paths[0]), draft_size=pipeline.input_size * files.DRAFT_MARGIN
+    image, _, _ = decode.open_image(
+        str(paths[0]), draft_size=pipeline.input_size * decode.DRAFT_MARGIN
     )
     scale = round(fast[0].width / image.width)
     return float(cosines.min()), float(cosines.mean()), scale
 
 
 def precision_check(encoder, paths: list[Path]) -> float:  # type: ignore[no-untyped-def]
-    pipeline = files.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
-    batch = pipeline.to_batch([files.decode_task(str(p), pipeline, None).pixels for p in paths])
+    pipeline = decode.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
+    batch = pipeline.to_batch([decode.decode_task(str(p), pipeline, None).pixels for p in paths])
     fp32 = dataclasses.replace(encoder, precision="fp32").encode_images(batch)
     other = encoder.encode_images(batch)
     return float((fp32 * other).sum(axis=1).min())
@@ -261,7 +261,7 @@ def main() -> None:
         "",
         "## JPEG draft decode drift",
         "",
-        f"Draft decoding keeps the short side >= {files.DRAFT_MARGIN}x the model input; cosine "
+        f"Draft decoding keeps the short side >= {decode.DRAFT_MARGIN}x the model input; cosine "
         "between embeddings of draft-decoded and fully decoded images (64 photos):",
         "",
         "| model | input | draft scale | min cosine | mean cosine |",

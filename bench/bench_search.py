@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchutil import fresh_database  # noqa: E402
 
-from clipdb.queries import register_model  # noqa: E402
-from clipdb.store import ImageRecord, bulk_load  # noqa: E402
+from clipdb.db.registry import register_model  # noqa: E402
+from clipdb.db.store import ImageRecord, bulk_load  # noqa: E402
 
 MODEL = ["--model", "ViT-B-32", "--pretrained", "none"]
 DIM = 512

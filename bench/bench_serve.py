@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchutil import fresh_database  # noqa: E402
 
 from clipdb.db import Database  # noqa: E402
-from clipdb.queries import register_model  # noqa: E402
-from clipdb.store import ImageRecord, bulk_load  # noqa: E402
+from clipdb.db.registry import register_model  # noqa: E402
+from clipdb.db.store import ImageRecord, bulk_load  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEXTS = [

@@ -7,8 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipdb.db import Database, upgrade  # noqa: E402
-from clipdb.embedded import EmbeddedServer, ensure_server  # noqa: E402
+from clipdb.db import Database  # noqa: E402
+from clipdb.db.embedded import EmbeddedServer, ensure_server  # noqa: E402
+from clipdb.db.migrate import upgrade  # noqa: E402
 
 
 def fresh_database(home_or_server: Path | str | EmbeddedServer, name: str) -> Database:

@@ -32,8 +32,9 @@ from benchutil import fresh_database  # noqa: E402
 from datagen import ClusteredSphere, neighbour_stats  # noqa: E402
 
 from clipdb.db import Database  # noqa: E402
-from clipdb.queries import Model, register_model, search_vector, topk_sql  # noqa: E402
-from clipdb.store import ImageRecord, bulk_load, copy_new_images  # noqa: E402
+from clipdb.db.queries import search_vector, topk_sql  # noqa: E402
+from clipdb.db.registry import Model, register_model  # noqa: E402
+from clipdb.db.store import ImageRecord, bulk_load, copy_new_images  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 K = 10

@@ -21,8 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clipdb.db import Database  # noqa: E402
-from clipdb.embedded import ensure_server  # noqa: E402
-from clipdb.queries import list_models, search_vector  # noqa: E402
+from clipdb.db.embedded import ensure_server  # noqa: E402
+from clipdb.db.queries import search_vector  # noqa: E402
+from clipdb.db.registry import list_models  # noqa: E402
 
 
 def main() -> None:

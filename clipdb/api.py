@@ -10,62 +10,42 @@ Code written for the original tool switches by changing the import and the class
 
 Differences: the index lives in the database (``build_image_index`` adds to it, so there is no
 need to save and load between runs); ``save_index``/``load_index`` are a portable export/import
-in ``.npz`` form (never pickle); the model is loaded on first use, not in ``__init__``.
+in ``.npz`` form (never pickle); the model is loaded on first use, not in ``__init__``. This
+class is a thin facade: the work is done by :mod:`clipdb.ingest`, :mod:`clipdb.search` and
+:mod:`clipdb.export`, with the same model-choice policy as the CLI and the server.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import sys
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import psycopg
 
 from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_MODEL, Settings
 from clipdb.db import Database, open_database
-from clipdb.errors import ClipdbError
-from clipdb.queries import Hit, Model, register_model
+from clipdb.db.queries import Hit
+from clipdb.db.registry import Model
+from clipdb.export import export_index, import_index
 from clipdb.search import (
-    BATCH_RESULTS_FILE,
     SearchOptions,
-    batch_plot_name,
-    format_table,
+    choose_model,
     image_files,
-    model_for_encoding,
+    load_model_encoder,
     open_image,
-    result_dicts,
+    run_batch,
     search,
 )
-from clipdb.store import ImageRecord, upsert_images
+from clipdb.search.output import format_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from clipdb.encoder import ClipEncoder
-
-INDEX_FORMAT = "clipdb-index"
-INDEX_VERSION = 1
-# Arrays covered by the checksum, in this order.
-_INDEX_ARRAYS = (
-    "format",
-    "version",
-    "architecture",
-    "pretrained",
-    "dim",
-    "paths",
-    "embeddings",
-    "sha256",
-    "size",
-    "mtime_ns",
-    "width",
-    "height",
-)
 
 
 class ClipDB:
@@ -96,7 +76,7 @@ class ClipDB:
 
     @property
     def encoder(self) -> ClipEncoder:
-        """The CLIP model, loaded on first use."""
+        """The CLIP model named by the settings (what ``build_image_index`` encodes with)."""
         if self._encoder is None:
             from clipdb.encoder import load_encoder
 
@@ -108,6 +88,21 @@ class ClipDB:
             )
         return self._encoder
 
+    def _searched_model(self) -> Model:
+        """The rows searches use: :func:`clipdb.search.choose_model`, as the CLI and server."""
+        with self.database.connect() as conn:
+            return choose_model(conn, self.settings)
+
+    def _encoder_for(self, model: Model) -> ClipEncoder:
+        """The encoder that made ``model``'s rows (the settings' one when it is that one)."""
+        if self._encoder is not None and (
+            self._encoder.architecture,
+            self._encoder.pretrained,
+        ) == (model.architecture, model.pretrained):
+            return self._encoder
+        self._encoder = load_model_encoder(model, self.settings, self.device, self.precision)
+        return self._encoder
+
     # --- indexing -------------------------------------------------------------------------
 
     def extract_image_features(self, image_path: str | os.PathLike[str]) -> np.ndarray:
@@ -117,7 +112,8 @@ class ClipDB:
     def build_image_index(self, image_dir: str | os.PathLike[str], **options: Any) -> Any:
         """Index (or update) the images under ``image_dir``; returns ingest's summary.
 
-        ``options`` go to :func:`clipdb.ingest.ingest` (``batch_size``, ``exclude``, ``prune``...).
+        ``options`` are :class:`clipdb.ingest.IngestOptions` fields (``batch_size``,
+        ``exclude``, ``prune``...).
         """
         from clipdb.ingest import ingest
 
@@ -125,10 +121,9 @@ class ClipDB:
 
     # --- searching ------------------------------------------------------------------------
 
-    def _search(self, query: np.ndarray, options: SearchOptions) -> list[dict[str, Any]]:
+    def _search(self, model: Model, query: np.ndarray, options: SearchOptions) -> list[Hit]:
         with self.database.connect() as conn:
-            model = model_for_encoding(conn, self.settings)
-            return result_dicts(search(conn, model, query, options))
+            return search(conn, model, query, options)
 
     def search_similar_images(
         self,
@@ -142,9 +137,10 @@ class ClipDB:
         """``[{"rank", "image_path", "similarity", "filename", "image_id"}, ...]`` best first."""
         open_image(query_image_path)  # a missing or broken file fails before anything loads
         options = SearchOptions(top_k, ef_search, _str(under), threshold)
-        with self.database.connect() as conn:
-            model_for_encoding(conn, self.settings)  # no rows: fail before loading the model
-        return self._search(self.extract_image_features(query_image_path), options)
+        model = self._searched_model()  # no rows: fail before loading the model
+        encoder = self._encoder_for(model)
+        vector = encoder.encode_pil([open_image(query_image_path, encoder)])[0]
+        return [hit.to_dict() for hit in self._search(model, vector, options)]
 
     def search_by_text(
         self,
@@ -157,9 +153,9 @@ class ClipDB:
     ) -> list[dict[str, Any]]:
         """Images matching a text description (CLIP text tower), best first."""
         options = SearchOptions(top_k, ef_search, _str(under), threshold)
-        with self.database.connect() as conn:
-            model_for_encoding(conn, self.settings)
-        return self._search(self.encoder.encode_texts([text])[0], options)
+        model = self._searched_model()
+        vector = self._encoder_for(model).encode_texts([text])[0]
+        return [hit.to_dict() for hit in self._search(model, vector, options)]
 
     def print_search_results(
         self, query: str | os.PathLike[str], results: Sequence[dict[str, Any]]
@@ -200,38 +196,22 @@ class ClipDB:
         Unreadable images are reported on stderr and left out. With ``save_dir``, also writes
         ``batch_search_results.json`` and one grid PNG per query there.
         """
-        import sys
-
-        from clipdb.search import batch_search
-        from clipdb.viz import plot_results
-
         queries = image_files(query_dir)
-        options = SearchOptions(k=top_k)
-        results: dict[str, list[dict[str, Any]]] = {}
-        out = Path(save_dir) if save_dir is not None else None
+        model = self._searched_model()
+        encoder = self._encoder_for(model)
         with self.database.connect() as conn:
-            model = model_for_encoding(conn, self.settings)
-            items = batch_search(conn, model, self.encoder, queries, options)
-            for index, item in enumerate(items, start=1):
-                if item.hits is None:
-                    print(f"skipping {item.query_path}: {item.error}", file=sys.stderr)
-                    continue
-                results[str(item.query_path.resolve())] = result_dicts(item.hits)
-                if out is not None:
-                    plot_name = batch_plot_name(index, item.query_path)
-                    plot_results(item.hits, out / plot_name, query_image=item.query_path)
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-            (out / BATCH_RESULTS_FILE).write_text(text)
-        return results
+            return run_batch(
+                conn, model, encoder, queries, SearchOptions(k=top_k),
+                out=Path(save_dir) if save_dir is not None else None,
+                on_skip=lambda path, reason: print(f"skipping {path}: {reason}", file=sys.stderr),
+            )  # fmt: skip
 
     # --- portable export / import ---------------------------------------------------------
 
     def save_index(self, index_path: str | os.PathLike[str]) -> Path:
         """Write this model's rows (paths, file identity, embeddings) to an ``.npz`` file."""
+        model = self._searched_model()
         with self.database.connect() as conn:
-            model = model_for_encoding(conn, self.settings)
             return export_index(conn, model, index_path)
 
     def load_index(self, index_path: str | os.PathLike[str]) -> int:
@@ -264,114 +244,3 @@ def _hits(results: Sequence[dict[str, Any]]) -> list[Hit]:
         )
         for r in results
     ]
-
-
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for name in _INDEX_ARRAYS:
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def export_index(
-    conn: psycopg.Connection[Any], model: Model, index_path: str | os.PathLike[str]
-) -> Path:
-    """Write ``model``'s rows to ``index_path`` (.npz, plain arrays + sha256 checksum)."""
-    rows = conn.execute(
-        "SELECT path, sha256, size, mtime_ns, width, height, embedding FROM clipdb.images "
-        f"WHERE model_id = {int(model.model_id)} ORDER BY path"
-    ).fetchall()
-    embeddings = np.zeros((len(rows), model.dim), dtype=np.float32)
-    for position, row in enumerate(rows):
-        value = row[6]
-        embeddings[position] = value.to_numpy() if hasattr(value, "to_numpy") else value
-    arrays: dict[str, np.ndarray] = {
-        "format": np.array(INDEX_FORMAT),
-        "version": np.array(INDEX_VERSION, dtype=np.int64),
-        "architecture": np.array(model.architecture),
-        "pretrained": np.array(model.pretrained),
-        "dim": np.array(model.dim, dtype=np.int64),
-        "paths": np.array([row[0] for row in rows], dtype=str).reshape(len(rows)),
-        "embeddings": embeddings,
-        "sha256": np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.uint8)
-        .reshape(len(rows), 32)
-        .copy(),
-        "size": np.array([row[2] for row in rows], dtype=np.int64),
-        "mtime_ns": np.array([row[3] for row in rows], dtype=np.int64),
-        "width": np.array([row[4] for row in rows], dtype=np.int32),
-        "height": np.array([row[5] for row in rows], dtype=np.int32),
-    }
-    arrays["checksum"] = np.array(_checksum(arrays))
-    path = Path(index_path)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "wb") as handle:  # a handle keeps the name as given (no .npz added)
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-        os.replace(partial, path)
-    except OSError as err:
-        raise ClipdbError(f"cannot write index {path}: {err.strerror or err}") from None
-    return path
-
-
-def read_index(index_path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """The arrays of an export, checked: format, version, shapes and checksum."""
-    path = Path(index_path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        raise ClipdbError(f"index file {path} does not exist") from None
-    except ValueError as err:
-        if "pickle" in str(err):
-            raise ClipdbError(
-                f"{path} holds pickled data, which clipdb never loads; "
-                "export it again with ClipDB.save_index"
-            ) from None
-        raise ClipdbError(f"{path} is not a clipdb index file: {err}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:  # truncated or bytes flipped
-        raise ClipdbError(f"cannot read index file {path}: {err}") from None
-    missing = [name for name in (*_INDEX_ARRAYS, "checksum") if name not in arrays]
-    if missing or str(arrays["format"]) != INDEX_FORMAT:
-        raise ClipdbError(f"{path} is not a clipdb index file")
-    if int(arrays["version"]) > INDEX_VERSION:
-        raise ClipdbError(
-            f"{path} is index format version {int(arrays['version'])}; "
-            f"this clipdb reads up to {INDEX_VERSION}"
-        )
-    try:
-        checksum = _checksum(arrays)
-    except (TypeError, ValueError):
-        checksum = ""
-    if checksum != str(arrays["checksum"]):
-        raise ClipdbError(f"{path} failed its checksum: the file was modified or is corrupt")
-    count, dim = len(arrays["paths"]), int(arrays["dim"])
-    if arrays["embeddings"].shape != (count, dim) or arrays["sha256"].shape != (count, 32):
-        raise ClipdbError(f"{path} has inconsistent array shapes")
-    return arrays
-
-
-def import_index(
-    conn: psycopg.Connection[Any], index_path: str | os.PathLike[str]
-) -> tuple[Model, int]:
-    """Upsert an export's rows under its model (registered if new); one transaction."""
-    arrays = read_index(index_path)
-    model = register_model(
-        conn, str(arrays["architecture"]), str(arrays["pretrained"]), int(arrays["dim"])
-    )
-    records = [
-        ImageRecord(
-            path=str(arrays["paths"][i]),
-            sha256=arrays["sha256"][i].tobytes(),
-            size=int(arrays["size"][i]),
-            mtime_ns=int(arrays["mtime_ns"][i]),
-            width=int(arrays["width"][i]),
-            height=int(arrays["height"][i]),
-            embedding=arrays["embeddings"][i],
-        )
-        for i in range(len(arrays["paths"]))
-    ]
-    with conn.transaction():
-        upsert_images(conn, model, records)
-    return model, len(records)

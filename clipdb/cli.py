@@ -1,31 +1,38 @@
-"""What every ``python -m clipdb.*`` command shares: errors mapped to one line and an exit code."""
+"""The CLI kit every command shares: parse, run, map errors to exit codes, shared validators.
+
+Exit codes: 0 ok, 1 runtime error (one line on stderr, no traceback), 2 usage error, 130 on
+Ctrl-C. Nothing here imports torch, open_clip or FastAPI, so ``--help`` and argument errors of
+every command answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from clipdb.errors import ClipdbError, UsageError
+from clipdb.config import DEVICES, PRECISIONS
+from clipdb.errors import ClipdbError, UsageError, first_line
 
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+__all__ = ["first_line", "run_command", "positive_int", "non_negative_int", "similarity_value"]
 
 
-def run_guarded(
+def run_command(
     parser: argparse.ArgumentParser,
-    body: Callable[[], int],
+    argv: Sequence[str] | None,
+    body: Callable[[argparse.Namespace], int],
     *,
     interrupted: str = "interrupted",
 ) -> int:
-    """Run a command body: 0 ok, 1 runtime error (one line, no traceback), 2 usage error,
-    130 on Ctrl-C (with the ``interrupted`` line)."""
+    """Parse ``argv`` and run ``body(args)``; every outcome becomes an exit code."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2, already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
     import psycopg
 
     try:
-        return body()
+        return body(args)
     except UsageError as err:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
@@ -39,3 +46,78 @@ def run_guarded(
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    number = _int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type: an integer >= 0."""
+    number = _int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value!r}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def similarity_value(value: str) -> float:
+    """argparse type: a cosine similarity in [-1, 1]."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not -1.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine similarity is in [-1, 1], got {value!r}")
+    return number
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``, the same choices for every command that encodes."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="where to encode: auto (cuda, then mps, then cpu), cpu, cuda or mps (default auto)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default auto)",
+    )
+
+
+# How the user ran the command, for usage lines: the ``clipdb`` dispatcher sets "clipdb ".
+invoked_as = "python -m clipdb."
+
+
+def command_parser(name: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """A command's parser, named as it was run; examples after the options."""
+    return argparse.ArgumentParser(
+        prog=f"{invoked_as}{name}",
+        description=description,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )

@@ -9,26 +9,16 @@ from pathlib import Path
 
 import platformdirs
 
+from clipdb.models import canonical_model_name
+
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_TOP_K = 5
 # Smallest hnsw.ef_search with recall@10 >= 0.95 at 1M clustered 512-d vectors (0.973; 160 gave
 # 0.947; 40 gave 0.767): bench/results/SCALE.md.
 DEFAULT_EF_SEARCH = 320
 
-# Names the original CLIPImageRetrieval tool (OpenAI's clip package) used.
-MODEL_ALIASES = {
-    "ViT-B/32": "ViT-B-32",
-    "ViT-B/16": "ViT-B-16",
-    "ViT-L/14": "ViT-L-14",
-    "ViT-L/14@336px": "ViT-L-14-336",
-    "RN50": "RN50",
-    "RN101": "RN101",
-}
-
-
-def canonical_model_name(name: str) -> str:
-    """Map the original tool's model names (``ViT-B/32``) to open_clip's (``ViT-B-32``)."""
-    return MODEL_ALIASES.get(name, name)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)

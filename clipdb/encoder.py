@@ -22,14 +22,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipdb.config import canonical_model_name
+from clipdb.config import DEVICES, PRECISIONS
 from clipdb.errors import ClipdbError, UsageError
-from clipdb.model_names import RANDOM_WEIGHTS, ModelSpec, file_identity, quick_model_spec
+from clipdb.models import (
+    RANDOM_WEIGHTS,
+    ModelSpec,
+    canonical_model_name,
+    file_identity,
+    quick_model_spec,
+)
 
 RANDOM_SEED = 0  # every process builds the identical random model
 __all__ = ["ModelSpec", "file_identity", "quick_model_spec", "load_encoder", "ClipEncoder"]
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 HUB_HOST = ("huggingface.co", 443)
 
 

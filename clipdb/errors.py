@@ -7,3 +7,9 @@ class ClipdbError(Exception):
 
 class UsageError(ClipdbError):
     """Bad arguments: printed with the usage line, exit 2."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (PostgreSQL's carry DETAIL/HINT lines after it)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clipdb.db.queries import Hit
 from clipdb.errors import ClipdbError
-from clipdb.queries import Hit
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, make_images
+from helpers import TINY_MODEL, make_images
 from PIL import Image
 
 import clipdb
 from clipdb import viz
-from clipdb.api import read_index
-from clipdb.db import Database, upgrade
+from clipdb.db import Database
+from clipdb.db.migrate import upgrade
 from clipdb.errors import ClipdbError
+from clipdb.export import read_index
 
 
 @pytest.fixture
-def retriever(database, tiny_encoder, tmp_path):  # type: ignore[no-untyped-def]
+def retriever(database, tiny_encoder, tmp_path):
     """A ClipDB on the test database with 8 images built through build_image_index."""
     db = clipdb.ClipDB(model_name=TINY_MODEL, pretrained="none", database_url=database.url)
     db._encoder = tiny_encoder  # the session's model, to keep tests fast
@@ -31,7 +32,7 @@ def retriever(database, tiny_encoder, tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def other_database(pg_server, template_database):  # type: ignore[no-untyped-def]
+def other_database(pg_server, template_database):
     """A second fresh database (for export -> import)."""
     import psycopg
 
@@ -51,7 +52,7 @@ def test_constructor_takes_the_original_names_and_loads_nothing() -> None:
     assert db._encoder is None and db._database is None
 
 
-def test_search_similar_images_returns_the_original_format(retriever, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_search_similar_images_returns_the_original_format(retriever, tmp_path) -> None:
     query = tmp_path / "lib" / "img_0005.jpg"
     results = retriever.search_similar_images(str(query), top_k=3)
     assert [r["rank"] for r in results] == [1, 2, 3]
@@ -62,13 +63,13 @@ def test_search_similar_images_returns_the_original_format(retriever, tmp_path) 
     assert [r["image_path"] for r in under] == [r["image_path"] for r in results]
 
 
-def test_search_by_text(retriever) -> None:  # type: ignore[no-untyped-def]
+def test_search_by_text(retriever) -> None:
     results = retriever.search_by_text("a photo of a dog", top_k=4)
     assert len(results) == 4
     assert {"rank", "image_path", "similarity", "filename"} <= set(results[0])
 
 
-def test_print_search_results(retriever, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_print_search_results(retriever, tmp_path, capsys) -> None:
     results = [
         {"rank": 1, "image_path": "/x/a.jpg", "similarity": 0.98765, "filename": "a.jpg"},
         {"rank": 2, "image_path": "/x/b.jpg", "similarity": 0.5, "filename": "b.jpg"},
@@ -82,7 +83,7 @@ def test_print_search_results(retriever, tmp_path, capsys) -> None:  # type: ign
     )
 
 
-def test_visualize_search_results(retriever, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_visualize_search_results(retriever, tmp_path) -> None:
     query = tmp_path / "lib" / "img_0001.jpg"
     results = retriever.search_similar_images(query, top_k=7)
     saved = retriever.visualize_search_results(query, results, save_path=tmp_path / "r.png")
@@ -95,7 +96,7 @@ def test_visualize_search_results(retriever, tmp_path) -> None:  # type: ignore[
     ]
 
 
-def test_batch_search(retriever, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_batch_search(retriever, tmp_path, capsys) -> None:
     queries = make_images(tmp_path / "queries", 2, seed=3)
     (tmp_path / "queries" / "bad.png").write_bytes(b"")
     results = retriever.batch_search(tmp_path / "queries", top_k=2, save_dir=tmp_path / "out")
@@ -107,7 +108,7 @@ def test_batch_search(retriever, tmp_path, capsys) -> None:  # type: ignore[no-u
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
 
 
-def test_save_then_load_into_a_fresh_database_gives_identical_results(  # type: ignore[no-untyped-def]
+def test_save_then_load_into_a_fresh_database_gives_identical_results(
     retriever, other_database, tiny_encoder, tmp_path
 ) -> None:
     index = tmp_path / "clip_index.npz"
@@ -127,7 +128,7 @@ def test_save_then_load_into_a_fresh_database_gives_identical_results(  # type: 
     assert len(fresh.search_similar_images(query, top_k=20)) == 8
 
 
-def test_index_file_is_plain_arrays(retriever, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_index_file_is_plain_arrays(retriever, tmp_path) -> None:
     index = tmp_path / "index.npz"
     retriever.save_index(index)
     arrays = read_index(index)
@@ -136,7 +137,7 @@ def test_index_file_is_plain_arrays(retriever, tmp_path) -> None:  # type: ignor
     assert np.allclose(np.linalg.norm(arrays["embeddings"], axis=1), 1.0, atol=1e-5)
 
 
-def test_tampered_or_foreign_index_files_are_refused(retriever, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_or_foreign_index_files_are_refused(retriever, tmp_path) -> None:
     index = tmp_path / "index.npz"
     retriever.save_index(index)
     with np.load(index) as data:
@@ -159,7 +160,7 @@ def test_tampered_or_foreign_index_files_are_refused(retriever, tmp_path) -> Non
         retriever.load_index(tmp_path / "junk.npz")
 
 
-def test_errors_are_clipdb_errors(database, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_errors_are_clipdb_errors(database, tmp_path) -> None:
     db = clipdb.ClipDB(TINY_MODEL, pretrained="none", database_url=database.url)
     with pytest.raises(ClipdbError, match="no indexed images"):
         db.search_by_text("anything")

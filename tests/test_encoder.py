@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 from PIL import Image
 
 from clipdb.encoder import _encode_text_trimmed, _normalise, load_encoder, resolve_model_spec
 from clipdb.errors import ClipdbError, UsageError
-from clipdb.model_names import STANDARD_WEIGHTS, quick_model_spec
+from clipdb.models import STANDARD_WEIGHTS, quick_model_spec
 
 
-def test_random_weights_are_identical_in_every_process(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+def test_random_weights_are_identical_in_every_process(tiny_encoder) -> None:
     again = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32")
     for ours, theirs in zip(
         tiny_encoder.model.state_dict().values(), again.model.state_dict().values(), strict=True
@@ -29,7 +29,7 @@ def test_random_weights_are_identical_in_every_process(tiny_encoder) -> None:  #
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_encodings_are_unit_vectors_of_the_model_dimension(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+def test_encodings_are_unit_vectors_of_the_model_dimension(tiny_encoder) -> None:
     images = tiny_encoder.encode_pil([Image.new("RGB", (40, 30), "red"), Image.new("L", (9, 50))])
     texts = tiny_encoder.encode_texts(["a red car", "night"])
     for vectors in (images, texts):
@@ -37,7 +37,7 @@ def test_encodings_are_unit_vectors_of_the_model_dimension(tiny_encoder) -> None
         assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_trimmed_text_encoding_equals_open_clips(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+def test_trimmed_text_encoding_equals_open_clips(tiny_encoder) -> None:
     texts = ["a red car", "x", "a photo of a cat on a long couch in the living room at night"]
     tokens = tiny_encoder.tokenizer(texts)
     with torch.inference_mode():
@@ -47,7 +47,7 @@ def test_trimmed_text_encoding_equals_open_clips(tiny_encoder) -> None:  # type:
     assert np.allclose(tiny_encoder.encode_texts(texts), full, atol=1e-5)
 
 
-def test_local_checkpoint_file_loads_through_open_clip(tiny_encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_local_checkpoint_file_loads_through_open_clip(tiny_encoder, tmp_path: Path) -> None:
     # A checkpoint the way users have them: a state dict saved by torch.
     checkpoint = tmp_path / "tiny.pt"
     state = {k: v + 0.01 for k, v in tiny_encoder.model.state_dict().items()}

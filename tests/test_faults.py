@@ -22,13 +22,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import TINY_MODEL, assert_same_rows, make_images, row_count, run_module, table
 
-from clipdb import ingest as ingest_module
-from clipdb.db import Database, upgrade
-from clipdb.embedded import EmbeddedServer, ensure_server, stop_server
+from clipdb.db import Database
+from clipdb.db.embedded import EmbeddedServer, ensure_server, stop_server
+from clipdb.db.migrate import upgrade
+from clipdb.db.queries import search_vector
+from clipdb.db.registry import list_models
+from clipdb.ingest import __main__ as ingest_cli
 from clipdb.ingest import ingest
-from clipdb.queries import list_models, search_vector
-from tests.conftest import TINY_MODEL, make_images, run_module
+from clipdb.ingest import writer as ingest_writer
 
 IMAGES = 60
 BATCH = 4
@@ -39,7 +42,7 @@ CLI_MODEL = ["--model", TINY_MODEL, "--pretrained", "none", "--device", "cpu",
 # rows are written, before COMMIT), so that a kill -9 usually lands on an uncommitted batch.
 SLOW_COMMIT_INGEST = """\
 import runpy, time
-import clipdb.store as store
+import clipdb.db.store as store
 upsert = store.upsert_images
 def held(*args):
     count = upsert(*args)
@@ -50,35 +53,6 @@ runpy.run_module("clipdb.ingest", run_name="__main__", alter_sys=True)
 """
 
 
-def table(database: Database) -> dict[str, tuple[Any, ...]]:
-    """path -> (sha256, size, mtime_ns, width, height, embedding); fails on duplicate paths."""
-    with database.connect() as conn:
-        found = conn.execute(
-            "SELECT path, sha256, size, mtime_ns, width, height, embedding FROM clipdb.images"
-        ).fetchall()
-    result = {
-        path: (bytes(sha), size, mtime, width, height, np.asarray(emb.to_numpy(), np.float32))
-        for path, sha, size, mtime, width, height, emb in found
-    }
-    assert len(result) == len(found), "duplicate paths"
-    return result
-
-
-def count(database: Database) -> int:
-    try:
-        with database.connect() as conn:
-            return int(conn.execute("SELECT count(*) FROM clipdb.images").fetchone()[0])
-    except Exception:  # noqa: BLE001 - not migrated yet, or the server is restarting
-        return 0
-
-
-def assert_same_rows(actual: dict, expected: dict) -> None:
-    assert sorted(actual) == sorted(expected)
-    for path, row in expected.items():
-        assert actual[path][:5] == row[:5], path
-        np.testing.assert_allclose(actual[path][5], row[5], atol=1e-5, err_msg=path)
-
-
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     make_images(tmp_path / "tree", IMAGES, size=(64, 48), seed=11)
@@ -86,7 +60,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def clean_run(pg_server, template_database, tiny_encoder, tree) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+def clean_run(pg_server, template_database, tiny_encoder, tree) -> Iterator[dict]:
     """The table one undisturbed ingest of ``tree`` gives, in a database of its own."""
     import psycopg
 
@@ -107,14 +81,14 @@ def clean_run(pg_server, template_database, tiny_encoder, tree) -> Iterator[dict
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_leaves_whole_batches_and_rerun_equals_clean_run(database, tree, clean_run):  # type: ignore[no-untyped-def]
+def test_kill_9_mid_run_leaves_whole_batches_and_rerun_equals_clean_run(database, tree, clean_run):
     process = subprocess.Popen(
         [sys.executable, "-c", SLOW_COMMIT_INGEST, str(tree), *CLI_MODEL],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while count(database) < 2 * BATCH and time.monotonic() < deadline:
+        while row_count(database) < 2 * BATCH and time.monotonic() < deadline:
             assert process.poll() is None, process.communicate()[1].decode()
             time.sleep(0.02)
         assert process.poll() is None, "ingest finished before it could be killed"
@@ -145,7 +119,7 @@ def test_kill_9_mid_run_leaves_whole_batches_and_rerun_equals_clean_run(database
 @pytest.mark.slow
 def test_two_ingester_processes_with_searches_throughout_equal_one_clean_run(
     database, tree, clean_run
-):  # type: ignore[no-untyped-def]
+):
     stop = threading.Event()
     searches: list[int] = []
     failures: list[BaseException] = []
@@ -241,14 +215,14 @@ class HeldEncoder:
 
 def wait_for_rows(database: Database, rows: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while count(database) < rows:
+    while row_count(database) < rows:
         assert time.monotonic() < deadline, f"fewer than {rows} rows after {timeout} s"
         time.sleep(0.02)
 
 
 def test_restart_mid_ingest_is_retried_and_loses_nothing(
     restartable, own_server, tiny_encoder, tree, clean_run
-):  # type: ignore[no-untyped-def]
+):
     held = HeldEncoder(tiny_encoder)
     outcome: list[Any] = []
     worker = threading.Thread(
@@ -280,13 +254,13 @@ def test_restart_mid_ingest_is_retried_and_loses_nothing(
 
 def test_server_down_for_good_exits_1_with_one_line_and_rerun_completes(
     restartable, own_server, tiny_encoder, tree, clean_run, monkeypatch, capsys
-):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(ingest_module, "RECONNECT_DELAYS", (0.1, 0.2, 0.4))
+):
+    monkeypatch.setattr(ingest_writer, "RECONNECT_DELAYS", (0.1, 0.2, 0.4))
     held = HeldEncoder(tiny_encoder)
     monkeypatch.setattr("clipdb.encoder.load_encoder", lambda *a, **k: held.encoder)
     codes: list[int] = []
     args = [str(tree), *CLI_MODEL, "--json"]
-    worker = threading.Thread(target=lambda: codes.append(ingest_module.main(args)))
+    worker = threading.Thread(target=lambda: codes.append(ingest_cli.main(args)))
     worker.start()
     try:
         assert held.reached.wait(30)
@@ -308,7 +282,7 @@ def test_server_down_for_good_exits_1_with_one_line_and_rerun_completes(
     assert len(kept) == 2 * BATCH  # the two committed batches survived the restart
 
     monkeypatch.setattr("clipdb.encoder.load_encoder", lambda *a, **k: tiny_encoder)
-    assert ingest_module.main(args) == 0
+    assert ingest_cli.main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["new"], summary["unchanged"]) == (IMAGES - len(kept), len(kept))
     assert_same_rows(table(restartable), clean_run)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from clipdb import files
+from clipdb import decode, files
 
 
-def write_jpeg(path: Path, size: tuple[int, int] = (40, 30), color=(200, 30, 40)) -> Path:  # type: ignore[no-untyped-def]
+def write_jpeg(path: Path, size: tuple[int, int] = (40, 30), color=(200, 30, 40)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path, "JPEG")
     return path
@@ -65,7 +65,7 @@ def test_scan_symlinks_loops_and_special_files(tmp_path: Path) -> None:
     }
 
 
-def _bytes_of(image: Image.Image, fmt: str, **kwargs) -> bytes:  # type: ignore[no-untyped-def]
+def _bytes_of(image: Image.Image, fmt: str, **kwargs) -> bytes:
     import io
 
     buffer = io.BytesIO()
@@ -82,42 +82,42 @@ def test_open_image_bad_inputs() -> None:
         good[: len(good) // 2]: files.CORRUPT,
     }
     for data, reason in cases.items():
-        with pytest.raises(files.ImageError) as caught:
-            files.open_image(data)
+        with pytest.raises(decode.ImageError) as caught:
+            decode.open_image(data)
         assert str(caught.value) == reason
-    with pytest.raises(files.ImageError, match=files.TOO_LARGE):
-        files.open_image(good, max_pixels=64 * 48 - 1)
-    assert files.open_image(good, max_pixels=64 * 48)[1:] == (64, 48)
+    with pytest.raises(decode.ImageError, match=files.TOO_LARGE):
+        decode.open_image(good, max_pixels=64 * 48 - 1)
+    assert decode.open_image(good, max_pixels=64 * 48)[1:] == (64, 48)
 
 
 def test_open_image_decompression_bomb_is_checked_before_decoding() -> None:
     huge = _bytes_of(Image.new("L", (12000, 12000)), "PNG")  # compresses to a few kB
-    with pytest.raises(files.ImageError, match=files.TOO_LARGE):
-        files.open_image(huge)
+    with pytest.raises(decode.ImageError, match=files.TOO_LARGE):
+        decode.open_image(huge)
 
 
 def test_open_image_modes_become_upright_rgb() -> None:
     rgba = Image.new("RGBA", (8, 6), (255, 0, 0, 0))  # fully transparent: white, not red
-    image, _, _ = files.open_image(_bytes_of(rgba, "PNG"))
+    image, _, _ = decode.open_image(_bytes_of(rgba, "PNG"))
     assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)
 
     deep = Image.fromarray(np.full((6, 8), 65535 // 2, dtype=np.uint16))  # I;16 mid-grey
-    image, _, _ = files.open_image(_bytes_of(deep, "PNG"))
+    image, _, _ = decode.open_image(_bytes_of(deep, "PNG"))
     assert image.mode == "RGB" and abs(image.getpixel((0, 0))[0] - 128) <= 1
 
     cmyk = Image.new("CMYK", (8, 6), (0, 255, 255, 0))  # red in CMYK
-    image, _, _ = files.open_image(_bytes_of(cmyk, "JPEG"))
+    image, _, _ = decode.open_image(_bytes_of(cmyk, "JPEG"))
     red = image.getpixel((4, 3))
     assert image.mode == "RGB" and red[0] > 200 and red[1] < 60
 
     palette = Image.new("RGB", (8, 6), (0, 0, 255)).convert("P")
-    assert files.open_image(_bytes_of(palette, "PNG"))[0].getpixel((0, 0)) == (0, 0, 255)
+    assert decode.open_image(_bytes_of(palette, "PNG"))[0].getpixel((0, 0)) == (0, 0, 255)
     gray = Image.new("L", (8, 6), 77)
-    assert files.open_image(_bytes_of(gray, "PNG"))[0].getpixel((0, 0)) == (77, 77, 77)
+    assert decode.open_image(_bytes_of(gray, "PNG"))[0].getpixel((0, 0)) == (77, 77, 77)
 
     frames = [Image.new("RGB", (8, 6), c) for c in ((255, 0, 0), (0, 255, 0))]
     gif = _bytes_of(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    first = files.open_image(gif)[0].getpixel((0, 0))
+    first = decode.open_image(gif)[0].getpixel((0, 0))
     assert first[0] > 200 and first[1] < 60
 
 
@@ -125,28 +125,28 @@ def test_open_image_exif_orientation_swaps_reported_size() -> None:
     image = Image.new("RGB", (60, 40), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 10, 10))  # marks the top-left corner
     exif = Image.Exif()
-    exif[files.ORIENTATION_TAG] = 6  # "rotate 90 clockwise to view"
-    decoded, width, height = files.open_image(_bytes_of(image, "JPEG", exif=exif))
+    exif[decode.ORIENTATION_TAG] = 6  # "rotate 90 clockwise to view"
+    decoded, width, height = decode.open_image(_bytes_of(image, "JPEG", exif=exif))
     assert (width, height) == (40, 60) and decoded.size == (40, 60)
     assert decoded.getpixel((35, 3))[0] > 200  # corner moved to the top right
 
 
 def test_draft_decoding_keeps_the_margin() -> None:
     big = _bytes_of(Image.new("RGB", (1600, 1200), (90, 90, 90)), "JPEG")
-    image, width, height = files.open_image(big, draft_size=448)
+    image, width, height = decode.open_image(big, draft_size=448)
     assert (width, height) == (1600, 1200)  # the file's size, not the draft's
     assert image.size == (800, 600)  # 1/2 scale: short side 600 >= 448
 
 
 @pytest.mark.parametrize("input_size", [32, 224])
-def test_pixel_pipeline_is_bit_identical_to_preprocess(tiny_encoder, input_size) -> None:  # type: ignore[no-untyped-def]
+def test_pixel_pipeline_is_bit_identical_to_preprocess(tiny_encoder, input_size) -> None:
     import open_clip
     import torch
 
     preprocess = (
         tiny_encoder.preprocess if input_size == 32 else open_clip.image_transform(224, False)
     )
-    pipeline = files.PixelPipeline.from_preprocess(preprocess, input_size)
+    pipeline = decode.PixelPipeline.from_preprocess(preprocess, input_size)
     assert pipeline.whole is None  # the split path, without torch in the workers
     rng = np.random.default_rng(3)
     sizes = [(70, 50), (50, 70), (301, 227), (20, 15), (input_size + 1, 5), (900, 601)]
@@ -162,7 +162,7 @@ def test_pixel_pipeline_falls_back_to_the_whole_transform() -> None:
     odd = T.Compose(
         [T.Resize(40), T.RandomCrop(32), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)]
     )
-    pipeline = files.PixelPipeline.from_preprocess(odd, 32)
+    pipeline = decode.PixelPipeline.from_preprocess(odd, 32)
     assert pipeline.whole is odd
     assert pipeline.to_pixels(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
 
@@ -177,9 +177,9 @@ def test_decode_task_reports_permission_denied_as_non_root() -> None:
         locked = write_jpeg(directory / "locked.jpg")
         locked.chmod(0o000)
         code = (
-            "import sys\nfrom clipdb import files\n"
-            "try:\n    files.open_image(sys.argv[1])\n"
-            "except files.ImageError as err:\n    print(err)\n"
+            "import sys\nfrom clipdb import decode\n"
+            "try:\n    decode.open_image(sys.argv[1])\n"
+            "except decode.ImageError as err:\n    print(err)\n"
         )
         result = subprocess.run(
             [
@@ -210,9 +210,9 @@ def test_exif_transpose_matches_pillow_reference() -> None:
     image.paste((250, 250, 250), (0, 0, 6, 6))
     for orientation in range(1, 9):
         exif = Image.Exif()
-        exif[files.ORIENTATION_TAG] = orientation
+        exif[decode.ORIENTATION_TAG] = orientation
         data = _bytes_of(image, "PNG", exif=exif)
-        decoded, _, _ = files.open_image(data)
+        decoded, _, _ = decode.open_image(data)
         import io
 
         reference = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")

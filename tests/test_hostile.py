@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_MODEL, make_images, table
 from PIL import Image
 
-from clipdb import files
-from clipdb.embedded import SYSTEM_USER_WHEN_ROOT
-from tests.conftest import TINY_MODEL, make_images
-from tests.test_faults import table
+from clipdb import decode, files
+from clipdb.db.embedded import SYSTEM_USER_WHEN_ROOT
 
 REPO = Path(__file__).parents[1]
 CLI = [sys.executable, "-m", "clipdb.ingest", "--model", TINY_MODEL, "--pretrained", "none",
@@ -75,7 +74,7 @@ def hostile_tree() -> Iterator[Path]:
     Image.fromarray(gray).save(root / "16bit.png")
     base.save(root / "animated.gif", save_all=True, append_images=[base.rotate(90)])
     exif = Image.Exif()
-    exif[files.ORIENTATION_TAG] = 6
+    exif[decode.ORIENTATION_TAG] = 6
     base.save(root / "rotated.jpg", exif=exif)
     base.save(root / "ünï cödé 😀.jpg")
     (root / "dir with spaces").mkdir()
@@ -122,7 +121,7 @@ def ingest_cli(tree: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_hostile_tree_skips_every_bad_file_with_its_reason_and_indexes_every_good_one(
     database, hostile_tree
-):  # type: ignore[no-untyped-def]
+):
     expected_skips: dict[str, int] = {}
     for reason in BAD.values():
         expected_skips[reason] = expected_skips.get(reason, 0) + 1
@@ -155,13 +154,11 @@ def test_hostile_tree_skips_every_bad_file_with_its_reason_and_indexes_every_goo
 
 def test_strict_with_nothing_skipped_exits_0_and_strict_watch_is_a_usage_error(
     database, tmp_path, capsys
-):  # type: ignore[no-untyped-def]
-    from clipdb.ingest import main
+):
+    from clipdb.ingest.__main__ import main
 
     make_images(tmp_path, 2)
     args = [str(tmp_path), "--model", TINY_MODEL, "--pretrained", "none", "--workers", "0"]
     assert main([*args, "--strict"]) == 0
-    with pytest.raises(SystemExit) as caught:
-        main([*args, "--strict", "--watch"])
-    assert caught.value.code == 2
+    assert main([*args, "--strict", "--watch"]) == 2
     assert "--strict cannot be combined with --watch" in capsys.readouterr().err

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_MODEL
 from PIL import Image, ImageOps
 
-from clipdb import files
-from clipdb.ingest import IngestSummary, ingest, main
-from clipdb.queries import Model, search_vector
-from tests.conftest import TINY_MODEL
+from clipdb import decode, files
+from clipdb.db.queries import search_vector
+from clipdb.db.registry import Model
+from clipdb.ingest import IngestSummary, ingest
+from clipdb.ingest.__main__ import main
 
 SUMMARY_KEYS = [
     "found", "new", "updated", "moved", "unchanged", "skipped", "pruned", "seconds", "images_per_s"
@@ -29,11 +31,11 @@ SUMMARY_KEYS = [
 DRAFT_TOLERANCE = 1e-4
 
 
-def _vec(value) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _vec(value) -> np.ndarray:
     return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
 
 
-def rows(database) -> dict[str, tuple]:  # type: ignore[no-untyped-def]
+def rows(database) -> dict[str, tuple]:
     with database.connect() as conn:
         return {
             path: (row_id, bytes(sha), size, mtime_ns, width, height, _vec(emb))
@@ -44,14 +46,14 @@ def rows(database) -> dict[str, tuple]:  # type: ignore[no-untyped-def]
         }
 
 
-def run(paths, database, encoder, **kwargs) -> IngestSummary:  # type: ignore[no-untyped-def]
+def run(paths, database, encoder, **kwargs) -> IngestSummary:
     kwargs.setdefault("workers", 0)
     kwargs.setdefault("progress", False)
     kwargs.setdefault("on_skip", lambda path, reason: None)
     return ingest([str(p) for p in paths], database=database, encoder=encoder, **kwargs)
 
 
-def reference(encoder, path: Path) -> np.ndarray:  # type: ignore[no-untyped-def]
+def reference(encoder, path: Path) -> np.ndarray:
     """normalize(model.encode_image(preprocess(image))) with a plain full decode."""
     image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     return encoder.encode_pil([image])[0]
@@ -60,18 +62,18 @@ def reference(encoder, path: Path) -> np.ndarray:  # type: ignore[no-untyped-def
 class NoEncode:
     """An encoder stand-in whose use fails the test: for runs that must not encode."""
 
-    def __init__(self, real) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, real) -> None:
         self.spec, self.architecture, self.pretrained = (
             real.spec,
             real.architecture,
             real.pretrained,
         )
 
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+    def __getattr__(self, name: str):
         raise AssertionError(f"encoder.{name} used in a run that has nothing to encode")
 
 
-def test_stored_rows_equal_model_of_preprocess(database, tiny_encoder, image_factory, tmp_path):  # type: ignore[no-untyped-def]
+def test_stored_rows_equal_model_of_preprocess(database, tiny_encoder, image_factory, tmp_path):
     paths = image_factory(tmp_path / "pics", 5)
     summary = run([tmp_path / "pics"], database, tiny_encoder, batch_size=2)
     assert (summary.found, summary.new, summary.updated, summary.unchanged) == (5, 5, 0, 0)
@@ -89,7 +91,7 @@ def test_stored_rows_equal_model_of_preprocess(database, tiny_encoder, image_fac
         ).fetchall() == [(TINY_MODEL, "none", 32)]
 
 
-def test_draft_decoded_jpegs_stay_within_tolerance(database, tiny_encoder, image_factory, tmp_path):  # type: ignore[no-untyped-def]
+def test_draft_decoded_jpegs_stay_within_tolerance(database, tiny_encoder, image_factory, tmp_path):
     paths = image_factory(tmp_path, 4, size=(400, 300), seed=5)  # decoded at 1/4 scale
     run([tmp_path], database, tiny_encoder)
     stored = rows(database)
@@ -99,7 +101,7 @@ def test_draft_decoded_jpegs_stay_within_tolerance(database, tiny_encoder, image
         assert cosine >= 1 - DRAFT_TOLERANCE
 
 
-def test_worker_processes_give_identical_rows(database, tiny_encoder, image_factory, tmp_path):  # type: ignore[no-untyped-def]
+def test_worker_processes_give_identical_rows(database, tiny_encoder, image_factory, tmp_path):
     image_factory(tmp_path / "pics", 20, seed=2)
     summary = run([tmp_path / "pics"], database, tiny_encoder, workers=2, batch_size=8)
     assert summary.new == 20
@@ -111,12 +113,12 @@ def test_worker_processes_give_identical_rows(database, tiny_encoder, image_fact
 
 def test_unchanged_rerun_loads_no_model(
     database, tiny_encoder, image_factory, tmp_path, monkeypatch
-):  # type: ignore[no-untyped-def]
+):
     image_factory(tmp_path, 6)
     run([tmp_path], database, tiny_encoder)
     before = rows(database)
 
-    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def refuse(*args, **kwargs):
         raise AssertionError("model loaded on an unchanged tree")
 
     monkeypatch.setattr("clipdb.encoder.load_encoder", refuse)
@@ -126,7 +128,7 @@ def test_unchanged_rerun_loads_no_model(
     assert {p: r[:6] for p, r in rows(database).items()} == {p: r[:6] for p, r in before.items()}
 
 
-def test_moved_file_is_repointed_without_encoding(database, tiny_encoder, image_factory, tmp_path):  # type: ignore[no-untyped-def]
+def test_moved_file_is_repointed_without_encoding(database, tiny_encoder, image_factory, tmp_path):
     paths = image_factory(tmp_path / "a", 3)
     run([tmp_path], database, tiny_encoder)
     before = rows(database)
@@ -143,7 +145,7 @@ def test_moved_file_is_repointed_without_encoding(database, tiny_encoder, image_
 
 def test_copy_of_an_existing_file_is_encoded_not_moved(
     database, tiny_encoder, image_factory, tmp_path
-):  # type: ignore[no-untyped-def]
+):
     paths = image_factory(tmp_path, 2)
     run([tmp_path], database, tiny_encoder)
     shutil.copy(paths[0], tmp_path / "copy.jpg")
@@ -154,7 +156,7 @@ def test_copy_of_an_existing_file_is_encoded_not_moved(
 
 def test_changed_file_is_reencoded_and_touched_file_is_not(
     database, tiny_encoder, image_factory, tmp_path
-):  # type: ignore[no-untyped-def]
+):
     paths = image_factory(tmp_path, 3)
     run([tmp_path], database, tiny_encoder)
     before = rows(database)
@@ -176,7 +178,7 @@ def test_changed_file_is_reencoded_and_touched_file_is_not(
 
 def test_prune_deletes_rows_of_vanished_files_only_when_asked(
     database, tiny_encoder, image_factory, tmp_path
-):  # type: ignore[no-untyped-def]
+):
     inside = image_factory(tmp_path / "tree", 3)
     outside = image_factory(tmp_path / "elsewhere", 1)
     run([tmp_path / "tree", tmp_path / "elsewhere"], database, tiny_encoder)
@@ -191,7 +193,7 @@ def test_prune_deletes_rows_of_vanished_files_only_when_asked(
 
 def test_bad_files_are_skipped_with_reasons_and_counted(
     database, tiny_encoder, image_factory, tmp_path, capsys
-):  # type: ignore[no-untyped-def]
+):
     good = image_factory(tmp_path, 2)
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "random.png").write_bytes(np.random.default_rng(0).bytes(3000))
@@ -227,13 +229,13 @@ def test_bad_files_are_skipped_with_reasons_and_counted(
 
 def test_unreadable_file_is_skipped_simulated(
     database, tiny_encoder, image_factory, tmp_path, monkeypatch
-):  # type: ignore[no-untyped-def]
+):
     """As root nothing is unreadable; a PermissionError from open() stands in for mode 000
     (test_files.py checks the real thing as user nobody)."""
     paths = image_factory(tmp_path, 2)
     real_open = open
 
-    def guarded_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def guarded_open(path, *args, **kwargs):
         if str(path) == str(paths[0]):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
@@ -243,12 +245,12 @@ def test_unreadable_file_is_skipped_simulated(
     assert summary.skipped == {files.PERMISSION_DENIED: 1} and summary.new == 1
 
 
-def test_special_images_are_handled_not_skipped(database, tiny_encoder, tmp_path):  # type: ignore[no-untyped-def]
+def test_special_images_are_handled_not_skipped(database, tiny_encoder, tmp_path):
     folder = tmp_path / "ünïcode dir with spaces"
     folder.mkdir()
     base = Image.radial_gradient("L").resize((64, 48)).convert("RGB")
     exif = Image.Exif()
-    exif[files.ORIENTATION_TAG] = 6
+    exif[decode.ORIENTATION_TAG] = 6
     base.save(folder / "rotated.jpg", exif=exif)
     base.convert("CMYK").save(folder / "cmyk.jpg")
     Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(folder / "deep.png")
@@ -270,14 +272,14 @@ def test_special_images_are_handled_not_skipped(database, tiny_encoder, tmp_path
         assert float(stored[str(folder / name)][6] @ gray) > 0.999
 
 
-def test_search_sees_each_batch_as_it_commits(database, tiny_encoder, image_factory, tmp_path):  # type: ignore[no-untyped-def]
+def test_search_sees_each_batch_as_it_commits(database, tiny_encoder, image_factory, tmp_path):
     image_factory(tmp_path, 12)
     first_batch_written = threading.Event()
     release = threading.Event()
     encode = tiny_encoder.encode_images
     calls = []
 
-    def slow_encode(pixels):  # type: ignore[no-untyped-def]
+    def slow_encode(pixels):
         calls.append(len(pixels))
         if len(calls) == 2:  # the first batch is with the writer: hold the second one
             first_batch_written.wait(10)
@@ -314,12 +316,12 @@ def test_search_sees_each_batch_as_it_commits(database, tiny_encoder, image_fact
         worker.join(30)
 
 
-def test_concurrent_ingesters_never_duplicate_rows(database, tiny_encoder, image_factory, tmp_path):  # type: ignore[no-untyped-def]
+def test_concurrent_ingesters_never_duplicate_rows(database, tiny_encoder, image_factory, tmp_path):
     image_factory(tmp_path / "a", 10, seed=1)
     image_factory(tmp_path / "b", 10, seed=2)
     errors: list[BaseException] = []
 
-    def go(paths) -> None:  # type: ignore[no-untyped-def]
+    def go(paths) -> None:
         try:
             run(paths, database, tiny_encoder, batch_size=3)
         except BaseException as err:  # noqa: BLE001
@@ -343,12 +345,12 @@ def test_concurrent_ingesters_never_duplicate_rows(database, tiny_encoder, image
 
 def test_interrupted_run_keeps_whole_batches_and_rerun_completes(
     database, tiny_encoder, image_factory, tmp_path
-):  # type: ignore[no-untyped-def]
+):
     image_factory(tmp_path, 10)
     encode = tiny_encoder.encode_images
     calls = []
 
-    def interrupted(pixels):  # type: ignore[no-untyped-def]
+    def interrupted(pixels):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
@@ -363,7 +365,7 @@ def test_interrupted_run_keeps_whole_batches_and_rerun_completes(
     assert (summary.new, summary.unchanged) == (4, 6)
 
 
-def test_cli_json_summary_and_text_summary(database, image_factory, tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_cli_json_summary_and_text_summary(database, image_factory, tmp_path, capsys):
     image_factory(tmp_path, 3)
     args = [str(tmp_path), "--model", TINY_MODEL, "--pretrained", "none", "--workers", "0"]
     assert main([*args, "--json"]) == 0
@@ -377,17 +379,15 @@ def test_cli_json_summary_and_text_summary(database, image_factory, tmp_path, ca
     assert out.endswith(" images/s\n")
 
 
-def test_cli_usage_errors_exit_2(database, tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_cli_usage_errors_exit_2(database, tmp_path, capsys):
     assert main([str(tmp_path / "missing"), "--model", TINY_MODEL, "--pretrained", "none"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main([str(tmp_path), "--model", "no-such-model", "--pretrained", "none"]) == 2
-    with pytest.raises(SystemExit) as caught:
-        main([])
-    assert caught.value.code == 2
+    assert main([]) == 2
 
 
-def test_cli_end_to_end_subprocess(database, image_factory, tmp_path):  # type: ignore[no-untyped-def]
-    from tests.conftest import run_module
+def test_cli_end_to_end_subprocess(database, image_factory, tmp_path):
+    from helpers import run_module
 
     image_factory(tmp_path, 4)
     (tmp_path / "bad.jpg").write_bytes(b"nope")
@@ -399,7 +399,7 @@ def test_cli_end_to_end_subprocess(database, image_factory, tmp_path):  # type: 
     assert f"skipping {tmp_path / 'bad.jpg'}: not an image" in result.stderr
 
 
-def test_watch_indexes_new_files_and_stops_cleanly_on_ctrl_c(database, image_factory, tmp_path):  # type: ignore[no-untyped-def]
+def test_watch_indexes_new_files_and_stops_cleanly_on_ctrl_c(database, image_factory, tmp_path):
     image_factory(tmp_path, 1)
     process = subprocess.Popen(
         [sys.executable, "-m", "clipdb.ingest", str(tmp_path), "--watch", "--prune",

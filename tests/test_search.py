@@ -11,18 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, TINY_WIDE_MODEL, make_images, run_module
-from pgutil import index_images
+from helpers import TINY_MODEL, TINY_WIDE_MODEL, index_images, make_images, run_module
 from PIL import Image
 
 from clipdb import search, viz
-from clipdb.search import Weights, combine_query, main
+from clipdb.errors import UsageError
+from clipdb.search import Weights, combine_query
+from clipdb.search.__main__ import main
+from clipdb.search.output import result_dicts
 
 TINY = ["--model", TINY_MODEL, "--pretrained", "none"]
 
 
 @pytest.fixture
-def indexed(database, tiny_encoder, tmp_path):  # type: ignore[no-untyped-def]
+def indexed(database, tiny_encoder, tmp_path):
     """12 images in two folders, indexed with the tiny model."""
     paths = make_images(tmp_path / "lib" / "a", 6, seed=1) + make_images(
         tmp_path / "lib" / "b", 6, seed=2
@@ -37,7 +39,7 @@ def table_rows(text: str) -> list[list[str]]:
     return [line.split(maxsplit=2) for line in lines[1:]]
 
 
-def test_image_query_finds_itself_first(indexed, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_image_query_finds_itself_first(indexed, capsys) -> None:
     query = indexed[3]
     assert main([str(query), *TINY]) == 0
     rows = table_rows(capsys.readouterr().out)
@@ -48,7 +50,7 @@ def test_image_query_finds_itself_first(indexed, capsys) -> None:  # type: ignor
     assert similarities == sorted(similarities, reverse=True)
 
 
-def test_like_by_path_and_id_needs_no_model_flags(indexed, capsys, database) -> None:  # type: ignore[no-untyped-def]
+def test_like_by_path_and_id_needs_no_model_flags(indexed, capsys, database) -> None:
     query = str(indexed[7].resolve())
     assert main(["--like", query, "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
@@ -58,7 +60,7 @@ def test_like_by_path_and_id_needs_no_model_flags(indexed, capsys, database) -> 
     assert capsys.readouterr().out.splitlines()[0] == query
 
 
-def test_json_has_the_original_format(indexed, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_json_has_the_original_format(indexed, capsys) -> None:
     assert main([str(indexed[0]), *TINY, "--json", "-k", "3"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in results] == [1, 2, 3]
@@ -68,15 +70,13 @@ def test_json_has_the_original_format(indexed, capsys) -> None:  # type: ignore[
         assert isinstance(result["similarity"], float) and -1 <= result["similarity"] <= 1
 
 
-def test_paths_output_is_bare(indexed, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_paths_output_is_bare(indexed, capsys) -> None:
     assert main(["--like", str(indexed[0]), "--paths", "-k", "4"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(os.path.isabs(line) for line in lines)
 
 
-def test_text_query_searches_the_chosen_model_only(  # type: ignore[no-untyped-def]
-    indexed, database, tmp_path, capsys
-) -> None:
+def test_text_query_searches_the_chosen_model_only(indexed, database, tmp_path, capsys) -> None:
     from clipdb.encoder import load_encoder
 
     wide = load_encoder(TINY_WIDE_MODEL, "none", device="cpu", precision="fp32")
@@ -93,7 +93,7 @@ def test_text_query_searches_the_chosen_model_only(  # type: ignore[no-untyped-d
     assert set(lines) == {str(p.resolve()) for p in others}
 
 
-def test_under_and_threshold_filter(indexed, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_under_and_threshold_filter(indexed, tmp_path, capsys) -> None:
     under = tmp_path / "lib" / "b"
     assert main([str(indexed[0]), *TINY, "--under", str(under), "-k", "10", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
@@ -110,7 +110,7 @@ def test_under_and_threshold_filter(indexed, tmp_path, capsys) -> None:  # type:
     assert captured.out == "" and captured.err.endswith("\nno results\n")
 
 
-def test_combined_queries(indexed, tiny_encoder, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_combined_queries(indexed, tiny_encoder, capsys) -> None:
     args = [str(indexed[2]), "--text", "a blue square", *TINY, "--json", "-k", "12"]
     assert main([*args, "--weights", "1,0"]) == 0
     image_only = json.loads(capsys.readouterr().out)
@@ -128,16 +128,14 @@ def test_combined_queries(indexed, tiny_encoder, capsys) -> None:  # type: ignor
     assert paths == [r["image_path"] for r in _search_vector(expected)]
 
 
-def _search_vector(vector: np.ndarray) -> list[dict]:  # type: ignore[type-arg]
+def _search_vector(vector: np.ndarray) -> list[dict]:
     from clipdb.config import Settings
     from clipdb.db import open_database
 
     database = open_database(Settings.resolve())
     with database.connect() as conn:
-        model = search.model_for_encoding(
-            conn, Settings.resolve(model=TINY_MODEL, pretrained="none")
-        )
-        return search.result_dicts(search.search(conn, model, vector, search.SearchOptions()))
+        model = search.choose_model(conn, Settings.resolve(model=TINY_MODEL, pretrained="none"))
+        return result_dicts(search.search(conn, model, vector, search.SearchOptions()))
 
 
 def test_combine_query_formula() -> None:
@@ -147,11 +145,11 @@ def test_combine_query_formula() -> None:
     assert np.allclose(combined, expected)
     assert Weights.parse("0.7,0.3") == Weights(0.7, 0.3, 0.5)
     for bad in ("1", "a,b", "1,-1", "1,2,3,4"):
-        with pytest.raises(search.UsageError):
+        with pytest.raises(UsageError):
             Weights.parse(bad)
 
 
-def test_plot_is_a_png_of_the_expected_size(indexed, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_plot_is_a_png_of_the_expected_size(indexed, tmp_path, capsys) -> None:
     plot = tmp_path / "out" / "grid.png"
     assert main([str(indexed[1]), *TINY, "-k", "4", "--plot", str(plot)]) == 0
     with Image.open(plot) as image:
@@ -163,9 +161,7 @@ def test_plot_is_a_png_of_the_expected_size(indexed, tmp_path, capsys) -> None: 
         assert image.size == viz.figure_pixels(8, with_query_image=False)
 
 
-def test_batch_writes_json_and_grids_and_skips_unreadable(  # type: ignore[no-untyped-def]
-    indexed, tmp_path, capsys
-) -> None:
+def test_batch_writes_json_and_grids_and_skips_unreadable(indexed, tmp_path, capsys) -> None:
     queries = make_images(tmp_path / "queries", 3, seed=1)  # same pictures as lib/a/img_000*
     (tmp_path / "queries" / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "results"
@@ -206,7 +202,7 @@ def _png_size(path: Path) -> tuple[int, int]:
         (["--like", "{missing}", "--model", "nope"], "error: no images indexed with model nope"),
     ],
 )
-def test_bad_input_is_one_line_exit_1(indexed, tmp_path, capsys, args, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_one_line_exit_1(indexed, tmp_path, capsys, args, message) -> None:
     names = {"missing": str(tmp_path / "missing.jpg"), "broken": str(tmp_path / "broken.png")}
     (tmp_path / "broken.png").write_bytes(b"\x89PNG truncated")
     assert main([arg.format(**names) for arg in args]) == 1
@@ -216,11 +212,11 @@ def test_bad_input_is_one_line_exit_1(indexed, tmp_path, capsys, args, message) 
     assert captured.err.count("\n") == 1
 
 
-def test_empty_database(database, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_empty_database(database, tmp_path, capsys) -> None:
     (query,) = make_images(tmp_path, 1)
     assert main([str(query), *TINY]) == 1
     assert capsys.readouterr().err == (
-        "error: the database has no indexed images yet; run python -m clipdb.ingest\n"
+        "error: the database has no indexed images yet; run clipdb ingest\n"
     )
     assert main(["--like", str(query)]) == 1
 
@@ -240,17 +236,17 @@ def test_empty_database(database, tmp_path, capsys) -> None:  # type: ignore[no-
         ["a.jpg", "--bogus"],
     ],
 )
-def test_bad_flag_combinations_exit_2_with_usage(args, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_flag_combinations_exit_2_with_usage(args, capsys) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: python -m clipdb.search")
     assert "error:" in err
 
 
-def test_like_imports_no_torch(indexed) -> None:  # type: ignore[no-untyped-def]
+def test_like_imports_no_torch(indexed) -> None:
     script = (
         "import sys\n"
-        "from clipdb.search import main\n"
+        "from clipdb.search.__main__ import main\n"
         f"code = main(['--like', {str(indexed[0])!r}, '--paths', '-k', '1'])\n"
         "print(code, *(name in sys.modules for name in ('torch', 'open_clip', 'alembic')))\n"
     )
@@ -262,7 +258,7 @@ def test_like_imports_no_torch(indexed) -> None:  # type: ignore[no-untyped-def]
     )
 
 
-def test_end_to_end_after_ingest(database, tiny_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_end_to_end_after_ingest(database, tiny_encoder, tmp_path) -> None:
     from clipdb.ingest import ingest
 
     paths = make_images(tmp_path / "lib", 5, seed=4, size=(640, 480))  # big enough for drafts
@@ -282,8 +278,8 @@ def test_end_to_end_after_ingest(database, tiny_encoder, tmp_path) -> None:  # t
     assert bad.stderr.splitlines() == [f"error: query image {tmp_path / 'nope.jpg'} does not exist"]
 
 
-def test_like_still_migrates_a_database_without_schema(empty_database, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    from clipdb.db import current_revision_of, head_from_files
+def test_like_still_migrates_a_database_without_schema(empty_database, monkeypatch, capsys) -> None:
+    from clipdb.db.migrate import current_revision_of, head_from_files
 
     monkeypatch.setenv("CLIPDB_DATABASE_URL", empty_database.url)
     assert main(["--like", "/nowhere.jpg"]) == 1

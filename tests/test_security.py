@@ -21,17 +21,17 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import TINY_MODEL, make_images, table
 
 import clipdb
-from clipdb import search
-from clipdb.api import export_index, read_index
+from clipdb.db.registry import list_models
 from clipdb.errors import ClipdbError
+from clipdb.export import export_index, read_index
 from clipdb.ingest import ingest
-from clipdb.ingest import main as ingest_main
-from clipdb.queries import list_models
-from clipdb.serve import DEFAULT_HOST, build_parser, create_app, running
-from tests.conftest import TINY_MODEL, make_images
-from tests.test_faults import table
+from clipdb.ingest.__main__ import main as ingest_main
+from clipdb.search.__main__ import main as search_main
+from clipdb.serve import DEFAULT_HOST, create_app, running
+from clipdb.serve.__main__ import build_parser
 
 PACKAGE = Path(clipdb.__file__).parent
 DROP = "'); DROP TABLE clipdb.images; --"
@@ -40,7 +40,7 @@ HOSTILE_DIRS = ["a_b", "aXb", "a%b", "aYYb", "it's", 'say "hi"', "back\\slash", 
 
 
 @pytest.fixture
-def hostile_index(database, tiny_encoder, tmp_path) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+def hostile_index(database, tiny_encoder, tmp_path) -> dict[str, Path]:
     """One image in each hostile directory, indexed; returns {dir name: image path}."""
     images = {}
     for seed, name in enumerate(HOSTILE_DIRS):
@@ -50,15 +50,15 @@ def hostile_index(database, tiny_encoder, tmp_path) -> dict[str, Path]:  # type:
     return images
 
 
-def search_paths(capsys, *args: str) -> tuple[int, list[str], str]:  # type: ignore[no-untyped-def]
-    code = search.main([*args, "--paths", "-k", "50"])
+def search_paths(capsys, *args: str) -> tuple[int, list[str], str]:
+    code = search_main([*args, "--paths", "-k", "50"])
     captured = capsys.readouterr()
     return code, captured.out.splitlines(), captured.err
 
 
 def test_paths_and_under_prefixes_are_data_not_patterns_or_sql(
     database, hostile_index, tmp_path, capsys
-):  # type: ignore[no-untyped-def]
+):
     assert sorted(table(database)) == sorted(str(p) for p in hostile_index.values())
     for name, image in hostile_index.items():
         # --like by a path full of quotes finds exactly that row ...
@@ -87,7 +87,7 @@ def test_paths_and_under_prefixes_are_data_not_patterns_or_sql(
 )
 def test_hostile_search_arguments_are_one_line_errors(
     database, hostile_index, capsys, args, message
-):  # type: ignore[no-untyped-def]
+):
     like = str(hostile_index["a_b"])
     code, _, err = search_paths(capsys, *[like if a == "@LIKE" else a for a in args])
     assert code == 1 and err.count("\n") == 1 and message in err, err
@@ -95,9 +95,9 @@ def test_hostile_search_arguments_are_one_line_errors(
     assert len(table(database)) == len(HOSTILE_DIRS)
 
 
-def test_hostile_search_text_is_encoded_not_executed(database, hostile_index, capsys):  # type: ignore[no-untyped-def]
+def test_hostile_search_text_is_encoded_not_executed(database, hostile_index, capsys):
     for text in (DROP, "100% _match_ \\ \" '", "a\0b"):  # NUL never reaches SQL: it is tokenised
-        code = search.main(["--text", text, "--model", TINY_MODEL, "--pretrained", "none",
+        code = search_main(["--text", text, "--model", TINY_MODEL, "--pretrained", "none",
                             "--json", "-k", "3"])  # fmt: skip
         captured = capsys.readouterr()
         assert code == 0, captured.err
@@ -105,7 +105,7 @@ def test_hostile_search_text_is_encoded_not_executed(database, hostile_index, ca
     assert len(table(database)) == len(HOSTILE_DIRS)
 
 
-def test_hostile_ingest_arguments_are_usage_or_one_line_errors(database, tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_hostile_ingest_arguments_are_usage_or_one_line_errors(database, tmp_path, capsys):
     make_images(tmp_path, 1)
     base = [str(tmp_path), "--workers", "0"]
     cases = [
@@ -126,7 +126,7 @@ def test_hostile_ingest_arguments_are_usage_or_one_line_errors(database, tmp_pat
 # --- access -------------------------------------------------------------------------------------
 
 
-def test_reader_role_cannot_ingest_and_gets_one_line(database, hostile_index, tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_reader_role_cannot_ingest_and_gets_one_line(database, hostile_index, tmp_path, capsys):
     reader = database.url.replace("postgres@", "clipdb_reader@", 1)
     with database.connect() as conn:  # what the reader may do: search through SQL
         conn.execute("SET ROLE clipdb_reader")
@@ -145,7 +145,7 @@ def test_reader_role_cannot_ingest_and_gets_one_line(database, hostile_index, tm
     assert len(table(database)) == len(HOSTILE_DIRS)
 
 
-def test_reader_role_searches_through_the_cli(database, hostile_index, capsys):  # type: ignore[no-untyped-def]
+def test_reader_role_searches_through_the_cli(database, hostile_index, capsys):
     reader = database.url.replace("postgres@", "clipdb_reader@", 1)
     image = hostile_index["a_b"]
     code, paths, err = search_paths(capsys, "--like", str(image), "--database-url", reader)
@@ -153,12 +153,12 @@ def test_reader_role_searches_through_the_cli(database, hostile_index, capsys): 
 
 
 @pytest.fixture
-def client(database, tiny_encoder, hostile_index) -> Any:  # type: ignore[no-untyped-def]
+def client(database, tiny_encoder, hostile_index) -> Any:
     with TestClient(create_app(database, encoder=tiny_encoder)) as test_client:
         yield test_client
 
 
-def test_web_api_nul_bytes_and_sql_are_400_or_data(client, hostile_index):  # type: ignore[no-untyped-def]
+def test_web_api_nul_bytes_and_sql_are_400_or_data(client, hostile_index):
     bad = client.get("/api/search", params={"text": "x", "under": "/x\0y"})
     assert bad.status_code == 400 and "NUL" in bad.json()["detail"]
     bad = client.post("/api/search", data={"text": "x", "under": "\0"})
@@ -173,7 +173,7 @@ def test_web_api_nul_bytes_and_sql_are_400_or_data(client, hostile_index):  # ty
     assert len(client.get("/api/search", params={"text": "x", "k": 50}).json()) == 8
 
 
-def test_static_files_never_leave_their_directory(client):  # type: ignore[no-untyped-def]
+def test_static_files_never_leave_their_directory(client):
     for path in (
         "/static/..%2fserve.py",
         "/static/%2e%2e/serve.py",
@@ -188,7 +188,7 @@ def test_static_files_never_leave_their_directory(client):  # type: ignore[no-un
 
 def test_server_binds_loopback_by_default_and_raw_dot_dot_paths_are_404(
     database, tiny_encoder, hostile_index
-):  # type: ignore[no-untyped-def]
+):
     assert DEFAULT_HOST == "127.0.0.1" and build_parser().parse_args([]).host == "127.0.0.1"
     with running(create_app(database, encoder=tiny_encoder)) as url:
         assert url.startswith("http://127.0.0.1:")
@@ -252,14 +252,14 @@ def test_no_module_can_unpickle() -> None:
                 continue
             assert not names & unsafe_modules, f"{source}: imports {names & unsafe_modules}"
         for call in _calls(tree, "load"):
-            owner = ast.unparse(call.func.value)  # type: ignore[attr-defined]
+            owner = ast.unparse(call.func.value)
             if owner in ("np", "numpy"):
                 assert _keyword(call, "allow_pickle") is False, f"{source}:{call.lineno}"
             if owner == "torch":
                 assert _keyword(call, "weights_only") is True, f"{source}:{call.lineno}"
             checked += 1
         for call in _calls(tree, "loads"):
-            assert ast.unparse(call.func.value) == "json", f"{source}:{call.lineno}"  # type: ignore[attr-defined]
+            assert ast.unparse(call.func.value) == "json", f"{source}:{call.lineno}"
     assert checked >= 1  # the export reader's np.load was seen
 
 
@@ -273,7 +273,7 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-def test_pickled_checkpoint_and_export_run_no_code(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_pickled_checkpoint_and_export_run_no_code(tmp_path) -> None:
     from clipdb.encoder import load_encoder
 
     marker = tmp_path / "pwned"
@@ -288,7 +288,7 @@ def test_pickled_checkpoint_and_export_run_no_code(tmp_path) -> None:  # type: i
     assert not marker.exists()
 
 
-def test_tampered_paths_or_truncated_export_fail_clearly(database, hostile_index, tmp_path):  # type: ignore[no-untyped-def]
+def test_tampered_paths_or_truncated_export_fail_clearly(database, hostile_index, tmp_path):
     with database.connect() as conn:
         (model,) = list_models(conn)
         export = export_index(conn, model, tmp_path / "export.npz")

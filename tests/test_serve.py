@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, make_images
 from fastapi.testclient import TestClient
-from pgutil import index_images
+from helpers import TINY_MODEL, index_images, make_images
 from PIL import Image
 
-from clipdb import files, queries
-from clipdb.db import Database
-from clipdb.serve import create_app, main, running
+from clipdb import decode
+from clipdb.db import Database, queries, registry
+from clipdb.serve import create_app, running
+from clipdb.serve.__main__ import main
 
 RESULT_KEYS = {"rank", "image_path", "similarity", "filename", "image_id"}
 
@@ -71,7 +71,8 @@ def test_search_by_uploaded_image_finds_itself_first(client: Any, ids: dict, pic
 def test_text_search_matches_the_library(client: Any, database: Database, tiny_encoder: Any):
     vector = tiny_encoder.encode_texts(["a red circle"])[0]
     with database.connect() as conn:
-        model = queries.find_model(conn, TINY_MODEL, "none")
+        model = registry.registered_model(conn, TINY_MODEL, "none")
+        assert model is not None
         expected = [hit.to_dict() for hit in queries.search_vector(conn, model, vector, 5)]
     posted = client.post("/api/search", data={"text": "a red circle", "k": "5"}).json()
     got = client.get("/api/search", params={"text": "a red circle", "k": 5}).json()
@@ -84,12 +85,13 @@ def test_image_and_text_combine_to_the_normalised_mean(
     client: Any, database: Database, tiny_encoder: Any, pictures: dict
 ):
     query = pictures["work"][0]
-    image_vector = tiny_encoder.encode_pil([files.open_image(str(query))[0]])[0]
+    image_vector = tiny_encoder.encode_pil([decode.open_image(str(query))[0]])[0]
     text_vector = tiny_encoder.encode_texts(["blue"])[0]
     combined = image_vector + text_vector
     combined /= np.linalg.norm(combined)
     with database.connect() as conn:
-        model = queries.find_model(conn, TINY_MODEL, "none")
+        model = registry.registered_model(conn, TINY_MODEL, "none")
+        assert model is not None
         expected = queries.search_vector(conn, model, combined, 6)
     hits = client.post("/api/search", files=upload(query), data={"text": "blue", "k": 6}).json()
     assert [h["image_id"] for h in hits] == [h.image_id for h in expected]
@@ -239,7 +241,7 @@ class SlowEncoder:
 
 
 def test_encoding_does_not_block_the_event_loop(database: Database, tiny_encoder: Any, ids: dict):
-    app = create_app(database, encoder=SlowEncoder(tiny_encoder, 1.5))  # type: ignore[arg-type]
+    app = create_app(database, encoder=SlowEncoder(tiny_encoder, 1.5))
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         slow: dict[str, Any] = {}
         worker = threading.Thread(
@@ -322,9 +324,7 @@ def test_python_m_clipdb_serve_end_to_end(database: Database, ids: dict):
 
 
 def test_help_ends_with_examples(capsys: pytest.CaptureFixture[str]):
-    with pytest.raises(SystemExit) as exited:
-        main(["--help"])
-    assert exited.value.code == 0
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--max-upload-mb" in out and "--database-url" in out
     assert out.rstrip().splitlines()[-1].strip().startswith("curl")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from pgutil import unit_vectors
+from helpers import unit_vectors
 
 from clipdb.db import Database
-from clipdb.queries import register_model, search_vector, topk_sql
-from clipdb.store import ImageRecord, bulk_load
+from clipdb.db.queries import search_vector, topk_sql
+from clipdb.db.registry import register_model
+from clipdb.db.store import ImageRecord, bulk_load
 
 
 def _records(vectors: np.ndarray) -> list[ImageRecord]:
@@ -19,7 +20,7 @@ def _records(vectors: np.ndarray) -> list[ImageRecord]:
     ]
 
 
-def _indexdef(conn, name: str) -> str:  # type: ignore[no-untyped-def]
+def _indexdef(conn, name: str) -> str:
     row = conn.execute(
         "SELECT indexdef FROM pg_indexes WHERE schemaname = 'clipdb' AND indexname = %s", (name,)
     ).fetchone()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_images
+from helpers import make_images
 from PIL import Image
 
 from clipdb import viz
+from clipdb.db.queries import Hit
 from clipdb.errors import ClipdbError
-from clipdb.queries import Hit
 
 
-def hits_for(paths) -> list[Hit]:  # type: ignore[no-untyped-def]
+def hits_for(paths) -> list[Hit]:
     return [
         Hit(rank=i, image_path=str(p), similarity=1 - i / 10, image_id=i)
         for i, p in enumerate(paths, start=1)
@@ -30,11 +30,11 @@ def test_shorten_keeps_both_ends() -> None:
     ("results", "with_query", "shape"),
     [(0, True, (1, 1)), (5, True, (1, 6)), (5, False, (1, 5)), (10, True, (2, 6))],
 )
-def test_grid_shape(results, with_query, shape) -> None:  # type: ignore[no-untyped-def]
+def test_grid_shape(results, with_query, shape) -> None:
     assert viz.grid_shape(results, with_query) == shape
 
 
-def test_png_size_captions_and_aspect(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_png_size_captions_and_aspect(tmp_path) -> None:
     wide = make_images(tmp_path, 1, size=(200, 50), prefix="wide")
     tall = make_images(tmp_path, 1, size=(40, 160), prefix="tall_and_with_a_very_long_file_name")
     missing = tmp_path / "gone.jpg"
@@ -58,7 +58,7 @@ def test_png_size_captions_and_aspect(tmp_path) -> None:  # type: ignore[no-unty
         assert image.format == "PNG" and image.size == viz.figure_pixels(3, True)
 
 
-def test_empty_results_and_write_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_empty_results_and_write_errors(tmp_path) -> None:
     png = viz.plot_results([], tmp_path / "empty.png", query_text="nothing")
     with Image.open(png) as image:
         assert image.size == viz.figure_pixels(0, False)

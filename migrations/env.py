@@ -1,11 +1,11 @@
-"""Alembic environment: migrations run on the connection clipdb hands over (see db.migrate)."""
+"""Alembic environment: migrations run on the connection clipdb hands over (clipdb.db.migrate)."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from clipdb.db import SCHEMA, VERSION_TABLE
+from clipdb.db.migrate import SCHEMA, VERSION_TABLE
 
 config = context.config
 

@@ -1,4 +1,4 @@
-"""SQL shared by every reader and writer: the model registry and the top-k query.
+"""Every read of ``clipdb.images``: the top-k query, stored vectors, what ingest compares against.
 
 The top-k SQL writes the model's integer id and dimension into the statement text. Both come
 from ``clipdb.models`` (our registry), never from user input; everything a user gives is a bound
@@ -15,24 +15,8 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError
-
-
-@dataclass(frozen=True)
-class Model:
-    """A registered model: which open_clip weights made a set of embeddings."""
-
-    model_id: int
-    architecture: str
-    pretrained: str
-    dim: int
-
-    @property
-    def index_name(self) -> str:
-        return f"images_hnsw_model_{self.model_id}"
-
-    def __str__(self) -> str:
-        return f"{self.architecture} ({self.pretrained})"
 
 
 @dataclass(frozen=True)
@@ -53,54 +37,6 @@ class Hit:
         data = asdict(self)
         data["filename"] = self.filename
         return data
-
-
-_MODEL_COLUMNS = "id, architecture, pretrained, dim"
-
-
-def register_model(
-    conn: psycopg.Connection[Any], architecture: str, pretrained: str, dim: int
-) -> Model:
-    """Get or create the model's row and HNSW index (idempotent, safe under concurrency)."""
-    row = conn.execute(
-        "SELECT clipdb.register_model(%s, %s, %s)", (architecture, pretrained, dim)
-    ).fetchone()
-    assert row is not None
-    return Model(row[0], architecture, pretrained, dim)
-
-
-def list_models(conn: psycopg.Connection[Any]) -> list[Model]:
-    rows = conn.execute(f"SELECT {_MODEL_COLUMNS} FROM clipdb.models ORDER BY id").fetchall()
-    return [Model(*row) for row in rows]
-
-
-def models_with_rows(conn: psycopg.Connection[Any]) -> list[tuple[Model, int]]:
-    rows = conn.execute(
-        f"""SELECT {", ".join("m." + c for c in _MODEL_COLUMNS.split(", "))}, count(i.id)
-            FROM clipdb.models m JOIN clipdb.images i ON i.model_id = m.id
-            GROUP BY m.id ORDER BY m.id"""
-    ).fetchall()
-    return [(Model(*row[:4]), row[4]) for row in rows]
-
-
-def find_model(conn: psycopg.Connection[Any], architecture: str, pretrained: str | None) -> Model:
-    """The registered model with rows to search; a clear error listing the others if none."""
-    candidates = [
-        (model, count)
-        for model, count in models_with_rows(conn)
-        if model.architecture == architecture and pretrained in (None, model.pretrained)
-    ]
-    if len(candidates) == 1:
-        return candidates[0][0]
-    available = ", ".join(f"{m} [{n} images]" for m, n in models_with_rows(conn))
-    wanted = architecture if pretrained is None else f"{architecture} ({pretrained})"
-    if not candidates:
-        if not available:
-            raise ClipdbError("the database has no indexed images yet; run python -m clipdb.ingest")
-        raise ClipdbError(f"no images indexed with model {wanted}; indexed models: {available}")
-    raise ClipdbError(
-        f"several weights of {architecture} are indexed ({available}); pass --pretrained"
-    )
 
 
 def topk_sql(model: Model, *, under: bool = False, threshold: bool = False) -> str:
@@ -167,18 +103,108 @@ def search_vector(
 
 def indexed_embedding(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -> np.ndarray:
     """The stored embedding of an indexed image, by absolute/relative path or by row id."""
-    row = None
+    found = None
     if path_or_id.isdigit():
-        row = conn.execute(
-            "SELECT embedding FROM clipdb.images WHERE model_id = %s AND id = %s",
-            (model.model_id, int(path_or_id)),
-        ).fetchone()
-    if row is None:
+        found = embedding_by_id(conn, model, int(path_or_id))
+    if found is None:
         row = conn.execute(
             "SELECT embedding FROM clipdb.images WHERE model_id = %s AND path = %s",
             (model.model_id, os.path.abspath(path_or_id)),
         ).fetchone()
-    if row is None:
+        found = as_array(row[0]) if row else None
+    if found is None:
         raise ClipdbError(f"{path_or_id} is not indexed with model {model}")
-    value = row[0]  # pgvector >= 0.4 loads a Vector, older versions an ndarray
+    return found
+
+
+def embedding_by_id(
+    conn: psycopg.Connection[Any], model: Model, image_id: int
+) -> np.ndarray | None:
+    """The stored embedding of row ``image_id`` of ``model``, or None."""
+    row = conn.execute(
+        "SELECT embedding FROM clipdb.images WHERE model_id = %s AND id = %s",
+        (model.model_id, image_id),
+    ).fetchone()
+    return as_array(row[0]) if row else None
+
+
+def as_array(value: Any) -> np.ndarray:
+    """A stored vector as float32 (pgvector >= 0.4 loads a Vector, older versions an ndarray)."""
     return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+
+def indexed_path(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -> str | None:
+    """The stored path of an indexed image given by path or row id (an id wins)."""
+    absolute = os.path.abspath(path_or_id)
+    row_id = int(path_or_id) if path_or_id.isdigit() else None
+    row = conn.execute(
+        "SELECT path FROM clipdb.images WHERE model_id = %s AND (id = %s OR path = %s) "
+        "ORDER BY (id = %s) DESC LIMIT 1",
+        (model.model_id, row_id, absolute, row_id),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def image_file(conn: psycopg.Connection[Any], image_id: int) -> str | None:
+    """The path of row ``image_id`` (any model): what the server may read for it."""
+    row = conn.execute("SELECT path FROM clipdb.images WHERE id = %s", (image_id,)).fetchone()
+    return row[0] if row else None
+
+
+# --- what ingest compares the scan against ------------------------------------------------------
+
+ID_CHUNK = 10_000  # paths / hashes per "= ANY(%s)" lookup
+
+
+def has_rows(conn: psycopg.Connection[Any], model: Model) -> bool:
+    query = f"SELECT EXISTS (SELECT 1 FROM clipdb.images WHERE model_id = {int(model.model_id)})"
+    row = conn.execute(query).fetchone()
+    return bool(row and row[0])
+
+
+def file_rows(
+    conn: psycopg.Connection[Any], model: Model, paths: list[str]
+) -> dict[str, tuple[int, int, bytes]]:
+    """path -> (size, mtime_ns, sha256) of this model's rows for ``paths``."""
+    found: dict[str, tuple[int, int, bytes]] = {}
+    for offset in range(0, len(paths), ID_CHUNK):
+        for path, size, mtime_ns, sha in conn.execute(
+            f"SELECT path, size, mtime_ns, sha256 FROM clipdb.images "
+            f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
+            (paths[offset : offset + ID_CHUNK],),
+        ):
+            found[path] = (size, mtime_ns, bytes(sha))
+    return found
+
+
+def rows_by_sha256(
+    conn: psycopg.Connection[Any], model: Model, hashes: list[bytes]
+) -> dict[bytes, list[tuple[int, str]]]:
+    """sha256 -> [(row id, path), ...] (oldest first) of this model's rows with those hashes."""
+    found: dict[bytes, list[tuple[int, str]]] = {}
+    for offset in range(0, len(hashes), ID_CHUNK):
+        for row_id, path, sha in conn.execute(
+            f"SELECT id, path, sha256 FROM clipdb.images "
+            f"WHERE model_id = {int(model.model_id)} AND sha256 = ANY(%s) ORDER BY id",
+            (hashes[offset : offset + ID_CHUNK],),
+        ):
+            found.setdefault(bytes(sha), []).append((row_id, path))
+    return found
+
+
+def rows_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[tuple[int, str]]:
+    """(row id, path) of this model's rows for ``root`` itself or anything under it."""
+    prefix = os.path.join(root, "")
+    return conn.execute(
+        f"SELECT id, path FROM clipdb.images WHERE model_id = {int(model.model_id)} "
+        "AND (path = %s OR starts_with(path, %s))",
+        (root, prefix),
+    ).fetchall()
+
+
+def export_rows(conn: psycopg.Connection[Any], model: Model) -> list[tuple[Any, ...]]:
+    """(path, sha256, size, mtime_ns, width, height, embedding) of every row, by path."""
+    return conn.execute(
+        "SELECT path, sha256, size, mtime_ns, width, height, embedding FROM clipdb.images "
+        f"WHERE model_id = {int(model.model_id)} ORDER BY path"
+    ).fetchall()

@@ -12,9 +12,17 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipdb.config import canonical_model_name
-
 RANDOM_WEIGHTS = "none"
+
+# Names the original CLIPImageRetrieval tool (OpenAI's clip package) used.
+MODEL_ALIASES = {
+    "ViT-B/32": "ViT-B-32",
+    "ViT-B/16": "ViT-B-16",
+    "ViT-L/14": "ViT-L-14",
+    "ViT-L/14@336px": "ViT-L-14-336",
+    "RN50": "RN50",
+    "RN101": "RN101",
+}
 
 # open_clip's standard ("openai") weights for the architectures users name most. Must agree
 # with encoder.default_pretrained, which picks "openai" whenever open_clip lists it.
@@ -32,6 +40,11 @@ STANDARD_WEIGHTS = {
         "RN50x64",
     )
 }
+
+
+def canonical_model_name(name: str) -> str:
+    """Map the original tool's model names (``ViT-B/32``) to open_clip's (``ViT-B-32``)."""
+    return MODEL_ALIASES.get(name, name)
 
 
 @dataclass(frozen=True)

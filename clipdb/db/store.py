@@ -1,4 +1,4 @@
-"""Writing image rows: binary COPY for bulk loads, COPY + upsert for ingest batches.
+"""Every write to ``clipdb.images``: COPY + upsert for ingest batches, bulk loads, moves, prunes.
 
 Callers own the transaction: one commit per batch keeps a crash from leaving partial batches.
 """
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from clipdb.queries import Model
+from clipdb.db.registry import Model
 
 _COLUMNS = "path, sha256, size, mtime_ns, width, height, embedding"
 _TYPES = ["text", "bytea", "int8", "int8", "int4", "int4", "vector"]
@@ -93,6 +93,41 @@ def upsert_images(
     )
     conn.execute("TRUNCATE clipdb_incoming")
     return len(records)
+
+
+def refresh_identity(
+    conn: psycopg.Connection[Any], model: Model, path: str, size: int, mtime_ns: int
+) -> None:
+    """A file was touched but its content (sha256) is unchanged: record its new size/mtime."""
+    conn.execute(
+        f"UPDATE clipdb.images SET size = %s, mtime_ns = %s, updated_at = now() "
+        f"WHERE model_id = {int(model.model_id)} AND path = %s",
+        (size, mtime_ns, path),
+    )
+
+
+def move_row(
+    conn: psycopg.Connection[Any], row_id: int, path: str, size: int, mtime_ns: int
+) -> bool:
+    """Re-point a row at the file its content moved to; False if another row has that path."""
+    try:
+        with conn.transaction():  # a savepoint: a concurrent ingester may own the path
+            cursor = conn.execute(
+                "UPDATE clipdb.images SET path = %s, size = %s, mtime_ns = %s, "
+                "updated_at = now() WHERE id = %s",
+                (path, size, mtime_ns, row_id),
+            )
+            return bool(cursor.rowcount)
+    except psycopg.errors.UniqueViolation:
+        return False
+
+
+def delete_rows(conn: psycopg.Connection[Any], row_ids: Sequence[int]) -> int:
+    """Delete rows by id; returns how many went."""
+    if not row_ids:
+        return 0
+    cursor = conn.execute("DELETE FROM clipdb.images WHERE id = ANY(%s)", (list(row_ids),))
+    return cursor.rowcount
 
 
 def _columns_ddl() -> str:

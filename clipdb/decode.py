@@ -1,0 +1,258 @@
+"""Bytes -> upright RGB -> model-ready pixels, and thumbnails, robust against bad files.
+
+Everything here runs without a model and (apart from :meth:`PixelPipeline.to_batch`) without
+torch, so decode worker processes stay light. Bad files raise :class:`ImageError`, whose text
+is the skip reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from clipdb.files import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE, stat_reason
+
+ORIENTATION_TAG = 0x0112
+SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
+# JPEG draft decoding keeps at least this many times the model's input size on the short side,
+# so the resize that follows still averages over several source pixels (see INGEST.md).
+DRAFT_MARGIN = 2
+
+
+class ImageError(Exception):
+    """A file that cannot be used as an image; ``str(err)`` is the skip reason."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: alpha over white, 16-bit scaled down rather than clipped."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+        gray = np.clip(values * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(
+    source: str | bytes,
+    *,
+    max_pixels: int | None = None,
+    draft_size: int | None = None,
+) -> tuple[Image.Image, int, int]:
+    """Decode a file (path or its bytes) to an upright RGB image.
+
+    Returns the image and the full-resolution width and height after EXIF orientation. With
+    ``draft_size``, JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale whose short side
+    is still at least ``draft_size`` pixels. Raises :class:`ImageError` with the skip reason.
+    """
+    data = source if isinstance(source, bytes) else _read(source)
+    if not data:
+        raise ImageError(EMPTY)
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the limit
+            opened = Image.open(io.BytesIO(data))
+            width, height = opened.size
+            if limit and width * height > limit:
+                raise ImageError(TOO_LARGE)
+            orientation = opened.getexif().get(ORIENTATION_TAG, 1)
+            if draft_size and opened.format == "JPEG":
+                opened.draft(opened.mode, (draft_size, draft_size))
+            opened.load()  # first frame of animations
+            rgb = _to_rgb(ImageOps.exif_transpose(opened) or opened)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(TOO_LARGE) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(NOT_IMAGE) from None
+    except (OSError, SyntaxError, ValueError, IndexError, TypeError, EOFError):
+        raise ImageError(CORRUPT) from None
+    if orientation in SWAPPED_ORIENTATIONS:
+        width, height = height, width
+    return rgb, width, height
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as err:
+        raise ImageError(stat_reason(err)) from None
+
+
+@dataclass(frozen=True)
+class PixelPipeline:
+    """The model's preprocessing, split so workers send uint8 pixels instead of floats.
+
+    Resize and centre crop run in the workers on PIL images, re-stated as plain data
+    (``pil_steps``) so workers never import torch; the float conversion and normalisation run
+    batched in the encoding process. The arithmetic is that of torchvision's transforms, so
+    results are bit-identical to ``preprocess(image)`` (tested). A transform of any other
+    shape runs whole in the workers (``whole``).
+    """
+
+    input_size: int
+    pil_steps: tuple[tuple[Any, ...], ...] = ()
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    whole: Any = None
+
+    @classmethod
+    def from_preprocess(cls, preprocess: Any, input_size: int) -> PixelPipeline:
+        steps = list(getattr(preprocess, "transforms", []))
+        names = [type(step).__name__ for step in steps]
+        if "ToTensor" in names or "MaybeToTensor" in names:
+            index = names.index("MaybeToTensor" if "MaybeToTensor" in names else "ToTensor")
+            rest = steps[index + 1 :]
+            pil_steps = [_pil_step(step) for step in steps[:index]]
+            if (
+                len(rest) == 1
+                and type(rest[0]).__name__ == "Normalize"
+                and all(step is not None for step in pil_steps)
+            ):
+                return cls(
+                    input_size=input_size,
+                    pil_steps=tuple(step for step in pil_steps if step),
+                    mean=tuple(float(v) for v in rest[0].mean),
+                    std=tuple(float(v) for v in rest[0].std),
+                )
+        return cls(input_size=input_size, whole=preprocess)
+
+    def to_pixels(self, image: Image.Image) -> np.ndarray:
+        """An RGB image -> uint8 HWC array (split mode) or float32 CHW array (whole mode)."""
+        if self.whole is not None:
+            return self.whole(image).numpy()
+        for step in self.pil_steps:
+            if step[0] == "resize":
+                image = _resize(image, step[1], step[2], step[3])
+            else:
+                image = _center_crop(image, step[1], step[2])
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
+
+    def to_batch(self, arrays: Sequence[np.ndarray]) -> Any:
+        """Worker outputs -> the float batch the model takes (N, 3, H, W)."""
+        import torch
+
+        batch = torch.from_numpy(np.stack(arrays))
+        if self.whole is not None:
+            return batch
+        batch = batch.permute(0, 3, 1, 2).contiguous().float().div(255)
+        mean = torch.tensor(self.mean, dtype=batch.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=batch.dtype).view(1, -1, 1, 1)
+        return batch.sub_(mean).div_(std)
+
+
+def _pil_step(step: Any) -> tuple[Any, ...] | None:
+    """torchvision Resize/CenterCrop as data; () for a no-op; None if not understood."""
+    name = type(step).__name__
+    if name == "MaybeConvertMode" and getattr(step, "mode", "RGB") == "RGB":
+        return ()  # images are RGB already
+    if name == "Resize":
+        from torchvision.transforms.functional import pil_modes_mapping
+
+        size = step.size
+        size = [size] if isinstance(size, int) else list(size)
+        if len(size) not in (1, 2):
+            return None
+        return ("resize", tuple(size), int(pil_modes_mapping[step.interpolation]), step.max_size)
+    if name == "CenterCrop":
+        height, width = step.size
+        return ("crop", int(height), int(width))
+    return None
+
+
+def _resize(
+    image: Image.Image, size: tuple[int, ...], resample: int, max_size: int | None
+) -> Image.Image:
+    """torchvision.transforms.functional.resize for PIL images."""
+    width, height = image.size
+    if len(size) == 2:
+        new_height, new_width = size
+    else:
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = size[0], int(size[0] * long / short)
+        if max_size is not None and new_long > max_size:
+            new_short, new_long = int(max_size * new_short / new_long), max_size
+        new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_width, new_height) == (width, height):
+        return image
+    return image.resize((new_width, new_height), resample)
+
+
+def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
+    """torchvision's center_crop: zero padding first when the image is smaller."""
+    image_width, image_height = image.size
+    if width > image_width:
+        left = -((width - image_width) // 2)
+    else:
+        left = int(round((image_width - width) / 2.0))
+    if height > image_height:
+        top = -((height - image_height) // 2)
+    else:
+        top = int(round((image_height - height) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a worker sends back for one file: pixels and identity, or a skip reason."""
+
+    path: str
+    sha256: bytes | None = None
+    width: int = 0
+    height: int = 0
+    pixels: np.ndarray | None = None
+    reason: str | None = None
+
+
+def decode_task(
+    path: str, pipeline: PixelPipeline, max_pixels: int | None, draft: bool = True
+) -> Decoded:
+    """Read once, hash, decode, preprocess (a worker's whole job for one file)."""
+    try:
+        data = _read(path)
+        draft_size = pipeline.input_size * DRAFT_MARGIN if draft else None
+        image, width, height = open_image(data, max_pixels=max_pixels, draft_size=draft_size)
+        pixels = pipeline.to_pixels(image)
+    except ImageError as err:
+        return Decoded(path, reason=str(err))
+    except MemoryError:
+        return Decoded(path, reason=TOO_LARGE)
+    return Decoded(path, hashlib.sha256(data).digest(), width, height, pixels)
+
+
+def worker_init() -> None:
+    """Workers leave Ctrl-C to the parent, which shuts them down."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_thumbnail(path: str, size: int, *, max_pixels: int | None = None) -> bytes:
+    """An upright JPEG at most ``size`` pixels on its longer side; ImageError if unreadable."""
+    image, _, _ = open_image(path, max_pixels=max_pixels, draft_size=size)
+    image.thumbnail((size, size))
+    output = io.BytesIO()
+    image.save(output, "JPEG", quality=85)
+    return output.getvalue()

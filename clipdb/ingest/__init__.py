@@ -1,0 +1,296 @@
+"""Incremental, online ingest of image files into PostgreSQL (``clipdb ingest`` is its CLI).
+
+One pass: scan (stat) -> plan against the model's rows (size, mtime; sha256 for moves) ->
+decode + preprocess in worker processes -> batched encode here -> a writer thread that commits
+one transaction per batch. Nothing to encode means the model is never loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from clipdb import files
+from clipdb.config import DEVICES, PRECISIONS, Settings
+from clipdb.db import Database, open_database, require_write_access
+from clipdb.db.registry import Model, register_model, registered_model
+from clipdb.errors import UsageError
+from clipdb.ingest.plan import SkipCallback, identity, make_plan, prune
+from clipdb.models import ModelSpec, quick_model_spec
+
+
+def default_workers() -> int:
+    """Decode workers: one core is left to the encoder (which uses all cores in bursts)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def print_skip(path: str, reason: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"skipping {path}: {reason}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to ingest: the one list of options, shared by ``ingest()``, ``watch()`` and the CLI.
+
+    ``model``/``pretrained`` None: from the settings (flags, CLIPDB_* env, defaults).
+    """
+
+    model: str | None = None
+    pretrained: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64
+    workers: int | None = None  # None: default_workers(); 0: decode in this process
+    exclude: tuple[str, ...] = ()
+    prune: bool = False
+    max_pixels: int | None = None
+    progress: bool = True
+    on_skip: SkipCallback | None = None  # default: "skipping <path>: <reason>" on stderr
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError("--workers must be 0 or more")
+        if self.device not in DEVICES:
+            raise UsageError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(
+                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest pass did. ``--json`` prints exactly these keys."""
+
+    found: int = 0
+    new: int = 0
+    updated: int = 0
+    moved: int = 0
+    unchanged: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    pruned: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        total = sum(self.skipped.values())
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.skipped.items()))
+        return (
+            f"found {self.found}, new {self.new}, updated {self.updated}, moved {self.moved}, "
+            f"unchanged {self.unchanged}, skipped {total}{f' ({reasons})' if reasons else ''}, "
+            f"pruned {self.pruned}, {self.seconds:.2f} s, {self.images_per_s:.1f} images/s"
+        )
+
+
+class Ingester:
+    """One configured ingest; :meth:`run` makes a pass (``watch`` makes many).
+
+    Building one does no I/O: the database is opened, names validated and the model loaded
+    on the first pass that needs them.
+    """
+
+    def __init__(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        options: IngestOptions | None = None,
+        *,
+        database: Database | None = None,
+        settings: Settings | None = None,
+        encoder: Any = None,
+    ) -> None:
+        self.roots = [os.path.abspath(os.fspath(path)) for path in paths]
+        self.options = options or IngestOptions()
+        self.settings = settings or Settings.resolve(
+            model=self.options.model, pretrained=self.options.pretrained
+        )
+        self.model_name = self.options.model or self.settings.model
+        self.pretrained = self.options.pretrained or self.settings.pretrained
+        self.encoder = encoder
+        self._database = database
+        self._spec: ModelSpec | None = encoder.spec if encoder is not None else None
+        self.on_skip = self.options.on_skip or print_skip
+        self.known_bad: dict[str, tuple[int, int, str]] | None = None  # set by watch()
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            self._database = open_database(self.settings)
+        return self._database
+
+    def _check_roots(self) -> None:
+        if not self.roots:
+            raise UsageError("no paths given")
+        for root in self.roots:
+            if not os.path.lexists(root):
+                raise UsageError(f"{root} does not exist")
+
+    def _model_spec(self) -> ModelSpec:
+        """The stored identity, without importing open_clip when the names make it clear."""
+        if self._spec is None:
+            self._spec = quick_model_spec(self.model_name, self.pretrained)
+            if self._spec is None:
+                self._spec = self._validated_spec()
+        return self._spec
+
+    def _validated_spec(self) -> ModelSpec:
+        from clipdb.encoder import resolve_model_spec
+
+        return resolve_model_spec(self.model_name, self.pretrained)
+
+    def _lookup_model(self, conn: Any) -> Model | None:
+        spec = self._model_spec()
+        model = registered_model(conn, spec.architecture, spec.pretrained)
+        if model is None and self.encoder is None:
+            # Never registered: check the names now (an unknown model is a usage error even
+            # when there is nothing to encode).
+            self._spec = self._validated_spec()
+        return model
+
+    def load_encoder(self) -> Any:
+        if self.encoder is None:
+            from clipdb.encoder import load_encoder
+
+            self.encoder = load_encoder(
+                self._model_spec().architecture,
+                self.pretrained,
+                device=self.options.device,
+                precision=self.options.precision,
+            )
+        return self.encoder
+
+    # --- one pass -------------------------------------------------------------------------
+
+    def run(self) -> IngestSummary:
+        from clipdb.ingest.pipeline import encode_and_write
+
+        self._check_roots()
+        require_write_access(self.database)
+        start = time.perf_counter()
+        summary = IngestSummary()
+        skipped: Counter[str] = Counter()
+
+        def skip(path: str, reason: str) -> None:
+            skipped[reason] += 1
+            self.on_skip(path, reason)
+            if self.known_bad is not None and path in stats:
+                self.known_bad[path] = (*identity(stats[path]), reason)
+
+        scan = files.scan(self.roots, self.options.exclude)
+        summary.found = len(scan.files) + len(scan.skipped)
+        for path, reason in scan.skipped:
+            if self.known_bad is not None and self.known_bad.get(path, (0, 0, ""))[2] == reason:
+                skipped[reason] += 1  # --watch: reported once
+                continue
+            skipped[reason] += 1
+            self.on_skip(path, reason)
+            if self.known_bad is not None:
+                self.known_bad[path] = (-1, -1, reason)
+        stats = self._drop_known_bad({f.path: f for f in scan.files}, skipped)
+        with self.database.connect(autocommit=True) as conn:
+            model = self._lookup_model(conn)
+            plan = make_plan(conn, model, stats, skip)
+            summary.unchanged, summary.moved = plan.unchanged, plan.moved
+            if plan.to_encode:
+                encoder = self.load_encoder()
+                if model is None:
+                    model = register_model(
+                        conn, encoder.architecture, encoder.pretrained, encoder.dim
+                    )
+
+                def written(path: str) -> None:
+                    if path in plan.changed:
+                        summary.updated += 1
+                    else:
+                        summary.new += 1
+
+                encode_and_write(
+                    self.database, model, encoder, plan.to_encode, stats,
+                    batch_size=self.options.batch_size,
+                    workers=default_workers() if self.options.workers is None
+                    else self.options.workers,
+                    max_pixels=self.options.max_pixels,
+                    progress=self.options.progress,
+                    on_skip=skip,
+                    on_written=written,
+                )  # fmt: skip
+            if self.options.prune and model is not None:
+                summary.pruned = prune(conn, model, self.roots, stats)
+        summary.skipped = dict(skipped)
+        summary.seconds = round(time.perf_counter() - start, 3)
+        encoded = summary.new + summary.updated
+        summary.images_per_s = round(encoded / summary.seconds, 2) if summary.seconds else 0.0
+        return summary
+
+    def _drop_known_bad(
+        self, stats: dict[str, files.FileStat], skipped: Counter[str]
+    ) -> dict[str, files.FileStat]:
+        """In --watch, a file skipped before is not retried (or reported) until it changes."""
+        if self.known_bad is None:
+            return stats
+        todo = {}
+        for path, stat in stats.items():
+            bad = self.known_bad.get(path)
+            if bad is not None and bad[:2] == identity(stat):
+                skipped[bad[2]] += 1
+            else:
+                todo[path] = stat
+        return todo
+
+
+def ingest(
+    paths: Iterable[str | os.PathLike[str]],
+    options: IngestOptions | None = None,
+    *,
+    database: Database | None = None,
+    settings: Settings | None = None,
+    encoder: Any = None,
+    **option_values: Any,
+) -> IngestSummary:
+    """Index image files and directories (recursively) into the database; one pass.
+
+    ``options`` (or keyword values of :class:`IngestOptions`) say how; ``encoder`` (a loaded
+    :class:`clipdb.encoder.ClipEncoder`) replaces model loading; ``database`` replaces
+    ``open_database(settings)``. Bad files are reported through ``on_skip(path, reason)``
+    (default: ``skipping <path>: <reason>`` on stderr) and counted.
+    """
+    options = replace(options or IngestOptions(), **option_values)
+    return Ingester(paths, options, database=database, settings=settings, encoder=encoder).run()
+
+
+def watch(
+    paths: Iterable[str | os.PathLike[str]],
+    options: IngestOptions | None = None,
+    *,
+    interval: float = 1.0,
+    on_pass: Callable[[IngestSummary], None] | None = None,
+    stop: threading.Event | None = None,
+    database: Database | None = None,
+    settings: Settings | None = None,
+    encoder: Any = None,
+    **option_values: Any,
+) -> None:
+    """Ingest, then poll the roots every ``interval`` seconds until ``stop`` is set
+    (or KeyboardInterrupt). Files that failed are retried only once they change."""
+    options = replace(options or IngestOptions(), **option_values)
+    ingester = Ingester(paths, options, database=database, settings=settings, encoder=encoder)
+    ingester.known_bad = {}
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        summary = ingester.run()
+        if on_pass is not None:
+            on_pass(summary)
+        stop.wait(interval)

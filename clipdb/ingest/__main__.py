@@ -1,0 +1,149 @@
+"""``clipdb ingest`` (``python -m clipdb.ingest``): parse, ingest, report, exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from clipdb.cli import (
+    add_encoder_arguments,
+    command_parser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+)
+from clipdb.config import Settings, add_common_arguments
+from clipdb.errors import UsageError
+from clipdb.ingest import IngestOptions, IngestSummary, default_workers, ingest, watch
+
+EXAMPLES = """\
+examples:
+  clipdb ingest ~/Pictures                      # index a directory tree
+  clipdb ingest photos/ --prune                 # ... and forget deleted files
+  clipdb ingest photos/ --watch --prune         # keep indexing until Ctrl-C
+  clipdb ingest a.jpg b.png --json              # summary as one JSON object
+  clipdb ingest photos/ --model ViT-B/16 --exclude '*.thumb.jpg'
+  clipdb ingest tests/ --model ViT-B-32 --pretrained none   # offline smoke run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(
+        "ingest",
+        "Encode image files with CLIP and store their embeddings in PostgreSQL. "
+        "Unchanged files are skipped, moved files re-pointed, changed files re-encoded.",
+        EXAMPLES,
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
+    add_common_arguments(parser)
+    add_encoder_arguments(parser)
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=64, metavar="N", help="images per batch (64)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help=f"decode processes (default {default_workers()} here: cores - 1; 0 = none)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip files/dirs whose name, path relative to PATH, or absolute path matches "
+        "(repeatable)",
+    )
+    parser.add_argument(
+        "--prune", action="store_true", help="delete rows of files under PATH that are gone"
+    )
+    parser.add_argument(
+        "--watch", action="store_true", help="keep polling PATH for changes until Ctrl-C"
+    )
+    parser.add_argument(
+        "--interval",
+        type=positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="--watch poll interval in seconds (1.0)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="skip images with more pixels (default: Pillow's decompression-bomb limit)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if any file was skipped (the good files are still indexed and committed)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(args: argparse.Namespace) -> int:
+        if args.strict and args.watch:
+            raise UsageError("--strict cannot be combined with --watch")
+        settings = Settings.from_args(args)
+        options = IngestOptions(
+            model=settings.model,
+            pretrained=settings.pretrained,
+            device=args.device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            exclude=tuple(args.exclude),
+            prune=args.prune,
+            max_pixels=args.max_pixels,
+        )
+
+        def report(summary: IngestSummary) -> None:
+            print(json.dumps(summary.to_dict()) if args.json else summary.format(), flush=True)
+
+        if args.watch:
+            try:
+                watch(
+                    args.paths, options, settings=settings, interval=args.interval,
+                    on_pass=_watch_reporter(report),
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                print("stopped watching", file=sys.stderr)
+            return 0
+        summary = ingest(args.paths, options, settings=settings)
+        report(summary)
+        skipped = sum(summary.skipped.values())
+        if args.strict and skipped:
+            print(f"error: {skipped} file(s) skipped (--strict)", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_command(
+        build_parser(),
+        argv,
+        body,
+        interrupted="interrupted: committed batches are kept; run again to finish",
+    )
+
+
+def _watch_reporter(report: Callable[[IngestSummary], None]) -> Callable[[IngestSummary], None]:
+    """Report the first pass and then only passes that changed something."""
+    first = [True]
+
+    def on_pass(summary: IngestSummary) -> None:
+        busy = summary.new or summary.updated or summary.moved or summary.pruned
+        if first[0] or busy:
+            report(summary)
+        first[0] = False
+
+    return on_pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Decode in worker processes, encode in batches here, hand rows to the writer thread."""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from functools import partial
+from typing import Any
+
+from clipdb import decode, files
+from clipdb.db import Database
+from clipdb.db.registry import Model
+from clipdb.db.store import ImageRecord
+from clipdb.ingest.writer import BatchWriter
+
+MIN_FILES_FOR_POOL = 16  # fewer files decode faster here than a pool starts
+
+
+def decoded_images(
+    paths: list[str],
+    pipeline: decode.PixelPipeline,
+    *,
+    workers: int,
+    read_ahead: int,
+    max_pixels: int | None,
+) -> Iterator[decode.Decoded]:
+    """Each path decoded to pixels (or a skip reason), in order; a pool when it pays."""
+    task = partial(decode.decode_task, pipeline=pipeline, max_pixels=max_pixels)
+    if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
+        yield from map(task, paths)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["clipdb.decode"])
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=decode.worker_init
+    )
+    # Bounded read-ahead: decoding may outrun encoding, and decoded pixels are big.
+    ahead = max(read_ahead, 4 * workers)
+    pending: deque[Future[decode.Decoded]] = deque()
+    remaining = iter(paths)
+    try:
+        for path in remaining:
+            pending.append(pool.submit(task, path))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            result = pending.popleft().result()
+            next_path = next(remaining, None)
+            if next_path is not None:
+                pending.append(pool.submit(task, next_path))
+            yield result
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def encode_and_write(
+    database: Database,
+    model: Model,
+    encoder: Any,
+    paths: list[str],
+    stats: dict[str, files.FileStat],
+    *,
+    batch_size: int,
+    workers: int,
+    max_pixels: int | None,
+    progress: bool,
+    on_skip: Callable[[str, str], None],
+    on_written: Callable[[str], None],
+) -> None:
+    """Decode, encode and commit ``paths``; ``on_written(path)`` for each row handed over."""
+    from tqdm import tqdm
+
+    pipeline = decode.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
+    writer = BatchWriter(database, model)
+    bar = tqdm(
+        total=len(paths),
+        unit="img",
+        file=sys.stderr,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
+    batch: list[decode.Decoded] = []
+
+    def flush() -> None:
+        embeddings = encoder.encode_images(
+            pipeline.to_batch([d.pixels for d in batch if d.pixels is not None])
+        )
+        records = []
+        for item, embedding in zip(batch, embeddings, strict=True):
+            stat = stats[item.path]
+            assert item.sha256 is not None
+            records.append(
+                ImageRecord(
+                    item.path,
+                    item.sha256,
+                    stat.size,
+                    stat.mtime_ns,
+                    item.width,
+                    item.height,
+                    embedding,
+                )
+            )
+            on_written(item.path)
+        writer.put(records)
+        bar.update(len(batch))
+        batch.clear()
+
+    images = decoded_images(
+        paths, pipeline, workers=workers, read_ahead=2 * batch_size, max_pixels=max_pixels
+    )
+    try:
+        for item in images:
+            if item.reason is not None:
+                on_skip(item.path, item.reason)
+                bar.update(1)
+                continue
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    finally:
+        bar.close()
+        writer.close()  # commits what was queued, also on Ctrl-C

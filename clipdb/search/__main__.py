@@ -1,0 +1,234 @@
+"""``clipdb search`` (``python -m clipdb.search``): parse, search, print, exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from clipdb.cli import (
+    add_encoder_arguments,
+    command_parser,
+    positive_int,
+    run_command,
+    similarity_value,
+)
+from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, Settings, add_common_arguments
+from clipdb.db import Database, open_database
+from clipdb.db.queries import Hit, indexed_embedding, indexed_path
+from clipdb.errors import ClipdbError, UsageError
+from clipdb.search import (
+    BATCH_RESULTS_FILE,
+    SearchOptions,
+    Weights,
+    choose_model,
+    combine_query,
+    image_files,
+    load_model_encoder,
+    open_image,
+    run_batch,
+    search,
+)
+from clipdb.search.output import format_json, format_paths, format_table
+
+EXAMPLES = """\
+query = normalise(Wi*image + Wt*text - Wm*mean(minus)), each part a unit CLIP embedding
+(--weights Wi,Wt[,Wm], default 1,1,0.5); similarity = cosine similarity in [-1, 1].
+
+examples:
+  clipdb search photo.jpg                   # 5 most similar indexed images
+  clipdb search --text "a red car" -k 10    # by text (CLIP text tower)
+  clipdb search --like ~/pics/cat.jpg       # an indexed image: SQL only, no model
+  clipdb search photo.jpg --text "at night" --weights 0.7,0.3
+  clipdb search --text "a beach" --minus "people" --json
+  clipdb search photo.jpg --under ~/pics/2024 --threshold 0.8 --paths
+  clipdb search photo.jpg --plot result.png
+  clipdb search --batch queries/ --out results/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(
+        "search", "Find indexed images similar to an image, a text, or an indexed image.", EXAMPLES
+    )
+    parser.add_argument("query_image", nargs="?", metavar="QUERY_IMAGE", help="image file")
+    parser.add_argument("--text", metavar="TEXT", help="search by text (or mix it with an image)")
+    parser.add_argument(
+        "--like",
+        metavar="PATH_OR_ID",
+        help="an already indexed image (path or row id): its stored embedding is the query, "
+        "no model is loaded; without --model, the model it is indexed under",
+    )
+    parser.add_argument(
+        "--minus",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="push results away from this concept (repeatable)",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="WI,WT[,WM]",
+        help="weights of image, text and minus parts (default 1,1,0.5)",
+    )
+    parser.add_argument(
+        "-k",
+        "--top",
+        type=positive_int,
+        default=DEFAULT_TOP_K,
+        metavar="K",
+        help=f"number of results (default {DEFAULT_TOP_K})",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=similarity_value,
+        metavar="SIM",
+        help="only results with at least this cosine similarity (default: off)",
+    )
+    parser.add_argument("--under", metavar="DIR", help="only images under this folder")
+    parser.add_argument(
+        "--ef-search",
+        type=positive_int,
+        default=DEFAULT_EF_SEARCH,
+        metavar="N",
+        help=f"HNSW candidates per search: higher = better recall, slower "
+        f"(default {DEFAULT_EF_SEARCH}; raised to K when K is larger)",
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print results as a JSON list")
+    output.add_argument("--paths", action="store_true", help="print bare paths, one a line")
+    parser.add_argument("--plot", metavar="PNG", help="save a grid of query and results")
+    parser.add_argument("--batch", metavar="DIR", help="use every image in DIR as a query")
+    parser.add_argument("--out", metavar="DIR", help="with --batch: where results go")
+    add_encoder_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar for --batch")
+    add_common_arguments(parser)
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Flag combinations argparse cannot express (UsageError: exit 2)."""
+    if args.batch is not None:
+        clash = [
+            flag
+            for flag, value in (
+                ("QUERY_IMAGE", args.query_image),
+                ("--like", args.like),
+                ("--text", args.text),
+                ("--minus", args.minus),
+                ("--plot", args.plot),
+                ("--paths", args.paths),
+            )
+            if value
+        ]
+        if clash:
+            raise UsageError(f"--batch cannot be combined with {', '.join(clash)}")
+        if args.out is None:
+            raise UsageError("--batch needs --out RESULTS_DIR")
+        return
+    if args.out is not None:
+        raise UsageError("--out goes with --batch")
+    if args.query_image is not None and args.like is not None:
+        raise UsageError("give a QUERY_IMAGE or --like, not both")
+    if args.query_image is None and args.like is None and args.text is None:
+        raise UsageError("give a QUERY_IMAGE, --text, --like or --batch")
+    if args.weights is not None:
+        Weights.parse(args.weights)
+
+
+def search_options(args: argparse.Namespace) -> SearchOptions:
+    return SearchOptions(args.top, args.ef_search, args.under, args.threshold)
+
+
+def run_query(args: argparse.Namespace, settings: Settings, database: Database) -> list[Hit]:
+    """One query from the parsed flags: encode what must be encoded, then search."""
+    weights = Weights.parse(args.weights) if args.weights else Weights()
+    image = open_image(args.query_image) if args.query_image else None
+    needs_encoder = image is not None or args.text is not None or bool(args.minus)
+    model_given = bool(args.model or os.environ.get("CLIPDB_MODEL"))
+    with database.connect() as conn:
+        model = choose_model(conn, settings, like=args.like, model_given=model_given)
+        image_vector = indexed_embedding(conn, model, args.like) if args.like else None
+        text_vector, minus_vectors = None, []
+        if needs_encoder:
+            encoder = load_model_encoder(model, settings, args.device, args.precision)
+            if image is not None:
+                image = open_image(args.query_image, encoder)  # at ingest's decoding scale
+                image_vector = encoder.encode_pil([image])[0]
+            if args.text is not None:
+                text_vector = encoder.encode_texts([args.text])[0]
+            minus_vectors = list(encoder.encode_texts(args.minus)) if args.minus else []
+        query = combine_query(image_vector, text_vector, minus_vectors, weights)
+        hits = search(conn, model, query, search_options(args))
+        if args.plot:
+            from clipdb.viz import plot_results
+
+            query_path = args.query_image or (
+                indexed_path(conn, model, args.like) if args.like else None
+            )
+            plot_results(hits, args.plot, query_image=query_path, query_text=args.text)
+    return hits
+
+
+def batch(args: argparse.Namespace, settings: Settings, database: Database) -> int:
+    """``--batch DIR --out DIR``: a JSON of all results and one grid per query."""
+    import json
+
+    from tqdm import tqdm
+
+    queries = image_files(args.batch)
+    if not queries:
+        raise ClipdbError(f"no images in {args.batch}")
+    out = Path(args.out)
+    skipped = 0
+    with database.connect() as conn:
+        model = choose_model(conn, settings)
+        encoder = load_model_encoder(model, settings, args.device, args.precision)
+        progress = tqdm(
+            total=len(queries), desc="searching", unit="query", file=sys.stderr,
+            disable=args.no_progress,
+        )  # fmt: skip
+
+        def skip(path: Path, reason: str) -> None:
+            nonlocal skipped
+            skipped += 1
+            progress.write(f"skipping {path}: {reason}", file=sys.stderr)
+
+        with progress:
+            results = run_batch(
+                conn, model, encoder, queries, search_options(args),
+                out=out, on_skip=skip, on_done=lambda: progress.update(1),
+            )  # fmt: skip
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        print(
+            f"searched {len(results)} queries ({skipped} skipped); "
+            f"results in {out / BATCH_RESULTS_FILE}"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(args: argparse.Namespace) -> int:
+        check_arguments(args)
+        settings = Settings.from_args(args)
+        database = open_database(settings)
+        if args.batch is not None:
+            return batch(args, settings, database)
+        hits = run_query(args, settings, database)
+        if args.json:
+            print(format_json(hits))
+        elif hits:
+            print(format_paths(hits) if args.paths else format_table(hits))
+        if not hits:
+            print("no results", file=sys.stderr)
+        return 0
+
+    return run_command(build_parser(), argv, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""How results are printed: a table, the original tool's JSON, bare paths."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from clipdb.db.queries import Hit
+
+
+def format_table(hits: Sequence[Hit]) -> str:
+    """``rank  similarity  path`` with aligned columns."""
+    lines = [f"{'rank':>4}  {'similarity':>10}  path"]
+    lines += [f"{hit.rank:>4}  {hit.similarity:>10.4f}  {hit.image_path}" for hit in hits]
+    return "\n".join(lines)
+
+
+def result_dicts(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    """The original tool's result format (plus ``image_id``)."""
+    return [hit.to_dict() for hit in hits]
+
+
+def format_json(hits: Sequence[Hit]) -> str:
+    return json.dumps(result_dicts(hits), indent=2, ensure_ascii=False)
+
+
+def format_paths(hits: Sequence[Hit]) -> str:
+    return "\n".join(hit.image_path for hit in hits)

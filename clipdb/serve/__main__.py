@@ -1,0 +1,93 @@
+"""``clipdb serve`` (``python -m clipdb.serve``): parse, start the server, exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from clipdb.cli import add_encoder_arguments, command_parser, positive_float, run_command
+from clipdb.config import Settings, add_common_arguments
+from clipdb.errors import ClipdbError
+from clipdb.serve import DEFAULT_HOST, DEFAULT_PORT
+from clipdb.serve.limits import DEFAULT_MAX_UPLOAD_MB
+
+EXAMPLES = """\
+examples:
+  clipdb serve                              # http://127.0.0.1:8000, API docs at /docs
+  clipdb serve --host 0.0.0.0 --port 8080   # reachable from other machines
+  curl 'http://127.0.0.1:8000/api/search?text=a+red+car&k=10'
+  curl -F image=@query.jpg -F k=10 http://127.0.0.1:8000/api/search
+  curl http://127.0.0.1:8000/api/similar/42
+"""
+
+
+def port_number(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value!r}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(
+        "serve", "Serve a search page and a JSON API over the index, with the model warm.", EXAMPLES
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
+    )
+    add_common_arguments(parser)
+    add_encoder_arguments(parser)
+    parser.add_argument(
+        "--max-upload-mb",
+        type=positive_float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        metavar="MB",
+        help=f"largest upload in MB; larger ones get HTTP 413 (default {DEFAULT_MAX_UPLOAD_MB})",
+    )
+    parser.add_argument(
+        "--lazy", action="store_true", help="load the model on the first query, not at start"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(args: argparse.Namespace) -> int:
+        import uvicorn
+
+        from clipdb.serve.app import create_app
+
+        settings = Settings.from_args(args)
+        from clipdb.encoder import resolve_model_spec
+
+        resolve_model_spec(settings.model, settings.pretrained)  # a typo is a usage error
+        app = create_app(
+            settings,
+            device=args.device,
+            precision=args.precision,
+            max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+            preload=False,
+        )
+        service = app.state.service
+        if not args.lazy:
+            try:
+                service.model()
+            except ClipdbError as err:  # nothing indexed yet: serve anyway, load on first query
+                print(f"warning: {err}; the model loads on the first query", file=sys.stderr)
+            else:
+                service.encoder()
+        print(f"serving on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        return 0
+
+    return run_command(build_parser(), argv, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

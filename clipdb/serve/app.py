@@ -1,0 +1,259 @@
+"""The web app: the search page and the JSON API, a thin layer over :class:`SearchService`.
+
+Endpoints are plain ``def`` functions, so FastAPI runs them in its thread pool and the event
+loop stays free while a query is encoded. Thumbnails are served by row id only: the path comes
+from ``clipdb.images``, never from the request, so the server cannot be used to read arbitrary
+files. FastAPI is imported here only, so ``clipdb serve --help`` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from clipdb.config import DEFAULT_TOP_K, Settings
+from clipdb.db import Database
+from clipdb.encoder import ClipEncoder
+from clipdb.errors import ClipdbError, first_line
+from clipdb.models import canonical_model_name
+from clipdb.serve import DEFAULT_HOST
+from clipdb.serve.limits import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    FORM_SLACK_BYTES,
+    MAX_TOP_K,
+    BadUpload,
+    BodyLimitMiddleware,
+    too_large_message,
+)
+from clipdb.serve.service import THUMBNAIL_SIZE, SearchService
+
+STATIC_DIR = Path(__file__).parent.parent / "static"
+
+
+def _server_timing(**phases: float) -> dict[str, str]:
+    return {"Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in phases.items())}
+
+
+def create_app(
+    settings_or_database: Settings | Database,
+    *,
+    encoder: ClipEncoder | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    pool_size: int = 8,
+    preload: bool = True,
+) -> FastAPI:
+    """The web app. ``preload`` loads the model in the background as the server starts.
+
+    Building it does no I/O: the database opens on the first request (or the preload).
+    """
+    if isinstance(settings_or_database, Settings):
+        settings, database = settings_or_database, None
+        if model is not None or pretrained is not None:
+            settings = replace(
+                settings,
+                model=canonical_model_name(model) if model else settings.model,
+                pretrained=pretrained if pretrained is not None else settings.pretrained,
+            )
+    else:
+        settings = Settings.resolve(model=model, pretrained=pretrained)
+        database = settings_or_database
+    service = SearchService(
+        settings,
+        database=database,
+        encoder=encoder,
+        device=device,
+        precision=precision,
+        pool_size=pool_size,
+        max_pixels=max_pixels,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        if preload:
+            threading.Thread(target=_warm_quietly, args=(service,), daemon=True).start()
+        yield
+        service.close()
+
+    app = FastAPI(
+        title="clipdb",
+        summary="Search images by image, text, or 'more like this' (CLIP + pgvector).",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=max_upload_bytes + FORM_SLACK_BYTES,
+        message=too_large_message(max_upload_bytes),
+    )
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(ClipdbError)
+    def clipdb_error(request: Request, err: ClipdbError) -> JSONResponse:
+        # Nothing indexed for this model yet, database down, weights missing: not the client.
+        return JSONResponse({"detail": str(err)}, status_code=503)
+
+    @app.exception_handler(psycopg.DataError)
+    def bad_value(request: Request, err: psycopg.DataError) -> JSONResponse:
+        # A value PostgreSQL cannot hold (a NUL byte in `under`): the client's input, not a 500.
+        return JSONResponse({"detail": f"invalid input: {first_line(err)}"}, status_code=400)
+
+    @app.get("/", include_in_schema=False)
+    def index_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/search", summary="Search by an uploaded image and/or a text")
+    def search_upload(
+        image: Annotated[UploadFile | None, File(description="query image")] = None,
+        text: Annotated[str | None, Form(description="query text")] = None,
+        k: Annotated[int, Form(ge=1, le=MAX_TOP_K, description="number of results")] = (
+            DEFAULT_TOP_K
+        ),
+        threshold: Annotated[
+            float | None, Form(ge=-1.0, le=1.0, description="minimum cosine similarity")
+        ] = None,
+        under: Annotated[str | None, Form(description="only images under this directory")] = None,
+    ) -> Response:
+        """Results as a list of ``{rank, image_path, similarity, filename, image_id}``.
+
+        With both an image and a text, the query is the normalised mean of their embeddings.
+        """
+        started = time.perf_counter()
+        query_image = None
+        if image is not None and (image.filename or image.size):
+            data = image.file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, too_large_message(max_upload_bytes))
+            try:
+                query_image = service.decode_upload(data)
+            except BadUpload as err:
+                raise HTTPException(400, str(err)) from None
+        return _run_search(query_image, (text or "").strip() or None, k, threshold, under, started)
+
+    @app.get("/api/search", summary="Search by text")
+    def search_text(
+        text: Annotated[str, Query(min_length=1, description="query text")],
+        k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = DEFAULT_TOP_K,
+        threshold: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
+        under: Annotated[str | None, Query()] = None,
+    ) -> Response:
+        """Results as a list of ``{rank, image_path, similarity, filename, image_id}``."""
+        return _run_search(None, text.strip() or None, k, threshold, under, time.perf_counter())
+
+    def _run_search(
+        image: Image.Image | None,
+        text: str | None,
+        k: int,
+        threshold: float | None,
+        under: str | None,
+        started: float,
+    ) -> Response:
+        if image is None and text is None:
+            raise HTTPException(400, "give a query: an image, a text, or both")
+        decoded = time.perf_counter()
+        vector = service.encode_query(image, text)
+        encoded = time.perf_counter()
+        hits = service.search(vector, k, threshold=threshold, under=under or None)
+        finished = time.perf_counter()
+        return JSONResponse(
+            [hit.to_dict() for hit in hits],
+            headers=_server_timing(
+                decode=decoded - started, encode=encoded - decoded, db=finished - encoded
+            ),
+        )
+
+    @app.get("/api/similar/{image_id}", summary="More like an indexed image (no model needed)")
+    def similar(
+        image_id: int,
+        k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = DEFAULT_TOP_K,
+        threshold: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
+        under: Annotated[str | None, Query()] = None,
+    ) -> Response:
+        """Results as a list of ``{rank, image_path, similarity, filename, image_id}``."""
+        started = time.perf_counter()
+        try:
+            vector = service.indexed_vector(image_id)
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from None
+        hits = service.search(vector, k, threshold=threshold, under=under or None)
+        return JSONResponse(
+            [hit.to_dict() for hit in hits],
+            headers=_server_timing(db=time.perf_counter() - started),
+        )
+
+    @app.get(
+        "/api/images/{image_id}/thumbnail",
+        summary="JPEG thumbnail of an indexed image",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {}},
+    )
+    def thumbnail(
+        image_id: int, size: Annotated[int, Query(ge=16, le=1024)] = THUMBNAIL_SIZE
+    ) -> Response:
+        try:
+            data = service.thumbnail(image_id, size)
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
+
+    @app.get("/api/health", summary="Liveness: database reachable, model state")
+    def health() -> JSONResponse:
+        try:
+            with service.connection() as conn:
+                conn.execute("SELECT 1")
+        except (ClipdbError, psycopg.Error) as err:
+            return JSONResponse({"status": "error", "detail": first_line(err)}, status_code=503)
+        return JSONResponse(
+            {"status": "ok", "database": "ok", "encoder_loaded": service.encoder_loaded}
+        )
+
+    @app.get("/api/stats", summary="Images per model, index sizes, what this server serves")
+    def stats() -> dict[str, Any]:
+        return service.stats()
+
+    return app
+
+
+@contextmanager
+def running(app: FastAPI, host: str = DEFAULT_HOST, port: int = 0) -> Iterator[str]:
+    """Serve ``app`` from a background thread (tests, notebooks); yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ClipdbError(f"the web server did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _warm_quietly(service: SearchService) -> None:
+    try:
+        service.warm()
+    except ClipdbError as err:
+        print(f"warning: model not loaded yet: {err}", file=sys.stderr)

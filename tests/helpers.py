@@ -1,0 +1,156 @@
+"""Everything tests share that is not a fixture: tiny model names, pictures, rows, subprocesses.
+
+Imported as ``helpers`` (pytest puts tests/ on sys.path); conftest.py holds only fixtures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipdb import decode
+from clipdb.db import Database
+from clipdb.db.registry import Model, register_model
+from clipdb.db.store import ImageRecord, upsert_images
+
+TESTS_DIR = Path(__file__).parent
+MODEL_CONFIGS = TESTS_DIR / "model_configs"
+TINY_MODEL = "clipdb-tiny"  # tests/model_configs/clipdb-tiny.json, 32-d
+TINY_WIDE_MODEL = "clipdb-tiny-wide"  # 48-d: a second model of another dimension
+
+
+def make_images(
+    directory: Path,
+    count: int,
+    *,
+    size: tuple[int, int] = (96, 72),
+    seed: int = 0,
+    prefix: str = "img",
+    fmt: str = "JPEG",
+) -> list[Path]:
+    """Distinct, deterministic pictures: coloured shapes on a random background."""
+    from PIL import Image, ImageDraw
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    suffix = {"JPEG": ".jpg", "PNG": ".png"}[fmt]
+    for index in range(count):
+        background = tuple(int(c) for c in rng.integers(0, 256, 3))
+        image = Image.new("RGB", size, background)
+        draw = ImageDraw.Draw(image)
+        for _ in range(4):
+            x0, y0 = int(rng.integers(0, size[0] // 2)), int(rng.integers(0, size[1] // 2))
+            x1, y1 = (
+                x0 + int(rng.integers(8, size[0] // 2)),
+                y0 + int(rng.integers(8, size[1] // 2)),
+            )
+            fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+            if rng.random() < 0.5:
+                draw.rectangle((x0, y0, x1, y1), fill=fill)
+            else:
+                draw.ellipse((x0, y0, x1, y1), fill=fill)
+        path = directory / f"{prefix}_{index:04d}{suffix}"
+        image.save(path, fmt, quality=90) if fmt == "JPEG" else image.save(path, fmt)
+        paths.append(path)
+    return paths
+
+
+def run_module(
+    module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` end to end; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+def unit_vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def insert_rows(
+    conn: Any, architecture: str, dim: int, count: int, *, prefix: str = "/data", seed: int = 0
+) -> tuple[Model, np.ndarray, list[str]]:
+    """Register a model and insert ``count`` random unit vectors as images under ``prefix``."""
+    model = register_model(conn, architecture, "none", dim)
+    vectors = unit_vectors(count, dim, seed)
+    paths = [f"{prefix}/img_{i:05d}.jpg" for i in range(count)]
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO clipdb.images (model_id, path, sha256, size, mtime_ns, width, height,"
+            " embedding) VALUES (%s, %s, %s, 1, 1, 1, 1, %s)",
+            [
+                (model.model_id, path, hashlib.sha256(path.encode()).digest(), vector)
+                for path, vector in zip(paths, vectors, strict=True)
+            ],
+        )
+    conn.commit()
+    return model, vectors, paths
+
+
+def index_images(database: Any, encoder: Any, paths: list[Path]) -> dict[str, int]:
+    """Index ``paths`` the way ingest stores them (absolute paths, the model's embeddings of
+    the decoded images); returns {path: image id}."""
+    images = [decode.open_image(str(path))[0] for path in paths]
+    vectors = encoder.encode_pil(images)
+    records = [
+        ImageRecord(
+            path=str(path.resolve()),
+            sha256=hashlib.sha256(path.read_bytes()).digest(),
+            size=path.stat().st_size,
+            mtime_ns=path.stat().st_mtime_ns,
+            width=image.width,
+            height=image.height,
+            embedding=vector,
+        )
+        for path, image, vector in zip(paths, images, vectors, strict=True)
+    ]
+    with database.connect() as conn:
+        model = register_model(conn, encoder.architecture, encoder.pretrained, encoder.dim)
+        upsert_images(conn, model, records)
+        conn.commit()
+        rows = conn.execute("SELECT path, id FROM clipdb.images").fetchall()
+    return dict(rows)
+
+
+def table(database: Database) -> dict[str, tuple[Any, ...]]:
+    """path -> (sha256, size, mtime_ns, width, height, embedding); fails on duplicate paths."""
+    with database.connect() as conn:
+        found = conn.execute(
+            "SELECT path, sha256, size, mtime_ns, width, height, embedding FROM clipdb.images"
+        ).fetchall()
+    result = {
+        path: (bytes(sha), size, mtime, width, height, np.asarray(emb.to_numpy(), np.float32))
+        for path, sha, size, mtime, width, height, emb in found
+    }
+    assert len(result) == len(found), "duplicate paths"
+    return result
+
+
+def row_count(database: Database) -> int:
+    try:
+        with database.connect() as conn:
+            return int(conn.execute("SELECT count(*) FROM clipdb.images").fetchone()[0])
+    except Exception:  # noqa: BLE001 - not migrated yet, or the server is restarting
+        return 0
+
+
+def assert_same_rows(actual: dict, expected: dict) -> None:
+    assert sorted(actual) == sorted(expected)
+    for path, row in expected.items():
+        assert actual[path][:5] == row[:5], path
+        np.testing.assert_allclose(actual[path][5], row[5], atol=1e-5, err_msg=path)
