@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from clipdb.files import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE, stat_reason
+from clipdb import files
+from clipdb.files import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE
 
 ORIENTATION_TAG = 0x0112
 SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
@@ -93,10 +94,9 @@ def open_image(
 
 def _read(path: str) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as err:
-        raise ImageError(stat_reason(err)) from None
+        return files.read_regular(path)
+    except files.FileRejected as err:
+        raise ImageError(str(err)) from None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,11 @@ EMPTY = "empty file"
 NOT_IMAGE = "not an image"
 CORRUPT = "truncated or corrupt image"
 TOO_LARGE = "too many pixels"
+TOO_BIG = "file too large"
+CHANGED = "changed since it was scanned"
+
+# No image clipdb accepts is bigger than this; a sparse or endless "file" stops here.
+MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -131,11 +136,93 @@ def scan(roots: Iterable[str | os.PathLike[str]], exclude: Sequence[str] = ()) -
     return result
 
 
-def sha256_file(path: str) -> bytes:
+class FileRejected(Exception):
+    """A file that is not (or no longer) a readable regular file; ``str(err)`` is the reason."""
+
+
+def open_regular(
+    path: str,
+    *,
+    follow_links: bool = True,
+    max_bytes: int = MAX_FILE_BYTES,
+    expected: tuple[int, int] | None = None,
+) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading without ever blocking, and check what was opened.
+
+    O_NONBLOCK: a FIFO or device swapped in after the scan cannot hang the open;
+    O_NOFOLLOW (``follow_links=False``): a symlink swapped in is refused. After opening, fstat
+    must show a regular file of at most ``max_bytes``, and, with ``expected`` (size,
+    mtime_ns), exactly that identity. Returns the descriptor (the caller closes it) and its
+    stat; raises :class:`FileRejected` with the skip reason.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_links:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP and not follow_links:
+            raise FileRejected(CHANGED) from None
+        raise FileRejected(stat_reason(err)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRejected(NOT_REGULAR)
+        if info.st_size > max_bytes:
+            raise FileRejected(TOO_BIG)
+        if expected is not None and (info.st_size, info.st_mtime_ns) != expected:
+            raise FileRejected(CHANGED)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def read_regular(
+    path: str,
+    *,
+    follow_links: bool = True,
+    max_bytes: int = MAX_FILE_BYTES,
+    expected: tuple[int, int] | None = None,
+) -> bytes:
+    """The whole content of a regular file, opened as :func:`open_regular` opens it and read
+    up to its checked size (a file that grows meanwhile is cut there, never read unbounded)."""
+    fd, info = open_regular(path, follow_links=follow_links, max_bytes=max_bytes, expected=expected)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(info.st_size + 1)
+    except OSError as err:
+        raise FileRejected(stat_reason(err)) from None
+    finally:
+        os.close(fd)
+    if len(data) > info.st_size:
+        raise FileRejected(CHANGED)
+    return data
+
+
+def sha256_file(
+    path: str,
+    *,
+    follow_links: bool = True,
+    max_bytes: int = MAX_FILE_BYTES,
+    expected: tuple[int, int] | None = None,
+) -> bytes:
+    """sha256 of a regular file, streamed in 1 MiB chunks (bounded memory)."""
+    fd, info = open_regular(path, follow_links=follow_links, max_bytes=max_bytes, expected=expected)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    remaining = info.st_size
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            while remaining > 0:
+                chunk = handle.read(min(1 << 20, remaining))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                remaining -= len(chunk)
+    except OSError as err:
+        raise FileRejected(stat_reason(err)) from None
+    finally:
+        os.close(fd)
     return digest.digest()
 
 
@@ -143,5 +230,5 @@ def hash_task(path: str) -> tuple[str, bytes | None, str | None]:
     """(path, sha256, None) or (path, None, reason): for the move-detection pass."""
     try:
         return path, sha256_file(path), None
-    except OSError as err:
-        return path, None, stat_reason(err)
+    except FileRejected as err:
+        return path, None, str(err)

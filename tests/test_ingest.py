@@ -230,17 +230,17 @@ def test_bad_files_are_skipped_with_reasons_and_counted(
 def test_unreadable_file_is_skipped_simulated(
     database, tiny_encoder, image_factory, tmp_path, monkeypatch
 ):
-    """As root nothing is unreadable; a PermissionError from open() stands in for mode 000
+    """As root nothing is unreadable; a PermissionError from os.open() stands in for mode 000
     (test_files.py checks the real thing as user nobody)."""
     paths = image_factory(tmp_path, 2)
-    real_open = open
+    real_open = os.open
 
     def guarded_open(path, *args, **kwargs):
         if str(path) == str(paths[0]):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("builtins.open", guarded_open)
+    monkeypatch.setattr("os.open", guarded_open)
     summary = run([tmp_path], database, tiny_encoder)
     assert summary.skipped == {files.PERMISSION_DENIED: 1} and summary.new == 1
 

@@ -24,8 +24,12 @@ MIGRATION_LOCK_KEY = 0x636C_6970_6462  # "clipdb": one advisory lock for all mig
 
 @cache
 def migrations_dir() -> Path:
-    """Where the revisions are: top-level ``migrations/`` in a checkout, mapped to the
-    ``clipdb.migrations`` package (setuptools ``package-dir``) in a wheel or editable install."""
+    """Where the revisions are: the top-level ``migrations/`` beside the package in a checkout
+    (so a second worktree migrates with its own revisions), else the ``clipdb.migrations``
+    package that a wheel ships (setuptools ``package-dir``)."""
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").is_file() and (checkout / "versions").is_dir():
+        return checkout
     spec = importlib.util.find_spec("clipdb.migrations")
     if spec is None or not spec.submodule_search_locations:
         raise ClipdbError("clipdb's migrations are missing from this installation")
