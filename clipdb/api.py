@@ -107,7 +107,7 @@ class ClipDB:
 
     def extract_image_features(self, image_path: str | os.PathLike[str]) -> np.ndarray:
         """The normalised embedding of one image file."""
-        return self.encoder.encode_pil([open_image(image_path, self.encoder)])[0]
+        return np.asarray(self.encoder.encode_pil([open_image(image_path, self.encoder)])[0])
 
     def build_image_index(self, image_dir: str | os.PathLike[str], **options: Any) -> Any:
         """Index (or update) the images under ``image_dir``; returns ingest's summary.

@@ -234,7 +234,8 @@ def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
         and bool(torch.isinf(mask[torch.ones_like(mask, dtype=torch.bool).triu(1)]).all())
     )
     if not simple or mask is None:
-        return model.encode_text(tokens)
+        features: torch.Tensor = model.encode_text(tokens)
+        return features
     length = int((tokens != 0).any(dim=0).nonzero().max()) + 1  # last real token, any text
     kept = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
@@ -243,9 +244,13 @@ def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     x = model.transformer(x, attn_mask=mask[:length, :length])
     x = model.ln_final(x)
     x = text_global_pool(x, kept, model.text_pool_type)
+    pooled: torch.Tensor = x
     if isinstance(model.text_projection, torch.nn.Linear):
-        return model.text_projection(x)
-    return x @ model.text_projection if model.text_projection is not None else x
+        projected: torch.Tensor = model.text_projection(pooled)
+        return projected
+    if model.text_projection is not None:
+        pooled = pooled @ model.text_projection
+    return pooled
 
 
 def _normalise(features: torch.Tensor) -> np.ndarray:
