@@ -10,6 +10,7 @@ import math
 import os
 import textwrap
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from clipdb.db.queries import Hit
 from clipdb.errors import ClipdbError
+from clipdb.terminal import printable
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,15 +57,45 @@ def figure_pixels(result_count: int, with_query_image: bool) -> tuple[int, int]:
 
 
 def _thumbnail(path: str | os.PathLike[str]) -> Image.Image | None:
-    from PIL import Image, ImageOps
+    """The picture for a cell, read the way ingest reads files (never blocks on a FIFO,
+    refuses bombs), or None when it cannot be shown."""
+    from clipdb import decode
 
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
-            return image
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        image, _, _ = decode.open_image(os.fspath(path), draft_size=THUMBNAIL_PIXELS)
+    except Exception:  # noqa: BLE001 - any unreadable picture is shown as "unreadable"
         return None
+    image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    return image
+
+
+@cache
+def _covered_characters() -> frozenset[int]:
+    """Code points the fonts matplotlib will use can draw (its fallback list, as installed)."""
+    from matplotlib import font_manager, rcParams
+    from matplotlib.ft2font import FT2Font
+
+    covered: set[int] = set()
+    for family in rcParams["font.sans-serif"]:
+        try:
+            path = font_manager.findfont(family, fallback_to_default=False)
+        except ValueError:
+            continue
+        try:
+            covered.update(FT2Font(path).get_charmap())
+        except (OSError, RuntimeError):
+            continue
+    if not covered:  # the default font alone
+        covered.update(FT2Font(font_manager.findfont("DejaVu Sans")).get_charmap())
+    return frozenset(covered)
+
+
+def label(text: str) -> str:
+    """A caption drawn literally: control characters escaped, glyphs no installed font has
+    replaced by "?" (instead of boxes and a warning per glyph)."""
+    shown = printable(text)
+    covered = _covered_characters()
+    return "".join(c if ord(c) in covered or c == "\n" else "?" for c in shown)
 
 
 def _show(axes: Axes, path: str | os.PathLike[str] | None, caption: str) -> None:
@@ -71,12 +103,16 @@ def _show(axes: Axes, path: str | os.PathLike[str] | None, caption: str) -> None
     axes.set_anchor("N")  # pictures hang from the top of their cells: captions line up
     image = _thumbnail(path) if path is not None else None
     if image is None:
-        axes.text(0.5, 0.5, "unreadable", ha="center", va="center", color="0.4", fontsize=10)
+        axes.text(
+            0.5, 0.5, "unreadable", ha="center", va="center", color="0.4", fontsize=10,
+            parse_math=False,
+        )  # fmt: skip
         axes.add_patch(_frame(axes))
     else:
         # aspect="equal" keeps the picture's proportions inside its cell.
         axes.imshow(np.asarray(image), aspect="equal", interpolation="antialiased")
-    axes.set_title(caption, fontsize=9, pad=4)
+    # parse_math=False: a "$" in a file name is a dollar sign, not the start of TeX.
+    axes.set_title(caption, fontsize=9, pad=4, parse_math=False)
 
 
 def _frame(axes: Axes):  # type: ignore[no-untyped-def]
@@ -107,16 +143,21 @@ def build_figure(
         axes.set_axis_off()
     position = 0
     if query_image is not None:
-        _show(cells[0], query_image, f"query\n{shorten(Path(query_image).name)}")
+        _show(cells[0], query_image, "query\n" + label(shorten(Path(query_image).name)))
         cells[0].title.set_fontweight("bold")
         position = 1
     for hit, axes in zip(hits, cells[position:], strict=False):
-        _show(axes, hit.image_path, f"#{hit.rank}  {hit.similarity:.3f}\n{shorten(hit.filename)}")
+        caption = f"#{hit.rank}  {hit.similarity:.3f}\n" + label(shorten(hit.filename))
+        _show(axes, hit.image_path, caption)
     if query_text is not None:
-        lines = textwrap.wrap(f"“{query_text}”", width=max(30, columns * 22))[:2]
-        figure.suptitle("\n".join(lines), fontsize=12, y=1 - 0.1 / (height / DPI), va="top")
+        lines = textwrap.wrap(label(f"“{query_text}”"), width=max(30, columns * 22))[:2]
+        figure.suptitle(
+            "\n".join(lines), fontsize=12, y=1 - 0.1 / (height / DPI), va="top", parse_math=False
+        )
     if not hits:
-        figure.text(0.5, 0.5 * top, "no results", ha="center", va="center", color="0.4")
+        figure.text(
+            0.5, 0.5 * top, "no results", ha="center", va="center", color="0.4", parse_math=False
+        )
     return figure
 
 
@@ -127,14 +168,20 @@ def plot_results(
     query_image: str | os.PathLike[str] | None = None,
     query_text: str | None = None,
 ) -> Path:
-    """Save the query and its results as a PNG grid; returns the path written."""
+    """Save the query and its results as a PNG grid; returns the path written.
+
+    The folder must exist: a mistyped folder is an error, never created (it could land
+    anywhere, even at the filesystem root).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    path = Path(save_path)
+    if not path.parent.is_dir():
+        folder = printable(str(path.parent))
+        raise ClipdbError(f"cannot write plot {printable(str(path))}: no folder {folder}")
     figure = build_figure(hits, query_image=query_image, query_text=query_text)
     FigureCanvasAgg(figure)
-    path = Path(save_path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, format="png", dpi=DPI)
     except OSError as err:
         raise ClipdbError(f"cannot write plot {path}: {err.strerror or err}") from None

@@ -150,7 +150,7 @@ def test_combine_query_formula() -> None:
 
 
 def test_plot_is_a_png_of_the_expected_size(indexed, tmp_path, capsys) -> None:
-    plot = tmp_path / "out" / "grid.png"
+    plot = tmp_path / "grid.png"
     assert main([str(indexed[1]), *TINY, "-k", "4", "--plot", str(plot)]) == 0
     with Image.open(plot) as image:
         assert image.format == "PNG"

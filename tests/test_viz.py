@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from helpers import make_images
 from PIL import Image
@@ -53,7 +55,7 @@ def test_png_size_captions_and_aspect(tmp_path) -> None:
     assert [t.get_text() for t in cells[3].texts] == ["unreadable"]
     assert figure._suptitle.get_text() == "“a red car”"
 
-    png = viz.plot_results(hits, tmp_path / "sub" / "grid.png", query_image=wide[0])
+    png = viz.plot_results(hits, tmp_path / "grid.png", query_image=wide[0])
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size == viz.figure_pixels(3, True)
 
@@ -65,3 +67,26 @@ def test_empty_results_and_write_errors(tmp_path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ClipdbError, match="cannot write plot"):
         viz.plot_results([], tmp_path / "file" / "x.png", query_text="x")
+
+
+def test_a_missing_folder_is_an_error_and_nothing_is_created(tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "grid.png"
+    with pytest.raises(ClipdbError, match="no folder"):
+        viz.plot_results([], target, query_text="x")
+    assert not (tmp_path / "no").exists()
+
+
+def test_captions_are_literal_and_glyphs_without_a_font_become_question_marks(
+    tmp_path: Path,
+) -> None:
+    import warnings
+
+    odd = "price $5 \\frac{1}{$ 汉字\x1b[2J.png"
+    shown = viz.label(odd)
+    assert "\x1b" not in shown and "\\x1b" in shown
+    assert "$5 \\frac{1}{$" in shown  # literal: mathtext never sees it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph ... missing from font" would fail here
+        hit = Hit(rank=1, image_path=str(tmp_path / odd), similarity=0.5, image_id=1)
+        png = viz.plot_results([hit], tmp_path / "grid.png", query_text=odd)
+    assert png.stat().st_size > 0

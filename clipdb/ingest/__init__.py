@@ -33,7 +33,9 @@ def default_workers() -> int:
 def print_skip(path: str, reason: str) -> None:
     from tqdm import tqdm
 
-    tqdm.write(f"skipping {path}: {reason}", file=sys.stderr)
+    from clipdb.terminal import printable
+
+    tqdm.write(f"skipping {printable(path)}: {reason}", file=sys.stderr)
 
 
 @dataclass(frozen=True)

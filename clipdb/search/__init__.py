@@ -307,7 +307,10 @@ def run_batch(
 
     results: dict[str, list[dict[str, Any]]] = {}
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        try:  # the results folder itself may be new; a missing parent is a mistyped path
+            out.mkdir(exist_ok=True)
+        except OSError as err:
+            raise ClipdbError(f"cannot create {out}: {err.strerror or err}") from None
     for index, item in enumerate(batch_search(conn, model, encoder, query_paths, options), 1):
         if on_done is not None:
             on_done()

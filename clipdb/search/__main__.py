@@ -31,7 +31,13 @@ from clipdb.search import (
     run_batch,
     search,
 )
-from clipdb.search.output import format_json, format_paths, format_table
+from clipdb.search.output import (
+    format_json,
+    format_paths,
+    format_table,
+    null_separated_paths,
+)
+from clipdb.terminal import printable
 
 EXAMPLES = """\
 query = normalise(Wi*image + Wt*text - Wm*mean(minus)), each part a unit CLIP embedding
@@ -98,7 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print results as a JSON list")
-    output.add_argument("--paths", action="store_true", help="print bare paths, one a line")
+    output.add_argument(
+        "--paths",
+        action="store_true",
+        help="print bare paths, one a line (control characters escaped)",
+    )
+    parser.add_argument(
+        "-0",
+        "--null",
+        action="store_true",
+        help="with --paths: exact path bytes, each ended by NUL (for xargs -0)",
+    )
     parser.add_argument("--plot", metavar="PNG", help="save a grid of query and results")
     parser.add_argument("--batch", metavar="DIR", help="use every image in DIR as a query")
     parser.add_argument("--out", metavar="DIR", help="with --batch: where results go")
@@ -134,6 +150,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("give a QUERY_IMAGE or --like, not both")
     if args.query_image is None and args.like is None and args.text is None:
         raise UsageError("give a QUERY_IMAGE, --text, --like or --batch")
+    if args.null and not args.paths:
+        raise UsageError("--null goes with --paths")
+    if args.text is not None and not args.text.strip():
+        raise UsageError("--text is empty; give words to search for")
+    if any(not text.strip() for text in args.minus):
+        raise UsageError("--minus is empty; give words to push away from")
     if args.weights is not None:
         Weights.parse(args.weights)
 
@@ -168,7 +190,8 @@ def run_query(args: argparse.Namespace, settings: Settings, database: Database) 
             query_path = args.query_image or (
                 indexed_path(conn, model, args.like) if args.like else None
             )
-            plot_results(hits, args.plot, query_image=query_path, query_text=args.text)
+            saved = plot_results(hits, args.plot, query_image=query_path, query_text=args.text)
+            print(f"saved plot to {printable(str(saved))}", file=sys.stderr)
     return hits
 
 
@@ -194,7 +217,7 @@ def batch(args: argparse.Namespace, settings: Settings, database: Database) -> i
         def skip(path: Path, reason: str) -> None:
             nonlocal skipped
             skipped += 1
-            progress.write(f"skipping {path}: {reason}", file=sys.stderr)
+            progress.write(f"skipping {printable(str(path))}: {reason}", file=sys.stderr)
 
         with progress:
             results = run_batch(
@@ -221,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hits = run_query(args, settings, database)
         if args.json:
             print(format_json(hits))
+        elif args.null:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(null_separated_paths(hits))
+            sys.stdout.buffer.flush()
         elif hits:
             print(format_paths(hits) if args.paths else format_table(hits))
         if not hits:

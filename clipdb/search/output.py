@@ -7,12 +7,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from clipdb.db.queries import Hit
+from clipdb.terminal import exact_bytes, printable
 
 
 def format_table(hits: Sequence[Hit]) -> str:
     """``rank  similarity  path`` with aligned columns."""
     lines = [f"{'rank':>4}  {'similarity':>10}  path"]
-    lines += [f"{hit.rank:>4}  {hit.similarity:>10.4f}  {hit.image_path}" for hit in hits]
+    lines += [
+        f"{hit.rank:>4}  {hit.similarity:>10.4f}  {printable(hit.image_path)}" for hit in hits
+    ]
     return "\n".join(lines)
 
 
@@ -26,4 +29,10 @@ def format_json(hits: Sequence[Hit]) -> str:
 
 
 def format_paths(hits: Sequence[Hit]) -> str:
-    return "\n".join(hit.image_path for hit in hits)
+    """One path a line, control characters escaped (a name cannot forge a line)."""
+    return "\n".join(printable(hit.image_path) for hit in hits)
+
+
+def null_separated_paths(hits: Sequence[Hit]) -> bytes:
+    """Exact path bytes, each followed by NUL (``--paths --null``, for ``xargs -0``)."""
+    return b"".join(exact_bytes(hit.image_path) + b"\0" for hit in hits)
