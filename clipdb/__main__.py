@@ -15,6 +15,7 @@ from clipdb import __version__
 COMMANDS = {
     "ingest": "index image files and folders (incremental, online)",
     "search": "find similar images by image, text or an indexed image",
+    "embed": "print the query embedding of an image or text (for SQL)",
     "serve": "web page and JSON API on 127.0.0.1",
     "db": "the database: url, status, stop, upgrade",
 }

@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import run_module
 
-COMMANDS = ("ingest", "search", "serve", "db")
+COMMANDS = ("ingest", "search", "embed", "serve", "db")
 
 
 def test_clipdb_help_lists_every_command() -> None:
@@ -63,7 +63,7 @@ def test_help_and_argument_errors_import_nothing_heavy(command: str, argv: list[
     assert result.stderr.rstrip().endswith("0" if argv == ["--help"] else "2")
 
 
-@pytest.mark.parametrize("command", ["ingest", "search", "serve"])
+@pytest.mark.parametrize("command", ["ingest", "search", "embed", "serve"])
 def test_device_and_precision_are_validated_the_same_everywhere(command: str) -> None:
     for flag, value in (("--device", "tpu"), ("--precision", "fp8")):
         result = run_module(f"clipdb.{command}", "x.jpg", flag, value)

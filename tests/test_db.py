@@ -362,3 +362,14 @@ def test_shared_buffers_follow_ram_and_accept_only_sizes(monkeypatch: pytest.Mon
     monkeypatch.setenv("CLIPDB_PG_SHARED_BUFFERS", "1GB -c listen_addresses='*'")
     with pytest.raises(ClipdbError, match="use a size like"):
         shared_buffers()
+
+
+def test_status_json_has_the_same_facts(database: Database, capsys) -> None:
+    import json
+
+    with database.connect() as conn:
+        insert_rows(conn, "clipdb-tiny", 32, 3)
+    assert db_main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["url"] == database.url and status["revision"] == HEAD
+    assert [(m["architecture"], m["image_count"]) for m in status["models"]] == [("clipdb-tiny", 3)]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from clipdb.cli import command_parser, run_command
 from clipdb.config import Settings, add_common_arguments
@@ -17,6 +19,7 @@ examples:
   clipdb db url                 # start the embedded server, print its URL
   psql "$(clipdb db url)"       # look around with psql
   clipdb db status              # revision, images per model, index sizes
+  clipdb db status --json       # the same as one JSON object
   clipdb db stop                # stop the embedded server
   CLIPDB_DATABASE_URL=postgresql://clipdb:clipdb@localhost:5432/clipdb clipdb db upgrade
 """
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status: server, schema, counts and indexes; stop: stop the embedded server; "
         "upgrade: migrate the schema to the latest revision",
     )
+    parser.add_argument("--json", action="store_true", help="status: print it as one JSON object")
     add_common_arguments(parser, with_model=False)
     return parser
 
@@ -51,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action == "url":
             print(database.url)
         elif args.action == "status":
-            print(format_status(database_status(database), database.url))
+            status = database_status(database)
+            if args.json:
+                print(json.dumps({"url": database.url, **asdict(status)}, indent=2))
+            else:
+                print(format_status(status, database.url))
         elif args.action == "upgrade":
             print(f"schema at revision {current_revision_of(database)}")
         return 0

@@ -1,0 +1,60 @@
+"""``clipdb embed``: the query vector a search would use, ready for SQL."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import TINY_MODEL, index_images, make_images
+
+from clipdb.db import Database
+from clipdb.embed.__main__ import main
+
+TINY = ["--model", TINY_MODEL, "--pretrained", "none", "--device", "cpu", "--precision", "fp32"]
+
+
+def test_text_embedding_is_a_unit_pgvector_literal_that_sql_search_accepts(
+    database: Database, tiny_encoder, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index_images(database, tiny_encoder, make_images(tmp_path, 4))
+    assert main(["--text", "a red car", *TINY]) == 0
+    literal = capsys.readouterr().out.strip()
+    assert literal.startswith("[") and literal.endswith("]")
+    vector = np.array(json.loads(literal), dtype=np.float32)
+    expected = tiny_encoder.encode_texts(["a red car"])[0]
+    np.testing.assert_allclose(vector, expected, atol=1e-6)
+    assert abs(np.linalg.norm(vector) - 1) < 1e-5
+    with database.connect() as conn:
+        rows = conn.execute("SELECT * FROM clipdb.search(%s::vector, 3)", (literal,)).fetchall()
+    assert len(rows) == 3
+
+
+def test_image_embedding_as_json_matches_the_stored_row(
+    database: Database, tiny_encoder, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = make_images(tmp_path, 3)
+    index_images(database, tiny_encoder, paths)
+    assert main([str(paths[1]), "--json", *TINY]) == 0
+    vector = json.loads(capsys.readouterr().out)
+    with database.connect() as conn:
+        rows = conn.execute(
+            "SELECT path FROM clipdb.search(%s::vector, 1)", (str(vector),)
+        ).fetchall()
+    assert rows[0][0] == str(paths[1].resolve())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [([], "give an IMAGE or --text"), (["--text", " "], "--text is empty")],
+)
+def test_bad_input_is_a_usage_error(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*args, *TINY]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_image_is_one_line(database: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["/no/such.jpg", *TINY]) == 1
+    assert capsys.readouterr().err == "error: query image /no/such.jpg does not exist\n"
