@@ -56,6 +56,16 @@ def positive_int(value: str) -> int:
     return number
 
 
+def result_count(value: str) -> int:
+    """argparse type: a number of results, 1 to MAX_RESULTS."""
+    from clipdb.config import MAX_RESULTS
+
+    number = _int(value)
+    if not 1 <= number <= MAX_RESULTS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_RESULTS}, got {value!r}")
+    return number
+
+
 def non_negative_int(value: str) -> int:
     """argparse type: an integer >= 0."""
     number = _int(value)

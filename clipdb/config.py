@@ -16,6 +16,9 @@ DEFAULT_TOP_K = 5
 # Smallest hnsw.ef_search with recall@10 >= 0.95 at 1M clustered 512-d vectors (0.973; 160 gave
 # 0.947; 40 gave 0.767): bench/results/SCALE.md.
 DEFAULT_EF_SEARCH = 320
+# The most results one search returns, the same in the CLI, Python, HTTP and SQL. Beyond
+# pgvector's ef_search maximum (1000) the HNSW scan continues iteratively until k rows came.
+MAX_RESULTS = 10_000
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")

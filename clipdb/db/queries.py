@@ -15,8 +15,12 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from clipdb.config import MAX_RESULTS
 from clipdb.db.registry import Model
-from clipdb.errors import ClipdbError
+from clipdb.errors import ClipdbError, UsageError
+
+EF_SEARCH_MAX = 1000  # pgvector refuses a larger hnsw.ef_search
+PGVECTOR_DEFAULT_EF_SEARCH = 40
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,12 @@ def search_vector(
     under: str | os.PathLike[str] | None = None,
     threshold: float | None = None,
 ) -> list[Hit]:
-    """Top-k rows of ``model`` nearest to ``query`` (cosine), best first."""
+    """Top-k rows of ``model`` nearest to ``query`` (cosine), best first.
+
+    ``k`` may exceed ``ef_search`` (even pgvector's maximum of 1000): the scan then goes on
+    iteratively until k rows came, so a large k still returns k rows.
+    """
+    check_result_count(k)
     vector = np.asarray(query, dtype=np.float32).reshape(-1)
     if vector.shape[0] != model.dim:
         raise ClipdbError(f"query has {vector.shape[0]} dimensions, model {model} has {model.dim}")
@@ -85,12 +94,20 @@ def search_vector(
         params["max_distance"] = 1.0 - float(threshold)
     sql = topk_sql(model, under=under is not None, threshold=threshold is not None)
     filtered = under is not None or threshold is not None
+    ef = min(int(ef_search), EF_SEARCH_MAX) if ef_search is not None else None
+    deep = k > (ef or PGVECTOR_DEFAULT_EF_SEARCH)
     with conn.transaction():
-        if ef_search is not None:
-            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(int(ef_search)),))
-        if filtered:
-            # Filters apply after the HNSW scan; iterative scans keep going until k rows pass.
+        if ef is not None:
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
+        if filtered or deep:
+            # Filters apply after the HNSW scan, and one scan yields at most ef_search rows:
+            # iterative scans keep going until k rows pass. Results are re-ordered by exact
+            # distance outside, so relaxed order is enough.
             conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+        if deep:
+            conn.execute(
+                "SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(max(20_000, 4 * k)),)
+            )
         # A filtered statement is never prepared: a generic plan cannot know how selective
         # the prefix is and guesses "few rows", which picks a sequential scan. Planned with
         # the real values, it uses the HNSW index unless the filter really is that selective.
@@ -99,6 +116,12 @@ def search_vector(
         Hit(rank=rank, image_path=path, similarity=float(similarity), image_id=image_id)
         for rank, (image_id, path, similarity) in enumerate(rows, start=1)
     ]
+
+
+def check_result_count(k: int) -> None:
+    """The one result limit: 1..MAX_RESULTS, everywhere."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RESULTS:
+        raise UsageError(f"the number of results must be 1 to {MAX_RESULTS}, not {k!r}")
 
 
 def indexed_embedding(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -> np.ndarray:

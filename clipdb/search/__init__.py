@@ -18,7 +18,7 @@ import numpy as np
 import psycopg
 
 from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, Settings
-from clipdb.db.queries import Hit, search_vector
+from clipdb.db.queries import Hit, check_result_count, search_vector
 from clipdb.db.registry import Model, image_counts, models_indexing, models_with_rows
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.models import quick_model_spec
@@ -213,6 +213,9 @@ class SearchOptions:
     ef_search: int = DEFAULT_EF_SEARCH
     under: str | None = None
     threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        check_result_count(self.k)  # the same limit in the CLI, Python, HTTP and SQL
 
 
 def search(

@@ -12,10 +12,17 @@ from clipdb.cli import (
     add_encoder_arguments,
     command_parser,
     positive_int,
+    result_count,
     run_command,
     similarity_value,
 )
-from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, Settings, add_common_arguments
+from clipdb.config import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_TOP_K,
+    MAX_RESULTS,
+    Settings,
+    add_common_arguments,
+)
 from clipdb.db import Database, open_database
 from clipdb.db.queries import Hit, indexed_embedding, indexed_path
 from clipdb.errors import ClipdbError, UsageError
@@ -82,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-k",
         "--top",
-        type=positive_int,
+        type=result_count,
         default=DEFAULT_TOP_K,
         metavar="K",
-        help=f"number of results (default {DEFAULT_TOP_K})",
+        help=f"number of results, 1 to {MAX_RESULTS} (default {DEFAULT_TOP_K})",
     )
     parser.add_argument(
         "--threshold",
