@@ -373,3 +373,26 @@ def test_status_json_has_the_same_facts(database: Database, capsys) -> None:
     status = json.loads(capsys.readouterr().out)
     assert status["url"] == database.url and status["revision"] == HEAD
     assert [(m["architecture"], m["image_count"]) for m in status["models"]] == [("clipdb-tiny", 3)]
+
+
+def test_the_readme_order_by_form_is_served_by_the_index(database: Database) -> None:
+    """README's hand-written query (model id and dim as literals) uses the HNSW index."""
+    with database.connect() as conn:
+        model, vectors, _ = insert_rows(conn, "clipdb-tiny", 32, 2000)
+        conn.execute("ANALYZE clipdb.images")
+        sql = (
+            f"EXPLAIN SELECT id, path, 1 - (embedding::vector(32) <=> %(q)s::vector(32)) "
+            f"FROM clipdb.images WHERE model_id = {model.model_id} "
+            "ORDER BY embedding::halfvec(32) <=> %(q)s::vector(32)::halfvec(32) LIMIT 10"
+        )
+        plan = "\n".join(row[0] for row in conn.execute(sql, {"q": vectors[0]}))
+        bare = "\n".join(
+            row[0]
+            for row in conn.execute(
+                f"EXPLAIN SELECT id FROM clipdb.images WHERE model_id = {model.model_id} "
+                "ORDER BY embedding <=> %(q)s LIMIT 10",
+                {"q": vectors[0]},
+            )
+        )
+    assert model.index_name in plan
+    assert model.index_name not in bare  # what README warns about

@@ -420,6 +420,10 @@ def test_watch_indexes_new_files_and_stops_cleanly_on_ctrl_c(database, image_fac
         assert third["pruned"] == 1
         process.send_signal(signal.SIGINT)
         assert process.wait(20) == 0
+        assert process.stderr is not None
+        err = process.stderr.read()
+        assert f"watching {tmp_path} for changes every 0.3 s (pruning deleted files)" in err
+        assert "press Ctrl-C to stop" in err and "stopped watching" in err
     finally:
         if process.poll() is None:
             process.kill()

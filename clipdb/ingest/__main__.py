@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,7 @@ from clipdb.cli import (
 from clipdb.config import Settings, add_common_arguments
 from clipdb.errors import UsageError
 from clipdb.ingest import IngestOptions, IngestSummary, default_workers, ingest, watch
+from clipdb.terminal import printable
 
 EXAMPLES = """\
 examples:
@@ -108,10 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(summary.to_dict()) if args.json else summary.format(), flush=True)
 
         if args.watch:
+            roots = ", ".join(printable(os.path.abspath(p)) for p in args.paths)
+            announce = (
+                f"watching {roots} for changes every {args.interval:g} s"
+                f"{' (pruning deleted files)' if args.prune else ''}; press Ctrl-C to stop"
+            )
             try:
                 watch(
                     args.paths, options, settings=settings, interval=args.interval,
-                    on_pass=_watch_reporter(report),
+                    on_pass=_watch_reporter(report, announce),
                 )  # fmt: skip
             except KeyboardInterrupt:
                 print("stopped watching", file=sys.stderr)
@@ -132,14 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
-def _watch_reporter(report: Callable[[IngestSummary], None]) -> Callable[[IngestSummary], None]:
-    """Report the first pass and then only passes that changed something."""
+def _watch_reporter(
+    report: Callable[[IngestSummary], None], announce: str
+) -> Callable[[IngestSummary], None]:
+    """Report the first pass (then say what is watched and how to stop), and after that only
+    passes that changed something."""
     first = [True]
 
     def on_pass(summary: IngestSummary) -> None:
         busy = summary.new or summary.updated or summary.moved or summary.pruned
         if first[0] or busy:
             report(summary)
+        if first[0]:
+            print(announce, file=sys.stderr, flush=True)
         first[0] = False
 
     return on_pass
