@@ -87,3 +87,30 @@ def test_upload_then_more_like_this(database: Database, tiny_encoder: Any, tmp_p
     # Everything the page needed came from the server itself (works offline, no CDN).
     outside = [u for u in requested if not u.startswith((url, "blob:", "data:"))]
     assert outside == []
+
+
+def test_page_fits_a_390_px_phone(database: Database, tiny_encoder: Any, tmp_path: Path):
+    from playwright.sync_api import sync_playwright
+
+    index_images(database, tiny_encoder, make_images(tmp_path / "p", 4))
+    with (
+        running(create_app(database, encoder=tiny_encoder)) as url,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(url)
+            page.fill("#text-input", "a red circle")
+            page.click("#search-button")
+            page.wait_for_selector("#results .result")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            for selector in ("#search-button", "#clear-button", "#text-input", "#k-input"):
+                box = page.locator(selector).bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (
+                    selector,
+                    box,
+                )
+            page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+        finally:
+            browser.close()
