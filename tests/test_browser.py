@@ -114,3 +114,24 @@ def test_page_fits_a_390_px_phone(database: Database, tiny_encoder: Any, tmp_pat
             page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_api_docs_render_offline(database: Database, tiny_encoder: Any):
+    """/docs shows the API with every asset from the server itself (no CDN)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with (
+        running(create_app(database, encoder=tiny_encoder)) as url,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{url}/docs")
+            expect(page.locator(".opblock-summary-path").first).to_be_visible(timeout=20_000)
+            expect(page.get_by_text("/api/search").first).to_be_visible()
+        finally:
+            browser.close()
+    assert [u for u in requested if not u.startswith((url, "data:", "blob:"))] == []

@@ -29,6 +29,7 @@ from clipdb.encoder import ClipEncoder
 from clipdb.errors import ClipdbError, first_line
 from clipdb.models import canonical_model_name
 from clipdb.serve import DEFAULT_HOST
+from clipdb.serve.docs import mount_offline_docs
 from clipdb.serve.limits import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -96,7 +97,10 @@ def create_app(
         title="clipdb",
         summary="Search images by image, text, or 'more like this' (CLIP + pgvector).",
         lifespan=lifespan,
+        docs_url=None,  # served by mount_offline_docs: no CDN
+        redoc_url=None,
     )
+    mount_offline_docs(app)
     app.state.service = service
     app.add_middleware(
         BodyLimitMiddleware,
