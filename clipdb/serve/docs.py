@@ -15,10 +15,11 @@ SWAGGER_PREFIX = "/static/swagger"
 
 def mount_offline_docs(app: Any) -> None:
     """Serve ``/docs`` with local Swagger UI assets (the app is made with ``docs_url=None``)."""
+    from importlib.resources import files
+
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import HTMLResponse
     from fastapi.staticfiles import StaticFiles
-    from importlib.resources import files
 
     assets = files("fastapi_offline") / "static"
     app.mount(SWAGGER_PREFIX, StaticFiles(directory=str(assets)), name="swagger")
