@@ -75,6 +75,10 @@ def _run_pg(args: list[str], *, what: str, timeout: float = START_TIMEOUT_S) -> 
 
 
 def _ensure_home(home: Path, user: access.ServerUser | None) -> None:
+    if user is not None:
+        # Before creating anything, so a refused home leaves no directories behind.
+        existing = next(path for path in [home, *home.parents] if path.exists())
+        access.check_reach(existing, Path(_bin("postgres")), user)
     try:
         # As root, the server user must pass through the directories clipdb makes; 0711
         # lets it enter without listing them.
@@ -85,8 +89,6 @@ def _ensure_home(home: Path, user: access.ServerUser | None) -> None:
     except OSError as err:
         reason = err.strerror or str(err)
         raise ClipdbError(f"CLIPDB_HOME {home} is not writable: {reason}") from None
-    if user is not None:
-        access.check_reach(home, Path(_bin("postgres")), user)
 
 
 def _socket_dir(home: Path) -> Path:

@@ -85,7 +85,8 @@ def make_dirs(path: Path, mode: int | None) -> None:
 
 
 def check_reach(home: Path, binary: Path, user: ServerUser) -> None:
-    """Refuse, naming the directory, when the server user cannot reach home or the binaries.
+    """Refuse, naming the directory, when the server user cannot reach ``home`` (an existing
+    directory: CLIPDB_HOME or the nearest parent of it) or run the server's binaries.
 
     clipdb never loosens a directory it did not create (that once turned /root and private
     parents into 0755), so a home under a 0700 directory is an error to fix, not to work
