@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from clipdb import config
 from clipdb.db.embedded import EmbeddedServer, _bin, ensure_server, stop_server
 from clipdb.errors import ClipdbError
 
@@ -196,3 +197,16 @@ def test_server_runs_in_its_own_group_without_roots(own_server: EmbeddedServer) 
     uids, gids = status["Uid"].split(), status["Gid"].split()
     assert "0" not in uids and "0" not in gids, (uids, gids)
     assert "0" not in status["Groups"].split()
+
+
+@as_root
+def test_roots_default_home_is_one_the_server_user_can_enter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root's per-user dir is under /root (0700), which clipdb no longer opens up to 0755.
+    monkeypatch.delenv("CLIPDB_HOME", raising=False)
+    user_dir = tmp_path / "root-data-dir"
+    monkeypatch.setattr(config.platformdirs, "user_data_dir", lambda name: str(user_dir))
+    assert config.Settings.resolve().home == Path("/var/lib/clipdb")
+    (user_dir / "pgdata").mkdir(parents=True)  # 0.1.0's database stays where it is
+    assert config.Settings.resolve().home == user_dir
