@@ -116,6 +116,13 @@ def check_reach(home: Path, binary: Path, user: ServerUser) -> None:
     )
 
 
+# In sticky /tmp only its creator (or root) can remove it; a shorter home avoids /tmp.
+_WAY_OUT = (
+    "have it removed (by its owner or root), or use a shorter CLIPDB_HOME so the socket "
+    "stays in CLIPDB_HOME/run"
+)
+
+
 def private_dir(path: Path, user: ServerUser | None) -> None:
     """Make ``path`` a directory only the server's account can enter, or refuse.
 
@@ -136,7 +143,7 @@ def private_dir(path: Path, user: ServerUser | None) -> None:
     except OSError:
         raise ClipdbError(
             f"refusing {path}: it is not a directory (a symlink or file someone else may have "
-            "planted); remove it and retry"
+            f"planted); {_WAY_OUT}"
         ) from None
     try:
         info = os.fstat(fd)
@@ -145,7 +152,7 @@ def private_dir(path: Path, user: ServerUser | None) -> None:
             raise ClipdbError(
                 f"refusing {path}: owned by uid {info.st_uid} with mode "
                 f"{stat.S_IMODE(info.st_mode):04o}, not a private directory of clipdb's "
-                "(someone else may have created it); remove it and retry"
+                f"(someone else may have created it); {_WAY_OUT}"
             )
         if user is not None and info.st_uid != user.uid:
             os.fchown(fd, user.uid, user.gid)
