@@ -78,6 +78,8 @@ def _ensure_home(home: Path, user: access.ServerUser | None) -> None:
     if user is not None:
         # Before creating anything, so a refused home leaves no directories behind.
         existing = next(path for path in [home, *home.parents] if path.exists())
+        if not existing.is_dir():
+            raise ClipdbError(f"CLIPDB_HOME {home} is not writable: {existing} is not a directory")
         access.check_reach(existing, Path(_bin("postgres")), user)
     try:
         # As root, the server user must pass through the directories clipdb makes; 0711
