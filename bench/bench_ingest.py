@@ -171,6 +171,7 @@ def main() -> None:
     print(f"generating {args.count} {args.size} JPEGs in {data} ...", file=sys.stderr)
     photos = make_photos(data / f"photos_{args.size}", args.count, (width, height))
     home = Path(tempfile.mkdtemp(prefix="clipdb-bench-home-"))
+    home.chmod(0o711)  # as root, the server user must enter it; clipdb will not chmod it
     server = ensure_server(home)
     lines: list[str] = []
     try:

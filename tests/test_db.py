@@ -91,9 +91,9 @@ def test_unwritable_home_is_a_clear_error(
     assert "is not writable" in capsys.readouterr().err
 
 
-def test_external_url_is_migrated_and_used(tmp_path: Path) -> None:
+def test_external_url_is_migrated_and_used(embedded_home: Path) -> None:
     # A second, independent server stands in for "any PostgreSQL with pgvector".
-    other_home = tmp_path / "other"
+    other_home = embedded_home
     server = ensure_server(other_home)
     try:
         result = run_module("clipdb.db", "status", "--database-url", server.url())
@@ -105,8 +105,8 @@ def test_external_url_is_migrated_and_used(tmp_path: Path) -> None:
         stop_server(other_home)
 
 
-def test_embedded_server_is_shared_and_persistent(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_embedded_server_is_shared_and_persistent(embedded_home: Path) -> None:
+    home = embedded_home
     env = {"CLIPDB_HOME": str(home)}
     first = run_module("clipdb.db", "url", env=env)
     assert first.returncode == 0, first.stderr

