@@ -74,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clipdb.serve.server import listen, server_config
 
         settings = Settings.from_args(args)
+        import logging
+
+        # The pool logs each failed reconnection; the service logs one line per outage.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         from clipdb.encoder import resolve_model_spec
 
         resolve_model_spec(settings.model, settings.pretrained)  # a typo is a usage error

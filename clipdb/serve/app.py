@@ -49,7 +49,7 @@ __all__ = ["LOCAL_HOSTS", "create_app", "running"]
 STATIC_DIR = Path(__file__).parent.parent / "static"
 # Host headers always accepted. Any other name is refused (400), so a page on another site
 # whose name resolves to 127.0.0.1 (DNS rebinding) cannot read this server's answers.
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 def _server_timing(**phases: float) -> dict[str, str]:
@@ -123,7 +123,7 @@ def create_app(
     # Added last, so it runs first: a foreign Host gets nothing else, not even a body read.
     app.add_middleware(
         TrustedHostMiddleware,
-        allowed_hosts=[*LOCAL_HOSTS, *(name.lower() for name in allowed_hosts)],
+        allowed_hosts=[*LOCAL_HOSTS, *(_host_pattern(name) for name in allowed_hosts)],
         www_redirect=False,
     )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -265,6 +265,12 @@ def create_app(
         return service.stats()
 
     return app
+
+
+def _host_pattern(name: str) -> str:
+    """A name as it appears in a Host header: IPv6 literals in brackets, lower case."""
+    name = name.strip().lower()
+    return f"[{name}]" if ":" in name and not name.startswith("[") else name
 
 
 def _warm_quietly(service: SearchService) -> None:

@@ -43,7 +43,6 @@ THUMBNAIL_SIZES = (128, 256, 512)
 THUMBNAIL_CACHE_ENTRIES = 1024
 # A search holds a connection for milliseconds; waiting longer means the database is away.
 POOL_TIMEOUT_S = 3.0
-PROBE_INTERVAL_S = 0.5  # while the database is down, at most one reconnection try per this
 # A full-size decode can take hundreds of MB (a 9400x9400 PNG is 265 MB as RGB): at most
 # this many at once, whatever the number of requests; the others wait (then get 503).
 DECODE_SLOTS = 2
@@ -100,8 +99,9 @@ class SearchService:
         self._encode_lock = threading.Lock()
         self._thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE_ENTRIES)(self._render_thumbnail)
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+        self._rendering: dict[tuple[int, int], threading.Lock] = {}  # one decode per key
         self._down_since: float | None = None  # set while the database is unreachable
-        self._last_probe = 0.0
+        self._probing = threading.Lock()  # while down: one reconnection try at a time
 
     @property
     def database(self) -> Database:
@@ -146,28 +146,30 @@ class SearchService:
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
+            # Its connections are dead and its reconnect back-off would outlast the outage:
+            # requests probe directly until the database answers, then get a fresh pool.
+            stale, self._pool = self._pool, None
+        if stale is not None:
+            threading.Thread(target=stale.close, daemon=True).start()
         # One line per outage, not a traceback per request.
         log.warning("database unreachable (%s); answering 503 until it is back", reason)
 
     def _try_reconnect(self) -> None:
-        """While down: 503 at once, except for one direct connection try per interval."""
+        """While down: one direct connection try (others get 503 at once meanwhile)."""
         url = libpq_url(self.database.url)
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last_probe < PROBE_INTERVAL_S:
-                raise self._down_error()
-            self._last_probe = now
+        if not self._probing.acquire(blocking=False):
+            raise self._down_error()  # another request is trying right now
         try:
             psycopg.connect(url, connect_timeout=2, autocommit=True).close()
         except psycopg.Error:
             raise self._down_error() from None
+        finally:
+            self._probing.release()
         with self._lock:
-            # Its connections are dead and its reconnect back-off may be long: start afresh.
-            stale, self._pool = self._pool, None
-            down_for = time.monotonic() - (self._down_since or now)
+            if self._down_since is None:
+                return  # a concurrent request saw it come back first
+            down_for = time.monotonic() - self._down_since
             self._down_since = None
-        if stale is not None:
-            threading.Thread(target=stale.close, daemon=True).start()
         log.warning("database reachable again after %.1f s", down_for)
 
     def _open_pool(self) -> ConnectionPool[Any]:
@@ -284,7 +286,17 @@ class SearchService:
             raise LookupError(f"image {image_id} is indexed but its file is gone") from None
         if (info.st_size, info.st_mtime_ns) != (file_size, mtime_ns):
             raise FileChanged(f"image {image_id} has changed since it was indexed")
-        return self._thumbnail(image_id, path, thumbnail_size(size), file_size, mtime_ns, sha256)
+        size = thumbnail_size(size)
+        # The page asks for many thumbnails at once: concurrent misses of one key wait for the
+        # first decode (then hit the cache) instead of each decoding the same file.
+        with self._lock:
+            render_lock = self._rendering.setdefault((image_id, size), threading.Lock())
+        try:
+            with render_lock:
+                return self._thumbnail(image_id, path, size, file_size, mtime_ns, sha256)
+        finally:
+            with self._lock:
+                self._rendering.pop((image_id, size), None)
 
     def _render_thumbnail(
         self, image_id: int, path: str, size: int, file_size: int, mtime_ns: int, sha256: bytes
