@@ -34,7 +34,6 @@ from clipdb.db.migrate import upgrade
 from clipdb.db.registry import list_models
 from clipdb.db.store import ImageRecord, upsert_images
 from clipdb.serve import create_app, running
-from clipdb.serve.__main__ import allowed_hosts as cli_allowed_hosts
 from clipdb.serve.__main__ import build_parser, main
 
 
@@ -50,6 +49,13 @@ def ids(database: Database, tiny_encoder: Any, pictures: list[Path]) -> dict[str
 
 @pytest.fixture
 def server(database: Database, tiny_encoder: Any, ids: dict) -> Iterator[str]:
+    with running(create_app(database, encoder=tiny_encoder)) as url:
+        yield url
+
+
+@pytest.fixture
+def impatient(database: Database, tiny_encoder: Any, ids: dict) -> Iterator[str]:
+    """A server that gives clients 1 s for their headers and for each piece of a body."""
     app = create_app(database, encoder=tiny_encoder, header_timeout_s=1, body_timeout_s=1)
     with running(app) as url:
         yield url
@@ -215,21 +221,29 @@ def test_a_burst_of_huge_uploads_and_thumbnails_stays_bounded(
 # --- 3. DNS rebinding: only local Host names ----------------------------------------------------
 
 
-def test_foreign_host_headers_are_refused(database: Database, tiny_encoder: Any, ids: dict):
-    app = create_app(database, encoder=tiny_encoder, allowed_hosts=["photos.lan"])
+def test_foreign_host_headers_are_refused(server: str, ids: dict):
+    port = server.rsplit(":", 1)[1]
+    image_id = next(iter(ids.values()))
+    for path in ("/api/search?text=cat", f"/api/images/{image_id}/thumbnail", "/"):
+        evil = httpx.get(server + path, headers={"Host": "evil.example"}, timeout=5)
+        assert evil.status_code == 400, path
+        assert b"JFIF" not in evil.content and "image_path" not in evil.text
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]"):
+        ok = httpx.get(f"{server}/api/search?text=cat", headers={"Host": host}, timeout=10)
+        assert ok.status_code == 200, host
+
+
+def test_allowed_hosts_are_accepted_too(database: Database, tiny_encoder: Any, ids: dict):
+    app = create_app(database, encoder=tiny_encoder, allowed_hosts=["Photos.LAN", "::2"])
     with running(app) as url:
-        port = url.rsplit(":", 1)[1]
-        image_id = next(iter(ids.values()))
-        for path in ("/api/search?text=cat", f"/api/images/{image_id}/thumbnail", "/"):
-            evil = httpx.get(url + path, headers={"Host": "evil.example"}, timeout=5)
-            assert evil.status_code == 400, path
-            assert b"JFIF" not in evil.content and "image_path" not in evil.text
-        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "photos.lan"):
-            ok = httpx.get(f"{url}/api/search?text=cat", headers={"Host": host}, timeout=10)
-            assert ok.status_code == 200, host
+        for host, status in (("photos.lan:80", 200), ("[::2]:8000", 200), ("other.lan", 400)):
+            response = httpx.get(f"{url}/api/health", headers={"Host": host}, timeout=10)
+            assert response.status_code == status, host
 
 
 def test_cli_allowed_hosts_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch):
+    from clipdb.serve.__main__ import allowed_hosts as cli_allowed_hosts
+
     monkeypatch.setenv("CLIPDB_ALLOWED_HOSTS", "a.lan, b.lan")
     args = build_parser().parse_args(["--host", "0.0.0.0", "--allow-host", "photos.lan"])
     assert cli_allowed_hosts(args) == ["photos.lan", "a.lan", "b.lan"]
@@ -259,7 +273,8 @@ def closed_within(sock: socket.socket, seconds: float) -> bytes | None:
     return received
 
 
-def test_slow_headers_are_cut_off(server: str):
+def test_slow_headers_are_cut_off(impatient: str):
+    server = impatient
     sockets = [socket.create_connection(address(server), timeout=5) for _ in range(50)]
     try:
         for index, sock in enumerate(sockets):
@@ -283,13 +298,13 @@ def raw_request(url: str, head: bytes, body: bytes = b"", wait: float = 8) -> by
         return closed_within(sock, wait)
 
 
-def test_a_body_shorter_than_its_content_length_is_408(server: str):
+def test_a_body_shorter_than_its_content_length_is_408(impatient: str):
     head = (
         b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n"
         b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n"
     )
     started = time.monotonic()
-    answer = raw_request(server, head, b"--xyz\r\nContent-Disposition: form-data; name=")
+    answer = raw_request(impatient, head, b"--xyz\r\nContent-Disposition: form-data; name=")
     assert answer is not None, "the server waited for a body that never came"
     assert answer.startswith(b"HTTP/1.1 408 ") and b"not received within" in answer
     assert time.monotonic() - started < 5
