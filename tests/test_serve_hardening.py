@@ -362,6 +362,8 @@ def test_database_outage_is_json_503_then_recovers(
                 assert response.status_code == 503, response.text
                 assert response.headers["content-type"] == "application/json"
                 assert "Traceback" not in response.text
+                if path != "/api/health":  # health answers its own status body
+                    assert response.headers["retry-after"] == "2"
                 assert time.monotonic() - started < 4
         outages = [r for r in caplog.records if "database unreachable" in r.getMessage()]
         assert len(outages) == 1  # one line per outage, not per request

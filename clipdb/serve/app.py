@@ -42,7 +42,7 @@ from clipdb.serve.limits import (
     too_large_message,
 )
 from clipdb.serve.server import running
-from clipdb.serve.service import THUMBNAIL_SIZE, FileChanged, SearchService
+from clipdb.serve.service import THUMBNAIL_SIZE, Busy, DatabaseDown, FileChanged, SearchService
 
 __all__ = ["LOCAL_HOSTS", "create_app", "running"]
 
@@ -131,7 +131,8 @@ def create_app(
     @app.exception_handler(ClipdbError)
     def clipdb_error(request: Request, err: ClipdbError) -> JSONResponse:
         # Nothing indexed for this model yet, database down, weights missing: not the client.
-        return JSONResponse({"detail": str(err)}, status_code=503)
+        retry = {"Retry-After": "2"} if isinstance(err, (DatabaseDown, Busy)) else None
+        return JSONResponse({"detail": str(err)}, status_code=503, headers=retry)
 
     @app.exception_handler(psycopg.OperationalError)
     def database_error(request: Request, err: psycopg.OperationalError) -> JSONResponse:

@@ -46,7 +46,7 @@ POOL_TIMEOUT_S = 3.0
 # A full-size decode can take hundreds of MB (a 9400x9400 PNG is 265 MB as RGB): at most
 # this many at once, whatever the number of requests; the others wait (then get 503).
 DECODE_SLOTS = 2
-DECODE_WAIT_S = 30.0
+DECODE_WAIT_S = 15.0
 
 log = logging.getLogger("clipdb.serve")
 
@@ -135,7 +135,9 @@ class SearchService:
         except PoolTimeout:
             self._mark_down("no connection could be made in time")
             raise self._down_error() from None
-        except PoolClosed:  # a request (or the preload) still running as the server stops
+        except PoolClosed:  # closed under us: the outage's dead pool, or the server stopping
+            if self._down_since is not None:
+                raise self._down_error() from None
             raise ClipdbError("the server is shutting down") from None
 
     def _down_error(self) -> DatabaseDown:
