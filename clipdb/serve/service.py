@@ -303,20 +303,24 @@ class SearchService:
     def _render_thumbnail(
         self, image_id: int, path: str, size: int, file_size: int, mtime_ns: int, sha256: bytes
     ) -> bytes:
-        try:
-            data = files.read_regular(path, max_bytes=file_size, expected=(file_size, mtime_ns))
-        except files.FileRejected as err:
-            if str(err) in (files.PERMISSION_DENIED, files.UNREADABLE):
-                raise LookupError(f"image {image_id} cannot be read: {err}") from None
-            # Not a regular file, bigger, or another size/mtime than the row: swapped.
-            raise FileChanged(f"image {image_id} has changed since it was indexed: {err}") from None
-        if hashlib.sha256(data).digest() != sha256:
-            raise FileChanged(f"image {image_id} has changed since it was indexed")
-        try:
-            with self.decode_slot():
+        # The file's bytes count against the slot too: many large files read at once is the
+        # same memory problem as many decodes.
+        with self.decode_slot():
+            try:
+                data = files.read_regular(path, max_bytes=file_size, expected=(file_size, mtime_ns))
+            except files.FileRejected as err:
+                if str(err) in (files.PERMISSION_DENIED, files.UNREADABLE):
+                    raise LookupError(f"image {image_id} cannot be read: {err}") from None
+                # Not a regular file, bigger, or another size/mtime than the row: swapped.
+                raise FileChanged(
+                    f"image {image_id} has changed since it was indexed: {err}"
+                ) from None
+            if hashlib.sha256(data).digest() != sha256:
+                raise FileChanged(f"image {image_id} has changed since it was indexed")
+            try:
                 return decode.make_thumbnail(data, size, max_pixels=self.max_pixels)
-        except decode.ImageError as err:
-            raise LookupError(f"image {image_id} cannot be read: {err}") from None
+            except decode.ImageError as err:
+                raise LookupError(f"image {image_id} cannot be read: {err}") from None
 
     def stats(self) -> dict[str, Any]:
         status = database_status(self.database)
