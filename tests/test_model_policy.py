@@ -46,7 +46,7 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
 
 def http(database: Database, image_id: int, pretrained: str | None) -> tuple[int, Any]:
     settings = Settings.resolve(database_url=database.url, model=TINY_MODEL, pretrained=pretrained)
-    with TestClient(create_app(settings, preload=False)) as client:
+    with TestClient(create_app(settings, preload=False), base_url="http://127.0.0.1") as client:
         response = client.get(f"/api/similar/{image_id}", params={"k": 3})
     return response.status_code, response.json()
 

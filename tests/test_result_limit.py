@@ -68,3 +68,20 @@ def test_cli_k_1001_works(database: Database, many, capsys: pytest.CaptureFixtur
     args = ["--like", paths[0], "--model", TINY_MODEL, "--pretrained", "none", "-k", "1001"]
     assert main([*args, "--paths"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1001
+
+
+def test_http_takes_the_same_limit(database: Database, many, tiny_encoder) -> None:
+    from fastapi.testclient import TestClient
+
+    from clipdb.serve import create_app
+
+    _, _, paths = many
+    with database.connect() as conn:
+        row = conn.execute("SELECT id FROM clipdb.images LIMIT 1").fetchone()
+    assert row is not None
+    app = create_app(database, model=TINY_MODEL, pretrained="none", preload=False)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        ok = client.get(f"/api/similar/{row[0]}", params={"k": 1001})
+        too_many = client.get(f"/api/similar/{row[0]}", params={"k": MAX_RESULTS + 1})
+    assert ok.status_code == 200 and len(ok.json()) == 1001
+    assert too_many.status_code == 422

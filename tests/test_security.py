@@ -33,6 +33,7 @@ from clipdb.search.__main__ import main as search_main
 from clipdb.serve import DEFAULT_HOST, create_app, running
 from clipdb.serve.__main__ import build_parser
 
+LOCAL = "http://127.0.0.1"  # TestClient's default Host "testserver" is refused
 PACKAGE = Path(clipdb.__file__).parent
 DROP = "'); DROP TABLE clipdb.images; --"
 # Directory names that would mean something else to LIKE, to a quoting bug, or to a shell.
@@ -154,7 +155,7 @@ def test_reader_role_searches_through_the_cli(database, hostile_index, capsys):
 
 @pytest.fixture
 def client(database, tiny_encoder, hostile_index) -> Any:
-    with TestClient(create_app(database, encoder=tiny_encoder)) as test_client:
+    with TestClient(create_app(database, encoder=tiny_encoder), base_url=LOCAL) as test_client:
         yield test_client
 
 

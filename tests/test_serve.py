@@ -23,6 +23,8 @@ from clipdb.db import Database, queries, registry
 from clipdb.serve import create_app, running
 from clipdb.serve.__main__ import main
 
+# TestClient's default Host, "testserver", is refused like any non-local name.
+LOCAL = "http://127.0.0.1"
 RESULT_KEYS = {"rank", "image_path", "similarity", "filename", "image_id"}
 
 
@@ -41,7 +43,7 @@ def ids(database: Database, tiny_encoder: Any, pictures: dict[str, list[Path]]) 
 
 @pytest.fixture
 def client(database: Database, tiny_encoder: Any, ids: dict[str, int]) -> Any:
-    with TestClient(create_app(database, encoder=tiny_encoder)) as test_client:
+    with TestClient(create_app(database, encoder=tiny_encoder), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -131,8 +133,9 @@ def test_thumbnails_only_for_indexed_ids(client: Any, ids: dict, pictures: dict)
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/jpeg"
     thumb = Image.open(io.BytesIO(response.content))
-    assert thumb.format == "JPEG" and max(thumb.size) == 64
-    assert client.get(f"/api/images/{image_id}/thumbnail", params={"size": 64}).content == (
+    assert thumb.format == "JPEG" and max(thumb.size) == 96  # 64 -> 128: never enlarged
+    # Any size in 16..191 is the 128 thumbnail: one cache entry, not one per ?size=.
+    assert client.get(f"/api/images/{image_id}/thumbnail", params={"size": 100}).content == (
         response.content
     )
     cache = client.get("/api/stats").json()["thumbnail_cache"]
@@ -208,7 +211,7 @@ def test_uploads_over_the_limit_are_413(client: Any, database: Database, tiny_en
     small = create_app(database, encoder=tiny_encoder, max_upload_bytes=1000)
     picture = io.BytesIO()
     Image.new("RGB", (64, 64), "blue").save(picture, "PNG")
-    with TestClient(small) as limited:
+    with TestClient(small, base_url=LOCAL) as limited:
         # Just over the limit: caught when the upload is read.
         just_over = limited.post("/api/search", files=upload(b"\1" * 1500))
         assert just_over.status_code == 413
@@ -219,7 +222,7 @@ def test_uploads_over_the_limit_are_413(client: Any, database: Database, tiny_en
 
 
 def test_nothing_indexed_is_503_with_a_message(database: Database, tiny_encoder: Any):
-    with TestClient(create_app(database, encoder=tiny_encoder)) as empty:
+    with TestClient(create_app(database, encoder=tiny_encoder), base_url=LOCAL) as empty:
         response = empty.get("/api/search", params={"text": "cat"})
         assert response.status_code == 503
         assert "no indexed images" in response.json()["detail"]

@@ -168,10 +168,13 @@ def indexed_path(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -
     return row[0] if row else None
 
 
-def image_file(conn: psycopg.Connection[Any], image_id: int) -> str | None:
-    """The path of row ``image_id`` (any model): what the server may read for it."""
-    row = conn.execute("SELECT path FROM clipdb.images WHERE id = %s", (image_id,)).fetchone()
-    return row[0] if row else None
+def image_file(conn: psycopg.Connection[Any], image_id: int) -> tuple[str, int, int, bytes] | None:
+    """(path, size, mtime_ns, sha256) of row ``image_id`` (any model): what the server may
+    read for it, and the identity the file must still have to be served."""
+    row = conn.execute(
+        "SELECT path, size, mtime_ns, sha256 FROM clipdb.images WHERE id = %s", (image_id,)
+    ).fetchone()
+    return (row[0], int(row[1]), int(row[2]), bytes(row[3])) if row else None
 
 
 # --- what ingest compares the scan against ------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ from clipdb.serve.limits import DEFAULT_MAX_UPLOAD_MB
 EXAMPLES = """\
 examples:
   clipdb serve                              # http://127.0.0.1:8000, API docs at /docs
-  clipdb serve --host 0.0.0.0 --port 8080   # reachable from other machines
+  clipdb serve --host 0.0.0.0 --port 8080 --allow-host myhost.lan   # reachable from others
   curl 'http://127.0.0.1:8000/api/search?text=a+red+car&k=10'
   curl -F image=@query.jpg -F k=10 http://127.0.0.1:8000/api/search
   curl http://127.0.0.1:8000/api/similar/42
@@ -42,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
     )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept requests whose Host header is NAME (repeatable; also "
+        "CLIPDB_ALLOWED_HOSTS, comma-separated); localhost names and --host always are",
+    )
     add_common_arguments(parser)
     add_encoder_arguments(parser)
     parser.add_argument(
@@ -62,17 +71,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn
 
         from clipdb.serve.app import create_app
+        from clipdb.serve.server import listen, server_config
 
         settings = Settings.from_args(args)
+        import logging
+
+        # The pool logs each failed reconnection; the service logs one line per outage.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         from clipdb.encoder import resolve_model_spec
 
         resolve_model_spec(settings.model, settings.pretrained)  # a typo is a usage error
+        # Bind before loading the model: a busy port fails at once, in one line, exit 1.
+        sock = listen(args.host, args.port)
         app = create_app(
             settings,
             device=args.device,
             precision=args.precision,
             max_upload_bytes=int(args.max_upload_mb * 1_000_000),
             preload=False,
+            allowed_hosts=allowed_hosts(args),
         )
         service = app.state.service
         if not args.lazy:
@@ -82,11 +99,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"warning: {err}; the model loads on the first query", file=sys.stderr)
             else:
                 service.encoder()
-        print(f"serving on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(server_config(app, args.host, port))
+        # Listening already (connections queue in the backlog), so the banner is true now.
+        print(f"serving on http://{args.host}:{port}/ (API docs at /docs)", file=sys.stderr)
+        server.run(sockets=[sock])
         return 0
 
     return run_command(build_parser(), argv, body)
+
+
+def allowed_hosts(args: argparse.Namespace) -> list[str]:
+    """Host names to accept besides localhost: --host, --allow-host, CLIPDB_ALLOWED_HOSTS."""
+    names = [args.host, *args.allow_host]
+    names += os.environ.get("CLIPDB_ALLOWED_HOSTS", "").split(",")
+    # A wildcard bind address is no name a client would send.
+    return [name.strip() for name in names if name.strip() not in ("", "0.0.0.0", "::")]
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,26 +22,35 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from clipdb.config import DEFAULT_TOP_K, Settings
 from clipdb.db import Database
 from clipdb.encoder import ClipEncoder
 from clipdb.errors import ClipdbError, first_line
 from clipdb.models import canonical_model_name
-from clipdb.serve import DEFAULT_HOST
 from clipdb.serve.docs import mount_offline_docs
 from clipdb.serve.limits import (
+    BODY_TIMEOUT_S,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_MAX_UPLOAD_PIXELS,
     FORM_SLACK_BYTES,
+    HEADER_TIMEOUT_S,
     MAX_TOP_K,
     BadUpload,
     BodyLimitMiddleware,
     too_large_message,
 )
-from clipdb.serve.service import THUMBNAIL_SIZE, SearchService
+from clipdb.serve.server import running
+from clipdb.serve.service import THUMBNAIL_SIZE, Busy, DatabaseDown, FileChanged, SearchService
+
+__all__ = ["LOCAL_HOSTS", "create_app", "running"]
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
+# Host headers always accepted. Any other name is refused (400), so a page on another site
+# whose name resolves to 127.0.0.1 (DNS rebinding) cannot read this server's answers.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 def _server_timing(**phases: float) -> dict[str, str]:
@@ -58,11 +67,16 @@ def create_app(
     precision: str = "auto",
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1_000_000,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
     pool_size: int = 8,
     preload: bool = True,
+    allowed_hosts: Sequence[str] = (),
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
 ) -> FastAPI:
     """The web app. ``preload`` loads the model in the background as the server starts.
 
+    ``allowed_hosts`` are Host header names accepted besides :data:`LOCAL_HOSTS` ("*": any).
     Building it does no I/O: the database opens on the first request (or the preload).
     """
     if isinstance(settings_or_database, Settings):
@@ -84,6 +98,7 @@ def create_app(
         precision=precision,
         pool_size=pool_size,
         max_pixels=max_pixels,
+        max_upload_pixels=max_upload_pixels,
     )
 
     @asynccontextmanager
@@ -102,17 +117,32 @@ def create_app(
     )
     mount_offline_docs(app)
     app.state.service = service
+    app.state.header_timeout_s = header_timeout_s  # read by server.server_config
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=max_upload_bytes + FORM_SLACK_BYTES,
         message=too_large_message(max_upload_bytes),
+        timeout_s=body_timeout_s,
+    )
+    # Added last, so it runs first: a foreign Host gets nothing else, not even a body read.
+    app.add_middleware(
+        TrustedHostMiddleware,
+        allowed_hosts=[*LOCAL_HOSTS, *(_host_pattern(name) for name in allowed_hosts)],
+        www_redirect=False,
     )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(ClipdbError)
     def clipdb_error(request: Request, err: ClipdbError) -> JSONResponse:
         # Nothing indexed for this model yet, database down, weights missing: not the client.
-        return JSONResponse({"detail": str(err)}, status_code=503)
+        retry = {"Retry-After": "2"} if isinstance(err, (DatabaseDown, Busy)) else None
+        return JSONResponse({"detail": str(err)}, status_code=503, headers=retry)
+
+    @app.exception_handler(psycopg.OperationalError)
+    def database_error(request: Request, err: psycopg.OperationalError) -> JSONResponse:
+        # The service turns a lost connection into DatabaseDown; anything else (a statement
+        # timeout) is still the database's trouble, not the client's: one line, no traceback.
+        return JSONResponse({"detail": f"database: {first_line(err)}"}, status_code=503)
 
     @app.exception_handler(psycopg.DataError)
     def bad_value(request: Request, err: psycopg.DataError) -> JSONResponse:
@@ -206,13 +236,20 @@ def create_app(
         "/api/images/{image_id}/thumbnail",
         summary="JPEG thumbnail of an indexed image",
         response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}}, 404: {}},
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {}, 410: {}},
     )
     def thumbnail(
         image_id: int, size: Annotated[int, Query(ge=16, le=1024)] = THUMBNAIL_SIZE
     ) -> Response:
+        """Sizes are rounded to the nearest of 128, 256 and 512 pixels (the longer side).
+
+        404 when the row or its file is gone, 410 when the file is no longer the indexed one
+        (another size, mtime or content, or not a regular file any more).
+        """
         try:
             data = service.thumbnail(image_id, size)
+        except FileChanged as err:
+            raise HTTPException(410, str(err)) from None
         except LookupError as err:
             raise HTTPException(404, str(err)) from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
@@ -235,25 +272,10 @@ def create_app(
     return app
 
 
-@contextmanager
-def running(app: FastAPI, host: str = DEFAULT_HOST, port: int = 0) -> Iterator[str]:
-    """Serve ``app`` from a background thread (tests, notebooks); yields its base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise ClipdbError(f"the web server did not start on {host}:{port}")
-        time.sleep(0.02)
-    bound_port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{bound_port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+def _host_pattern(name: str) -> str:
+    """A name as it appears in a Host header: IPv6 literals in brackets, lower case."""
+    name = name.strip().lower()
+    return f"[{name}]" if ":" in name and not name.startswith("[") else name
 
 
 def _warm_quietly(service: SearchService) -> None:

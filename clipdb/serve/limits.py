@@ -1,18 +1,29 @@
-"""What the server accepts: body sizes (413), upload decoding (400), result counts."""
+"""What the server accepts: body sizes (413), slow bodies (408), upload decoding (400), counts."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from PIL import Image
 
 from clipdb import decode, files
+from clipdb.config import MAX_RESULTS
 from clipdb.errors import ClipdbError
 
 DEFAULT_MAX_UPLOAD_MB = 20
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
-MAX_TOP_K = 200
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (ingest's too)
+# Any web page can make a browser post here, so a query image gets less than ingest allows:
+# 40 MP is 120 MB as RGB; a camera's 24-36 MP still fits.
+DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000
+MAX_TOP_K = MAX_RESULTS  # the one result limit of the CLI, Python and SQL
 FORM_SLACK_BYTES = 64 * 1024  # multipart headers and the text fields around an upload
+# How long a client may take to send its request headers, and then each piece of its body:
+# a client that stops sending (or announces more than it sends) is cut off, not waited for.
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
+KEEP_ALIVE_S = 5  # idle time between requests on one connection (uvicorn's default)
+SHUTDOWN_GRACE_S = 10  # SIGTERM: requests still running after this are cancelled
 
 
 class BadUpload(ClipdbError):
@@ -32,7 +43,10 @@ def decode_upload(
     except decode.ImageError as err:
         reason = str(err)
         if reason == files.TOO_LARGE:
-            reason = f"image has too many pixels (limit {max_pixels}; decompression bomb?)"
+            reason = (
+                f"image has too many pixels (uploads are limited to {max_pixels / 1e6:g} MP,"
+                f" {max_pixels} pixels; shrink it first)"
+            )
         elif reason == files.EMPTY:
             reason = "empty upload"
         raise BadUpload(f"cannot use the upload: {reason}") from None
@@ -44,10 +58,18 @@ def too_large_message(limit: int) -> str:
 
 
 class BodyLimitMiddleware:
-    """413 for request bodies over ``max_bytes``, by Content-Length or while streaming."""
+    """413 for request bodies over ``max_bytes`` (by Content-Length, or counted while streaming,
+    chunked included); 408 when the client sends no body bytes for ``timeout_s``.
 
-    def __init__(self, app: Any, max_bytes: int, message: str) -> None:
+    Whatever the app answers after the limit or the timeout hit (a form parser turns the
+    exception into a 400) is replaced by the 413/408, so the status says what happened.
+    """
+
+    def __init__(
+        self, app: Any, max_bytes: int, message: str, timeout_s: float = BODY_TIMEOUT_S
+    ) -> None:
         self.app, self.max_bytes, self.message = app, max_bytes, message
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -55,38 +77,52 @@ class BodyLimitMiddleware:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(send)
+            await self._reject(send, 413, self.message)
             return
-        received, started = 0, False
+        received, started, body_done = 0, False, False
+        failure: tuple[int, str] | None = None
 
         async def limited_receive() -> Any:
-            nonlocal received
-            message = await receive()
+            nonlocal received, failure, body_done
+            if body_done:  # later calls wait for a disconnect: no deadline for that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                failure = (408, f"request body not received within {self.timeout_s:g} s")
+                raise _BodyRefused from None
             received += len(message.get("body", b""))
+            body_done = message["type"] != "http.request" or not message.get("more_body")
             if received > self.max_bytes:
-                raise _BodyTooLarge
+                failure = (413, self.message)
+                raise _BodyRefused
             return message
 
         async def tracking_send(message: Any) -> None:
             nonlocal started
+            if failure is not None:
+                return  # the app's answer to a body we cut short: ours replaces it
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._reject(send)
+        except Exception:
+            if failure is None:
+                raise
+        if failure is not None and not started:
+            await self._reject(send, *failure)
 
-    async def _reject(self, send: Any) -> None:
+    async def _reject(self, send: Any, status: int, detail: str) -> None:
         from starlette.responses import JSONResponse
 
-        await JSONResponse({"detail": self.message}, status_code=413)(
-            {"type": "http"}, _no_receive, send
-        )
+        # Connection: close: the rest of the body is never read, so the connection is done.
+        response = JSONResponse({"detail": detail}, status_code=status)
+        response.headers["connection"] = "close"
+        await response({"type": "http"}, _no_receive, send)
 
 
-class _BodyTooLarge(Exception):
+class _BodyRefused(Exception):
     pass
 
 

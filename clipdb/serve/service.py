@@ -7,8 +7,11 @@ the CLI answer the same flags with the same rows and the same ef_search rule.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -18,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import psycopg
 
-from clipdb import decode
+from clipdb import decode, files
 from clipdb.config import DEFAULT_EF_SEARCH, Settings
 from clipdb.db import Database, database_status, libpq_url, open_database
 from clipdb.db import queries as db_queries
 from clipdb.db.registry import Model
-from clipdb.errors import ClipdbError
+from clipdb.errors import ClipdbError, first_line
 from clipdb.search import SearchOptions, choose_model, combine_query, load_model_encoder, search
-from clipdb.serve.limits import DEFAULT_MAX_PIXELS, decode_upload
+from clipdb.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_PIXELS, decode_upload
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -34,8 +37,35 @@ if TYPE_CHECKING:
     from clipdb.encoder import ClipEncoder
 
 THUMBNAIL_SIZE = 256
+# Thumbnails come in these sizes only (a request is rounded to the nearest), so varying
+# ?size= cannot bypass the cache and make every request a fresh full decode.
+THUMBNAIL_SIZES = (128, 256, 512)
 THUMBNAIL_CACHE_ENTRIES = 1024
-POOL_TIMEOUT_S = 10.0
+# A search holds a connection for milliseconds; waiting longer means the database is away.
+POOL_TIMEOUT_S = 3.0
+# A full-size decode can take hundreds of MB (a 9400x9400 PNG is 265 MB as RGB): at most
+# this many at once, whatever the number of requests; the others wait (then get 503).
+DECODE_SLOTS = 2
+DECODE_WAIT_S = 15.0
+
+log = logging.getLogger("clipdb.serve")
+
+
+class DatabaseDown(ClipdbError):
+    """The database cannot be reached now (HTTP 503); the server retries on later requests."""
+
+
+class Busy(ClipdbError):
+    """Every decode slot stayed taken for DECODE_WAIT_S (HTTP 503)."""
+
+
+class FileChanged(LookupError):
+    """The indexed file is not the one that was indexed any more (HTTP 410)."""
+
+
+def thumbnail_size(requested: int) -> int:
+    """The allowed thumbnail size nearest to ``requested`` (ties go to the larger)."""
+    return min(THUMBNAIL_SIZES, key=lambda size: (abs(size - requested), -size))
 
 
 class SearchService:
@@ -54,9 +84,11 @@ class SearchService:
         precision: str = "auto",
         pool_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
     ) -> None:
         self.settings = settings
         self.max_pixels = max_pixels
+        self.max_upload_pixels = max_upload_pixels
         self.pool_size = pool_size
         self._database = database
         self._device, self._precision = device, precision
@@ -66,6 +98,10 @@ class SearchService:
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
         self._thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE_ENTRIES)(self._render_thumbnail)
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+        self._rendering: dict[tuple[int, int], threading.Lock] = {}  # one decode per key
+        self._down_since: float | None = None  # set while the database is unreachable
+        self._probing = threading.Lock()  # while down: one reconnection try at a time
 
     @property
     def database(self) -> Database:
@@ -76,17 +112,67 @@ class SearchService:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled autocommit connection, checked before it is handed out."""
-        from psycopg_pool import PoolTimeout
+        """A pooled autocommit connection, checked before it is handed out.
 
+        While the database is down this raises :class:`DatabaseDown` at once (no pool wait);
+        the first request after it is back gets a fresh pool and succeeds.
+        """
+        from psycopg_pool import PoolClosed, PoolTimeout
+
+        if self._down_since is not None:
+            self._try_reconnect()
         pool = self._open_pool()
         try:
             with pool.connection(timeout=POOL_TIMEOUT_S) as conn:
-                yield conn
+                try:
+                    yield conn
+                except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                    if not (conn.broken or conn.closed):
+                        raise  # a statement timeout, say: the database itself is fine
+                    # The connection died under the query (server stopped or restarted).
+                    self._mark_down(first_line(err))
+                    raise self._down_error() from None
         except PoolTimeout:
-            raise ClipdbError(
-                "no database connection could be made in time; is the database up?"
-            ) from None
+            self._mark_down("no connection could be made in time")
+            raise self._down_error() from None
+        except PoolClosed:  # closed under us: the outage's dead pool, or the server stopping
+            if self._down_since is not None:
+                raise self._down_error() from None
+            raise ClipdbError("the server is shutting down") from None
+
+    def _down_error(self) -> DatabaseDown:
+        return DatabaseDown("the database is not reachable now; retry when it is back")
+
+    def _mark_down(self, reason: str) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+            # Its connections are dead and its reconnect back-off would outlast the outage:
+            # requests probe directly until the database answers, then get a fresh pool.
+            stale, self._pool = self._pool, None
+        if stale is not None:
+            threading.Thread(target=stale.close, daemon=True).start()
+        # One line per outage, not a traceback per request.
+        log.warning("database unreachable (%s); answering 503 until it is back", reason)
+
+    def _try_reconnect(self) -> None:
+        """While down: one direct connection try (others get 503 at once meanwhile)."""
+        url = libpq_url(self.database.url)
+        if not self._probing.acquire(blocking=False):
+            raise self._down_error()  # another request is trying right now
+        try:
+            psycopg.connect(url, connect_timeout=2, autocommit=True).close()
+        except psycopg.Error:
+            raise self._down_error() from None
+        finally:
+            self._probing.release()
+        with self._lock:
+            if self._down_since is None:
+                return  # a concurrent request saw it come back first
+            down_for = time.monotonic() - self._down_since
+            self._down_since = None
+        log.warning("database reachable again after %.1f s", down_for)
 
     def _open_pool(self) -> ConnectionPool[Any]:
         database = self.database
@@ -143,10 +229,20 @@ class SearchService:
         self.model()
         self.encoder()
 
+    @contextmanager
+    def decode_slot(self) -> Iterator[None]:
+        if not self._decode_slots.acquire(timeout=DECODE_WAIT_S):
+            raise Busy("the server is busy decoding other images; retry in a moment")
+        try:
+            yield
+        finally:
+            self._decode_slots.release()
+
     def decode_upload(self, data: bytes) -> Image.Image:
         """An uploaded query image, JPEGs draft-decoded at the size ingest uses."""
         draft_size = max(self.encoder().image_size) * decode.DRAFT_MARGIN
-        return decode_upload(data, max_pixels=self.max_pixels, draft_size=draft_size)
+        with self.decode_slot():
+            return decode_upload(data, max_pixels=self.max_upload_pixels, draft_size=draft_size)
 
     def encode_query(self, image: Image.Image | None, text: str | None) -> np.ndarray:
         encoder = self.encoder()
@@ -174,24 +270,57 @@ class SearchService:
         return found
 
     def thumbnail(self, image_id: int, size: int = THUMBNAIL_SIZE) -> bytes:
-        """JPEG bytes, cached by (id, size, file size, mtime): a changed file is re-rendered."""
+        """JPEG bytes of the indexed file, if it still is the file that was indexed.
+
+        Served only when the path (links followed, as ingest follows them) is a regular file
+        with the row's size and mtime and, once read, the row's sha256: a FIFO, a device or a
+        link to some other file swapped in after indexing is refused (FileChanged, 410), and
+        the read never blocks or exceeds the indexed size. Cached by (id, size, identity).
+        """
         with self.connection() as conn:
-            path = db_queries.image_file(conn, image_id)
-        if path is None:
+            row = db_queries.image_file(conn, image_id)
+        if row is None:
             raise LookupError(f"no indexed image with id {image_id}")
+        path, file_size, mtime_ns, sha256 = row
         try:
-            stat = os.stat(path)
+            info = os.stat(path)  # stat never blocks, even on a FIFO
         except OSError:
             raise LookupError(f"image {image_id} is indexed but its file is gone") from None
-        return self._thumbnail(image_id, path, size, stat.st_size, stat.st_mtime_ns)
+        if (info.st_size, info.st_mtime_ns) != (file_size, mtime_ns):
+            raise FileChanged(f"image {image_id} has changed since it was indexed")
+        size = thumbnail_size(size)
+        # The page asks for many thumbnails at once: concurrent misses of one key wait for the
+        # first decode (then hit the cache) instead of each decoding the same file.
+        with self._lock:
+            render_lock = self._rendering.setdefault((image_id, size), threading.Lock())
+        try:
+            with render_lock:
+                return self._thumbnail(image_id, path, size, file_size, mtime_ns, sha256)
+        finally:
+            with self._lock:
+                self._rendering.pop((image_id, size), None)
 
     def _render_thumbnail(
-        self, image_id: int, path: str, size: int, file_size: int, mtime_ns: int
+        self, image_id: int, path: str, size: int, file_size: int, mtime_ns: int, sha256: bytes
     ) -> bytes:
-        try:
-            return decode.make_thumbnail(path, size, max_pixels=self.max_pixels)
-        except decode.ImageError as err:
-            raise LookupError(f"image {image_id} cannot be read: {err}") from None
+        # The file's bytes count against the slot too: many large files read at once is the
+        # same memory problem as many decodes.
+        with self.decode_slot():
+            try:
+                data = files.read_regular(path, max_bytes=file_size, expected=(file_size, mtime_ns))
+            except files.FileRejected as err:
+                if str(err) in (files.PERMISSION_DENIED, files.UNREADABLE):
+                    raise LookupError(f"image {image_id} cannot be read: {err}") from None
+                # Not a regular file, bigger, or another size/mtime than the row: swapped.
+                raise FileChanged(
+                    f"image {image_id} has changed since it was indexed: {err}"
+                ) from None
+            if hashlib.sha256(data).digest() != sha256:
+                raise FileChanged(f"image {image_id} has changed since it was indexed")
+            try:
+                return decode.make_thumbnail(data, size, max_pixels=self.max_pixels)
+            except decode.ImageError as err:
+                raise LookupError(f"image {image_id} cannot be read: {err}") from None
 
     def stats(self) -> dict[str, Any]:
         status = database_status(self.database)
