@@ -78,6 +78,9 @@ def test_upload_then_more_like_this(database: Database, tiny_encoder: Any, tmp_p
             second_ids = [card.get_attribute("data-image-id") for card in cards.all()]
             assert second_ids != first_ids
 
+            link = cards.first.locator("a.open")
+            assert link.get_attribute("href") == f"/api/images/{clicked_id}/file"
+
             screenshot = tmp_path / "search-page.png"
             page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.stat().st_size > 10_000

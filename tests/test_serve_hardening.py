@@ -97,6 +97,20 @@ def test_swapped_files_are_410_and_never_read(server: str, ids: dict, pictures: 
     assert httpx.get(f"{server}/api/health", timeout=5).status_code == 200
 
 
+def test_original_file_is_served_only_while_it_is_the_indexed_one(
+    server: str, ids: dict, pictures: list
+) -> None:
+    path = pictures[0].resolve()
+    original = httpx.get(f"{server}/api/images/{ids[str(path)]}/file", timeout=10)
+    assert original.status_code == 200 and original.content == path.read_bytes()
+    assert original.headers["content-type"] == "image/jpeg"
+    assert original.headers["x-content-type-options"] == "nosniff"
+    path.write_bytes(path.read_bytes() + b"\0")  # edited after indexing
+    changed = httpx.get(f"{server}/api/images/{ids[str(path)]}/file", timeout=10)
+    assert changed.status_code == 410 and "changed since it was indexed" in changed.text
+    assert httpx.get(f"{server}/api/images/999999/file", timeout=10).status_code == 404
+
+
 def test_a_deleted_file_is_404(server: str, ids: dict, pictures: list):
     path = pictures[0].resolve()
     path.unlink()

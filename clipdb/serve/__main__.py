@@ -16,7 +16,9 @@ from clipdb.serve.limits import DEFAULT_MAX_UPLOAD_MB
 EXAMPLES = """\
 examples:
   clipdb serve                              # http://127.0.0.1:8000, API docs at /docs
-  clipdb serve --host 0.0.0.0 --port 8080 --allow-host myhost.lan   # reachable from others
+  clipdb serve --host 0.0.0.0 --port 8080 --allow-host myhost.lan   # reachable from others:
+      # the API has no authentication and returns absolute paths; expose it only on a
+      # network you trust, or put an authenticating proxy in front
   curl 'http://127.0.0.1:8000/api/search?text=a+red+car&k=10'
   curl -F image=@query.jpg -F k=10 http://127.0.0.1:8000/api/search
   curl http://127.0.0.1:8000/api/similar/42

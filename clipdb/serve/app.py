@@ -8,9 +8,11 @@ files. FastAPI is imported here only, so ``clipdb serve --help`` does not pay fo
 
 from __future__ import annotations
 
+import mimetypes
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -253,6 +255,36 @@ def create_app(
         except LookupError as err:
             raise HTTPException(404, str(err)) from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
+
+    @app.get(
+        "/api/images/{image_id}/file",
+        summary="The original file of an indexed image",
+        response_class=Response,
+        responses={200: {"content": {"image/*": {}}}, 404: {}, 410: {}},
+    )
+    def original(image_id: int) -> Response:
+        """The indexed file itself, only while it still is the file that was indexed (same
+        size, mtime and sha256; 410 otherwise, 404 when gone). There is no way to name a path."""
+        try:
+            data, name = service.original(image_id)
+        except FileChanged as err:
+            raise HTTPException(410, str(err)) from None
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from None
+        media_type = mimetypes.guess_type(name)[0] or ""
+        if not media_type.startswith("image/") or media_type == "image/svg+xml":
+            media_type = "application/octet-stream"
+        quoted = urllib.parse.quote(name, safe="")
+        return Response(
+            data,
+            media_type=media_type,
+            headers={
+                "Content-Disposition": f"inline; filename*=UTF-8''{quoted}",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "sandbox; default-src 'none'",
+                "Cache-Control": "max-age=300",
+            },
+        )
 
     @app.get("/api/health", summary="Liveness: database reachable, model state")
     def health() -> JSONResponse:

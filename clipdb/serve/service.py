@@ -306,21 +306,23 @@ class SearchService:
         # The file's bytes count against the slot too: many large files read at once is the
         # same memory problem as many decodes.
         with self.decode_slot():
-            try:
-                data = files.read_regular(path, max_bytes=file_size, expected=(file_size, mtime_ns))
-            except files.FileRejected as err:
-                if str(err) in (files.PERMISSION_DENIED, files.UNREADABLE):
-                    raise LookupError(f"image {image_id} cannot be read: {err}") from None
-                # Not a regular file, bigger, or another size/mtime than the row: swapped.
-                raise FileChanged(
-                    f"image {image_id} has changed since it was indexed: {err}"
-                ) from None
-            if hashlib.sha256(data).digest() != sha256:
-                raise FileChanged(f"image {image_id} has changed since it was indexed")
+            data = _verified_bytes(image_id, path, file_size, mtime_ns, sha256)
             try:
                 return decode.make_thumbnail(data, size, max_pixels=self.max_pixels)
             except decode.ImageError as err:
                 raise LookupError(f"image {image_id} cannot be read: {err}") from None
+
+    def original(self, image_id: int) -> tuple[bytes, str]:
+        """The indexed file's bytes and its name, under the same rule as thumbnails: only while
+        it still is the file that was indexed (FileChanged otherwise), never blocking."""
+        with self.connection() as conn:
+            row = db_queries.image_file(conn, image_id)
+        if row is None:
+            raise LookupError(f"no indexed image with id {image_id}")
+        path, file_size, mtime_ns, sha256 = row
+        with self.decode_slot():
+            data = _verified_bytes(image_id, path, file_size, mtime_ns, sha256)
+        return data, os.path.basename(path)
 
     def stats(self) -> dict[str, Any]:
         status = database_status(self.database)
@@ -352,3 +354,17 @@ class SearchService:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _verified_bytes(image_id: int, path: str, size: int, mtime_ns: int, sha256: bytes) -> bytes:
+    """The file's content if it is still the indexed one (size, mtime, then sha256)."""
+    try:
+        data = files.read_regular(path, max_bytes=size, expected=(size, mtime_ns))
+    except files.FileRejected as err:
+        if str(err) in (files.PERMISSION_DENIED, files.UNREADABLE):
+            raise LookupError(f"image {image_id} cannot be read: {err}") from None
+        # Not a regular file, bigger, or another size/mtime than the row: swapped.
+        raise FileChanged(f"image {image_id} has changed since it was indexed: {err}") from None
+    if hashlib.sha256(data).digest() != sha256:
+        raise FileChanged(f"image {image_id} has changed since it was indexed")
+    return data

@@ -64,8 +64,10 @@ async function run(label, request) {
 
 function render(hits) {
   results.replaceChildren(...hits.map((hit) => {
-    const card = document.createElement("button");
-    card.type = "button";
+    // A focusable card (not a <button>, which may not contain the link to the original).
+    const card = document.createElement("div");
+    card.tabIndex = 0;
+    card.setAttribute("role", "button");
     card.className = "result";
     card.dataset.imageId = hit.image_id;
     card.title = `${hit.image_path}\nclick: more like this`;
@@ -81,9 +83,23 @@ function render(hits) {
     const name = document.createElement("span");
     name.className = "filename";
     name.textContent = `#${hit.rank} ${hit.filename}`;
-    caption.append(similarity, name);
+    const open = document.createElement("a");
+    open.className = "open";
+    open.href = `/api/images/${hit.image_id}/file`;
+    open.target = "_blank";
+    open.rel = "noopener";
+    open.textContent = "open";
+    open.title = "open the original image";
+    open.addEventListener("click", (event) => event.stopPropagation());
+    caption.append(similarity, open, name);
     card.append(img, caption);
     card.addEventListener("click", () => moreLike(hit));
+    card.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        moreLike(hit);
+      }
+    });
     return card;
   }));
 }
