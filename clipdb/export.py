@@ -46,7 +46,7 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     for name in _INDEX_ARRAYS:
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-        digest.update(array.tobytes())
+        digest.update(array.data)  # the buffer itself (== tobytes()), never a copy
     return digest.hexdigest()
 
 
