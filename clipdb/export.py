@@ -6,8 +6,11 @@ Loaded with ``allow_pickle=False`` only, so a file a user hands us can never run
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import math
 import os
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -241,8 +244,34 @@ def _text(value: Any, what: str) -> str:
     return text
 
 
+def _config_dim(architecture: str) -> int | None:
+    """The embedding size open_clip's JSON config for ``architecture`` declares (read as a
+    file: no torch import), or None for an architecture clipdb has no config for."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", architecture):
+        return None  # never a file name built from a crafted string
+    spec = importlib.util.find_spec("open_clip")
+    places = [os.environ.get("CLIPDB_MODEL_CONFIGS", "")]
+    places += [
+        os.path.join(p, "model_configs") for p in (spec and spec.submodule_search_locations) or []
+    ]
+    for place in filter(None, places):
+        try:
+            with open(os.path.join(place, f"{architecture}.json"), encoding="utf-8") as handle:
+                return int(json.load(handle)["embed_dim"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def _check_rows(arrays: dict[str, np.ndarray]) -> None:
-    _text(arrays["architecture"], "architecture")
+    architecture = _text(arrays["architecture"], "architecture")
+    known = _config_dim(architecture)
+    if known is not None and known != int(arrays["dim"]):
+        # Registering it would make the real model's ingest fail ("registered with dimension").
+        raise _Refused(
+            f"claims {int(arrays['dim'])}-dimensional {architecture} embeddings; "
+            f"{architecture} makes {known}-dimensional ones"
+        )
     _text(arrays["pretrained"], "pretrained tag")
     seen: set[str] = set()
     for row, value in enumerate(arrays["paths"]):

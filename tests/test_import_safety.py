@@ -92,6 +92,10 @@ CRAFTED = {
     ),
     "huge path strings": ({"paths": np.array(["/a", "/b", "/" + "x" * 5000])}, "5001 characters"),
     "version 0": ({"version": np.array(0, dtype=np.int64)}, "version 0"),
+    "wrong dimension for a known model": (  # would make that model's real ingest fail
+        {"dim": np.array(8, dtype=np.int64), "embeddings": unit_vectors(3, 8)},
+        f"{TINY_MODEL} makes 32-dimensional ones",
+    ),
 }
 
 
