@@ -140,3 +140,10 @@ def test_reader_limits_are_in_force(database) -> None:
             "SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
         assert limit == (16,)
+        others = [psycopg.connect(reader_url(database)) for _ in range(15)]  # 16 in all
+        try:
+            with pytest.raises(psycopg.OperationalError, match="too many connections for role"):
+                psycopg.connect(reader_url(database)).close()
+        finally:
+            for other in others:
+                other.close()
