@@ -205,7 +205,8 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             if headers[name][0] != expected:
                 raise _Refused("has inconsistent array shapes")
         for name in _SPEC:
-            arrays.setdefault(name, _load(archive, name))
+            if name not in arrays:
+                arrays[name] = _load(archive, name)
     return arrays
 
 
