@@ -4,7 +4,9 @@ Already proved elsewhere (not repeated here): the reader role's denied INSERT/UP
 TRUNCATE/DROP/register_model (test_db.py::test_reader_role_reads_but_cannot_write), thumbnails
 by integer id only with ``..%2F`` ids and ``?path=`` ignored (test_serve.py::
 test_thumbnails_only_for_indexed_ids), a tampered/pickled/object-array export refused
-(test_api.py::test_tampered_or_foreign_index_files_are_refused).
+(test_api.py::test_tampered_or_foreign_index_files_are_refused), crafted exports with valid
+checksums (test_import_safety.py), a reader holding every lock it can take
+(test_reader_locks.py).
 """
 
 from __future__ import annotations

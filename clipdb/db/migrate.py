@@ -19,7 +19,16 @@ from clipdb.errors import ClipdbError, first_line
 
 SCHEMA = "clipdb"
 VERSION_TABLE = "alembic_version"
-MIGRATION_LOCK_KEY = 0x636C_6970_6462  # "clipdb": one advisory lock for all migrating processes
+# Migrators serialise on a lock of clipdb.alembic_version in SHARE ROW EXCLUSIVE mode, taken in
+# the migration's own transaction: it needs write rights on that table, so a read-only role
+# (clipdb_reader) cannot hold it and stall every command before it migrates, as it could the
+# advisory lock all roles may take. Only a database with no clipdb schema yet (nothing to lock,
+# no rights granted to anyone) falls back to this advisory lock ("clipdb"), waited for with
+# LOCK_TIMEOUT like every other lock a migration needs.
+MIGRATION_LOCK_KEY = 0x636C_6970_6462
+# How long a migration waits for a lock another session holds (a reader's open transaction on a
+# table the migration alters, a foreign advisory lock) before it fails naming that session.
+LOCK_TIMEOUT = "30s"
 
 
 @cache
@@ -108,7 +117,7 @@ def _check_pgvector(conn: psycopg.Connection[Any], url: str) -> None:
 
 
 def upgrade(database: Database, revision: str = "head") -> str:
-    """Migrate to ``revision`` under an advisory lock; refuse a schema newer than the code."""
+    """Migrate to ``revision`` under the migration lock; refuse a schema newer than the code."""
     with connect_checked(database.url, autocommit=True) as conn:
         current = current_revision(conn)
         quick_head = head_from_files()
@@ -119,37 +128,112 @@ def upgrade(database: Database, revision: str = "head") -> str:
         if current == head and revision == "head":
             return head
         _check_pgvector(conn, database.url)
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
-            _check_revision(current_revision(conn), known)
-            _run_alembic(database, "upgrade", revision)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+        _migrate(database, conn, "upgrade", revision, known)
     return revision if revision != "head" else head
 
 
 def downgrade(database: Database, revision: str) -> None:
     """Migrate down (tests of the migrations; never done implicitly)."""
     with connect_checked(database.url, autocommit=True) as conn:
+        _migrate(database, conn, "downgrade", revision, None)
+
+
+def _has_version_table(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{VERSION_TABLE}",)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _migrate(
+    database: Database,
+    conn: psycopg.Connection[Any],
+    direction: str,
+    revision: str,
+    known: set[str] | None,
+) -> None:
+    if _has_version_table(conn):  # serialised inside _run_alembic
+        _run_alembic(database, direction, revision, known)
+        return
+    try:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
-            _run_alembic(database, "downgrade", revision)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    except psycopg.errors.LockNotAvailable:
+        raise _lock_timeout_error(database, direction, revision) from None
+    try:
+        if known is not None:
+            _check_revision(current_revision(conn), known)
+        _run_alembic(database, direction, revision, known)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
-def _run_alembic(database: Database, direction: str, revision: str) -> None:
+def _lock_holders(database: Database) -> list[tuple[int, str]]:
+    """(pid, role) of other sessions holding a lock on clipdb's relations or its advisory key:
+    who a timed-out migration waited for."""
+    with connect_checked(database.url, autocommit=True) as conn:
+        rows = conn.execute(
+            """
+            SELECT DISTINCT l.pid, coalesce(a.usename, '?') FROM pg_locks l
+            LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.granted AND l.pid <> pg_backend_pid()
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND (l.relation IN (SELECT oid FROM pg_class
+                                  WHERE relnamespace = to_regnamespace(%s))
+                   OR (l.locktype = 'advisory' AND l.classid::bigint = %s
+                       AND l.objid::bigint = %s AND l.objsubid = 1))
+            ORDER BY l.pid
+            """,
+            (SCHEMA, MIGRATION_LOCK_KEY >> 32, MIGRATION_LOCK_KEY & 0xFFFF_FFFF),
+        ).fetchall()
+    return [(int(pid), str(role)) for pid, role in rows]
+
+
+def _lock_timeout_error(database: Database, direction: str, revision: str) -> ClipdbError:
+    holders = ", ".join(f"pid {pid} ({role})" for pid, role in _lock_holders(database))
+    return ClipdbError(
+        f"schema {direction} to {revision} on {server_address(database.url)} waited "
+        f"{LOCK_TIMEOUT} for a lock held by {holders or 'another session'}; end that session "
+        "(SELECT pg_terminate_backend(pid)) or let it finish, and run again"
+    )
+
+
+def _run_alembic(database: Database, direction: str, revision: str, known: set[str] | None) -> None:
     from alembic import command
     from sqlalchemy import exc, text
 
     try:
         with database.engine.begin() as connection:
+            if _exists(connection, f"{SCHEMA}.{VERSION_TABLE}"):
+                # Waits for other migrators only: no role that may merely read can hold a lock
+                # that conflicts with this mode.
+                connection.execute(
+                    text(f"LOCK TABLE {SCHEMA}.{VERSION_TABLE} IN SHARE ROW EXCLUSIVE MODE")
+                )
+                if known is not None:  # another process may have migrated while we waited
+                    found = connection.execute(
+                        text(f"SELECT version_num FROM {SCHEMA}.{VERSION_TABLE}")
+                    ).scalar()
+                    _check_revision(found, known)
+            connection.execute(
+                text("SELECT set_config('lock_timeout', :timeout, true)"),
+                {"timeout": LOCK_TIMEOUT},
+            )
             connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
             config = _alembic_config(connection)
             getattr(command, direction)(config, revision)
     except exc.DBAPIError as err:
+        if isinstance(err.orig, psycopg.errors.LockNotAvailable):
+            raise _lock_timeout_error(database, direction, revision) from None
         # One transaction: a failed migration leaves the schema as it was.
         first = first_line(err.orig) if err.orig else str(err)
         raise ClipdbError(
             f"schema {direction} to {revision} failed on {server_address(database.url)}: {first}"
         ) from None
+
+
+def _exists(connection: Any, name: str) -> bool:
+    from sqlalchemy import text
+
+    found = connection.execute(text("SELECT to_regclass(:name) IS NOT NULL"), {"name": name})
+    return bool(found.scalar())

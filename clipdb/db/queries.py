@@ -206,12 +206,16 @@ def file_rows(
 def rows_by_sha256(
     conn: psycopg.Connection[Any], model: Model, hashes: list[bytes]
 ) -> dict[bytes, list[tuple[int, str]]]:
-    """sha256 -> [(row id, path), ...] (oldest first) of this model's rows with those hashes."""
+    """sha256 -> [(row id, path), ...] (oldest first) of this model's rows with those hashes
+    that a move may re-point: ingest rows only. An imported row's sha256 is a claim nobody
+    checked; re-pointing it onto a real file with that hash would give the file a foreign
+    embedding, so a new file is encoded instead."""
     found: dict[bytes, list[tuple[int, str]]] = {}
     for offset in range(0, len(hashes), ID_CHUNK):
         for row_id, path, sha in conn.execute(
             f"SELECT id, path, sha256 FROM clipdb.images "
-            f"WHERE model_id = {int(model.model_id)} AND sha256 = ANY(%s) ORDER BY id",
+            f"WHERE model_id = {int(model.model_id)} AND sha256 = ANY(%s) "
+            "AND source = 'ingest' ORDER BY id",
             (hashes[offset : offset + ID_CHUNK],),
         ):
             found.setdefault(bytes(sha), []).append((row_id, path))

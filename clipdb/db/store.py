@@ -13,6 +13,7 @@ import numpy as np
 import psycopg
 
 from clipdb.db.registry import Model
+from clipdb.errors import ClipdbError
 
 _COLUMNS = "path, sha256, size, mtime_ns, width, height, embedding"
 _TYPES = ["text", "bytea", "int8", "int8", "int4", "int4", "vector"]
@@ -31,6 +32,12 @@ class ImageRecord:
     embedding: np.ndarray
 
     def as_row(self) -> tuple[Any, ...]:
+        embedding = np.asarray(self.embedding, dtype=np.float32)
+        # A zero or non-finite vector has no cosine distance: every search meeting it would
+        # fail (NaN), so no writer stores one (the table's CHECK is the last line; this one
+        # names the file).
+        if not np.isfinite(embedding).all() or not np.any(embedding):
+            raise ClipdbError(f"refusing to store {self.path}: its embedding is zero or not finite")
         return (
             self.path,
             self.sha256,
@@ -38,7 +45,7 @@ class ImageRecord:
             self.mtime_ns,
             self.width,
             self.height,
-            np.asarray(self.embedding, dtype=np.float32),
+            embedding,
         )
 
 
@@ -71,25 +78,35 @@ def copy_new_images(
 
 
 def upsert_images(
-    conn: psycopg.Connection[Any], model: Model, records: Sequence[ImageRecord]
+    conn: psycopg.Connection[Any],
+    model: Model,
+    records: Sequence[ImageRecord],
+    *,
+    imported: bool = False,
 ) -> int:
-    """Insert or replace rows by (model, path); concurrent writers never duplicate a path."""
+    """Insert or replace rows by (model, path); concurrent writers never duplicate a path.
+
+    ``imported`` marks rows an ``.npz`` import wrote (``source = 'import'``): ingest never
+    re-points those onto another file (see :func:`clipdb.db.queries.rows_by_sha256`).
+    """
     if not records:
         return 0
     model_id = int(model.model_id)
+    source = "import" if imported else "ingest"
     conn.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS clipdb_incoming ({_columns_ddl()}) ON COMMIT DELETE ROWS"
     )
     _copy(conn, f"clipdb_incoming ({_COLUMNS})", (r.as_row() for r in records))
     conn.execute(
         f"""
-        INSERT INTO clipdb.images (model_id, {_COLUMNS})
-        SELECT DISTINCT ON (path) {model_id}, {_COLUMNS} FROM clipdb_incoming
+        INSERT INTO clipdb.images (model_id, source, {_COLUMNS})
+        SELECT DISTINCT ON (path) {model_id}, %s, {_COLUMNS} FROM clipdb_incoming
         ON CONFLICT (model_id, path) DO UPDATE SET
             sha256 = EXCLUDED.sha256, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns,
             width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding,
-            updated_at = now()
-        """
+            source = EXCLUDED.source, updated_at = now()
+        """,
+        (source,),
     )
     conn.execute("TRUNCATE clipdb_incoming")
     return len(records)
@@ -109,12 +126,13 @@ def refresh_identity(
 def move_row(
     conn: psycopg.Connection[Any], row_id: int, path: str, size: int, mtime_ns: int
 ) -> bool:
-    """Re-point a row at the file its content moved to; False if another row has that path."""
+    """Re-point a row at the file its content moved to; False if another row has that path
+    or the row was imported (an import's sha256 is only a claim: never another file's row)."""
     try:
         with conn.transaction():  # a savepoint: a concurrent ingester may own the path
             cursor = conn.execute(
                 "UPDATE clipdb.images SET path = %s, size = %s, mtime_ns = %s, "
-                "updated_at = now() WHERE id = %s",
+                "updated_at = now() WHERE id = %s AND source = 'ingest'",
                 (path, size, mtime_ns, row_id),
             )
             return bool(cursor.rowcount)

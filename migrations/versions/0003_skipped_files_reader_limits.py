@@ -10,7 +10,17 @@ Why:
   UPDATE/DELETE/TRUNCATE rights, so a role that may only read cannot take it; a reader's
   ACCESS SHARE does not conflict with it.
 - ``clipdb_reader`` gets a statement timeout and a connection limit, so another app using it
-  cannot tie the server up with endless queries or exhaust its connections.
+  cannot tie the server up with endless queries or exhaust its connections. (Both are role
+  defaults: a session may still ``SET statement_timeout``; the connection limit it cannot lift.)
+- ``clipdb.images.source``: 'ingest' for rows clipdb encoded from the file, 'import' for rows
+  an ``.npz`` import wrote. Ingest re-points a row whose file is gone onto a new file with the
+  same sha256 (a move) only when the row is an ingest row: an imported row may carry any path
+  and any sha256, and re-pointing it would give a real file an embedding nobody computed
+  from it.
+- ``images_embedding_nonzero``: a zero vector has no cosine distance (NaN), which made every
+  search that met it fail; no writer may store one. NOT VALID: existing rows are not scanned
+  (a database that already holds one must not fail its upgrade), new and updated rows are
+  checked.
 
 Revision ID: 0003
 Revises: 0002
@@ -70,6 +80,20 @@ REVOKE ALL ON FUNCTION clipdb.register_model(text, text, integer) FROM PUBLIC;
 TABLE_LOCK = "LOCK TABLE clipdb.models IN SHARE ROW EXCLUSIVE MODE;"
 ADVISORY_LOCK = "PERFORM pg_advisory_xact_lock(hashtext('clipdb.register_model'));"
 
+IMAGES_COLUMNS = r"""
+ALTER TABLE clipdb.images
+    ADD COLUMN source text NOT NULL DEFAULT 'ingest'
+        CONSTRAINT images_source_known CHECK (source IN ('ingest', 'import')),
+    ADD CONSTRAINT images_embedding_nonzero CHECK (vector_norm(embedding) > 0) NOT VALID;
+COMMENT ON COLUMN clipdb.images.source IS
+    'ingest: encoded by clipdb from the file; import: written by an .npz import (never moved).';
+"""
+IMAGES_COLUMNS_DOWN = r"""
+ALTER TABLE clipdb.images
+    DROP CONSTRAINT images_embedding_nonzero,
+    DROP COLUMN source;
+"""
+
 READER_LIMITS = f"""
 DO $do$
 BEGIN
@@ -102,6 +126,7 @@ $do$;
 
 def upgrade() -> None:
     op.execute(SKIPPED_FILES)
+    op.execute(IMAGES_COLUMNS)
     op.execute(REGISTER_MODEL.replace("{lock}", TABLE_LOCK))
     op.execute(READER_LIMITS)
 
@@ -109,4 +134,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute(READER_UNLIMITED)
     op.execute(REGISTER_MODEL.replace("{lock}", ADVISORY_LOCK))
+    op.execute(IMAGES_COLUMNS_DOWN)
     op.execute("DROP TABLE clipdb.skipped_files")
