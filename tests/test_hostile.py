@@ -26,7 +26,7 @@ from helpers import TINY_MODEL, make_images, table
 from PIL import Image
 
 from clipdb import decode, files
-from clipdb.db.embedded import SYSTEM_USER_WHEN_ROOT
+from clipdb.db.embedded_access import SYSTEM_USER_WHEN_ROOT
 
 REPO = Path(__file__).parents[1]
 CLI = [sys.executable, "-m", "clipdb.ingest", "--model", TINY_MODEL, "--pretrained", "none",
