@@ -25,6 +25,10 @@ SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 
 # JPEG draft decoding keeps at least this many times the model's input size on the short side,
 # so the resize that follows still averages over several source pixels (see INGEST.md).
 DRAFT_MARGIN = 2
+# The only decoders Pillow may use: those of files.IMAGE_EXTENSIONS. Pillow otherwise guesses
+# from the content, so EPS bytes in a .jpg would go to Ghostscript and fuzzed DDS/SPIDER bytes
+# to decoders that raise NotImplementedError/AttributeError.
+PILLOW_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG opens MPO too
 
 
 class ImageError(Exception):
@@ -70,7 +74,7 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the limit
-            opened = Image.open(io.BytesIO(data))
+            opened = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
             width, height = opened.size
             if limit and width * height > limit:
                 raise ImageError(TOO_LARGE)
@@ -85,7 +89,9 @@ def open_image(
         raise ImageError(TOO_LARGE) from None
     except Image.UnidentifiedImageError:
         raise ImageError(NOT_IMAGE) from None
-    except (OSError, SyntaxError, ValueError, IndexError, TypeError, EOFError):
+    except MemoryError:
+        raise ImageError(TOO_LARGE) from None
+    except Exception:  # noqa: BLE001 - any decoder failure is one bad file, never an abort
         raise ImageError(CORRUPT) from None
     if orientation in SWAPPED_ORIENTATIONS:
         width, height = height, width
@@ -239,6 +245,8 @@ def decode_task(
         return Decoded(path, reason=str(err))
     except MemoryError:
         return Decoded(path, reason=TOO_LARGE)
+    except Exception:  # noqa: BLE001 - e.g. a resize failing on odd pixels: skip this file only
+        return Decoded(path, reason=CORRUPT)
     return Decoded(path, hashlib.sha256(data).digest(), width, height, pixels)
 
 
