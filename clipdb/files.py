@@ -136,6 +136,33 @@ def scan(roots: Iterable[str | os.PathLike[str]], exclude: Sequence[str] = ()) -
     return result
 
 
+def db_path(path: str) -> tuple[str, bytes | None]:
+    """A path as Python sees it -> (text stored in ``path``, exact bytes for ``path_bytes``).
+
+    A name that is not valid UTF-8 (Python holds its bad bytes as surrogate escapes, which
+    PostgreSQL text rejects) is stored as a display form, bad bytes written ``\\xe9`` and,
+    so that form stays unambiguous, literal backslashes doubled; its bytes go alongside.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"), raw
+    return path, None
+
+
+def display(path: str) -> str:
+    """How a path is printed and stored: undecodable bytes escaped (see :func:`db_path`)."""
+    return db_path(path)[0]
+
+
+def fs_path(stored_path: str, path_bytes: bytes | memoryview | None) -> str:
+    """A stored row's path as the file system knows it: what to open, stat or compare."""
+    if path_bytes is None:
+        return stored_path
+    return os.fsdecode(bytes(path_bytes))
+
+
 class FileRejected(Exception):
     """A file that is not (or no longer) a readable regular file; ``str(err)`` is the reason."""
 

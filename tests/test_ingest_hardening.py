@@ -61,3 +61,39 @@ def test_any_exception_inside_a_decoder_is_a_corrupt_skip(monkeypatch):
     monkeypatch.setattr("PIL.PngImagePlugin.PngImageFile.load", broken_load)
     with pytest.raises(decode.ImageError, match=files.CORRUPT):
         decode.open_image(buffer.getvalue())
+
+
+def test_a_name_that_is_not_utf8_is_indexed_searchable_printed_escaped_and_pruned(
+    database, tmp_path
+):
+    import json
+    import os
+
+    from helpers import TINY_MODEL, run_module
+
+    good = make_images(tmp_path, 2)
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9.jpg"  # Latin-1, as old Windows/zip trees have
+    with open(raw, "wb") as handle:
+        handle.write(make_images(tmp_path / "src", 1, seed=7)[0].read_bytes())
+    (tmp_path / "src" / "img_0000.jpg").unlink()
+    name = os.fsdecode(raw)
+    shown = f"{tmp_path}/caf\\xe9.jpg"
+    cli = ("clipdb.ingest", "--model", TINY_MODEL, "--pretrained", "none", "--workers", "0",
+           "--json")  # fmt: skip
+    first = run_module(*cli, str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "skipping" not in first.stderr and "Traceback" not in first.stderr
+    assert json.loads(first.stdout)["new"] == 3
+    assert stored_paths(database) == sorted([shown, *(str(p) for p in good)])
+
+    again = run_module(*cli, str(tmp_path))
+    assert (json.loads(again.stdout)["new"], json.loads(again.stdout)["unchanged"]) == (0, 3)
+
+    like = run_module("clipdb.search", "--like", name, "-k", "1")
+    assert like.returncode == 0, like.stderr
+    assert shown in like.stdout
+
+    os.unlink(raw)
+    pruned = run_module(*cli, "--prune", str(tmp_path))
+    assert json.loads(pruned.stdout)["pruned"] == 1, pruned.stderr
+    assert stored_paths(database) == [str(p) for p in good]

@@ -17,6 +17,7 @@ import psycopg
 
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError
+from clipdb.files import display, fs_path
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def indexed_embedding(conn: psycopg.Connection[Any], model: Model, path_or_id: s
     if found is None:
         row = conn.execute(
             "SELECT embedding FROM clipdb.images WHERE model_id = %s AND path = %s",
-            (model.model_id, os.path.abspath(path_or_id)),
+            (model.model_id, display(os.path.abspath(path_or_id))),
         ).fetchone()
         found = as_array(row[0]) if row else None
     if found is None:
@@ -135,7 +136,7 @@ def as_array(value: Any) -> np.ndarray:
 
 def indexed_path(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -> str | None:
     """The stored path of an indexed image given by path or row id (an id wins)."""
-    absolute = os.path.abspath(path_or_id)
+    absolute = display(os.path.abspath(path_or_id))
     row_id = int(path_or_id) if path_or_id.isdigit() else None
     row = conn.execute(
         "SELECT path FROM clipdb.images WHERE model_id = %s AND (id = %s OR path = %s) "
@@ -146,9 +147,12 @@ def indexed_path(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -
 
 
 def image_file(conn: psycopg.Connection[Any], image_id: int) -> str | None:
-    """The path of row ``image_id`` (any model): what the server may read for it."""
-    row = conn.execute("SELECT path FROM clipdb.images WHERE id = %s", (image_id,)).fetchone()
-    return row[0] if row else None
+    """The file of row ``image_id`` (any model), as the file system names it (its exact bytes
+    for a name that is not UTF-8): what the server may read for it."""
+    row = conn.execute(
+        "SELECT path, path_bytes FROM clipdb.images WHERE id = %s", (image_id,)
+    ).fetchone()
+    return fs_path(row[0], row[1]) if row else None
 
 
 # --- what ingest compares the scan against ------------------------------------------------------
@@ -165,15 +169,16 @@ def has_rows(conn: psycopg.Connection[Any], model: Model) -> bool:
 def file_rows(
     conn: psycopg.Connection[Any], model: Model, paths: list[str]
 ) -> dict[str, tuple[int, int, bytes]]:
-    """path -> (size, mtime_ns, sha256) of this model's rows for ``paths``."""
+    """path -> (size, mtime_ns, sha256) of this model's rows for ``paths`` (file system
+    paths, as the scan gives them)."""
     found: dict[str, tuple[int, int, bytes]] = {}
     for offset in range(0, len(paths), ID_CHUNK):
-        for path, size, mtime_ns, sha in conn.execute(
-            f"SELECT path, size, mtime_ns, sha256 FROM clipdb.images "
+        for path, path_bytes, size, mtime_ns, sha in conn.execute(
+            f"SELECT path, path_bytes, size, mtime_ns, sha256 FROM clipdb.images "
             f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
-            (paths[offset : offset + ID_CHUNK],),
+            ([display(p) for p in paths[offset : offset + ID_CHUNK]],),
         ):
-            found[path] = (size, mtime_ns, bytes(sha))
+            found[fs_path(path, path_bytes)] = (size, mtime_ns, bytes(sha))
     return found
 
 
@@ -183,23 +188,24 @@ def rows_by_sha256(
     """sha256 -> [(row id, path), ...] (oldest first) of this model's rows with those hashes."""
     found: dict[bytes, list[tuple[int, str]]] = {}
     for offset in range(0, len(hashes), ID_CHUNK):
-        for row_id, path, sha in conn.execute(
-            f"SELECT id, path, sha256 FROM clipdb.images "
+        for row_id, path, path_bytes, sha in conn.execute(
+            f"SELECT id, path, path_bytes, sha256 FROM clipdb.images "
             f"WHERE model_id = {int(model.model_id)} AND sha256 = ANY(%s) ORDER BY id",
             (hashes[offset : offset + ID_CHUNK],),
         ):
-            found.setdefault(bytes(sha), []).append((row_id, path))
+            found.setdefault(bytes(sha), []).append((row_id, fs_path(path, path_bytes)))
     return found
 
 
 def rows_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[tuple[int, str]]:
-    """(row id, path) of this model's rows for ``root`` itself or anything under it."""
-    prefix = os.path.join(root, "")
-    return conn.execute(
-        f"SELECT id, path FROM clipdb.images WHERE model_id = {int(model.model_id)} "
+    """(row id, file system path) of this model's rows for ``root`` itself or under it."""
+    text = display(root)
+    rows = conn.execute(
+        f"SELECT id, path, path_bytes FROM clipdb.images WHERE model_id = {int(model.model_id)} "
         "AND (path = %s OR starts_with(path, %s))",
-        (root, prefix),
+        (text, os.path.join(text, "")),
     ).fetchall()
+    return [(row_id, fs_path(path, path_bytes)) for row_id, path, path_bytes in rows]
 
 
 def export_rows(conn: psycopg.Connection[Any], model: Model) -> list[tuple[Any, ...]]:

@@ -13,14 +13,16 @@ import numpy as np
 import psycopg
 
 from clipdb.db.registry import Model
+from clipdb.files import db_path
 
-_COLUMNS = "path, sha256, size, mtime_ns, width, height, embedding"
-_TYPES = ["text", "bytea", "int8", "int8", "int4", "int4", "vector"]
+# path is text (a display form for names that are not UTF-8), path_bytes their exact bytes.
+_COLUMNS = "path, sha256, size, mtime_ns, width, height, embedding, path_bytes"
+_TYPES = ["text", "bytea", "int8", "int8", "int4", "int4", "vector", "bytea"]
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image file and its embedding, as stored."""
+    """One image file and its embedding; ``path`` as the file system knows it."""
 
     path: str
     sha256: bytes
@@ -31,14 +33,16 @@ class ImageRecord:
     embedding: np.ndarray
 
     def as_row(self) -> tuple[Any, ...]:
+        text, raw = db_path(self.path)
         return (
-            self.path,
+            text,
             self.sha256,
             self.size,
             self.mtime_ns,
             self.width,
             self.height,
             np.asarray(self.embedding, dtype=np.float32),
+            raw,
         )
 
 
@@ -88,7 +92,7 @@ def upsert_images(
         ON CONFLICT (model_id, path) DO UPDATE SET
             sha256 = EXCLUDED.sha256, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns,
             width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding,
-            updated_at = now()
+            path_bytes = EXCLUDED.path_bytes, updated_at = now()
         """
     )
     conn.execute("TRUNCATE clipdb_incoming")
@@ -102,7 +106,7 @@ def refresh_identity(
     conn.execute(
         f"UPDATE clipdb.images SET size = %s, mtime_ns = %s, updated_at = now() "
         f"WHERE model_id = {int(model.model_id)} AND path = %s",
-        (size, mtime_ns, path),
+        (size, mtime_ns, db_path(path)[0]),
     )
 
 
@@ -113,9 +117,9 @@ def move_row(
     try:
         with conn.transaction():  # a savepoint: a concurrent ingester may own the path
             cursor = conn.execute(
-                "UPDATE clipdb.images SET path = %s, size = %s, mtime_ns = %s, "
+                "UPDATE clipdb.images SET path = %s, path_bytes = %s, size = %s, mtime_ns = %s, "
                 "updated_at = now() WHERE id = %s",
-                (path, size, mtime_ns, row_id),
+                (*db_path(path), size, mtime_ns, row_id),
             )
             return bool(cursor.rowcount)
     except psycopg.errors.UniqueViolation:
@@ -133,7 +137,7 @@ def delete_rows(conn: psycopg.Connection[Any], row_ids: Sequence[int]) -> int:
 def _columns_ddl() -> str:
     return (
         "path text, sha256 bytea, size bigint, mtime_ns bigint, width integer, height integer, "
-        "embedding vector"
+        "embedding vector, path_bytes bytea"
     )
 
 

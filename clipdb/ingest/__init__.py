@@ -33,7 +33,7 @@ def default_workers() -> int:
 def print_skip(path: str, reason: str) -> None:
     from tqdm import tqdm
 
-    tqdm.write(f"skipping {path}: {reason}", file=sys.stderr)
+    tqdm.write(f"skipping {files.display(path)}: {reason}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
