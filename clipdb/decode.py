@@ -98,9 +98,11 @@ def open_image(
     return rgb, width, height
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, found: files.FileStat | None = None) -> bytes:
+    """The bytes of ``path``; with ``found`` (its scan), only if it is still that file."""
     try:
-        return files.read_regular(path)
+        args = found.open_args() if found is not None else {}
+        return files.read_regular(path, max_bytes=files.MAX_IMAGE_BYTES, **args)
     except files.FileRejected as err:
         raise ImageError(str(err)) from None
 
@@ -233,11 +235,19 @@ class Decoded:
 
 
 def decode_task(
-    path: str, pipeline: PixelPipeline, max_pixels: int | None, draft: bool = True
+    path: str,
+    pipeline: PixelPipeline,
+    max_pixels: int | None,
+    draft: bool = True,
+    found: files.FileStat | None = None,
 ) -> Decoded:
-    """Read once, hash, decode, preprocess (a worker's whole job for one file)."""
+    """Read once, hash, decode, preprocess (a worker's whole job for one file).
+
+    ``found``: the scan of ``path``; a file swapped since (FIFO, device, link, other size or
+    mtime) is skipped rather than read, so the stored identity is that of the bytes encoded.
+    """
     try:
-        data = _read(path)
+        data = _read(path, found)
         draft_size = pipeline.input_size * DRAFT_MARGIN if draft else None
         image, width, height = open_image(data, max_pixels=max_pixels, draft_size=draft_size)
         pixels = pipeline.to_pixels(image)

@@ -13,6 +13,7 @@ import os
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -33,15 +34,27 @@ CHANGED = "changed since it was scanned"
 
 # No image clipdb accepts is bigger than this; a sparse or endless "file" stops here.
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# An image file is read whole into a decode worker's memory (several workers at once), so
+# images have a lower cap; a sparse multi-GB ".png" is refused before a byte is read.
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class FileStat:
-    """An image file found on disk: absolute (not symlink-resolved) path, size and mtime."""
+    """An image file found on disk: absolute (not symlink-resolved) path, size and mtime.
+
+    ``link``: the scanned path was a symlink, so reading it may follow one; for any other
+    file a symlink found there later was swapped in after the scan and is refused.
+    """
 
     path: str
     size: int
     mtime_ns: int
+    link: bool = False
+
+    def open_args(self) -> dict[str, Any]:
+        """How to read this file as scanned: :func:`open_regular`'s keyword arguments."""
+        return {"follow_links": self.link, "expected": (self.size, self.mtime_ns)}
 
 
 @dataclass
@@ -95,7 +108,8 @@ def scan(roots: Iterable[str | os.PathLike[str]], exclude: Sequence[str] = ()) -
         if not stat.S_ISREG(info.st_mode):
             result.skipped.append((path, NOT_REGULAR))
             return
-        result.files.append(FileStat(path, info.st_size, info.st_mtime_ns))
+        link = os.path.islink(path)
+        result.files.append(FileStat(path, info.st_size, info.st_mtime_ns, link))
 
     def walk(directory: str, root: str) -> None:
         try:
@@ -253,9 +267,10 @@ def sha256_file(
     return digest.digest()
 
 
-def hash_task(path: str) -> tuple[str, bytes | None, str | None]:
-    """(path, sha256, None) or (path, None, reason): for the move-detection pass."""
+def hash_task(found: FileStat) -> tuple[str, bytes | None, str | None]:
+    """(path, sha256, None) or (path, None, reason): for the move-detection pass. The file
+    must still be what the scan saw (a FIFO, device or link swapped in is refused)."""
     try:
-        return path, sha256_file(path), None
+        return found.path, sha256_file(found.path, **found.open_args()), None
     except FileRejected as err:
-        return path, None, str(err)
+        return found.path, None, str(err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 
 import pytest
 from helpers import make_images
@@ -97,3 +98,67 @@ def test_a_name_that_is_not_utf8_is_indexed_searchable_printed_escaped_and_prune
     pruned = run_module(*cli, "--prune", str(tmp_path))
     assert json.loads(pruned.stdout)["pruned"] == 1, pruned.stderr
     assert stored_paths(database) == [str(p) for p in good]
+
+
+def swap_after_scan(monkeypatch, swap) -> None:
+    """Run ``swap()`` between the scan and everything that reads the scanned files."""
+    real_scan = files.scan
+
+    def scan_then_swap(*args, **kwargs):
+        result = real_scan(*args, **kwargs)
+        swap()
+        return result
+
+    monkeypatch.setattr("clipdb.files.scan", scan_then_swap)
+
+
+def replace_with(path: Path, make) -> None:
+    path.unlink()
+    make(path)
+
+
+def test_files_swapped_after_the_scan_are_skipped_quickly_and_the_rest_indexed(
+    database, tiny_encoder, tmp_path, monkeypatch
+):
+    import os
+    import time
+
+    good = make_images(tmp_path, 6)
+    fifo, zero, other, sparse, kept = good[:5]
+    kept.rename(tmp_path / "kept.jpg")
+    kept = tmp_path / "kept.jpg"
+    sparse = sparse.rename(tmp_path / "sparse.png")
+
+    def swap() -> None:
+        replace_with(fifo, os.mkfifo)  # reading a FIFO would block forever
+        replace_with(zero, lambda p: p.symlink_to("/dev/zero"))  # endless bytes
+        replace_with(other, lambda p: p.symlink_to(kept))  # another file's content
+        with open(sparse, "r+b") as handle:  # 300 MiB of nothing, read whole before
+            handle.truncate(300 * 1024 * 1024)
+
+    swap_after_scan(monkeypatch, swap)
+    skips: dict[str, str] = {}
+    started = time.monotonic()
+    summary = run([tmp_path], database, tiny_encoder, on_skip=skips.__setitem__)
+    assert time.monotonic() - started < 60
+    assert skips == {
+        str(fifo): files.NOT_REGULAR,
+        str(zero): files.CHANGED,
+        str(other): files.CHANGED,
+        str(sparse): files.TOO_BIG,
+    }
+    assert stored_paths(database) == sorted([str(good[5]), str(kept)])
+    assert summary.new == 2
+
+
+def test_the_hash_step_refuses_a_link_swapped_in_after_the_scan(
+    database, tiny_encoder, tmp_path, monkeypatch
+):
+    indexed = make_images(tmp_path, 2)
+    run([tmp_path], database, tiny_encoder)  # rows exist: new files are hashed (moves)
+    added = make_images(tmp_path, 1, seed=5, prefix="new")[0]
+    swap_after_scan(monkeypatch, lambda: replace_with(added, lambda p: p.symlink_to("/dev/zero")))
+    skips: dict[str, str] = {}
+    summary = run([tmp_path], database, tiny_encoder, on_skip=skips.__setitem__)
+    assert skips == {str(added): files.CHANGED}
+    assert summary.unchanged == 2 and stored_paths(database) == [str(p) for p in indexed]

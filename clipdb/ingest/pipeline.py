@@ -20,6 +20,7 @@ MIN_FILES_FOR_POOL = 16  # fewer files decode faster here than a pool starts
 
 def decoded_images(
     paths: list[str],
+    stats: dict[str, files.FileStat],
     pipeline: decode.PixelPipeline,
     *,
     workers: int,
@@ -29,7 +30,7 @@ def decoded_images(
     """Each path decoded to pixels (or a skip reason), in order; a pool when it pays."""
     task = partial(decode.decode_task, pipeline=pipeline, max_pixels=max_pixels)
     if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
-        yield from map(task, paths)
+        yield from (task(path, found=stats.get(path)) for path in paths)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -45,14 +46,14 @@ def decoded_images(
     remaining = iter(paths)
     try:
         for path in remaining:
-            pending.append(pool.submit(task, path))
+            pending.append(pool.submit(task, path, found=stats.get(path)))
             if len(pending) >= ahead:
                 break
         while pending:
             result = pending.popleft().result()
             next_path = next(remaining, None)
             if next_path is not None:
-                pending.append(pool.submit(task, next_path))
+                pending.append(pool.submit(task, next_path, found=stats.get(next_path)))
             yield result
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -111,7 +112,7 @@ def encode_and_write(
         batch.clear()
 
     images = decoded_images(
-        paths, pipeline, workers=workers, read_ahead=2 * batch_size, max_pixels=max_pixels
+        paths, stats, pipeline, workers=workers, read_ahead=2 * batch_size, max_pixels=max_pixels
     )
     try:
         for item in images:

@@ -81,7 +81,8 @@ def _reuse_by_hash(
     """
     hashes: dict[str, bytes] = {}
     with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL
-        for path, sha, reason in pool.map(files.hash_task, sorted([*new, *changed])):
+        todo = [stats[path] for path in sorted([*new, *changed])]
+        for path, sha, reason in pool.map(files.hash_task, todo):
             if sha is None:
                 skip(path, reason or files.UNREADABLE)
                 stats.pop(path, None)
