@@ -177,6 +177,32 @@ def fs_path(stored_path: str, path_bytes: bytes | memoryview | None) -> str:
     return os.fsdecode(bytes(path_bytes))
 
 
+def is_gone(path: str) -> bool:
+    """True only when ``path`` certainly no longer exists: stat says ENOENT and its nearest
+    existing ancestor is a directory this process can read and search. Anything that could
+    not be checked (permission denied, I/O error, a parent we cannot enter) is not gone, so
+    --prune never deletes the row of a file that is merely out of reach."""
+    try:
+        os.stat(path)
+        return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    parent = os.path.dirname(path)
+    while True:
+        try:
+            info = os.stat(parent)
+        except FileNotFoundError:
+            if parent == os.path.dirname(parent):
+                return False
+            parent = os.path.dirname(parent)
+            continue
+        except OSError:
+            return False
+        return stat.S_ISDIR(info.st_mode) and os.access(parent, os.R_OK | os.X_OK)
+
+
 class FileRejected(Exception):
     """A file that is not (or no longer) a readable regular file; ``str(err)`` is the reason."""
 

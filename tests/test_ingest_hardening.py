@@ -162,3 +162,43 @@ def test_the_hash_step_refuses_a_link_swapped_in_after_the_scan(
     summary = run([tmp_path], database, tiny_encoder, on_skip=skips.__setitem__)
     assert skips == {str(added): files.CHANGED}
     assert summary.unchanged == 2 and stored_paths(database) == [str(p) for p in indexed]
+
+
+def test_prune_keeps_rows_of_files_under_a_directory_it_cannot_read(database, tiny_encoder):
+    import json
+    import shutil
+    import tempfile
+
+    from test_hostile import ingest_cli
+
+    root = Path(tempfile.mkdtemp(prefix="clipdb-prune-"))  # not tmp_path: 0700
+    try:
+        root.chmod(0o755)
+        make_images(root / "open", 2)
+        make_images(root / "private", 2, seed=3)
+        run([root], database, tiny_encoder)
+        (root / "private").chmod(0o700)  # root's; the unprivileged ingest cannot look inside
+        result = ingest_cli(root, "--prune")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["pruned"] == 0
+        assert len(stored_paths(database)) == 4
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_prune_leaves_a_root_that_yields_no_files_alone_unless_told(
+    database, tiny_encoder, tmp_path, capsys
+):
+    volume = tmp_path / "volume"
+    make_images(volume, 3)
+    make_images(tmp_path / "other", 1)
+    run([volume, tmp_path / "other"], database, tiny_encoder)
+    for path in volume.iterdir():  # an unmounted volume: the mount point is empty
+        path.unlink()
+    summary = run([volume], database, tiny_encoder, prune=True)
+    assert summary.pruned == 0 and len(stored_paths(database)) == 4
+    assert capsys.readouterr().err == (
+        f"{volume}: no files found but 3 rows indexed under it; not pruning (offline?)\n"
+    )
+    summary = run([volume], database, tiny_encoder, prune=True, prune_missing_roots=True)
+    assert summary.pruned == 3 and stored_paths(database) == [str(tmp_path / "other/img_0000.jpg")]

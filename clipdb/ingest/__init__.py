@@ -51,6 +51,8 @@ class IngestOptions:
     workers: int | None = None  # None: default_workers(); 0: decode in this process
     exclude: tuple[str, ...] = ()
     prune: bool = False
+    # --prune also under a root that yields no files while rows exist (else: offline, kept).
+    prune_missing_roots: bool = False
     max_pixels: int | None = None
     progress: bool = True
     on_skip: SkipCallback | None = None  # default: "skipping <path>: <reason>" on stderr
@@ -124,6 +126,7 @@ class Ingester:
         self._spec: ModelSpec | None = encoder.spec if encoder is not None else None
         self.on_skip = self.options.on_skip or print_skip
         self.known_bad: dict[str, tuple[int, int, str]] | None = None  # set by watch()
+        self._offline_roots: set[str] = set()
 
     @property
     def database(self) -> Database:
@@ -191,6 +194,8 @@ class Ingester:
 
         scan = files.scan(self.roots, self.options.exclude)
         summary.found = len(scan.files) + len(scan.skipped)
+        # What exists (prune keeps it); a root that could not be listed is not a file in it.
+        seen = {f.path for f in scan.files} | {p for p, _ in scan.skipped if p not in self.roots}
         for path, reason in scan.skipped:
             if self.known_bad is not None and self.known_bad.get(path, (0, 0, ""))[2] == reason:
                 skipped[reason] += 1  # --watch: reported once
@@ -228,12 +233,29 @@ class Ingester:
                     on_written=written,
                 )  # fmt: skip
             if self.options.prune and model is not None:
-                summary.pruned = prune(conn, model, self.roots, stats)
+                offline: set[str] = set()
+                summary.pruned = prune(
+                    conn, model, self.roots, seen,
+                    missing_roots=self.options.prune_missing_roots,
+                    on_offline=lambda root, rows: self._offline(root, rows, offline),
+                )  # fmt: skip
+                self._offline_roots = offline  # back online: say so again if it goes
         summary.skipped = dict(skipped)
         summary.seconds = round(time.perf_counter() - start, 3)
         encoded = summary.new + summary.updated
         summary.images_per_s = round(encoded / summary.seconds, 2) if summary.seconds else 0.0
         return summary
+
+    def _offline(self, root: str, rows: int, offline: set[str]) -> None:
+        """Say once (while it stays so, in --watch) that a root looks offline: not pruned."""
+        offline.add(root)
+        if root not in self._offline_roots:
+            print(
+                f"{files.display(root)}: no files found but {rows} rows indexed under it; "
+                "not pruning (offline?)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _drop_known_bad(
         self, stats: dict[str, files.FileStat], skipped: Counter[str]

@@ -120,18 +120,32 @@ def _reuse_by_hash(
     return remaining, touched, moved
 
 
-def prune(conn: Any, model: Model, roots: list[str], stats: dict[str, files.FileStat]) -> int:
-    """Delete this model's rows under ``roots`` whose files no longer exist."""
+def prune(
+    conn: Any,
+    model: Model,
+    roots: list[str],
+    seen: set[str],
+    *,
+    missing_roots: bool = False,
+    on_offline: Callable[[str, int], None] | None = None,
+) -> int:
+    """Delete this model's rows under ``roots`` whose files are certainly gone.
+
+    ``seen``: every path the scan found (good or bad), which all exist. A root under which the
+    scan found nothing while rows exist is offline (an unmounted volume, an emptied mount
+    point): nothing is pruned there, ``on_offline(root, rows)`` is told, unless
+    ``missing_roots``.
+    """
     pruned = 0
     for root in roots:
         rows = queries.rows_under(conn, model, root)
-        gone = [row_id for row_id, path in rows if path not in stats and not _exists(path)]
+        if not rows:
+            continue
+        prefix = os.path.join(root, "")
+        if not missing_roots and not any(p == root or p.startswith(prefix) for p in seen):
+            if on_offline is not None:
+                on_offline(root, len(rows))
+            continue
+        gone = [row_id for row_id, path in rows if path not in seen and files.is_gone(path)]
         pruned += store.delete_rows(conn, gone)
     return pruned
-
-
-def _exists(path: str) -> bool:
-    try:
-        return os.path.exists(path)
-    except OSError:
-        return True  # cannot tell: keep the row
