@@ -202,3 +202,46 @@ def test_prune_leaves_a_root_that_yields_no_files_alone_unless_told(
     )
     summary = run([volume], database, tiny_encoder, prune=True, prune_missing_roots=True)
     assert summary.pruned == 3 and stored_paths(database) == [str(tmp_path / "other/img_0000.jpg")]
+
+
+def skipped_rows(database) -> dict[str, str]:
+    with database.connect() as conn:
+        return dict(conn.execute("SELECT path, reason FROM clipdb.skipped_files").fetchall())
+
+
+def test_a_rerun_with_known_bad_files_loads_no_model_and_reports_the_same_skips(
+    database, tiny_encoder, tmp_path, monkeypatch
+):
+    import numpy as np
+    from helpers import TINY_MODEL
+
+    good = make_images(tmp_path, 24, size=(40, 30))
+    data = good[0].read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "random.png").write_bytes(np.random.default_rng(1).bytes(4096))
+    (tmp_path / "text.jpg").write_text("not a picture")
+    (tmp_path / "fuzzed.png").write_bytes(dds_with_unknown_pixel_format())
+    first = run([tmp_path], database, tiny_encoder)
+    assert first.new == 24 and sum(first.skipped.values()) == 5
+    assert len(skipped_rows(database)) == 5
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model loaded for files known to be bad")
+
+    monkeypatch.setattr("clipdb.encoder.load_encoder", refuse)
+    skips: list[str] = []
+    again = ingest([str(tmp_path)], database=database, model=TINY_MODEL, pretrained="none",
+                   workers=0, progress=False, on_skip=lambda p, r: skips.append(p))  # fmt: skip
+    assert (again.unchanged, again.new, again.skipped) == (24, 0, first.skipped)
+    assert len(skips) == 5
+
+    # Fixed or gone: retried, indexed, forgotten.
+    monkeypatch.undo()
+    (tmp_path / "truncated.jpg").write_bytes(data)
+    (tmp_path / "empty.jpg").unlink()
+    fixed = run([tmp_path], database, tiny_encoder)
+    assert fixed.new == 1 and sum(fixed.skipped.values()) == 3
+    assert sorted(skipped_rows(database)) == sorted(
+        str(tmp_path / name) for name in ("random.png", "text.jpg", "fuzzed.png")
+    )

@@ -214,3 +214,29 @@ def export_rows(conn: psycopg.Connection[Any], model: Model) -> list[tuple[Any, 
         "SELECT path, sha256, size, mtime_ns, width, height, embedding FROM clipdb.images "
         f"WHERE model_id = {int(model.model_id)} ORDER BY path"
     ).fetchall()
+
+
+def skipped_files(
+    conn: psycopg.Connection[Any], model: Model, paths: list[str]
+) -> dict[str, tuple[int, int, str]]:
+    """path -> (size, mtime_ns, reason) of the files among ``paths`` that were skipped."""
+    found: dict[str, tuple[int, int, str]] = {}
+    for offset in range(0, len(paths), ID_CHUNK):
+        for path, path_bytes, size, mtime_ns, reason in conn.execute(
+            f"SELECT path, path_bytes, size, mtime_ns, reason FROM clipdb.skipped_files "
+            f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
+            ([display(p) for p in paths[offset : offset + ID_CHUNK]],),
+        ):
+            found[fs_path(path, path_bytes)] = (size, mtime_ns, reason)
+    return found
+
+
+def skipped_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[str]:
+    """File system paths of this model's skipped files at or under ``root``."""
+    text = display(root)
+    rows = conn.execute(
+        f"SELECT path, path_bytes FROM clipdb.skipped_files "
+        f"WHERE model_id = {int(model.model_id)} AND (path = %s OR starts_with(path, %s))",
+        (text, os.path.join(text, "")),
+    ).fetchall()
+    return [fs_path(path, path_bytes) for path, path_bytes in rows]

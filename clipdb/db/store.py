@@ -209,3 +209,38 @@ def bulk_load(
         # Fresh statistics, so the planner knows how many rows this model now has.
         conn.execute("ANALYZE clipdb.images")
     return BulkLoadResult(count, copied - started, time.perf_counter() - copied)
+
+
+# --- files ingest could not use (clipdb.skipped_files) -----------------------------------------
+
+
+def record_skips(
+    conn: psycopg.Connection[Any], model: Model, skips: Sequence[tuple[str, int, int, str]]
+) -> None:
+    """Remember (path, size, mtime_ns, reason) of files skipped with ``model``, so a re-run
+    retries them only once they change."""
+    if not skips:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO clipdb.skipped_files (model_id, path, path_bytes, size, mtime_ns, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (model_id, path) DO UPDATE SET"
+            " path_bytes = EXCLUDED.path_bytes, size = EXCLUDED.size,"
+            " mtime_ns = EXCLUDED.mtime_ns, reason = EXCLUDED.reason, skipped_at = now()",
+            [
+                (int(model.model_id), *db_path(path), size, mtime_ns, reason)
+                for path, size, mtime_ns, reason in skips
+            ],
+        )
+
+
+def forget_skips(conn: psycopg.Connection[Any], model: Model, paths: Sequence[str]) -> int:
+    """Forget skipped files that are now indexed, usable or gone."""
+    if not paths:
+        return 0
+    cursor = conn.execute(
+        f"DELETE FROM clipdb.skipped_files WHERE model_id = {int(model.model_id)} "
+        "AND path = ANY(%s)",
+        ([db_path(path)[0] for path in paths],),
+    )
+    return cursor.rowcount

@@ -21,7 +21,14 @@ from clipdb.config import DEVICES, PRECISIONS, Settings
 from clipdb.db import Database, open_database, require_write_access
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
-from clipdb.ingest.plan import SkipCallback, identity, make_plan, prune
+from clipdb.ingest.plan import (
+    SkipCallback,
+    identity,
+    known_skips,
+    make_plan,
+    prune,
+    remember_skips,
+)
 from clipdb.models import ModelSpec, quick_model_spec
 
 
@@ -185,12 +192,15 @@ class Ingester:
         start = time.perf_counter()
         summary = IngestSummary()
         skipped: Counter[str] = Counter()
+        new_skips: dict[str, tuple[int, int, str]] = {}  # for clipdb.skipped_files
 
         def skip(path: str, reason: str) -> None:
             skipped[reason] += 1
             self.on_skip(path, reason)
-            if self.known_bad is not None and path in stats:
-                self.known_bad[path] = (*identity(stats[path]), reason)
+            if path in stats:
+                new_skips[path] = (*identity(stats[path]), reason)
+                if self.known_bad is not None:
+                    self.known_bad[path] = new_skips[path]
 
         scan = files.scan(self.roots, self.options.exclude)
         summary.found = len(scan.files) + len(scan.skipped)
@@ -207,6 +217,15 @@ class Ingester:
         stats = self._drop_known_bad({f.path: f for f in scan.files}, skipped)
         with self.database.connect(autocommit=True) as conn:
             model = self._lookup_model(conn)
+            # Known-bad files that have not changed are reported, not retried: a tree with a
+            # few bad files must not load the model on every run.
+            known, still_bad = known_skips(conn, model, stats)
+            for path, reason in still_bad.items():
+                skipped[reason] += 1
+                if self.known_bad is None or path not in self.known_bad:
+                    self.on_skip(path, reason)
+                if self.known_bad is not None:
+                    self.known_bad[path] = (*known[path][:2], reason)
             plan = make_plan(conn, model, stats, skip)
             summary.unchanged, summary.moved = plan.unchanged, plan.moved
             if plan.to_encode:
@@ -240,6 +259,9 @@ class Ingester:
                     on_offline=lambda root, rows: self._offline(root, rows, offline),
                 )  # fmt: skip
                 self._offline_roots = offline  # back online: say so again if it goes
+            if model is not None:
+                retried = [path for path in known if path not in still_bad]
+                remember_skips(conn, model, self.roots, seen, retried, new_skips)
         summary.skipped = dict(skipped)
         summary.seconds = round(time.perf_counter() - start, 3)
         encoded = summary.new + summary.updated

@@ -149,3 +149,54 @@ def prune(
         gone = [row_id for row_id, path in rows if path not in seen and files.is_gone(path)]
         pruned += store.delete_rows(conn, gone)
     return pruned
+
+
+# Skips worth remembering: the file's content or type is the problem, so only a change of
+# size or mtime can cure it. Permission denied is cured by a chmod (no mtime change) and is
+# re-checked with access(); "changed since it was scanned" is transient by nature.
+RETRY_WHEN_READABLE = frozenset({files.PERMISSION_DENIED})
+NOT_REMEMBERED = frozenset({files.CHANGED})
+
+
+def known_skips(
+    conn: Any, model: Model | None, stats: dict[str, files.FileStat]
+) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
+    """Files skipped by an earlier run (all of ``stats`` that ``clipdb.skipped_files`` holds),
+    and, of those, the ones still as they were: path -> reason, dropped from ``stats`` so
+    they are neither retried nor cause the model to load."""
+    if model is None:
+        return {}, {}
+    known = queries.skipped_files(conn, model, list(stats))
+    still_bad = {}
+    for path, (size, mtime_ns, reason) in known.items():
+        if (size, mtime_ns) != identity(stats[path]):
+            continue
+        if reason in RETRY_WHEN_READABLE and os.access(path, os.R_OK):
+            continue
+        still_bad[path] = reason
+        del stats[path]
+    return known, still_bad
+
+
+def remember_skips(
+    conn: Any,
+    model: Model,
+    roots: list[str],
+    seen: set[str],
+    retried: list[str],
+    new_skips: dict[str, tuple[int, int, str]],
+) -> None:
+    """Record this pass's skips; forget the ``retried`` ones that worked and those gone."""
+    gone = [
+        path
+        for root in roots
+        for path in queries.skipped_under(conn, model, root)
+        if path not in seen and files.is_gone(path)
+    ]
+    with conn.transaction():
+        store.record_skips(
+            conn,
+            model,
+            [(path, *rest) for path, rest in new_skips.items() if rest[2] not in NOT_REMEMBERED],
+        )
+        store.forget_skips(conn, model, [p for p in retried if p not in new_skips] + gone)
