@@ -245,3 +245,38 @@ def test_a_rerun_with_known_bad_files_loads_no_model_and_reports_the_same_skips(
     assert sorted(skipped_rows(database)) == sorted(
         str(tmp_path / name) for name in ("random.png", "text.jpg", "fuzzed.png")
     )
+
+
+def test_a_full_disk_is_one_line_that_says_so_and_where(database, tmp_path, monkeypatch, capsys):
+    import psycopg
+    from helpers import TINY_MODEL
+
+    from clipdb.ingest.__main__ import main
+
+    make_images(tmp_path, 2)
+
+    def full(*args, **kwargs):
+        raise psycopg.errors.DiskFull('could not extend file "base/5/1249": No space left')
+
+    monkeypatch.setattr("clipdb.ingest.writer.upsert_images", full)
+    code = main([str(tmp_path), "--model", TINY_MODEL, "--pretrained", "none", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        "error: no space left on device: the database server's data directory "
+        '(could not extend file "base/5/1249"'
+    ), err
+
+
+def test_enospc_from_a_file_names_the_file(capsys):
+    import argparse
+    import errno
+
+    from clipdb.cli import run_command
+
+    def body(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/results.json")
+
+    assert run_command(argparse.ArgumentParser(), [], body) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on device: /data/out/results.json ("), err
