@@ -260,6 +260,18 @@ def decode_task(
     return Decoded(path, hashlib.sha256(data).digest(), width, height, pixels)
 
 
+def unusable(path: str, found: files.FileStat | None, max_pixels: int | None) -> str | None:
+    """Why ``path`` cannot be used (a skip reason), or None: a full decode without a model,
+    so files that are bad anyway never make ingest load one."""
+    try:
+        open_image(_read(path, found), max_pixels=max_pixels)
+    except ImageError as err:
+        return str(err)
+    except MemoryError:
+        return TOO_LARGE
+    return None
+
+
 def worker_init() -> None:
     """Workers leave Ctrl-C to the parent, which shuts them down."""
     import signal

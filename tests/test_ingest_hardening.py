@@ -236,6 +236,12 @@ def test_a_rerun_with_known_bad_files_loads_no_model_and_reports_the_same_skips(
     assert (again.unchanged, again.new, again.skipped) == (24, 0, first.skipped)
     assert len(skips) == 5
 
+    # A bad file that changes (still bad) is retried, still without loading a model.
+    (tmp_path / "text.jpg").write_text("still not a picture")
+    touched = ingest([str(tmp_path)], database=database, model=TINY_MODEL, pretrained="none",
+                     workers=0, progress=False, on_skip=lambda p, r: None)  # fmt: skip
+    assert touched.skipped == first.skipped
+
     # Fixed or gone: retried, indexed, forgotten.
     monkeypatch.undo()
     (tmp_path / "truncated.jpg").write_bytes(data)

@@ -81,7 +81,7 @@ def search_vector(
         raise ClipdbError(f"query has {vector.shape[0]} dimensions, model {model} has {model.dim}")
     params: dict[str, Any] = {"query": vector, "k": int(k)}
     if under is not None:
-        params["under"] = under_prefix(under)
+        params["under"] = display(under_prefix(under))  # as stored: non-UTF-8 bytes escaped
     if threshold is not None:
         params["max_distance"] = 1.0 - float(threshold)
     sql = topk_sql(model, under=under is not None, threshold=threshold is not None)

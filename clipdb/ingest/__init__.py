@@ -228,6 +228,8 @@ class Ingester:
                     self.known_bad[path] = (*known[path][:2], reason)
             plan = make_plan(conn, model, stats, skip)
             summary.unchanged, summary.moved = plan.unchanged, plan.moved
+            if self.encoder is None:
+                self._drop_unusable_head(plan.to_encode, stats, skip)
             if plan.to_encode:
                 encoder = self.load_encoder()
                 if model is None:
@@ -267,6 +269,19 @@ class Ingester:
         encoded = summary.new + summary.updated
         summary.images_per_s = round(encoded / summary.seconds, 2) if summary.seconds else 0.0
         return summary
+
+    def _drop_unusable_head(
+        self, paths: list[str], stats: dict[str, files.FileStat], skip: SkipCallback
+    ) -> None:
+        """Before loading a model (seconds, GBs): skip the leading files that cannot be
+        decoded, until one can; a pass over only bad files then never loads it."""
+        from clipdb.decode import unusable
+
+        while paths:
+            reason = unusable(paths[0], stats.get(paths[0]), self.options.max_pixels)
+            if reason is None:
+                return
+            skip(paths.pop(0), reason)
 
     def _offline(self, root: str, rows: int, offline: set[str]) -> None:
         """Say once (while it stays so, in --watch) that a root looks offline: not pruned."""
