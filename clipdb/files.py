@@ -31,6 +31,7 @@ CORRUPT = "truncated or corrupt image"
 TOO_LARGE = "too many pixels"
 TOO_BIG = "file too large"
 CHANGED = "changed since it was scanned"
+CRASHED = "decoder crashed on it"
 
 # No image clipdb accepts is bigger than this; a sparse or endless "file" stops here.
 MAX_FILE_BYTES = 512 * 1024 * 1024

@@ -286,3 +286,32 @@ def test_enospc_from_a_file_names_the_file(capsys):
     assert run_command(argparse.ArgumentParser(), [], body) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no space left on device: /data/out/results.json ("), err
+
+
+class CrashingTransform:
+    """A preprocess stand-in that kills its (worker) process on images of one size, as a
+    decoder segfault or the OOM killer would; picklable, so decode workers can run it."""
+
+    def __init__(self, deadly_size: tuple[int, int], input_size: int = 8) -> None:
+        self.deadly_size, self.input_size = deadly_size, input_size
+
+    def __call__(self, image):
+        import os
+
+        if image.size == self.deadly_size:
+            os._exit(70)
+        import torch
+
+        return torch.zeros(3, self.input_size, self.input_size)
+
+
+def test_a_file_that_kills_a_decode_worker_is_skipped_and_the_rest_decode(tmp_path):
+    from clipdb.ingest.pipeline import MIN_FILES_FOR_POOL, decoded_images
+
+    paths = [str(p) for p in make_images(tmp_path, MIN_FILES_FOR_POOL + 4, size=(40, 30))]
+    deadly = make_images(tmp_path, 1, size=(22, 18), prefix="deadly")[0]
+    paths.insert(5, str(deadly))
+    pipeline = decode.PixelPipeline(input_size=8, whole=CrashingTransform((22, 18)))
+    results = list(decoded_images(paths, {}, pipeline, workers=2, read_ahead=4, max_pixels=None))
+    assert [r.path for r in results] == paths
+    assert {r.path: r.reason for r in results if r.reason} == {str(deadly): files.CRASHED}
