@@ -253,22 +253,40 @@ class Ingester:
                     on_skip=skip,
                     on_written=written,
                 )  # fmt: skip
-            if self.options.prune and model is not None:
-                offline: set[str] = set()
-                summary.pruned = prune(
-                    conn, model, self.roots, seen,
-                    missing_roots=self.options.prune_missing_roots,
-                    on_offline=lambda root, rows: self._offline(root, rows, offline),
-                )  # fmt: skip
-                self._offline_roots = offline  # back online: say so again if it goes
-            if model is not None:
-                retried = [path for path in known if path not in still_bad]
-                remember_skips(conn, model, self.roots, seen, retried, new_skips)
+            if model is not None and not plan.to_encode:
+                self._finish(conn, model, seen, known, still_bad, new_skips, summary)
+        if model is not None and plan.to_encode:
+            # Encoding may have run for hours, through a server restart that only the writer's
+            # connection survived: what is left gets a connection of its own.
+            with self.database.connect(autocommit=True) as conn:
+                self._finish(conn, model, seen, known, still_bad, new_skips, summary)
         summary.skipped = dict(skipped)
         summary.seconds = round(time.perf_counter() - start, 3)
         encoded = summary.new + summary.updated
         summary.images_per_s = round(encoded / summary.seconds, 2) if summary.seconds else 0.0
         return summary
+
+    def _finish(
+        self,
+        conn: Any,
+        model: Model,
+        seen: set[str],
+        known: dict[str, tuple[int, int, str]],
+        still_bad: dict[str, str],
+        new_skips: dict[str, tuple[int, int, str]],
+        summary: IngestSummary,
+    ) -> None:
+        """After the files: prune (if asked) and update clipdb.skipped_files."""
+        if self.options.prune:
+            offline: set[str] = set()
+            summary.pruned = prune(
+                conn, model, self.roots, seen,
+                missing_roots=self.options.prune_missing_roots,
+                on_offline=lambda root, rows: self._offline(root, rows, offline),
+            )  # fmt: skip
+            self._offline_roots = offline  # back online: say so again if it goes
+        retried = [path for path in known if path not in still_bad]
+        remember_skips(conn, model, self.roots, seen, retried, new_skips)
 
     def _drop_unusable_head(
         self, paths: list[str], stats: dict[str, files.FileStat], skip: SkipCallback
