@@ -315,3 +315,42 @@ def test_a_file_that_kills_a_decode_worker_is_skipped_and_the_rest_decode(tmp_pa
     results = list(decoded_images(paths, {}, pipeline, workers=2, read_ahead=4, max_pixels=None))
     assert [r.path for r in results] == paths
     assert {r.path: r.reason for r in results if r.reason} == {str(deadly): files.CRASHED}
+
+
+def test_watch_prune_keeps_rows_and_runs_on_when_a_root_disappears(
+    database, tiny_encoder, tmp_path, capsys
+):
+    import threading
+
+    from clipdb.ingest import watch
+
+    volume = tmp_path / "volume"
+    make_images(volume, 2)
+    passes: list[IngestSummary] = []
+    stop = threading.Event()
+    moved_away = threading.Event()
+
+    def on_pass(summary: IngestSummary) -> None:
+        passes.append(summary)
+        if len(passes) == 1:
+            volume.rename(tmp_path / "unmounted")  # the mount point itself is gone
+            moved_away.set()
+        elif len(passes) == 3:
+            stop.set()
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            watch([volume], database=database, encoder=tiny_encoder, interval=0.05, prune=True,
+                  workers=0, progress=False, on_pass=on_pass, stop=stop)  # fmt: skip
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    stop.set()
+    assert not errors and len(passes) == 3
+    assert [p.pruned for p in passes] == [0, 0, 0] and len(stored_paths(database)) == 2
+    assert capsys.readouterr().err.count("not pruning (offline?)") == 1

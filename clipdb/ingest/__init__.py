@@ -134,6 +134,7 @@ class Ingester:
         self.on_skip = self.options.on_skip or print_skip
         self.known_bad: dict[str, tuple[int, int, str]] | None = None  # set by watch()
         self._offline_roots: set[str] = set()
+        self._roots_checked = False
 
     @property
     def database(self) -> Database:
@@ -187,7 +188,9 @@ class Ingester:
     def run(self) -> IngestSummary:
         from clipdb.ingest.pipeline import encode_and_write
 
-        self._check_roots()
+        if not self._roots_checked:  # --watch: a root that vanishes later is offline, kept
+            self._check_roots()
+            self._roots_checked = True
         require_write_access(self.database)
         start = time.perf_counter()
         summary = IngestSummary()
