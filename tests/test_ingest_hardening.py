@@ -87,6 +87,15 @@ def test_a_name_that_is_not_utf8_is_indexed_searchable_printed_escaped_and_prune
     assert json.loads(first.stdout)["new"] == 3
     assert stored_paths(database) == sorted([shown, *(str(p) for p in good)])
 
+    from clipdb.db.queries import image_file
+
+    with database.connect() as conn:  # what serve reads to make a thumbnail
+        (row_id,) = conn.execute(
+            "SELECT id FROM clipdb.images WHERE path = %s", (shown,)
+        ).fetchone()
+        assert image_file(conn, row_id) == name
+    assert decode.make_thumbnail(name, 16).startswith(b"\xff\xd8")
+
     again = run_module(*cli, str(tmp_path))
     assert (json.loads(again.stdout)["new"], json.loads(again.stdout)["unchanged"]) == (0, 3)
 
