@@ -8,11 +8,12 @@ every command answer at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
 
 from clipdb.config import DEVICES, PRECISIONS
-from clipdb.errors import ClipdbError, UsageError, first_line
+from clipdb.errors import ClipdbError, UsageError, disk_full, first_line
 
 __all__ = ["first_line", "run_command", "positive_int", "non_negative_int", "similarity_value"]
 
@@ -40,8 +41,16 @@ def run_command(
     except ClipdbError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except psycopg.errors.DiskFull as err:  # a write outside the ingest writer
+        print(f"error: {disk_full('the database server', err)}", file=sys.stderr)
+        return 1
     except psycopg.Error as err:
         print(f"error: database: {first_line(err)}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"error: {disk_full(str(err.filename or 'a file'), err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)

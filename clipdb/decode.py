@@ -25,6 +25,10 @@ SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 
 # JPEG draft decoding keeps at least this many times the model's input size on the short side,
 # so the resize that follows still averages over several source pixels (see INGEST.md).
 DRAFT_MARGIN = 2
+# The only decoders Pillow may use: those of files.IMAGE_EXTENSIONS. Pillow otherwise guesses
+# from the content, so EPS bytes in a .jpg would go to Ghostscript and fuzzed DDS/SPIDER bytes
+# to decoders that raise NotImplementedError/AttributeError.
+PILLOW_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG opens MPO too
 
 
 class ImageError(Exception):
@@ -70,7 +74,7 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the limit
-            opened = Image.open(io.BytesIO(data))
+            opened = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
             width, height = opened.size
             if limit and width * height > limit:
                 raise ImageError(TOO_LARGE)
@@ -85,16 +89,20 @@ def open_image(
         raise ImageError(TOO_LARGE) from None
     except Image.UnidentifiedImageError:
         raise ImageError(NOT_IMAGE) from None
-    except (OSError, SyntaxError, ValueError, IndexError, TypeError, EOFError):
+    except MemoryError:
+        raise ImageError(TOO_LARGE) from None
+    except Exception:  # noqa: BLE001 - any decoder failure is one bad file, never an abort
         raise ImageError(CORRUPT) from None
     if orientation in SWAPPED_ORIENTATIONS:
         width, height = height, width
     return rgb, width, height
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, found: files.FileStat | None = None) -> bytes:
+    """The bytes of ``path``; with ``found`` (its scan), only if it is still that file."""
     try:
-        return files.read_regular(path)
+        args = found.open_args() if found is not None else {}
+        return files.read_regular(path, max_bytes=files.MAX_IMAGE_BYTES, **args)
     except files.FileRejected as err:
         raise ImageError(str(err)) from None
 
@@ -227,11 +235,19 @@ class Decoded:
 
 
 def decode_task(
-    path: str, pipeline: PixelPipeline, max_pixels: int | None, draft: bool = True
+    path: str,
+    pipeline: PixelPipeline,
+    max_pixels: int | None,
+    draft: bool = True,
+    found: files.FileStat | None = None,
 ) -> Decoded:
-    """Read once, hash, decode, preprocess (a worker's whole job for one file)."""
+    """Read once, hash, decode, preprocess (a worker's whole job for one file).
+
+    ``found``: the scan of ``path``; a file swapped since (FIFO, device, link, other size or
+    mtime) is skipped rather than read, so the stored identity is that of the bytes encoded.
+    """
     try:
-        data = _read(path)
+        data = _read(path, found)
         draft_size = pipeline.input_size * DRAFT_MARGIN if draft else None
         image, width, height = open_image(data, max_pixels=max_pixels, draft_size=draft_size)
         pixels = pipeline.to_pixels(image)
@@ -239,7 +255,21 @@ def decode_task(
         return Decoded(path, reason=str(err))
     except MemoryError:
         return Decoded(path, reason=TOO_LARGE)
+    except Exception:  # noqa: BLE001 - e.g. a resize failing on odd pixels: skip this file only
+        return Decoded(path, reason=CORRUPT)
     return Decoded(path, hashlib.sha256(data).digest(), width, height, pixels)
+
+
+def unusable(path: str, found: files.FileStat | None, max_pixels: int | None) -> str | None:
+    """Why ``path`` cannot be used (a skip reason), or None: a full decode without a model,
+    so files that are bad anyway never make ingest load one."""
+    try:
+        open_image(_read(path, found), max_pixels=max_pixels)
+    except ImageError as err:
+        return str(err)
+    except MemoryError:
+        return TOO_LARGE
+    return None
 
 
 def worker_init() -> None:

@@ -13,3 +13,12 @@ def first_line(err: BaseException) -> str:
     """The first line of an error's message (PostgreSQL's carry DETAIL/HINT lines after it)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def disk_full(where: str, err: BaseException) -> ClipdbError:
+    """The one line for ENOSPC (a PostgreSQL DiskFull or an OSError): what and where, and
+    that nothing committed is lost."""
+    return ClipdbError(
+        f"no space left on device: {where} ({first_line(err)}); "
+        "committed rows are kept, free some space and run again"
+    )

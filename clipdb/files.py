@@ -13,6 +13,7 @@ import os
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -30,18 +31,31 @@ CORRUPT = "truncated or corrupt image"
 TOO_LARGE = "too many pixels"
 TOO_BIG = "file too large"
 CHANGED = "changed since it was scanned"
+CRASHED = "decoder crashed on it"
 
 # No image clipdb accepts is bigger than this; a sparse or endless "file" stops here.
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# An image file is read whole into a decode worker's memory (several workers at once), so
+# images have a lower cap; a sparse multi-GB ".png" is refused before a byte is read.
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class FileStat:
-    """An image file found on disk: absolute (not symlink-resolved) path, size and mtime."""
+    """An image file found on disk: absolute (not symlink-resolved) path, size and mtime.
+
+    ``link``: the scanned path was a symlink, so reading it may follow one; for any other
+    file a symlink found there later was swapped in after the scan and is refused.
+    """
 
     path: str
     size: int
     mtime_ns: int
+    link: bool = False
+
+    def open_args(self) -> dict[str, Any]:
+        """How to read this file as scanned: :func:`open_regular`'s keyword arguments."""
+        return {"follow_links": self.link, "expected": (self.size, self.mtime_ns)}
 
 
 @dataclass
@@ -95,7 +109,8 @@ def scan(roots: Iterable[str | os.PathLike[str]], exclude: Sequence[str] = ()) -
         if not stat.S_ISREG(info.st_mode):
             result.skipped.append((path, NOT_REGULAR))
             return
-        result.files.append(FileStat(path, info.st_size, info.st_mtime_ns))
+        link = os.path.islink(path)
+        result.files.append(FileStat(path, info.st_size, info.st_mtime_ns, link))
 
     def walk(directory: str, root: str) -> None:
         try:
@@ -134,6 +149,59 @@ def scan(roots: Iterable[str | os.PathLike[str]], exclude: Sequence[str] = ()) -
             add_file(root, explicit=True)
     result.files.sort(key=lambda f: f.path)
     return result
+
+
+def db_path(path: str) -> tuple[str, bytes | None]:
+    """A path as Python sees it -> (text stored in ``path``, exact bytes for ``path_bytes``).
+
+    A name that is not valid UTF-8 (Python holds its bad bytes as surrogate escapes, which
+    PostgreSQL text rejects) is stored as a display form, bad bytes written ``\\xe9`` and,
+    so that form stays unambiguous, literal backslashes doubled; its bytes go alongside.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"), raw
+    return path, None
+
+
+def display(path: str) -> str:
+    """How a path is printed and stored: undecodable bytes escaped (see :func:`db_path`)."""
+    return db_path(path)[0]
+
+
+def fs_path(stored_path: str, path_bytes: bytes | memoryview | None) -> str:
+    """A stored row's path as the file system knows it: what to open, stat or compare."""
+    if path_bytes is None:
+        return stored_path
+    return os.fsdecode(bytes(path_bytes))
+
+
+def is_gone(path: str) -> bool:
+    """True only when ``path`` certainly no longer exists: stat says ENOENT and its nearest
+    existing ancestor is a directory this process can read and search. Anything that could
+    not be checked (permission denied, I/O error, a parent we cannot enter) is not gone, so
+    --prune never deletes the row of a file that is merely out of reach."""
+    try:
+        os.stat(path)
+        return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    parent = os.path.dirname(path)
+    while True:
+        try:
+            info = os.stat(parent)
+        except FileNotFoundError:
+            if parent == os.path.dirname(parent):
+                return False
+            parent = os.path.dirname(parent)
+            continue
+        except OSError:
+            return False
+        return stat.S_ISDIR(info.st_mode) and os.access(parent, os.R_OK | os.X_OK)
 
 
 class FileRejected(Exception):
@@ -226,9 +294,10 @@ def sha256_file(
     return digest.digest()
 
 
-def hash_task(path: str) -> tuple[str, bytes | None, str | None]:
-    """(path, sha256, None) or (path, None, reason): for the move-detection pass."""
+def hash_task(found: FileStat) -> tuple[str, bytes | None, str | None]:
+    """(path, sha256, None) or (path, None, reason): for the move-detection pass. The file
+    must still be what the scan saw (a FIFO, device or link swapped in is refused)."""
     try:
-        return path, sha256_file(path), None
+        return found.path, sha256_file(found.path, **found.open_args()), None
     except FileRejected as err:
-        return path, None, str(err)
+        return found.path, None, str(err)

@@ -42,10 +42,13 @@ BAD = {
     "loop.jpg": files.SYMLINK_LOOP,
     "locked.jpg": files.PERMISSION_DENIED,
     "fifo.jpg": files.NOT_REGULAR,
+    "vector.jpg": files.NOT_IMAGE,  # EPS content: never handed to Ghostscript
+    "fuzzed.png": files.NOT_IMAGE,  # DDS content whose decoder raised NotImplementedError
 }
 GOOD = [
     "img_0000.jpg", "img_0001.jpg", "img_0002.jpg", "cmyk.jpg", "16bit.png", "animated.gif",
     "rotated.jpg", "ünï cödé 😀.jpg", "dir with spaces/ok.png", "x.jpg/inside.jpg",
+    "latin-1 caf\\xe9.jpg",  # stored (and printed) with the byte that is not UTF-8 escaped
 ]  # fmt: skip
 
 
@@ -77,6 +80,7 @@ def hostile_tree() -> Iterator[Path]:
     exif[decode.ORIENTATION_TAG] = 6
     base.save(root / "rotated.jpg", exif=exif)
     base.save(root / "ünï cödé 😀.jpg")
+    base.save(os.fsdecode(os.fsencode(str(root)) + b"/latin-1 caf\xe9.jpg"), "JPEG")
     (root / "dir with spaces").mkdir()
     base.save(root / "dir with spaces" / "ok.png")
     (root / "x.jpg").mkdir()  # a directory named like an image: walked, not decoded
@@ -94,6 +98,10 @@ def hostile_tree() -> Iterator[Path]:
     (root / "locked.jpg").write_bytes(data)
     (root / "locked.jpg").chmod(0o000)
     os.mkfifo(root / "fifo.jpg")
+    (root / "vector.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n")
+    dds = struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + bytes(44)
+    dds += struct.pack("<2I", 32, 4) + b"ZZZZ" + bytes(40)
+    (root / "fuzzed.png").write_bytes(b"DDS " + dds + bytes(64))
     assert (root / "bomb.png").stat().st_size < 100_000
     assert (root / "30000x30000.png").stat().st_size < 200
     yield root

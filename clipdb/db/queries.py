@@ -18,6 +18,7 @@ import psycopg
 from clipdb.config import MAX_RESULTS
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError, UsageError
+from clipdb.files import display, fs_path
 
 EF_SEARCH_MAX = 1000  # pgvector refuses a larger hnsw.ef_search
 PGVECTOR_DEFAULT_EF_SEARCH = 40
@@ -89,7 +90,7 @@ def search_vector(
         raise ClipdbError(f"query has {vector.shape[0]} dimensions, model {model} has {model.dim}")
     params: dict[str, Any] = {"query": vector, "k": int(k)}
     if under is not None:
-        params["under"] = under_prefix(under)
+        params["under"] = display(under_prefix(under))  # as stored: non-UTF-8 bytes escaped
     if threshold is not None:
         params["max_distance"] = 1.0 - float(threshold)
     sql = topk_sql(model, under=under is not None, threshold=threshold is not None)
@@ -132,7 +133,7 @@ def indexed_embedding(conn: psycopg.Connection[Any], model: Model, path_or_id: s
     if found is None:
         row = conn.execute(
             "SELECT embedding FROM clipdb.images WHERE model_id = %s AND path = %s",
-            (model.model_id, os.path.abspath(path_or_id)),
+            (model.model_id, display(os.path.abspath(path_or_id))),
         ).fetchone()
         found = as_array(row[0]) if row else None
     if found is None:
@@ -158,7 +159,7 @@ def as_array(value: Any) -> np.ndarray:
 
 def indexed_path(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -> str | None:
     """The stored path of an indexed image given by path or row id (an id wins)."""
-    absolute = os.path.abspath(path_or_id)
+    absolute = display(os.path.abspath(path_or_id))
     row_id = int(path_or_id) if path_or_id.isdigit() else None
     row = conn.execute(
         "SELECT path FROM clipdb.images WHERE model_id = %s AND (id = %s OR path = %s) "
@@ -169,12 +170,16 @@ def indexed_path(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -
 
 
 def image_file(conn: psycopg.Connection[Any], image_id: int) -> tuple[str, int, int, bytes] | None:
-    """(path, size, mtime_ns, sha256) of row ``image_id`` (any model): what the server may
-    read for it, and the identity the file must still have to be served."""
+    """(path, size, mtime_ns, sha256) of row ``image_id`` (any model): the file as the file
+    system names it (its exact bytes for a name that is not UTF-8), which the server may read,
+    and the identity it must still have to be served."""
     row = conn.execute(
-        "SELECT path, size, mtime_ns, sha256 FROM clipdb.images WHERE id = %s", (image_id,)
+        "SELECT path, path_bytes, size, mtime_ns, sha256 FROM clipdb.images WHERE id = %s",
+        (image_id,),
     ).fetchone()
-    return (row[0], int(row[1]), int(row[2]), bytes(row[3])) if row else None
+    if row is None:
+        return None
+    return (fs_path(row[0], row[1]), int(row[2]), int(row[3]), bytes(row[4]))
 
 
 # --- what ingest compares the scan against ------------------------------------------------------
@@ -191,15 +196,16 @@ def has_rows(conn: psycopg.Connection[Any], model: Model) -> bool:
 def file_rows(
     conn: psycopg.Connection[Any], model: Model, paths: list[str]
 ) -> dict[str, tuple[int, int, bytes]]:
-    """path -> (size, mtime_ns, sha256) of this model's rows for ``paths``."""
+    """path -> (size, mtime_ns, sha256) of this model's rows for ``paths`` (file system
+    paths, as the scan gives them)."""
     found: dict[str, tuple[int, int, bytes]] = {}
     for offset in range(0, len(paths), ID_CHUNK):
-        for path, size, mtime_ns, sha in conn.execute(
-            f"SELECT path, size, mtime_ns, sha256 FROM clipdb.images "
+        for path, path_bytes, size, mtime_ns, sha in conn.execute(
+            f"SELECT path, path_bytes, size, mtime_ns, sha256 FROM clipdb.images "
             f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
-            (paths[offset : offset + ID_CHUNK],),
+            ([display(p) for p in paths[offset : offset + ID_CHUNK]],),
         ):
-            found[path] = (size, mtime_ns, bytes(sha))
+            found[fs_path(path, path_bytes)] = (size, mtime_ns, bytes(sha))
     return found
 
 
@@ -212,24 +218,25 @@ def rows_by_sha256(
     embedding, so a new file is encoded instead."""
     found: dict[bytes, list[tuple[int, str]]] = {}
     for offset in range(0, len(hashes), ID_CHUNK):
-        for row_id, path, sha in conn.execute(
-            f"SELECT id, path, sha256 FROM clipdb.images "
+        for row_id, path, path_bytes, sha in conn.execute(
+            f"SELECT id, path, path_bytes, sha256 FROM clipdb.images "
             f"WHERE model_id = {int(model.model_id)} AND sha256 = ANY(%s) "
             "AND source = 'ingest' ORDER BY id",
             (hashes[offset : offset + ID_CHUNK],),
         ):
-            found.setdefault(bytes(sha), []).append((row_id, path))
+            found.setdefault(bytes(sha), []).append((row_id, fs_path(path, path_bytes)))
     return found
 
 
 def rows_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[tuple[int, str]]:
-    """(row id, path) of this model's rows for ``root`` itself or anything under it."""
-    prefix = os.path.join(root, "")
-    return conn.execute(
-        f"SELECT id, path FROM clipdb.images WHERE model_id = {int(model.model_id)} "
+    """(row id, file system path) of this model's rows for ``root`` itself or under it."""
+    text = display(root)
+    rows = conn.execute(
+        f"SELECT id, path, path_bytes FROM clipdb.images WHERE model_id = {int(model.model_id)} "
         "AND (path = %s OR starts_with(path, %s))",
-        (root, prefix),
+        (text, os.path.join(text, "")),
     ).fetchall()
+    return [(row_id, fs_path(path, path_bytes)) for row_id, path, path_bytes in rows]
 
 
 def export_rows(conn: psycopg.Connection[Any], model: Model) -> list[tuple[Any, ...]]:
@@ -238,3 +245,29 @@ def export_rows(conn: psycopg.Connection[Any], model: Model) -> list[tuple[Any, 
         "SELECT path, sha256, size, mtime_ns, width, height, embedding FROM clipdb.images "
         f"WHERE model_id = {int(model.model_id)} ORDER BY path"
     ).fetchall()
+
+
+def skipped_files(
+    conn: psycopg.Connection[Any], model: Model, paths: list[str]
+) -> dict[str, tuple[int, int, str]]:
+    """path -> (size, mtime_ns, reason) of the files among ``paths`` that were skipped."""
+    found: dict[str, tuple[int, int, str]] = {}
+    for offset in range(0, len(paths), ID_CHUNK):
+        for path, path_bytes, size, mtime_ns, reason in conn.execute(
+            f"SELECT path, path_bytes, size, mtime_ns, reason FROM clipdb.skipped_files "
+            f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
+            ([display(p) for p in paths[offset : offset + ID_CHUNK]],),
+        ):
+            found[fs_path(path, path_bytes)] = (size, mtime_ns, reason)
+    return found
+
+
+def skipped_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[str]:
+    """File system paths of this model's skipped files at or under ``root``."""
+    text = display(root)
+    rows = conn.execute(
+        f"SELECT path, path_bytes FROM clipdb.skipped_files "
+        f"WHERE model_id = {int(model.model_id)} AND (path = %s OR starts_with(path, %s))",
+        (text, os.path.join(text, "")),
+    ).fetchall()
+    return [fs_path(path, path_bytes) for path, path_bytes in rows]

@@ -8,6 +8,8 @@ from typing import Any
 
 import psycopg
 
+from clipdb.files import display
+
 _COLUMNS = "m.id, m.architecture, m.pretrained, m.dim"
 
 
@@ -79,7 +81,7 @@ def models_indexing(conn: psycopg.Connection[Any], path_or_id: str) -> set[int]:
     row_id = int(path_or_id) if path_or_id.isdigit() else None
     rows = conn.execute(
         "SELECT DISTINCT model_id FROM clipdb.images WHERE path = %s OR id = %s",
-        (os.path.abspath(path_or_id), row_id),
+        (display(os.path.abspath(path_or_id)), row_id),
     ).fetchall()
     return {row[0] for row in rows}
 

@@ -14,14 +14,16 @@ import psycopg
 
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError
+from clipdb.files import db_path
 
-_COLUMNS = "path, sha256, size, mtime_ns, width, height, embedding"
-_TYPES = ["text", "bytea", "int8", "int8", "int4", "int4", "vector"]
+# path is text (a display form for names that are not UTF-8), path_bytes their exact bytes.
+_COLUMNS = "path, sha256, size, mtime_ns, width, height, embedding, path_bytes"
+_TYPES = ["text", "bytea", "int8", "int8", "int4", "int4", "vector", "bytea"]
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image file and its embedding, as stored."""
+    """One image file and its embedding; ``path`` as the file system knows it."""
 
     path: str
     sha256: bytes
@@ -33,19 +35,21 @@ class ImageRecord:
 
     def as_row(self) -> tuple[Any, ...]:
         embedding = np.asarray(self.embedding, dtype=np.float32)
+        text, raw = db_path(self.path)
         # A zero or non-finite vector has no cosine distance: every search meeting it would
         # fail (NaN), so no writer stores one (the table's CHECK is the last line; this one
         # names the file).
         if not np.isfinite(embedding).all() or not np.any(embedding):
-            raise ClipdbError(f"refusing to store {self.path}: its embedding is zero or not finite")
+            raise ClipdbError(f"refusing to store {text}: its embedding is zero or not finite")
         return (
-            self.path,
+            text,
             self.sha256,
             self.size,
             self.mtime_ns,
             self.width,
             self.height,
             embedding,
+            raw,
         )
 
 
@@ -104,7 +108,7 @@ def upsert_images(
         ON CONFLICT (model_id, path) DO UPDATE SET
             sha256 = EXCLUDED.sha256, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns,
             width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding,
-            source = EXCLUDED.source, updated_at = now()
+            path_bytes = EXCLUDED.path_bytes, source = EXCLUDED.source, updated_at = now()
         """,
         (source,),
     )
@@ -119,7 +123,7 @@ def refresh_identity(
     conn.execute(
         f"UPDATE clipdb.images SET size = %s, mtime_ns = %s, updated_at = now() "
         f"WHERE model_id = {int(model.model_id)} AND path = %s",
-        (size, mtime_ns, path),
+        (size, mtime_ns, db_path(path)[0]),
     )
 
 
@@ -131,9 +135,9 @@ def move_row(
     try:
         with conn.transaction():  # a savepoint: a concurrent ingester may own the path
             cursor = conn.execute(
-                "UPDATE clipdb.images SET path = %s, size = %s, mtime_ns = %s, "
+                "UPDATE clipdb.images SET path = %s, path_bytes = %s, size = %s, mtime_ns = %s, "
                 "updated_at = now() WHERE id = %s AND source = 'ingest'",
-                (path, size, mtime_ns, row_id),
+                (*db_path(path), size, mtime_ns, row_id),
             )
             return bool(cursor.rowcount)
     except psycopg.errors.UniqueViolation:
@@ -151,7 +155,7 @@ def delete_rows(conn: psycopg.Connection[Any], row_ids: Sequence[int]) -> int:
 def _columns_ddl() -> str:
     return (
         "path text, sha256 bytea, size bigint, mtime_ns bigint, width integer, height integer, "
-        "embedding vector"
+        "embedding vector, path_bytes bytea"
     )
 
 
@@ -223,3 +227,38 @@ def bulk_load(
         # Fresh statistics, so the planner knows how many rows this model now has.
         conn.execute("ANALYZE clipdb.images")
     return BulkLoadResult(count, copied - started, time.perf_counter() - copied)
+
+
+# --- files ingest could not use (clipdb.skipped_files) -----------------------------------------
+
+
+def record_skips(
+    conn: psycopg.Connection[Any], model: Model, skips: Sequence[tuple[str, int, int, str]]
+) -> None:
+    """Remember (path, size, mtime_ns, reason) of files skipped with ``model``, so a re-run
+    retries them only once they change."""
+    if not skips:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO clipdb.skipped_files (model_id, path, path_bytes, size, mtime_ns, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (model_id, path) DO UPDATE SET"
+            " path_bytes = EXCLUDED.path_bytes, size = EXCLUDED.size,"
+            " mtime_ns = EXCLUDED.mtime_ns, reason = EXCLUDED.reason, skipped_at = now()",
+            [
+                (int(model.model_id), *db_path(path), size, mtime_ns, reason)
+                for path, size, mtime_ns, reason in skips
+            ],
+        )
+
+
+def forget_skips(conn: psycopg.Connection[Any], model: Model, paths: Sequence[str]) -> int:
+    """Forget skipped files that are now indexed, usable or gone."""
+    if not paths:
+        return 0
+    cursor = conn.execute(
+        f"DELETE FROM clipdb.skipped_files WHERE model_id = {int(model.model_id)} "
+        "AND path = ANY(%s)",
+        ([db_path(path)[0] for path in paths],),
+    )
+    return cursor.rowcount

@@ -21,7 +21,14 @@ from clipdb.config import DEVICES, PRECISIONS, Settings
 from clipdb.db import Database, open_database, require_write_access
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
-from clipdb.ingest.plan import SkipCallback, identity, make_plan, prune
+from clipdb.ingest.plan import (
+    SkipCallback,
+    identity,
+    known_skips,
+    make_plan,
+    prune,
+    remember_skips,
+)
 from clipdb.models import ModelSpec, quick_model_spec
 
 
@@ -35,7 +42,8 @@ def print_skip(path: str, reason: str) -> None:
 
     from clipdb.terminal import printable
 
-    tqdm.write(f"skipping {printable(path)}: {reason}", file=sys.stderr)
+    # display(): undecodable bytes as \xNN, as stored; printable(): no control characters.
+    tqdm.write(f"skipping {printable(files.display(path))}: {reason}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,8 @@ class IngestOptions:
     workers: int | None = None  # None: default_workers(); 0: decode in this process
     exclude: tuple[str, ...] = ()
     prune: bool = False
+    # --prune also under a root that yields no files while rows exist (else: offline, kept).
+    prune_missing_roots: bool = False
     max_pixels: int | None = None
     progress: bool = True
     on_skip: SkipCallback | None = None  # default: "skipping <path>: <reason>" on stderr
@@ -126,6 +136,8 @@ class Ingester:
         self._spec: ModelSpec | None = encoder.spec if encoder is not None else None
         self.on_skip = self.options.on_skip or print_skip
         self.known_bad: dict[str, tuple[int, int, str]] | None = None  # set by watch()
+        self._offline_roots: set[str] = set()
+        self._roots_checked = False
 
     @property
     def database(self) -> Database:
@@ -179,20 +191,27 @@ class Ingester:
     def run(self) -> IngestSummary:
         from clipdb.ingest.pipeline import encode_and_write
 
-        self._check_roots()
+        if not self._roots_checked:  # --watch: a root that vanishes later is offline, kept
+            self._check_roots()
+            self._roots_checked = True
         require_write_access(self.database)
         start = time.perf_counter()
         summary = IngestSummary()
         skipped: Counter[str] = Counter()
+        new_skips: dict[str, tuple[int, int, str]] = {}  # for clipdb.skipped_files
 
         def skip(path: str, reason: str) -> None:
             skipped[reason] += 1
             self.on_skip(path, reason)
-            if self.known_bad is not None and path in stats:
-                self.known_bad[path] = (*identity(stats[path]), reason)
+            if path in stats:
+                new_skips[path] = (*identity(stats[path]), reason)
+                if self.known_bad is not None:
+                    self.known_bad[path] = new_skips[path]
 
         scan = files.scan(self.roots, self.options.exclude)
         summary.found = len(scan.files) + len(scan.skipped)
+        # What exists (prune keeps it); a root that could not be listed is not a file in it.
+        seen = {f.path for f in scan.files} | {p for p, _ in scan.skipped if p not in self.roots}
         for path, reason in scan.skipped:
             if self.known_bad is not None and self.known_bad.get(path, (0, 0, ""))[2] == reason:
                 skipped[reason] += 1  # --watch: reported once
@@ -204,8 +223,19 @@ class Ingester:
         stats = self._drop_known_bad({f.path: f for f in scan.files}, skipped)
         with self.database.connect(autocommit=True) as conn:
             model = self._lookup_model(conn)
+            # Known-bad files that have not changed are reported, not retried: a tree with a
+            # few bad files must not load the model on every run.
+            known, still_bad = known_skips(conn, model, stats)
+            for path, reason in still_bad.items():
+                skipped[reason] += 1
+                if self.known_bad is None or path not in self.known_bad:
+                    self.on_skip(path, reason)
+                if self.known_bad is not None:
+                    self.known_bad[path] = (*known[path][:2], reason)
             plan = make_plan(conn, model, stats, skip)
             summary.unchanged, summary.moved = plan.unchanged, plan.moved
+            if self.encoder is None:
+                self._drop_unusable_head(plan.to_encode, stats, skip)
             if plan.to_encode:
                 encoder = self.load_encoder()
                 if model is None:
@@ -229,13 +259,64 @@ class Ingester:
                     on_skip=skip,
                     on_written=written,
                 )  # fmt: skip
-            if self.options.prune and model is not None:
-                summary.pruned = prune(conn, model, self.roots, stats)
+            if model is not None and not plan.to_encode:
+                self._finish(conn, model, seen, known, still_bad, new_skips, summary)
+        if model is not None and plan.to_encode:
+            # Encoding may have run for hours, through a server restart that only the writer's
+            # connection survived: what is left gets a connection of its own.
+            with self.database.connect(autocommit=True) as conn:
+                self._finish(conn, model, seen, known, still_bad, new_skips, summary)
         summary.skipped = dict(skipped)
         summary.seconds = round(time.perf_counter() - start, 3)
         encoded = summary.new + summary.updated
         summary.images_per_s = round(encoded / summary.seconds, 2) if summary.seconds else 0.0
         return summary
+
+    def _finish(
+        self,
+        conn: Any,
+        model: Model,
+        seen: set[str],
+        known: dict[str, tuple[int, int, str]],
+        still_bad: dict[str, str],
+        new_skips: dict[str, tuple[int, int, str]],
+        summary: IngestSummary,
+    ) -> None:
+        """After the files: prune (if asked) and update clipdb.skipped_files."""
+        if self.options.prune:
+            offline: set[str] = set()
+            summary.pruned = prune(
+                conn, model, self.roots, seen,
+                missing_roots=self.options.prune_missing_roots,
+                on_offline=lambda root, rows: self._offline(root, rows, offline),
+            )  # fmt: skip
+            self._offline_roots = offline  # back online: say so again if it goes
+        retried = [path for path in known if path not in still_bad]
+        remember_skips(conn, model, self.roots, seen, retried, new_skips)
+
+    def _drop_unusable_head(
+        self, paths: list[str], stats: dict[str, files.FileStat], skip: SkipCallback
+    ) -> None:
+        """Before loading a model (seconds, GBs): skip the leading files that cannot be
+        decoded, until one can; a pass over only bad files then never loads it."""
+        from clipdb.decode import unusable
+
+        while paths:
+            reason = unusable(paths[0], stats.get(paths[0]), self.options.max_pixels)
+            if reason is None:
+                return
+            skip(paths.pop(0), reason)
+
+    def _offline(self, root: str, rows: int, offline: set[str]) -> None:
+        """Say once (while it stays so, in --watch) that a root looks offline: not pruned."""
+        offline.add(root)
+        if root not in self._offline_roots:
+            print(
+                f"{files.display(root)}: no files found but {rows} rows indexed under it; "
+                "not pruning (offline?)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _drop_known_bad(
         self, stats: dict[str, files.FileStat], skipped: Counter[str]

@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--prune", action="store_true", help="delete rows of files under PATH that are gone"
     )
     parser.add_argument(
+        "--prune-missing-roots",
+        action="store_true",
+        help="--prune even under a PATH that yields no files while rows exist under it "
+        "(otherwise taken for an unmounted or offline volume and left alone)",
+    )
+    parser.add_argument(
         "--watch", action="store_true", help="keep polling PATH for changes until Ctrl-C"
     )
     parser.add_argument(
@@ -102,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             exclude=tuple(args.exclude),
-            prune=args.prune,
+            prune=args.prune or args.prune_missing_roots,
+            prune_missing_roots=args.prune_missing_roots,
             max_pixels=args.max_pixels,
         )
 

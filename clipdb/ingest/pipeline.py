@@ -20,6 +20,7 @@ MIN_FILES_FOR_POOL = 16  # fewer files decode faster here than a pool starts
 
 def decoded_images(
     paths: list[str],
+    stats: dict[str, files.FileStat],
     pipeline: decode.PixelPipeline,
     *,
     workers: int,
@@ -29,30 +30,53 @@ def decoded_images(
     """Each path decoded to pixels (or a skip reason), in order; a pool when it pays."""
     task = partial(decode.decode_task, pipeline=pipeline, max_pixels=max_pixels)
     if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
-        yield from map(task, paths)
+        yield from (task(path, found=stats.get(path)) for path in paths)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["clipdb.decode"])
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=decode.worker_init
-    )
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=decode.worker_init
+        )
+
+    def submit(path: str) -> tuple[str, Future[decode.Decoded]]:
+        return path, pool.submit(task, path, found=stats.get(path))
+
+    pool = new_pool()
     # Bounded read-ahead: decoding may outrun encoding, and decoded pixels are big.
     ahead = max(read_ahead, 4 * workers)
-    pending: deque[Future[decode.Decoded]] = deque()
+    pending: deque[tuple[str, Future[decode.Decoded]]] = deque()
     remaining = iter(paths)
     try:
-        for path in remaining:
-            pending.append(pool.submit(task, path))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            result = pending.popleft().result()
-            next_path = next(remaining, None)
-            if next_path is not None:
-                pending.append(pool.submit(task, next_path))
+        while True:
+            while len(pending) < ahead and (path := next(remaining, None)) is not None:
+                pending.append(submit(path))
+            if not pending:
+                return
+            try:
+                result = pending[0][1].result()
+            except BrokenProcessPool:
+                # A worker died (a decoder crashed, or the OOM killer): which of the files in
+                # flight did it is unknown, so each is retried alone on a fresh pool; the one
+                # that breaks it again is skipped, the others decode as usual.
+                suspects = [path for path, _ in pending]
+                pending.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+                for path in suspects:
+                    try:
+                        yield submit(path)[1].result()
+                    except BrokenProcessPool:
+                        yield decode.Decoded(path, reason=files.CRASHED)
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        pool = new_pool()
+                continue
+            pending.popleft()
             yield result
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -111,7 +135,7 @@ def encode_and_write(
         batch.clear()
 
     images = decoded_images(
-        paths, pipeline, workers=workers, read_ahead=2 * batch_size, max_pixels=max_pixels
+        paths, stats, pipeline, workers=workers, read_ahead=2 * batch_size, max_pixels=max_pixels
     )
     try:
         for item in images:

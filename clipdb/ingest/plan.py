@@ -81,7 +81,8 @@ def _reuse_by_hash(
     """
     hashes: dict[str, bytes] = {}
     with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL
-        for path, sha, reason in pool.map(files.hash_task, sorted([*new, *changed])):
+        todo = [stats[path] for path in sorted([*new, *changed])]
+        for path, sha, reason in pool.map(files.hash_task, todo):
             if sha is None:
                 skip(path, reason or files.UNREADABLE)
                 stats.pop(path, None)
@@ -119,18 +120,83 @@ def _reuse_by_hash(
     return remaining, touched, moved
 
 
-def prune(conn: Any, model: Model, roots: list[str], stats: dict[str, files.FileStat]) -> int:
-    """Delete this model's rows under ``roots`` whose files no longer exist."""
+def prune(
+    conn: Any,
+    model: Model,
+    roots: list[str],
+    seen: set[str],
+    *,
+    missing_roots: bool = False,
+    on_offline: Callable[[str, int], None] | None = None,
+) -> int:
+    """Delete this model's rows under ``roots`` whose files are certainly gone.
+
+    ``seen``: every path the scan found (good or bad), which all exist. A root under which the
+    scan found nothing while rows exist is offline (an unmounted volume, an emptied mount
+    point): nothing is pruned there, ``on_offline(root, rows)`` is told, unless
+    ``missing_roots``.
+    """
     pruned = 0
     for root in roots:
         rows = queries.rows_under(conn, model, root)
-        gone = [row_id for row_id, path in rows if path not in stats and not _exists(path)]
+        if not rows:
+            continue
+        prefix = os.path.join(root, "")
+        if not missing_roots and not any(p == root or p.startswith(prefix) for p in seen):
+            if on_offline is not None:
+                on_offline(root, len(rows))
+            continue
+        gone = [row_id for row_id, path in rows if path not in seen and files.is_gone(path)]
         pruned += store.delete_rows(conn, gone)
     return pruned
 
 
-def _exists(path: str) -> bool:
-    try:
-        return os.path.exists(path)
-    except OSError:
-        return True  # cannot tell: keep the row
+# Skips worth remembering: the file's content or type is the problem, so only a change of
+# size or mtime can cure it. Permission denied is cured by a chmod (no mtime change) and is
+# re-checked with access(); "changed since it was scanned" is transient by nature.
+RETRY_WHEN_READABLE = frozenset({files.PERMISSION_DENIED})
+NOT_REMEMBERED = frozenset({files.CHANGED})
+
+
+def known_skips(
+    conn: Any, model: Model | None, stats: dict[str, files.FileStat]
+) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
+    """Files skipped by an earlier run (all of ``stats`` that ``clipdb.skipped_files`` holds),
+    and, of those, the ones still as they were: path -> reason, dropped from ``stats`` so
+    they are neither retried nor cause the model to load."""
+    if model is None:
+        return {}, {}
+    known = queries.skipped_files(conn, model, list(stats))
+    still_bad = {}
+    for path, (size, mtime_ns, reason) in known.items():
+        if (size, mtime_ns) != identity(stats[path]):
+            continue
+        if reason in RETRY_WHEN_READABLE and os.access(path, os.R_OK):
+            continue
+        still_bad[path] = reason
+        del stats[path]
+    return known, still_bad
+
+
+def remember_skips(
+    conn: Any,
+    model: Model,
+    roots: list[str],
+    seen: set[str],
+    retried: list[str],
+    new_skips: dict[str, tuple[int, int, str]],
+) -> None:
+    """Record this pass's skips; forget the ``retried`` ones that worked and those gone."""
+    gone = [
+        path
+        for root in roots
+        for path in queries.skipped_under(conn, model, root)
+        if path not in seen and files.is_gone(path)
+    ]
+    with conn.transaction():
+        store.record_skips(
+            conn,
+            model,
+            [(path, *rest) for path, rest in new_skips.items() if rest[2] not in NOT_REMEMBERED],
+        )
+        store.forget_skips(conn, model, [p for p in retried if p not in new_skips] + gone)

@@ -12,7 +12,7 @@ import psycopg
 from clipdb.db import Database
 from clipdb.db.registry import Model
 from clipdb.db.store import ImageRecord, upsert_images
-from clipdb.errors import ClipdbError, first_line
+from clipdb.errors import ClipdbError, disk_full, first_line
 
 WRITE_RETRIES = 3  # deadlocks between concurrent ingesters are retried
 # Seconds to wait before each new try of a batch whose connection was lost (server restart).
@@ -53,6 +53,13 @@ class BatchWriter:
         if conn is not None:
             conn.close()
 
+    def _server_disk(self) -> str:
+        """Where the server ran out of space, as far as this side can tell."""
+        home = self.database.embedded_home
+        if home is not None:  # clipdb.db.embedded keeps the cluster in CLIPDB_HOME/pgdata
+            return f"the database server's data directory {home / 'pgdata'}"
+        return "the database server's data directory"
+
     def _write(self, conn: Any, records: list[ImageRecord]) -> Any:
         """Commit one batch; returns the connection to use for the next one.
 
@@ -67,6 +74,8 @@ class BatchWriter:
                 with conn.transaction():
                     upsert_images(conn, self.model, records)
                 return conn
+            except psycopg.errors.DiskFull as err:  # before OperationalError, its base class
+                raise disk_full(self._server_disk(), err) from None
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 deadlocks += 1
                 if deadlocks == WRITE_RETRIES:

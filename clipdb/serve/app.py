@@ -9,6 +9,7 @@ files. FastAPI is imported here only, so ``clipdb serve --help`` does not pay fo
 from __future__ import annotations
 
 import mimetypes
+import os
 import sys
 import threading
 import time
@@ -274,7 +275,7 @@ def create_app(
         media_type = mimetypes.guess_type(name)[0] or ""
         if not media_type.startswith("image/") or media_type == "image/svg+xml":
             media_type = "application/octet-stream"
-        quoted = urllib.parse.quote(name, safe="")
+        quoted = urllib.parse.quote(os.fsencode(name), safe="")  # exact bytes, non-UTF-8 too
         return Response(
             data,
             media_type=media_type,
