@@ -58,3 +58,21 @@ def test_bad_input_is_a_usage_error(
 def test_missing_image_is_one_line(database: Database, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["/no/such.jpg", *TINY]) == 1
     assert capsys.readouterr().err == "error: query image /no/such.jpg does not exist\n"
+
+
+def test_http_embed_matches_the_cli(
+    database: Database, tiny_encoder, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from clipdb.serve import create_app
+
+    index_images(database, tiny_encoder, make_images(tmp_path, 3))
+    with TestClient(create_app(database, encoder=tiny_encoder), base_url="http://127.0.0.1") as c:
+        response = c.post("/api/embed", data={"text": "a red car"})
+        empty = c.post("/api/embed", data={"text": "  "})
+    assert response.status_code == 200 and empty.status_code == 422
+    body = response.json()
+    assert (body["architecture"], body["pretrained"], body["dim"]) == (TINY_MODEL, "none", 32)
+    assert main(["--text", "a red car", "--json", *TINY]) == 0
+    np.testing.assert_allclose(body["vector"], json.loads(capsys.readouterr().out), atol=1e-6)

@@ -173,16 +173,42 @@ def create_app(
         With both an image and a text, the query is the normalised mean of their embeddings.
         """
         started = time.perf_counter()
-        query_image = None
-        if image is not None and (image.filename or image.size):
-            data = image.file.read(max_upload_bytes + 1)
-            if len(data) > max_upload_bytes:
-                raise HTTPException(413, too_large_message(max_upload_bytes))
-            try:
-                query_image = service.decode_upload(data)
-            except BadUpload as err:
-                raise HTTPException(400, str(err)) from None
+        query_image = _uploaded_image(image)
         return _run_search(query_image, (text or "").strip() or None, k, threshold, under, started)
+
+    def _uploaded_image(image: UploadFile | None) -> Image.Image | None:
+        if image is None or not (image.filename or image.size):
+            return None
+        data = image.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, too_large_message(max_upload_bytes))
+        try:
+            return service.decode_upload(data)
+        except BadUpload as err:
+            raise HTTPException(400, str(err)) from None
+
+    @app.post("/api/embed", summary="The query embedding of an image and/or a text")
+    def embed(
+        image: Annotated[UploadFile | None, File(description="image")] = None,
+        text: Annotated[str | None, Form(description="text")] = None,
+    ) -> JSONResponse:
+        """``{"architecture", "pretrained", "dim", "vector"}``: the L2-normalised vector a
+        search with the same inputs would use (image + text: their normalised mean), for
+        ``clipdb.search(vector, ...)`` in SQL or another app. The model is the served one."""
+        query_image = _uploaded_image(image)
+        query_text = (text or "").strip() or None
+        if query_image is None and query_text is None:
+            raise HTTPException(422, "give an image, a non-empty text, or both")
+        vector = service.encode_query(query_image, query_text)
+        model = service.model()
+        return JSONResponse(
+            {
+                "architecture": model.architecture,
+                "pretrained": model.pretrained,
+                "dim": int(vector.shape[0]),
+                "vector": [float(v) for v in vector],
+            }
+        )
 
     @app.get("/api/search", summary="Search by text")
     def search_text(
