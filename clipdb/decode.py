@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,33 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@contextmanager
+def _opened(data: bytes, max_pixels: int | None) -> Iterator[Image.Image]:
+    """``data`` opened by one of the allowed decoders, its pixel count checked from the header
+    before anything is decoded; whatever fails inside (any decoder error) is an ImageError."""
+    if not data:
+        raise ImageError(EMPTY)
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the limit
+            opened = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
+            width, height = opened.size
+            if limit and width * height > limit:
+                raise ImageError(TOO_LARGE)
+            yield opened
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(TOO_LARGE) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(NOT_IMAGE) from None
+    except MemoryError:
+        raise ImageError(TOO_LARGE) from None
+    except Exception:  # noqa: BLE001 - any decoder failure is one bad file, never an abort
+        raise ImageError(CORRUPT) from None
+
+
 def open_image(
     source: str | bytes,
     *,
@@ -68,31 +96,13 @@ def open_image(
     is still at least ``draft_size`` pixels. Raises :class:`ImageError` with the skip reason.
     """
     data = source if isinstance(source, bytes) else _read(source)
-    if not data:
-        raise ImageError(EMPTY)
-    limit = max_pixels or Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the limit
-            opened = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
-            width, height = opened.size
-            if limit and width * height > limit:
-                raise ImageError(TOO_LARGE)
-            orientation = opened.getexif().get(ORIENTATION_TAG, 1)
-            if draft_size and opened.format == "JPEG":
-                opened.draft(opened.mode, (draft_size, draft_size))
-            opened.load()  # first frame of animations
-            rgb = _to_rgb(ImageOps.exif_transpose(opened) or opened)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError:
-        raise ImageError(TOO_LARGE) from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(NOT_IMAGE) from None
-    except MemoryError:
-        raise ImageError(TOO_LARGE) from None
-    except Exception:  # noqa: BLE001 - any decoder failure is one bad file, never an abort
-        raise ImageError(CORRUPT) from None
+    with _opened(data, max_pixels) as opened:
+        width, height = opened.size
+        orientation = opened.getexif().get(ORIENTATION_TAG, 1)
+        if draft_size and opened.format == "JPEG":
+            opened.draft(opened.mode, (draft_size, draft_size))
+        opened.load()  # first frame of animations
+        rgb = _to_rgb(ImageOps.exif_transpose(opened) or opened)
     if orientation in SWAPPED_ORIENTATIONS:
         width, height = height, width
     return rgb, width, height
@@ -302,35 +312,18 @@ def make_thumbnail(source: str | bytes, size: int, *, max_pixels: int | None = N
     JPEGs are draft-decoded at 1/2..1/8 scale and never reach full size at all.
     """
     data = source if isinstance(source, bytes) else _read(source)
-    if not data:
-        raise ImageError(EMPTY)
-    limit = max_pixels or Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the limit
-            opened = Image.open(io.BytesIO(data))
-            width, height = opened.size
-            if limit and width * height > limit:
-                raise ImageError(TOO_LARGE)
-            orientation = opened.getexif().get(ORIENTATION_TAG, 1)
-            if opened.format == "JPEG":
-                opened.draft(opened.mode, (size, size))
-            opened.load()  # first frame of animations
-            image = _shrink(opened, max(1, max(opened.size) // (2 * size)))
-            if orientation in EXIF_TRANSPOSE:
-                image = image.transpose(EXIF_TRANSPOSE[orientation])
-            image = _to_rgb(image)
-            image.thumbnail((size, size))
-            output = io.BytesIO()
-            image.save(output, "JPEG", quality=85)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError:
-        raise ImageError(TOO_LARGE) from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(NOT_IMAGE) from None
-    except (OSError, SyntaxError, ValueError, IndexError, TypeError, EOFError):
-        raise ImageError(CORRUPT) from None
+    with _opened(data, max_pixels) as opened:
+        orientation = opened.getexif().get(ORIENTATION_TAG, 1)
+        if opened.format == "JPEG":
+            opened.draft(opened.mode, (size, size))
+        opened.load()  # first frame of animations
+        image = _shrink(opened, max(1, max(opened.size) // (2 * size)))
+        if orientation in EXIF_TRANSPOSE:
+            image = image.transpose(EXIF_TRANSPOSE[orientation])
+        image = _to_rgb(image)
+        image.thumbnail((size, size))
+        output = io.BytesIO()
+        image.save(output, "JPEG", quality=85)
     return output.getvalue()
 
 

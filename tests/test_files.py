@@ -217,3 +217,23 @@ def test_exif_transpose_matches_pillow_reference() -> None:
 
         reference = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
         assert decoded.tobytes() == reference.tobytes(), orientation
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n",  # would go to Ghostscript
+        b"DDS "
+        + __import__("struct").pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0)
+        + bytes(44)
+        + __import__("struct").pack("<2I", 32, 4)
+        + b"ZZZZ"
+        + bytes(104),  # fuzzed DDS: its decoder raised NotImplementedError
+    ],
+)
+def test_thumbnails_and_decoding_share_the_decoder_allow_list(data: bytes) -> None:
+    """The server's thumbnails open files exactly as ingest does: no stray decoder, no 500."""
+    with pytest.raises(decode.ImageError, match="not an image"):
+        decode.make_thumbnail(data, 128)
+    with pytest.raises(decode.ImageError, match="not an image"):
+        decode.open_image(data)
