@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipdb import files
 from clipdb.files import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE
@@ -75,7 +75,7 @@ def _opened(data: bytes, max_pixels: int | None) -> Iterator[Image.Image]:
         raise
     except Image.DecompressionBombError:
         raise ImageError(TOO_LARGE) from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise ImageError(NOT_IMAGE) from None
     except MemoryError:
         raise ImageError(TOO_LARGE) from None
@@ -158,7 +158,7 @@ class PixelPipeline:
     def to_pixels(self, image: Image.Image) -> np.ndarray:
         """An RGB image -> uint8 HWC array (split mode) or float32 CHW array (whole mode)."""
         if self.whole is not None:
-            return self.whole(image).numpy()
+            return np.asarray(self.whole(image).numpy())
         for step in self.pil_steps:
             if step[0] == "resize":
                 image = _resize(image, step[1], step[2], step[3])

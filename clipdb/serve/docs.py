@@ -8,12 +8,15 @@ Swagger UI 5 (which reads FastAPI's OpenAPI 3.1); its files are served under
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 SWAGGER_PREFIX = "/static/swagger"
 
 
-def mount_offline_docs(app: Any) -> None:
+def mount_offline_docs(app: FastAPI) -> None:
     """Serve ``/docs`` with local Swagger UI assets (the app is made with ``docs_url=None``)."""
     from importlib.resources import files
 
