@@ -30,6 +30,7 @@ from clipdb.ingest.plan import (
     remember_skips,
 )
 from clipdb.models import ModelSpec, quick_model_spec
+from clipdb.terminal import printable
 
 
 def default_workers() -> int:
@@ -39,8 +40,6 @@ def default_workers() -> int:
 
 def print_skip(path: str, reason: str) -> None:
     from tqdm import tqdm
-
-    from clipdb.terminal import printable
 
     # display(): undecodable bytes as \xNN, as stored; printable(): no control characters.
     tqdm.write(f"skipping {printable(files.display(path))}: {reason}", file=sys.stderr)
@@ -312,8 +311,8 @@ class Ingester:
         offline.add(root)
         if root not in self._offline_roots:
             print(
-                f"{files.display(root)}: no files found but {rows} rows indexed under it; "
-                "not pruning (offline?)",
+                f"{printable(files.display(root))}: no files found but {rows} rows indexed "
+                "under it; not pruning (offline?)",
                 file=sys.stderr,
                 flush=True,
             )
