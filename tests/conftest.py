@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ os.environ["CLIPDB_MODEL_CONFIGS"] = str(Path(__file__).parent / "model_configs"
 for _name in ("CLIPDB_DATABASE_URL", "CLIPDB_MODEL", "CLIPDB_PRETRAINED"):
     os.environ.pop(_name, None)
 
-from helpers import TINY_MODEL, make_images  # noqa: E402
+from helpers import TINY_MODEL, make_images, private_home  # noqa: E402
 
 from clipdb.db import Database  # noqa: E402
 from clipdb.db.embedded import EmbeddedServer, ensure_server, stop_server  # noqa: E402
@@ -41,15 +40,9 @@ def pg_server() -> Iterator[EmbeddedServer]:
 
 @pytest.fixture
 def embedded_home() -> Iterator[Path]:
-    """A CLIPDB_HOME for a test's own server, stopped and removed afterwards.
-
-    Not under tmp_path: pytest makes that 0700, which the server user (as root) cannot enter.
-    """
-    base = Path(tempfile.mkdtemp(prefix="clipdb-test-own-"))
-    base.chmod(0o711)
-    yield base / "home"
-    stop_server(base / "home")
-    shutil.rmtree(base, ignore_errors=True)
+    """A CLIPDB_HOME for a test's own server (helpers.private_home)."""
+    with private_home() as home:
+        yield home
 
 
 def _admin(server: EmbeddedServer):

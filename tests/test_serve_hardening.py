@@ -10,10 +10,8 @@ import hashlib
 import io
 import logging
 import os
-import shutil
 import socket
 import struct
-import tempfile
 import threading
 import time
 import zlib
@@ -25,12 +23,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import TINY_MODEL, index_images, make_images
+from helpers import TINY_MODEL, index_images, make_images, own_server
 from PIL import Image
 
 from clipdb.db import Database
 from clipdb.db.embedded import EmbeddedServer, ensure_server, stop_server
-from clipdb.db.migrate import upgrade
 from clipdb.db.registry import list_models
 from clipdb.db.store import ImageRecord, upsert_images
 from clipdb.serve import create_app, running
@@ -348,28 +345,23 @@ def test_an_oversized_chunked_upload_is_413(database: Database, tiny_encoder: An
 
 
 @pytest.fixture
-def own_server() -> Iterator[EmbeddedServer]:
+def restart_server() -> Iterator[EmbeddedServer]:
     """An embedded server of this test's own, so stopping it disturbs no other test."""
-    home = Path(tempfile.mkdtemp(prefix="clipdb-serve-restart-"))
-    home.chmod(0o711)  # as root, the server user must enter it (see conftest)
-    server = ensure_server(home)
-    upgrade(Database(url=server.url()))
-    yield server
-    stop_server(home)
-    shutil.rmtree(home, ignore_errors=True)
+    with own_server("clipdb-serve-restart-") as server:
+        yield server
 
 
 def test_database_outage_is_json_503_then_recovers(
-    own_server: EmbeddedServer, tiny_encoder: Any, tmp_path: Path, caplog: Any
+    restart_server: EmbeddedServer, tiny_encoder: Any, tmp_path: Path, caplog: Any
 ):
-    database = Database(url=own_server.url())
+    database = Database(url=restart_server.url())
     image_id = next(iter(index_images(database, tiny_encoder, make_images(tmp_path, 3)).values()))
     caplog.set_level(logging.WARNING, logger="clipdb.serve")
     with running(create_app(database, encoder=tiny_encoder, pool_size=4)) as url:
         http = httpx.Client(base_url=url, timeout=30)
         for _ in range(4):  # several pooled connections, all to go stale
             assert http.get(f"/api/similar/{image_id}").status_code == 200
-        stop_server(own_server.home)
+        stop_server(restart_server.home)
         for path in (f"/api/similar/{image_id}", "/api/search?text=x", "/api/health"):
             for _ in range(3):
                 started = time.monotonic()
@@ -382,7 +374,7 @@ def test_database_outage_is_json_503_then_recovers(
                 assert time.monotonic() - started < 4
         outages = [r for r in caplog.records if "database unreachable" in r.getMessage()]
         assert len(outages) == 1  # one line per outage, not per request
-        ensure_server(own_server.home)
+        ensure_server(restart_server.home)
         assert http.get(f"/api/similar/{image_id}").status_code == 200
         assert http.get("/api/search", params={"text": "x"}).status_code == 200
         assert any("reachable again" in r.getMessage() for r in caplog.records)
