@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipdb import files
+from clipdb.exif import PhotoMetadata, read_metadata
 from clipdb.files import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE
 
 ORIENTATION_TAG = 0x0112
@@ -242,6 +243,7 @@ class Decoded:
     height: int = 0
     pixels: np.ndarray | None = None
     reason: str | None = None
+    metadata: PhotoMetadata | None = None  # EXIF date/camera/place (clipdb.exif)
 
 
 def decode_task(
@@ -267,7 +269,9 @@ def decode_task(
         return Decoded(path, reason=TOO_LARGE)
     except Exception:  # noqa: BLE001 - e.g. a resize failing on odd pixels: skip this file only
         return Decoded(path, reason=CORRUPT)
-    return Decoded(path, hashlib.sha256(data).digest(), width, height, pixels)
+    # The header is parsed again (cheap, no pixels): open_image's signature stays as it is.
+    metadata = read_metadata(data, PILLOW_FORMATS)
+    return Decoded(path, hashlib.sha256(data).digest(), width, height, pixels, metadata=metadata)
 
 
 def unusable(path: str, found: files.FileStat | None, max_pixels: int | None) -> str | None:

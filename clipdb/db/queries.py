@@ -271,3 +271,20 @@ def skipped_under(conn: psycopg.Connection[Any], model: Model, root: str) -> lis
         (text, os.path.join(text, "")),
     ).fetchall()
     return [fs_path(path, path_bytes) for path, path_bytes in rows]
+
+
+def rows_missing_metadata(
+    conn: psycopg.Connection[Any], model: Model, paths: list[str], version: int
+) -> dict[str, int]:
+    """path -> row id of this model's rows for ``paths`` whose photo metadata was never read
+    (indexed before migration 0006) or read by an older parser than ``version``."""
+    found: dict[str, int] = {}
+    for offset in range(0, len(paths), ID_CHUNK):
+        for row_id, path, path_bytes in conn.execute(
+            f"SELECT id, path, path_bytes FROM clipdb.images "
+            f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s) "
+            "AND (metadata_version IS NULL OR metadata_version < %s)",
+            ([display(p) for p in paths[offset : offset + ID_CHUNK]], version),
+        ):
+            found[fs_path(path, path_bytes)] = int(row_id)
+    return found

@@ -14,11 +14,17 @@ import psycopg
 
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError
+from clipdb.exif import METADATA_VERSION, PhotoMetadata
 from clipdb.files import db_path
 
 # path is text (a display form for names that are not UTF-8), path_bytes their exact bytes.
 _COLUMNS = "path, sha256, size, mtime_ns, width, height, embedding, path_bytes"
 _TYPES = ["text", "bytea", "int8", "int8", "int4", "int4", "vector", "bytea"]
+# Photo metadata (migration 0006), written with every row; None in a record: not read.
+_META_COLUMNS = "taken_at, taken_at_naive, camera, lens, lat, lon, metadata_version"
+_META_TYPES = ["timestamptz", "bool", "text", "text", "float8", "float8", "int2"]
+_COLUMNS = f"{_COLUMNS}, {_META_COLUMNS}"
+_TYPES = [*_TYPES, *_META_TYPES]
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class ImageRecord:
     width: int
     height: int
     embedding: np.ndarray
+    metadata: PhotoMetadata | None = None  # None: not read (metadata_version stays NULL)
 
     def as_row(self) -> tuple[Any, ...]:
         embedding = np.asarray(self.embedding, dtype=np.float32)
@@ -50,7 +57,38 @@ class ImageRecord:
             self.height,
             embedding,
             raw,
+            *metadata_values(self.metadata),
         )
+
+
+def metadata_values(metadata: PhotoMetadata | None) -> tuple[Any, ...]:
+    """The _META_COLUMNS values of ``metadata`` (all NULL when it was not read)."""
+    if metadata is None:
+        return (None, False, None, None, None, None, None)
+    return (
+        metadata.taken_at,
+        metadata.taken_at_naive,
+        metadata.camera,
+        metadata.lens,
+        metadata.lat,
+        metadata.lon,
+        METADATA_VERSION,
+    )
+
+
+def set_metadata(
+    conn: psycopg.Connection[Any], updates: Sequence[tuple[int, PhotoMetadata]]
+) -> int:
+    """The metadata-only backfill: (row id, metadata) pairs; embeddings are not touched."""
+    if not updates:
+        return 0
+    with conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE clipdb.images SET taken_at = %s, taken_at_naive = %s, camera = %s, "
+            "lens = %s, lat = %s, lon = %s, metadata_version = %s WHERE id = %s",
+            [(*metadata_values(meta), row_id) for row_id, meta in updates],
+        )
+    return len(updates)
 
 
 def _copy(conn: psycopg.Connection[Any], table: str, rows: Iterable[tuple[Any, ...]]) -> int:
@@ -108,7 +146,10 @@ def upsert_images(
         ON CONFLICT (model_id, path) DO UPDATE SET
             sha256 = EXCLUDED.sha256, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns,
             width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding,
-            path_bytes = EXCLUDED.path_bytes, source = EXCLUDED.source, updated_at = now()
+            path_bytes = EXCLUDED.path_bytes, source = EXCLUDED.source, updated_at = now(),
+            taken_at = EXCLUDED.taken_at, taken_at_naive = EXCLUDED.taken_at_naive,
+            camera = EXCLUDED.camera, lens = EXCLUDED.lens, lat = EXCLUDED.lat,
+            lon = EXCLUDED.lon, metadata_version = EXCLUDED.metadata_version
         """,
         (source,),
     )
@@ -155,7 +196,8 @@ def delete_rows(conn: psycopg.Connection[Any], row_ids: Sequence[int]) -> int:
 def _columns_ddl() -> str:
     return (
         "path text, sha256 bytea, size bigint, mtime_ns bigint, width integer, height integer, "
-        "embedding vector, path_bytes bytea"
+        "embedding vector, path_bytes bytea, taken_at timestamptz, taken_at_naive boolean, "
+        "camera text, lens text, lat float8, lon float8, metadata_version smallint"
     )
 
 

@@ -93,6 +93,7 @@ class IngestSummary:
     pruned: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0
+    metadata_read: int = 0  # rows that got photo metadata without re-encoding (backfill)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +105,7 @@ class IngestSummary:
             f"found {self.found}, new {self.new}, updated {self.updated}, moved {self.moved}, "
             f"unchanged {self.unchanged}, skipped {total}{f' ({reasons})' if reasons else ''}, "
             f"pruned {self.pruned}, {self.seconds:.2f} s, {self.images_per_s:.1f} images/s"
+            + (f", metadata read {self.metadata_read}" if self.metadata_read else "")
         )
 
 
@@ -233,6 +235,10 @@ class Ingester:
                     self.known_bad[path] = (*known[path][:2], reason)
             plan = make_plan(conn, model, stats, skip)
             summary.unchanged, summary.moved = plan.unchanged, plan.moved
+            if model is not None:
+                from clipdb.ingest.backfill import backfill_metadata
+
+                summary.metadata_read = backfill_metadata(conn, model, stats, plan.to_encode)
             if self.encoder is None:
                 self._drop_unusable_head(plan.to_encode, stats, skip)
             if plan.to_encode:

@@ -127,6 +127,7 @@ def encode_and_write(
                     item.width,
                     item.height,
                     embedding,
+                    metadata=item.metadata,
                 )
             )
             on_written(item.path)
