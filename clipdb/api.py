@@ -21,6 +21,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,9 @@ from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_MODEL, Settings
 from clipdb.db import Database, open_database
 from clipdb.db.queries import Hit
 from clipdb.db.registry import Model
+from clipdb.errors import UsageError
 from clipdb.export import export_index, import_index
+from clipdb.filters import Filters, Near
 from clipdb.search import (
     SearchOptions,
     choose_model,
@@ -133,10 +136,14 @@ class ClipDB:
         under: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         ef_search: int = DEFAULT_EF_SEARCH,
+        **filters: Any,
     ) -> list[dict[str, Any]]:
-        """``[{"rank", "image_path", "similarity", "filename", "image_id"}, ...]`` best first."""
+        """``[{"rank", "image_path", "similarity", "filename", "image_id", "taken_at", "camera",
+        "lat", "lon"}, ...]`` best first. ``filters``: :class:`clipdb.filters.Filters` keywords
+        (``after``, ``before``, ``camera``, ``near=(lat, lon, km)``, ``within``, ``sort``,
+        ``offset``)."""
         open_image(query_image_path)  # a missing or broken file fails before anything loads
-        options = SearchOptions(top_k, ef_search, _str(under), threshold)
+        options = SearchOptions(top_k, ef_search, _str(under), threshold, _filters(filters))
         model = self._searched_model()  # no rows: fail before loading the model
         encoder = self._encoder_for(model)
         vector = encoder.encode_pil([open_image(query_image_path, encoder)])[0]
@@ -150,9 +157,10 @@ class ClipDB:
         under: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         ef_search: int = DEFAULT_EF_SEARCH,
+        **filters: Any,
     ) -> list[dict[str, Any]]:
         """Images matching a text description (CLIP text tower), best first."""
-        options = SearchOptions(top_k, ef_search, _str(under), threshold)
+        options = SearchOptions(top_k, ef_search, _str(under), threshold, _filters(filters))
         model = self._searched_model()
         vector = self._encoder_for(model).encode_texts([text])[0]
         return [hit.to_dict() for hit in self._search(model, vector, options)]
@@ -234,6 +242,22 @@ def _str(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else os.fspath(path)
 
 
+def _filters(values: dict[str, Any]) -> Filters:
+    """ClipDB keyword arguments as Filters; an unknown keyword is a usage error."""
+    known = {"after", "before", "camera", "near", "within", "sort", "offset"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"unknown search option(s): {', '.join(unknown)}")
+    near = values.get("near")
+    if near is not None and not isinstance(near, str | Near):
+        try:
+            lat, lon, km = (float(v) for v in near)
+        except (TypeError, ValueError):
+            raise UsageError("near: expected (lat, lon, km)") from None
+        values = {**values, "near": Near(lat, lon, km)}
+    return Filters(**values)
+
+
 def _hits(results: Sequence[dict[str, Any]]) -> list[Hit]:
     return [
         Hit(
@@ -241,6 +265,10 @@ def _hits(results: Sequence[dict[str, Any]]) -> list[Hit]:
             image_path=str(r["image_path"]),
             similarity=float(r["similarity"]),
             image_id=int(r.get("image_id", 0)),
+            taken_at=datetime.fromisoformat(r["taken_at"]) if r.get("taken_at") else None,
+            camera=r.get("camera"),
+            lat=r.get("lat"),
+            lon=r.get("lon"),
         )
         for r in results
     ]

@@ -9,7 +9,8 @@ partial HNSW index (see migrations/versions/0001_initial.py).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from clipdb.config import MAX_RESULTS
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.files import display, fs_path
+from clipdb.filters import NO_FILTERS, Filters
 
 EF_SEARCH_MAX = 1000  # pgvector refuses a larger hnsw.ef_search
 PGVECTOR_DEFAULT_EF_SEARCH = 40
@@ -32,20 +34,57 @@ class Hit:
     image_path: str
     similarity: float
     image_id: int
+    # Photo metadata (clipdb.exif); None when unknown. Always in to_dict().
+    taken_at: datetime | None = None
+    camera: str | None = None
+    lat: float | None = None
+    lon: float | None = None
 
     @property
     def filename(self) -> str:
         return os.path.basename(self.image_path)
 
+    @property
+    def has_metadata(self) -> bool:
+        return self.taken_at is not None or self.camera is not None or self.lat is not None
+
     def to_dict(self) -> dict[str, Any]:
-        """``{"rank", "image_path", "similarity", "filename"}`` (+ ``image_id``)."""
+        """``{"rank", "image_path", "similarity", "filename"}`` (+ ``image_id``, and
+        ``taken_at`` (ISO 8601), ``camera``, ``lat``, ``lon``: null when unknown)."""
         data = asdict(self)
         data["filename"] = self.filename
+        data["taken_at"] = self.taken_at.isoformat() if self.taken_at is not None else None
         return data
 
 
-def topk_sql(model: Model, *, under: bool = False, threshold: bool = False) -> str:
-    """The top-k statement for ``model``, served by its partial HNSW index."""
+# Metadata filters (clipdb.filters.Filters.sql_params); a NULL parameter switches one off.
+_METADATA_FILTER = """
+    (%(after)s::timestamptz IS NULL OR taken_at >= %(after)s::timestamptz)
+    AND (%(before)s::timestamptz IS NULL OR taken_at < %(before)s::timestamptz)
+    AND (%(camera)s::text IS NULL OR strpos(lower(camera), lower(%(camera)s::text)) > 0)
+    AND (%(near_lat)s::float8 IS NULL OR (
+        lat BETWEEN %(near_lat)s::float8 - %(near_dlat)s::float8
+            AND %(near_lat)s::float8 + %(near_dlat)s::float8
+        AND 2 * 6371.0088 * asin(least(1.0, sqrt(
+            sin(radians(lat - %(near_lat)s::float8) / 2) ^ 2
+            + cos(radians(%(near_lat)s::float8)) * cos(radians(lat))
+              * sin(radians(lon - %(near_lon)s::float8) / 2) ^ 2))) <= %(near_km)s::float8))
+"""
+
+
+def topk_sql(
+    model: Model,
+    *,
+    under: bool = False,
+    threshold: bool = False,
+    metadata: bool = False,
+    exact_scan: bool = False,
+) -> str:
+    """The top-k statement for ``model``, served by its partial HNSW index.
+
+    ``metadata``: the date/camera/place filters too. ``exact_scan``: ranked by the exact
+    distance, which no index serves (the fallback for filters too selective for the index).
+    """
     dim, model_id = int(model.dim), int(model.model_id)
     # The index ranks candidates by a halfvec copy (clipdb.model_index_ddl); results are
     # ordered, filtered and reported by the exact float32 distance.
@@ -56,10 +95,13 @@ def topk_sql(model: Model, *, under: bool = False, threshold: bool = False) -> s
         filters.append("starts_with(path, %(under)s)")
     if threshold:
         filters.append(f"({exact}) <= %(max_distance)s")
+    if metadata:
+        filters.append(f"({_METADATA_FILTER})")
+    order = f"{exact}, id" if exact_scan else indexed
     return (
-        f"SELECT id, path, 1 - distance FROM ("
-        f"SELECT id, path, {exact} AS distance FROM clipdb.images "
-        f"WHERE {' AND '.join(filters)} ORDER BY {indexed} LIMIT %(k)s"
+        f"SELECT id, path, 1 - distance, taken_at, camera, lat, lon FROM ("
+        f"SELECT id, path, {exact} AS distance, taken_at, camera, lat, lon FROM clipdb.images "
+        f"WHERE {' AND '.join(filters)} ORDER BY {order} LIMIT %(k)s"
         f") nearest ORDER BY distance, id"
     )
 
@@ -78,25 +120,32 @@ def search_vector(
     ef_search: int | None = None,
     under: str | os.PathLike[str] | None = None,
     threshold: float | None = None,
+    filters: Filters | None = None,
 ) -> list[Hit]:
     """Top-k rows of ``model`` nearest to ``query`` (cosine), best first.
 
     ``k`` may exceed ``ef_search`` (even pgvector's maximum of 1000): the scan then goes on
-    iteratively until k rows came, so a large k still returns k rows.
+    iteratively until k rows came, so a large k still returns k rows. ``filters``: metadata
+    filters, ``within``, ``sort`` and ``offset`` (clipdb.filters).
     """
     check_result_count(k)
+    filters = filters or NO_FILTERS
     vector = np.asarray(query, dtype=np.float32).reshape(-1)
     if vector.shape[0] != model.dim:
         raise ClipdbError(f"query has {vector.shape[0]} dimensions, model {model} has {model.dim}")
-    params: dict[str, Any] = {"query": vector, "k": int(k)}
+    # The page is hits offset..offset+k of one ordering, so offset+k are fetched.
+    wanted = k + filters.offset
+    params: dict[str, Any] = {"query": vector, "k": wanted, **filters.sql_params()}
     if under is not None:
         params["under"] = display(under_prefix(under))  # as stored: non-UTF-8 bytes escaped
     if threshold is not None:
         params["max_distance"] = 1.0 - float(threshold)
-    sql = topk_sql(model, under=under is not None, threshold=threshold is not None)
-    filtered = under is not None or threshold is not None
+    narrows = filters.narrows
+    flags = {"under": under is not None, "threshold": threshold is not None, "metadata": narrows}
+    sql = topk_sql(model, **flags)
+    filtered = under is not None or threshold is not None or narrows
     ef = min(int(ef_search), EF_SEARCH_MAX) if ef_search is not None else None
-    deep = k > (ef or PGVECTOR_DEFAULT_EF_SEARCH)
+    deep = wanted > (ef or PGVECTOR_DEFAULT_EF_SEARCH)
     with conn.transaction():
         if ef is not None:
             conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
@@ -105,18 +154,54 @@ def search_vector(
             # iterative scans keep going until k rows pass. Results are re-ordered by exact
             # distance outside, so relaxed order is enough.
             conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-        if deep:
+        if deep or narrows:
+            # A 1% filter needs ~100 tuples scanned per hit: enough for that, bounded.
+            tuples = max(20_000, 4 * wanted, 200 * wanted if narrows else 0)
             conn.execute(
-                "SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(max(20_000, 4 * k)),)
+                "SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(min(tuples, 500_000)),)
             )
         # A filtered statement is never prepared: a generic plan cannot know how selective
         # the prefix is and guesses "few rows", which picks a sequential scan. Planned with
         # the real values, it uses the HNSW index unless the filter really is that selective.
         rows = conn.execute(sql, params, prepare=False if filtered else None).fetchall()
-    return [
-        Hit(rank=rank, image_path=path, similarity=float(similarity), image_id=image_id)
-        for rank, (image_id, path, similarity) in enumerate(rows, start=1)
-    ]
+        if narrows and len(rows) < wanted:
+            # The iterative scan stopped before k matches (max_scan_tuples): the filter is
+            # too selective for the index, so the few matching rows are ranked exactly.
+            rows = conn.execute(
+                topk_sql(model, **flags, exact_scan=True), params, prepare=False
+            ).fetchall()
+    return arrange(
+        [
+            Hit(rank, path, float(similarity), image_id, taken_at, camera, lat, lon)
+            for rank, (image_id, path, similarity, taken_at, camera, lat, lon) in enumerate(
+                rows, start=1
+            )
+        ],
+        k,
+        filters,
+    )
+
+
+def arrange(hits: list[Hit], k: int, filters: Filters) -> list[Hit]:
+    """Apply ``within``, ``sort`` and ``offset`` to hits fetched best first.
+
+    ``within`` D keeps hits at least as similar as the best one minus D. ``sort`` date/-date
+    orders the relevant set (the best offset+k hits, after filters and cutoffs) by date,
+    undated last, ties by similarity then id; ``offset`` then takes k of that ordering.
+    Ranks are positions in the ordering (1-based, counting the offset).
+    """
+    if filters.within is not None and hits:
+        floor = hits[0].similarity - filters.within
+        hits = [hit for hit in hits if hit.similarity >= floor - 1e-9]
+    if filters.sort != "relevance":
+        newest_first = filters.sort == "-date"
+        dated = [hit for hit in hits if hit.taken_at is not None]
+        undated = [hit for hit in hits if hit.taken_at is None]
+        dated.sort(key=lambda h: (-h.similarity, h.image_id))
+        dated.sort(key=lambda h: h.taken_at or datetime.min, reverse=newest_first)
+        hits = dated + undated
+    page = hits[filters.offset : filters.offset + k]
+    return [replace(hit, rank=rank) for rank, hit in enumerate(page, start=filters.offset + 1)]
 
 
 def check_result_count(k: int) -> None:

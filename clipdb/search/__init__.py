@@ -21,6 +21,7 @@ from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, Settings
 from clipdb.db.queries import Hit, check_result_count, search_vector
 from clipdb.db.registry import Model, image_counts, models_indexing, models_with_rows
 from clipdb.errors import ClipdbError, UsageError
+from clipdb.filters import NO_FILTERS, Filters
 from clipdb.models import quick_model_spec
 
 if TYPE_CHECKING:
@@ -213,6 +214,7 @@ class SearchOptions:
     ef_search: int = DEFAULT_EF_SEARCH
     under: str | None = None
     threshold: float | None = None
+    filters: Filters = NO_FILTERS  # date/camera/place, --within, --sort, --offset
 
     def __post_init__(self) -> None:
         check_result_count(self.k)  # the same limit in the CLI, Python, HTTP and SQL
@@ -231,6 +233,7 @@ def search(
         ef_search=max(options.ef_search, options.k),
         under=options.under,
         threshold=options.threshold,
+        filters=options.filters,
     )
 
 

@@ -26,6 +26,7 @@ from clipdb.config import (
 from clipdb.db import Database, open_database
 from clipdb.db.queries import Hit, indexed_embedding, indexed_path
 from clipdb.errors import ClipdbError, UsageError
+from clipdb.filters import SORTS, Filters, Near, offset_value, within_value
 from clipdb.search import (
     BATCH_RESULTS_FILE,
     SearchOptions,
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only results with at least this cosine similarity (default: off)",
     )
     parser.add_argument("--under", metavar="DIR", help="only images under this folder")
+    add_filter_arguments(parser)
     parser.add_argument(
         "--ef-search",
         type=positive_int,
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Flag combinations argparse cannot express (UsageError: exit 2)."""
+    search_filters(args)  # bad dates or places are refused before the database is opened
     if args.batch is not None:
         clash = [
             flag
@@ -167,8 +170,48 @@ def check_arguments(args: argparse.Namespace) -> None:
         Weights.parse(args.weights)
 
 
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Photo-metadata filters, relative cutoff, order and paging (clipdb.filters)."""
+    group = parser.add_argument_group("metadata filters, order and paging")
+    group.add_argument("--after", metavar="DATE", help="taken at or after (ISO date/datetime)")
+    group.add_argument("--before", metavar="DATE", help="taken before (ISO date/datetime)")
+    group.add_argument(
+        "--camera", metavar="TEXT", help="camera make/model contains TEXT (any case)"
+    )
+    group.add_argument("--near", metavar="LAT,LON,KM", help="taken within KM km of LAT,LON")
+    group.add_argument(
+        "--within",
+        type=within_value,
+        metavar="D",
+        help="keep hits whose similarity is at least the best hit's minus D",
+    )
+    group.add_argument(
+        "--sort",
+        choices=SORTS,
+        default="relevance",
+        help="relevance picks the top K, then date/-date orders them by date, undated last",
+    )
+    group.add_argument(
+        "--offset", type=offset_value, default=0, metavar="N", help="skip the first N results"
+    )
+
+
+def search_filters(args: argparse.Namespace) -> Filters:
+    return Filters(
+        after=args.after,
+        before=args.before,
+        camera=args.camera,
+        near=Near.parse(args.near) if args.near is not None else None,
+        within=args.within,
+        sort=args.sort,
+        offset=args.offset,
+    )
+
+
 def search_options(args: argparse.Namespace) -> SearchOptions:
-    return SearchOptions(args.top, args.ef_search, args.under, args.threshold)
+    return SearchOptions(
+        args.top, args.ef_search, args.under, args.threshold, filters=search_filters(args)
+    )
 
 
 def run_query(args: argparse.Namespace, settings: Settings, database: Database) -> list[Hit]:
@@ -261,7 +304,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no results", file=sys.stderr)
         return 0
 
-    return run_command(build_parser(), argv, body)
+    return run_command(build_parser(), sort_values_joined(argv), body)
+
+
+def sort_values_joined(argv: Sequence[str] | None) -> list[str]:
+    """``--sort -date`` as ``--sort=-date``: argparse takes a value starting with '-' for an
+    option, and ``-date`` is the contract's spelling of newest first."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    joined: list[str] = []
+    for arg in args:
+        if joined and joined[-1] == "--sort" and arg in SORTS:
+            joined[-1] = f"--sort={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ from clipdb.terminal import exact_bytes, printable
 
 
 def format_table(hits: Sequence[Hit]) -> str:
-    """``rank  similarity  path`` with aligned columns."""
+    """``rank  similarity  path`` with aligned columns; ``taken_at``, ``camera`` and
+    ``place`` columns too when some hit has photo metadata."""
+    if any(hit.has_metadata for hit in hits):
+        return _metadata_table(hits)
     lines = [f"{'rank':>4}  {'similarity':>10}  path"]
     lines += [
         f"{hit.rank:>4}  {hit.similarity:>10.4f}  {printable(hit.image_path)}" for hit in hits
@@ -36,3 +39,26 @@ def format_paths(hits: Sequence[Hit]) -> str:
 def null_separated_paths(hits: Sequence[Hit]) -> bytes:
     """Exact path bytes, each followed by NUL (``--paths --null``, for ``xargs -0``)."""
     return b"".join(exact_bytes(hit.image_path) + b"\0" for hit in hits)
+
+
+def _metadata_table(hits: Sequence[Hit]) -> str:
+    def when(hit: Hit) -> str:
+        return hit.taken_at.strftime("%Y-%m-%d %H:%M") if hit.taken_at is not None else "-"
+
+    def place(hit: Hit) -> str:
+        return (
+            f"{hit.lat:.4f},{hit.lon:.4f}" if hit.lat is not None and hit.lon is not None else "-"
+        )
+
+    cameras = [printable(hit.camera or "-") for hit in hits]
+    width = max(6, *(len(c) for c in cameras))
+    lines = [
+        f"{'rank':>4}  {'similarity':>10}  {'taken_at':<16}  {'camera':<{width}}  "
+        f"{'place':<19}  path"
+    ]
+    lines += [
+        f"{hit.rank:>4}  {hit.similarity:>10.4f}  {when(hit):<16}  {camera:<{width}}  "
+        f"{place(hit):<19}  {printable(hit.image_path)}"
+        for hit, camera in zip(hits, cameras, strict=True)
+    ]
+    return "\n".join(lines)

@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi import (
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -31,6 +41,7 @@ from clipdb.config import DEFAULT_TOP_K, Settings
 from clipdb.db import Database
 from clipdb.encoder import ClipEncoder
 from clipdb.errors import ClipdbError, first_line
+from clipdb.filters import NO_FILTERS, Filters
 from clipdb.models import canonical_model_name
 from clipdb.serve.docs import mount_offline_docs
 from clipdb.serve.limits import (
@@ -45,6 +56,7 @@ from clipdb.serve.limits import (
     BodyLimitMiddleware,
     too_large_message,
 )
+from clipdb.serve.params import form_filters, query_filters
 from clipdb.serve.server import running
 from clipdb.serve.service import THUMBNAIL_SIZE, Busy, DatabaseDown, FileChanged, SearchService
 
@@ -167,6 +179,7 @@ def create_app(
             float | None, Form(ge=-1.0, le=1.0, description="minimum cosine similarity")
         ] = None,
         under: Annotated[str | None, Form(description="only images under this directory")] = None,
+        filters: Annotated[Filters, Depends(form_filters)] = NO_FILTERS,
     ) -> Response:
         """Results as a list of ``{rank, image_path, similarity, filename, image_id}``.
 
@@ -174,7 +187,9 @@ def create_app(
         """
         started = time.perf_counter()
         query_image = _uploaded_image(image)
-        return _run_search(query_image, (text or "").strip() or None, k, threshold, under, started)
+        return _run_search(
+            query_image, (text or "").strip() or None, k, threshold, under, started, filters
+        )
 
     def _uploaded_image(image: UploadFile | None) -> Image.Image | None:
         if image is None or not (image.filename or image.size):
@@ -216,9 +231,12 @@ def create_app(
         k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = DEFAULT_TOP_K,
         threshold: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
         under: Annotated[str | None, Query()] = None,
+        filters: Annotated[Filters, Depends(query_filters)] = NO_FILTERS,
     ) -> Response:
         """Results as a list of ``{rank, image_path, similarity, filename, image_id}``."""
-        return _run_search(None, text.strip() or None, k, threshold, under, time.perf_counter())
+        return _run_search(
+            None, text.strip() or None, k, threshold, under, time.perf_counter(), filters
+        )
 
     def _run_search(
         image: Image.Image | None,
@@ -227,13 +245,14 @@ def create_app(
         threshold: float | None,
         under: str | None,
         started: float,
+        filters: Filters = NO_FILTERS,
     ) -> Response:
         if image is None and text is None:
             raise HTTPException(400, "give a query: an image, a text, or both")
         decoded = time.perf_counter()
         vector = service.encode_query(image, text)
         encoded = time.perf_counter()
-        hits = service.search(vector, k, threshold=threshold, under=under or None)
+        hits = service.search(vector, k, threshold=threshold, under=under or None, filters=filters)
         finished = time.perf_counter()
         return JSONResponse(
             [hit.to_dict() for hit in hits],
@@ -248,6 +267,7 @@ def create_app(
         k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = DEFAULT_TOP_K,
         threshold: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
         under: Annotated[str | None, Query()] = None,
+        filters: Annotated[Filters, Depends(query_filters)] = NO_FILTERS,
     ) -> Response:
         """Results as a list of ``{rank, image_path, similarity, filename, image_id}``."""
         started = time.perf_counter()
@@ -255,7 +275,7 @@ def create_app(
             vector = service.indexed_vector(image_id)
         except LookupError as err:
             raise HTTPException(404, str(err)) from None
-        hits = service.search(vector, k, threshold=threshold, under=under or None)
+        hits = service.search(vector, k, threshold=threshold, under=under or None, filters=filters)
         return JSONResponse(
             [hit.to_dict() for hit in hits],
             headers=_server_timing(db=time.perf_counter() - started),

@@ -27,6 +27,7 @@ from clipdb.db import Database, database_status, libpq_url, open_database
 from clipdb.db import queries as db_queries
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError, first_line
+from clipdb.filters import NO_FILTERS, Filters
 from clipdb.search import SearchOptions, choose_model, combine_query, load_model_encoder, search
 from clipdb.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_PIXELS, decode_upload
 
@@ -254,10 +255,16 @@ class SearchService:
         return combine_query(image=image_vector, text=text_vector)
 
     def search(
-        self, vector: np.ndarray, k: int, *, threshold: float | None, under: str | None
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        threshold: float | None,
+        under: str | None,
+        filters: Filters = NO_FILTERS,
     ) -> list[db_queries.Hit]:
         model = self.model()
-        options = SearchOptions(k, DEFAULT_EF_SEARCH, under, threshold)
+        options = SearchOptions(k, DEFAULT_EF_SEARCH, under, threshold, filters)
         with self.connection() as conn:
             return search(conn, model, vector, options)
 
