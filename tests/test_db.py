@@ -348,7 +348,13 @@ def test_halfvec_migration_rebuilds_existing_indexes_and_back(empty_database: Da
     downgrade(empty_database, "0001")
     with empty_database.connect() as conn:
         assert _index_kind(conn, model.index_name) == "vector"
-        assert search_vector(conn, model, vectors[3], 1)[0].image_path == paths[3]
+        # The code's top-k reads 0006's metadata columns, so the old schema is queried as is.
+        nearest = conn.execute(
+            "SELECT path FROM clipdb.images WHERE model_id = %s "
+            "ORDER BY embedding <=> %s::vector LIMIT 1",
+            (model.model_id, vectors[3]),
+        ).fetchone()
+        assert nearest is not None and nearest[0] == paths[3]
 
 
 def test_shared_buffers_follow_ram_and_accept_only_sizes(monkeypatch: pytest.MonkeyPatch) -> None:

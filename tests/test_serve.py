@@ -25,7 +25,9 @@ from clipdb.serve.__main__ import main
 
 # TestClient's default Host, "testserver", is refused like any non-local name.
 LOCAL = "http://127.0.0.1"
-RESULT_KEYS = {"rank", "image_path", "similarity", "filename", "image_id"}
+RESULT_KEYS = {"rank", "image_path", "similarity", "filename", "image_id"} | {
+    "taken_at", "camera", "lat", "lon"  # photo metadata: always present, null when unknown
+}  # fmt: skip
 
 
 @pytest.fixture
