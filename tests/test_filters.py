@@ -181,3 +181,40 @@ def test_http_filters_and_422(database: Database, tiny_encoder: Any) -> None:
         assert form.status_code == 200, form.text
         bad_form = client.post("/api/search", data={"text": "x", "before": "2019-13-45"})
         assert bad_form.status_code == 422
+
+
+def test_sql_functions_take_the_same_filters(database: Database) -> None:
+    model, vectors, paths = _rows_with_metadata(database)
+    with database.connect() as conn:
+        old = conn.execute("SELECT path FROM clipdb.search(%s, 5)", (vectors[2],)).fetchall()
+        assert old[0][0] == paths[2]  # the old call still works
+        rows = conn.execute(
+            "SELECT rank, path FROM clipdb.search(%s, 10, camera => 'canon')", (vectors[2],)
+        ).fetchall()
+        expected = search_vector(conn, model, vectors[2], 10, filters=Filters(camera="canon"))
+        assert [r[1] for r in rows] == [h.image_path for h in expected] and len(rows) == 10
+        paged = conn.execute(
+            "SELECT rank, path FROM clipdb.search(%s, 5, skip => 5, sort => '-date')",
+            (vectors[2],),
+        ).fetchall()
+        python = search_vector(conn, model, vectors[2], 5, filters=Filters(offset=5, sort="-date"))
+        assert [r[1] for r in paged] == [h.image_path for h in python]
+        assert [r[0] for r in paged] == [6, 7, 8, 9, 10]
+        row_id = conn.execute(
+            "SELECT id FROM clipdb.images WHERE path = %s", (paths[0],)
+        ).fetchone()[0]
+        near = conn.execute(
+            "SELECT count(*) FROM clipdb.similar(%s::bigint, 10, near_lat => 48.85,"
+            " near_lon => 2.35, near_km => 5)",
+            (row_id,),
+        ).fetchone()[0]
+        assert near == 10
+        few = conn.execute(
+            "SELECT count(*) FROM clipdb.similar(%s, 10, after => '2025-06-01', camera => 'canon')",
+            (paths[0],),
+        ).fetchone()[0]
+        assert few == 0  # no Canon row is that late: the exact fallback finds none
+        within = conn.execute(
+            "SELECT similarity FROM clipdb.search(%s, 50, within => 0.2)", (vectors[2],)
+        ).fetchall()
+        assert within and min(r[0] for r in within) >= 1 - 0.2 - 1e-6
