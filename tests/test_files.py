@@ -21,12 +21,16 @@ def write_jpeg(path: Path, size: tuple[int, int] = (40, 30), color=(200, 30, 40)
     return path
 
 
-def test_scan_finds_images_recursively_sorted_and_absolute(tmp_path: Path) -> None:
+def test_scan_finds_images_recursively_sorted_and_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_jpeg(tmp_path / "b.jpg")
     write_jpeg(tmp_path / "sub" / "a.JPEG")
     (tmp_path / "notes.txt").write_text("not an image, not counted")
     write_jpeg(tmp_path / "dir.jpg" / "inside.png")  # a directory named like an image
-    os.chdir(tmp_path)
+    # monkeypatch restores the working directory: a later `python -m clipdb...` subprocess
+    # must import this checkout, not whichever clipdb the venv has installed.
+    monkeypatch.chdir(tmp_path)
     result = files.scan(["."])
     assert [f.path for f in result.files] == sorted(
         str(tmp_path / p) for p in ("b.jpg", "sub/a.JPEG", "dir.jpg/inside.png")
