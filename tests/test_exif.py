@@ -134,7 +134,7 @@ def test_non_utf8_and_huge_strings(tmp_path: Path) -> None:
     assert meta.taken_at is not None
 
 
-def test_multi_megabyte_maker_note_is_ignored(tmp_path: Path) -> None:
+def test_large_maker_note_is_ignored(tmp_path: Path) -> None:
     # JPEG's APP1 holds 64 KiB at most: Pillow refuses to write more, so the biggest note that
     # fits is used and a multi-megabyte one is checked on the bytes path below.
     path = photo(tmp_path / "a.jpg", maker_note=b"\x00\xff" * 30000)
