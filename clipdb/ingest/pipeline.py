@@ -127,6 +127,7 @@ def encode_and_write(
                     item.width,
                     item.height,
                     embedding,
+                    phash=item.phash,
                 )
             )
             on_written(item.path)
