@@ -133,10 +133,13 @@ class ClipDB:
         under: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         ef_search: int = DEFAULT_EF_SEARCH,
+        hide_duplicates: bool = False,
     ) -> list[dict[str, Any]]:
         """``[{"rank", "image_path", "similarity", "filename", "image_id"}, ...]`` best first."""
         open_image(query_image_path)  # a missing or broken file fails before anything loads
-        options = SearchOptions(top_k, ef_search, _str(under), threshold)
+        options = SearchOptions(
+            top_k, ef_search, _str(under), threshold, hide_duplicates=hide_duplicates
+        )
         model = self._searched_model()  # no rows: fail before loading the model
         encoder = self._encoder_for(model)
         vector = encoder.encode_pil([open_image(query_image_path, encoder)])[0]
@@ -150,9 +153,12 @@ class ClipDB:
         under: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         ef_search: int = DEFAULT_EF_SEARCH,
+        hide_duplicates: bool = False,
     ) -> list[dict[str, Any]]:
         """Images matching a text description (CLIP text tower), best first."""
-        options = SearchOptions(top_k, ef_search, _str(under), threshold)
+        options = SearchOptions(
+            top_k, ef_search, _str(under), threshold, hide_duplicates=hide_duplicates
+        )
         model = self._searched_model()
         vector = self._encoder_for(model).encode_texts([text])[0]
         return [hit.to_dict() for hit in self._search(model, vector, options)]

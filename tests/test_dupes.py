@@ -238,3 +238,58 @@ def test_sql_function_duplicates_for_other_apps(database, tiny_encoder, tmp_path
         assert all(ids[str(paths["other"])] not in pair for pair in pairs)
         with pytest.raises(Exception, match="max_distance"):
             conn.execute("SELECT * FROM clipdb.duplicates('near', 9)")
+
+
+def test_hide_duplicates_collapses_copies_to_the_kept_image(
+    database, tiny_encoder, tmp_path, capsys
+):
+    from clipdb.db.queries import embedding_by_id
+    from clipdb.search import SearchOptions, search
+
+    paths = make_library(tmp_path / "lib")
+    run_ingest(database, tiny_encoder, tmp_path / "lib")
+    with database.connect() as conn:
+        model = models_with_rows(conn)[0]
+        ids = dict(conn.execute("SELECT path, id FROM clipdb.images").fetchall())
+        query = embedding_by_id(conn, model, ids[str(paths["small"])])
+        plain = search(conn, model, query, SearchOptions(k=4))
+        hidden = search(conn, model, query, SearchOptions(k=4, hide_duplicates=True))
+    assert len(plain) == 4
+    # the three copies collapse into big.png (kept), which takes the best copy's place
+    assert [h.image_path for h in hidden] == [str(paths["big"]), str(paths["other"])]
+    assert [h.rank for h in hidden] == [1, 2]
+    assert hidden[0].similarity == pytest.approx(
+        next(h.similarity for h in plain if h.image_path == str(paths["big"])), abs=1e-6
+    )
+    code = __import__("clipdb.search.__main__", fromlist=["main"]).main(
+        ["--like", str(paths["small"]), "--hide-duplicates", "--json", "-k", "4", *MODEL_ARGS]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and [r["image_path"] for r in json.loads(out)] == [
+        str(paths["big"]), str(paths["other"])
+    ]  # fmt: skip
+
+
+def test_api_duplicates_and_hide_duplicates_over_http(database, tiny_encoder, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from clipdb.api import ClipDB
+    from clipdb.serve import create_app
+
+    paths = make_library(tmp_path / "lib")
+    run_ingest(database, tiny_encoder, tmp_path / "lib")
+    with TestClient(create_app(database, encoder=tiny_encoder), base_url="http://127.0.0.1") as c:
+        groups = c.get("/api/duplicates").json()
+        assert [g["tier"] for g in groups] == ["near"]
+        kept = [m["image_path"] for m in groups[0]["images"] if m["keep"]]
+        assert kept == [str(paths["big"])]
+        assert c.get("/api/duplicates", params={"tier": "bogus"}).status_code == 422
+        image_id = groups[0]["images"][1]["image_id"]
+        similar = c.get(f"/api/similar/{image_id}", params={"k": 4}).json()
+        assert len(similar) == 4
+        text = c.get("/api/search", params={"text": "x", "k": 4, "hide_duplicates": True})
+        assert len(text.json()) == 2
+    db = ClipDB(TINY_MODEL, pretrained="none", database_url=database.url)
+    db._encoder = tiny_encoder
+    assert len(db.search_by_text("x", top_k=4, hide_duplicates=True)) == 2
+    assert len(db.search_by_text("x", top_k=4)) == 4

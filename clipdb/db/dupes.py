@@ -138,3 +138,62 @@ def indexed_trees(conn: psycopg.Connection[Any], model: Model) -> list[str]:
             f"WHERE model_id = {int(model.model_id)}"
         )
     ]
+
+
+def neighbour_pairs(
+    conn: psycopg.Connection[Any], model: Model, ids: list[int], max_distance: int
+) -> list[tuple[int, int]]:
+    """(id, other) for each of ``ids`` and every row of the model that is its exact (same
+    sha256) or near (pHash within ``max_distance``, 0..7) duplicate: one hop, by index."""
+    model_id = int(model.model_id)
+    masks = (
+        "(SELECT B'0000000000000000'::bit(16) UNION ALL "
+        "SELECT B'1000000000000000'::bit(16) >> s FROM generate_series(0, 15) s) m(mask)"
+    )
+    branches = [
+        f"SELECT a.id, b.id FROM clipdb.images a JOIN clipdb.images b ON b.model_id = {model_id} "
+        "AND b.sha256 = a.sha256 AND b.id <> a.id WHERE a.id = ANY(%(ids)s)"
+    ]
+    for band in range(4):
+        start = band * 16 + 1
+        probe = f"substring(a.phash FROM {start} FOR 16)"
+        cross = ""
+        if max_distance >= 4:
+            probe += " # m.mask"
+            cross = f"CROSS JOIN {masks}"
+        branches.append(
+            f"SELECT a.id, b.id FROM clipdb.images a {cross} JOIN clipdb.images b "
+            f"ON b.model_id = {model_id} AND b.phash IS NOT NULL "
+            f"AND substring(b.phash FROM {start} FOR 16) = {probe} AND b.id <> a.id "
+            "AND bit_count(a.phash # b.phash) <= %(d)s "
+            "WHERE a.id = ANY(%(ids)s) AND a.phash IS NOT NULL"
+        )
+    sql = " UNION ".join(branches)
+    return [(a, b) for a, b in conn.execute(sql, {"ids": list(ids), "d": int(max_distance)})]
+
+
+def rows_by_id(conn: psycopg.Connection[Any], ids: list[int]) -> list[DupeRow]:
+    """The rows of ``ids`` as :class:`DupeRow`."""
+    return [
+        DupeRow(row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value)
+        for row_id, path, raw, sha, size, mtime, width, height, value in conn.execute(
+            "SELECT id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint "
+            "FROM clipdb.images WHERE id = ANY(%s)",
+            (list(ids),),
+        )
+    ]
+
+
+def query_similarities(
+    conn: psycopg.Connection[Any], model: Model, ids: list[int], query: Any
+) -> dict[int, float]:
+    """Exact cosine similarity of rows ``ids`` to ``query``."""
+    dim = int(model.dim)
+    return {
+        row_id: float(similarity)
+        for row_id, similarity in conn.execute(
+            f"SELECT id, 1 - (embedding::vector({dim}) <=> %s::vector({dim})) "
+            "FROM clipdb.images WHERE id = ANY(%s)",
+            (query, list(ids)),
+        )
+    }

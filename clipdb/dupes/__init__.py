@@ -38,7 +38,7 @@ from clipdb.errors import UsageError
 TIERS = ("exact", "near", "similar")
 DEFAULT_TIERS = ("exact", "near")
 # Chosen from the labelled set in BENCHMARKS.md ("Duplicates: near tier quality").
-DEFAULT_NEAR_DISTANCE = 6
+DEFAULT_NEAR_DISTANCE = 4
 MAX_NEAR_DISTANCE = 7  # the banded index answers up to 7 (clipdb.duplicates)
 # Cannot be measured with random weights (see BENCHMARKS.md): a conservative cut for real CLIP.
 DEFAULT_SIMILAR_THRESHOLD = 0.95

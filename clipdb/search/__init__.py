@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import psycopg
 
-from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, Settings
+from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, MAX_RESULTS, Settings
 from clipdb.db.queries import Hit, check_result_count, search_vector
 from clipdb.db.registry import Model, image_counts, models_indexing, models_with_rows
 from clipdb.errors import ClipdbError, UsageError
@@ -213,6 +213,7 @@ class SearchOptions:
     ef_search: int = DEFAULT_EF_SEARCH
     under: str | None = None
     threshold: float | None = None
+    hide_duplicates: bool = False  # exact/near duplicates collapse to their kept image
 
     def __post_init__(self) -> None:
         check_result_count(self.k)  # the same limit in the CLI, Python, HTTP and SQL
@@ -222,16 +223,23 @@ def search(
     conn: psycopg.Connection[Any], model: Model, query: np.ndarray, options: SearchOptions
 ) -> list[Hit]:
     """Top-k images of ``model`` by cosine similarity to ``query`` (best first)."""
+    # Hidden duplicates leave gaps: more candidates are fetched, then collapsed to k.
+    k = min(MAX_RESULTS, 3 * options.k) if options.hide_duplicates else options.k
     # An HNSW scan returns at most ef_search rows, so it must be at least k.
-    return search_vector(
+    hits = search_vector(
         conn,
         model,
         query,
-        options.k,
-        ef_search=max(options.ef_search, options.k),
+        k,
+        ef_search=max(options.ef_search, k),
         under=options.under,
         threshold=options.threshold,
     )
+    if options.hide_duplicates:
+        from clipdb.dupes.collapse import collapse_hits
+
+        hits = collapse_hits(conn, model, hits, query, options.k)
+    return hits
 
 
 def load_model_encoder(

@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--under", metavar="DIR", help="only images under this folder")
     parser.add_argument(
+        "--hide-duplicates",
+        action="store_true",
+        help="show each exact or near duplicate group once, as its kept image (see dupes)",
+    )
+    parser.add_argument(
         "--ef-search",
         type=positive_int,
         default=DEFAULT_EF_SEARCH,
@@ -168,7 +173,9 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def search_options(args: argparse.Namespace) -> SearchOptions:
-    return SearchOptions(args.top, args.ef_search, args.under, args.threshold)
+    return SearchOptions(
+        args.top, args.ef_search, args.under, args.threshold, hide_duplicates=args.hide_duplicates
+    )
 
 
 def run_query(args: argparse.Namespace, settings: Settings, database: Database) -> list[Hit]:

@@ -44,7 +44,7 @@ INDEXES = "\n".join(
 
 DUPLICATES = r"""
 CREATE FUNCTION clipdb.duplicates(
-    tier text DEFAULT 'near', max_distance integer DEFAULT 6, model text DEFAULT NULL,
+    tier text DEFAULT 'near', max_distance integer DEFAULT 4, model text DEFAULT NULL,
     pretrained text DEFAULT NULL)
 RETURNS TABLE (image_id bigint, other_id bigint, distance integer)
 LANGUAGE plpgsql STABLE AS $fn$
