@@ -293,3 +293,31 @@ def test_api_duplicates_and_hide_duplicates_over_http(database, tiny_encoder, tm
     db._encoder = tiny_encoder
     assert len(db.search_by_text("x", top_k=4, hide_duplicates=True)) == 2
     assert len(db.search_by_text("x", top_k=4)) == 4
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.access("/usr/bin/chromium", os.X_OK), reason="needs /usr/bin/chromium")
+def test_duplicates_view_in_the_browser(database, tiny_encoder, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    from clipdb.serve import create_app, running
+
+    paths = make_library(tmp_path / "lib")
+    run_ingest(database, tiny_encoder, tmp_path / "lib")
+    with running(create_app(database, encoder=tiny_encoder)) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.click("#dupes-button")
+            expect(page.locator("#status")).to_contain_text("1 duplicate group")
+            expect(page.locator(".dupe-group .dupe")).to_have_count(3)
+            kept = page.locator(".dupe.keep")
+            expect(kept).to_have_count(1)
+            assert kept.get_attribute("title") == str(paths["big"])
+            thumb = kept.locator("img")
+            expect(thumb).to_have_js_property("complete", True)
+            assert thumb.evaluate("img => img.naturalWidth") > 0
+        finally:
+            browser.close()
