@@ -17,6 +17,9 @@ from clipdb.db.queries import ID_CHUNK
 from clipdb.db.registry import Model
 from clipdb.files import display, fs_path
 
+# (first bit, width) of the pHash bands with a B-tree index each (migrations/versions/0007).
+PHASH_BANDS = ((1, 22), (23, 21), (44, 21))
+
 
 @dataclass(frozen=True)
 class DupeRow:
@@ -146,26 +149,19 @@ def neighbour_pairs(
     """(id, other) for each of ``ids`` and every row of the model that is its exact (same
     sha256) or near (pHash within ``max_distance``, 0..7) duplicate: one hop, by index."""
     model_id = int(model.model_id)
-    masks = (
-        "(SELECT B'0000000000000000'::bit(16) UNION ALL "
-        "SELECT B'1000000000000000'::bit(16) >> s FROM generate_series(0, 15) s) m(mask)"
-    )
+    radius = int(max_distance) // 3
     branches = [
         f"SELECT a.id, b.id FROM clipdb.images a JOIN clipdb.images b ON b.model_id = {model_id} "
         "AND b.sha256 = a.sha256 AND b.id <> a.id WHERE a.id = ANY(%(ids)s)"
     ]
-    for band in range(4):
-        start = band * 16 + 1
-        probe = f"substring(a.phash FROM {start} FOR 16)"
-        cross = ""
-        if max_distance >= 4:
-            probe += " # m.mask"
-            cross = f"CROSS JOIN {masks}"
+    for first, width in PHASH_BANDS:  # the band indexes of migrations/versions/0007
+        band = f"substring({{}}.phash FROM {first} FOR {width})"
         branches.append(
-            f"SELECT a.id, b.id FROM clipdb.images a {cross} JOIN clipdb.images b "
-            f"ON b.model_id = {model_id} AND b.phash IS NOT NULL "
-            f"AND substring(b.phash FROM {start} FOR 16) = {probe} AND b.id <> a.id "
-            "AND bit_count(a.phash # b.phash) <= %(d)s "
+            f"SELECT a.id, b.id FROM clipdb.images a "
+            f"CROSS JOIN clipdb.phash_band_masks({width}, {radius}) m(mask) "
+            f"JOIN clipdb.images b ON b.model_id = {model_id} AND b.phash IS NOT NULL "
+            f"AND {band.format('b')} = ({band.format('a')} # m.mask::bit({width})) "
+            "AND b.id <> a.id AND bit_count(a.phash # b.phash) <= %(d)s "
             "WHERE a.id = ANY(%(ids)s) AND a.phash IS NOT NULL"
         )
     sql = " UNION ".join(branches)

@@ -39,7 +39,7 @@ TIERS = ("exact", "near", "similar")
 DEFAULT_TIERS = ("exact", "near")
 # Chosen from the labelled set in BENCHMARKS.md ("Duplicates: near tier quality").
 DEFAULT_NEAR_DISTANCE = 4
-MAX_NEAR_DISTANCE = 7  # the banded index answers up to 7 (clipdb.duplicates)
+MAX_NEAR_DISTANCE = 8  # the banded index answers up to 8 (clipdb.duplicates)
 # Cannot be measured with random weights (see BENCHMARKS.md): a conservative cut for real CLIP.
 DEFAULT_SIMILAR_THRESHOLD = 0.95
 SIMILAR_NEIGHBOURS = 10  # nearest neighbours per image that the similar tier looks at

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_NEAR_DISTANCE,
         metavar="BITS",
-        help=f"near tier: pHash Hamming distance 0..7 (default {DEFAULT_NEAR_DISTANCE})",
+        help=f"near tier: pHash Hamming distance 0..8 (default {DEFAULT_NEAR_DISTANCE})",
     )
     parser.add_argument(
         "--similar-threshold",
