@@ -236,6 +236,8 @@ def test_sql_function_duplicates_for_other_apps(database, tiny_encoder, tmp_path
         assert (min(big, copy), max(big, copy)) in pairs
         assert (min(big, small), max(big, small)) in pairs
         assert all(ids[str(paths["other"])] not in pair for pair in pairs)
+        wide = conn.execute("SELECT count(*) FROM clipdb.duplicates('near', 8)").fetchone()
+        assert wide[0] >= len(pairs)  # radius 2 per band: still answered
         with pytest.raises(Exception, match="max_distance"):
             conn.execute("SELECT * FROM clipdb.duplicates('near', 9)")
 

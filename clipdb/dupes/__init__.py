@@ -248,20 +248,6 @@ def _member(
     )
 
 
-def kept_ids(
-    conn: Any, model: Model, *, near_distance: int = DEFAULT_NEAR_DISTANCE
-) -> dict[int, int]:
-    """image id -> the id of its group's kept image, for every non-kept image of an exact or
-    near group (what ``search --hide-duplicates`` collapses). No file is stat'ed."""
-    result = find_duplicates(conn, model, near_distance=near_distance, check_files=False)
-    return {
-        m.image_id: group.kept.image_id
-        for group in result.groups
-        for m in group.images
-        if not m.keep
-    }
-
-
 def dupes_for(
     database: Any,
     settings: Any,
