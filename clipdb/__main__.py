@@ -18,6 +18,7 @@ COMMANDS = {
     "embed": "print the query embedding of an image or text (for SQL)",
     "serve": "web page and JSON API on 127.0.0.1",
     "db": "the database: url, status, stop, upgrade",
+    "dupes": "duplicate groups (exact, near, similar) and a script to move them",
 }
 
 USAGE = "usage: clipdb [--version] [--help] COMMAND [ARGS...]"

@@ -136,6 +136,7 @@ class ClipDB:
         under: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         ef_search: int = DEFAULT_EF_SEARCH,
+        hide_duplicates: bool = False,
         **filters: Any,
     ) -> list[dict[str, Any]]:
         """``[{"rank", "image_path", "similarity", "filename", "image_id", "taken_at", "camera",
@@ -143,7 +144,9 @@ class ClipDB:
         (``after``, ``before``, ``camera``, ``near=(lat, lon, km)``, ``within``, ``sort``,
         ``offset``)."""
         open_image(query_image_path)  # a missing or broken file fails before anything loads
-        options = SearchOptions(top_k, ef_search, _str(under), threshold, _filters(filters))
+        options = SearchOptions(
+            top_k, ef_search, _str(under), threshold, _filters(filters), hide_duplicates
+        )
         model = self._searched_model()  # no rows: fail before loading the model
         encoder = self._encoder_for(model)
         vector = encoder.encode_pil([open_image(query_image_path, encoder)])[0]
@@ -157,10 +160,13 @@ class ClipDB:
         under: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         ef_search: int = DEFAULT_EF_SEARCH,
+        hide_duplicates: bool = False,
         **filters: Any,
     ) -> list[dict[str, Any]]:
         """Images matching a text description (CLIP text tower), best first."""
-        options = SearchOptions(top_k, ef_search, _str(under), threshold, _filters(filters))
+        options = SearchOptions(
+            top_k, ef_search, _str(under), threshold, _filters(filters), hide_duplicates
+        )
         model = self._searched_model()
         vector = self._encoder_for(model).encode_texts([text])[0]
         return [hit.to_dict() for hit in self._search(model, vector, options)]

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from clipdb import files
 from clipdb.exif import PhotoMetadata, read_metadata
 from clipdb.files import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE
+from clipdb.phash import phash
 
 ORIENTATION_TAG = 0x0112
 SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
@@ -244,6 +245,7 @@ class Decoded:
     pixels: np.ndarray | None = None
     reason: str | None = None
     metadata: PhotoMetadata | None = None  # EXIF date/camera/place (clipdb.exif)
+    phash: int | None = None  # clipdb.phash of the decoded image
 
 
 def decode_task(
@@ -263,6 +265,7 @@ def decode_task(
         draft_size = pipeline.input_size * DRAFT_MARGIN if draft else None
         image, width, height = open_image(data, max_pixels=max_pixels, draft_size=draft_size)
         pixels = pipeline.to_pixels(image)
+        perceptual = phash(image)  # from the image already decoded: a 32x32 resize more
     except ImageError as err:
         return Decoded(path, reason=str(err))
     except MemoryError:
@@ -271,7 +274,31 @@ def decode_task(
         return Decoded(path, reason=CORRUPT)
     # The header is parsed again (cheap, no pixels): open_image's signature stays as it is.
     metadata = read_metadata(data, PILLOW_FORMATS)
-    return Decoded(path, hashlib.sha256(data).digest(), width, height, pixels, metadata=metadata)
+    digest = hashlib.sha256(data).digest()
+    return Decoded(path, digest, width, height, pixels, metadata=metadata, phash=perceptual)
+
+
+# The draft size a hash-only backfill decodes JPEGs at: that of a 224-pixel model's ingest, so
+# a backfilled hash equals the one ingest computes (and the box filter makes any draft close).
+PHASH_DRAFT_SIZE = 224 * DRAFT_MARGIN
+
+
+def phash_task(
+    path: str, max_pixels: int | None, found: files.FileStat | None = None
+) -> tuple[str, int | None, str | None]:
+    """(path, pHash, None) or (path, None, skip reason): decode only, no model pixels; for
+    rows indexed before clipdb stored hashes."""
+    try:
+        image, _, _ = open_image(
+            _read(path, found), max_pixels=max_pixels, draft_size=PHASH_DRAFT_SIZE
+        )
+        return path, phash(image), None
+    except ImageError as err:
+        return path, None, str(err)
+    except MemoryError:
+        return path, None, TOO_LARGE
+    except Exception:  # noqa: BLE001 - one odd file must not stop the backfill
+        return path, None, CORRUPT
 
 
 def unusable(path: str, found: files.FileStat | None, max_pixels: int | None) -> str | None:

@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import run_module
 
-COMMANDS = ("ingest", "search", "embed", "serve", "db")
+COMMANDS = ("ingest", "search", "embed", "serve", "db", "dupes")
 
 
 def test_clipdb_help_lists_every_command() -> None:

@@ -25,6 +25,9 @@ _META_COLUMNS = "taken_at, taken_at_naive, camera, lens, lat, lon, metadata_vers
 _META_TYPES = ["timestamptz", "bool", "text", "text", "float8", "float8", "int2"]
 _COLUMNS = f"{_COLUMNS}, {_META_COLUMNS}"
 _TYPES = [*_TYPES, *_META_TYPES]
+# Upserts also carry the perceptual hash: staged as int8, stored as bit(64) (int8::bit(64)).
+_UPSERT_COLUMNS = f"{_COLUMNS}, phash"
+_UPSERT_TYPES = [*_TYPES, "int8"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class ImageRecord:
     height: int
     embedding: np.ndarray
     metadata: PhotoMetadata | None = None  # None: not read (metadata_version stays NULL)
+    phash: int | None = None  # clipdb.phash (signed int64); None: not computed
 
     def as_row(self) -> tuple[Any, ...]:
         embedding = np.asarray(self.embedding, dtype=np.float32)
@@ -98,10 +102,15 @@ def set_metadata(
     return len(updates)
 
 
-def _copy(conn: psycopg.Connection[Any], table: str, rows: Iterable[tuple[Any, ...]]) -> int:
+def _copy(
+    conn: psycopg.Connection[Any],
+    table: str,
+    rows: Iterable[tuple[Any, ...]],
+    types: Sequence[str] = tuple(_TYPES),
+) -> int:
     count = 0
     with conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_TYPES)
+        copy.set_types(list(types))
         for row in rows:
             copy.write_row(row)
             count += 1
@@ -143,20 +152,27 @@ def upsert_images(
     model_id = int(model.model_id)
     source = "import" if imported else "ingest"
     conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS clipdb_incoming ({_columns_ddl()}) ON COMMIT DELETE ROWS"
+        f"CREATE TEMP TABLE IF NOT EXISTS clipdb_incoming ({_columns_ddl()}, phash bigint) "
+        "ON COMMIT DELETE ROWS"
     )
-    _copy(conn, f"clipdb_incoming ({_COLUMNS})", (r.as_row() for r in records))
+    _copy(
+        conn,
+        f"clipdb_incoming ({_UPSERT_COLUMNS})",
+        ((*r.as_row(), r.phash) for r in records),
+        _UPSERT_TYPES,
+    )
     conn.execute(
         f"""
-        INSERT INTO clipdb.images (model_id, source, {_COLUMNS})
-        SELECT DISTINCT ON (path) {model_id}, %s, {_COLUMNS} FROM clipdb_incoming
+        INSERT INTO clipdb.images (model_id, source, {_COLUMNS}, phash)
+        SELECT DISTINCT ON (path) {model_id}, %s, {_COLUMNS}, phash::bit(64) FROM clipdb_incoming
         ON CONFLICT (model_id, path) DO UPDATE SET
             sha256 = EXCLUDED.sha256, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns,
             width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding,
             path_bytes = EXCLUDED.path_bytes, source = EXCLUDED.source, updated_at = now(),
             taken_at = EXCLUDED.taken_at, taken_at_naive = EXCLUDED.taken_at_naive,
             camera = EXCLUDED.camera, lens = EXCLUDED.lens, lat = EXCLUDED.lat,
-            lon = EXCLUDED.lon, metadata_version = EXCLUDED.metadata_version
+            lon = EXCLUDED.lon, metadata_version = EXCLUDED.metadata_version,
+            phash = EXCLUDED.phash
         """,
         (source,),
     )
@@ -173,6 +189,24 @@ def refresh_identity(
         f"WHERE model_id = {int(model.model_id)} AND path = %s",
         (size, mtime_ns, db_path(path)[0]),
     )
+
+
+def set_phashes(
+    conn: psycopg.Connection[Any], model: Model, hashes: Sequence[tuple[str, int, int, int]]
+) -> int:
+    """Backfill perceptual hashes of rows indexed before clipdb had them: (path, size,
+    mtime_ns, phash); a row whose file changed meanwhile (other size/mtime) is left alone,
+    and neither the embedding nor updated_at changes (the row's content is the same)."""
+    if not hashes:
+        return 0
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"UPDATE clipdb.images SET phash = %s::bigint::bit(64) "
+            f"WHERE model_id = {int(model.model_id)} AND path = %s AND size = %s "
+            "AND mtime_ns = %s",
+            [(phash, db_path(path)[0], size, mtime_ns) for path, size, mtime_ns, phash in hashes],
+        )
+    return len(hashes)
 
 
 def move_row(

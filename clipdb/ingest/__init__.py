@@ -21,6 +21,7 @@ from clipdb.config import DEVICES, PRECISIONS, Settings
 from clipdb.db import Database, open_database, require_write_access
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
+from clipdb.ingest.phash_backfill import backfill_phashes
 from clipdb.ingest.plan import (
     SkipCallback,
     identity,
@@ -239,6 +240,11 @@ class Ingester:
                 from clipdb.ingest.backfill import backfill_metadata
 
                 summary.metadata_read = backfill_metadata(conn, model, stats, plan.to_encode)
+                # rows from before 0007: their pHash, without encoding
+                backfill_phashes(
+                    conn, model, stats, set(plan.to_encode),
+                    workers=self._workers(), max_pixels=self.options.max_pixels,
+                )  # fmt: skip
             if self.encoder is None:
                 self._drop_unusable_head(plan.to_encode, stats, skip)
             if plan.to_encode:
@@ -298,6 +304,9 @@ class Ingester:
             self._offline_roots = offline  # back online: say so again if it goes
         retried = [path for path in known if path not in still_bad]
         remember_skips(conn, model, self.roots, seen, retried, new_skips)
+
+    def _workers(self) -> int:
+        return default_workers() if self.options.workers is None else self.options.workers
 
     def _drop_unusable_head(
         self, paths: list[str], stats: dict[str, files.FileStat], skip: SkipCallback

@@ -128,6 +128,7 @@ def encode_and_write(
                     item.height,
                     embedding,
                     metadata=item.metadata,
+                    phash=item.phash,
                 )
             )
             on_written(item.path)

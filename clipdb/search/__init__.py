@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
 
-from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, Settings
-from clipdb.db.queries import Hit, check_result_count, search_vector
+from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, MAX_RESULTS, Settings
+from clipdb.db.queries import Hit, arrange, check_result_count, search_vector
 from clipdb.db.registry import Model, image_counts, models_indexing, models_with_rows
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.filters import NO_FILTERS, Filters
@@ -215,6 +215,7 @@ class SearchOptions:
     under: str | None = None
     threshold: float | None = None
     filters: Filters = NO_FILTERS  # date/camera/place, --within, --sort, --offset
+    hide_duplicates: bool = False  # exact/near duplicates collapse to their kept image
 
     def __post_init__(self) -> None:
         check_result_count(self.k)  # the same limit in the CLI, Python, HTTP and SQL
@@ -224,6 +225,8 @@ def search(
     conn: psycopg.Connection[Any], model: Model, query: np.ndarray, options: SearchOptions
 ) -> list[Hit]:
     """Top-k images of ``model`` by cosine similarity to ``query`` (best first)."""
+    if options.hide_duplicates:
+        return _search_collapsed(conn, model, query, options)
     # An HNSW scan returns at most ef_search rows, so it must be at least k.
     return search_vector(
         conn,
@@ -235,6 +238,34 @@ def search(
         threshold=options.threshold,
         filters=options.filters,
     )
+
+
+def _search_collapsed(
+    conn: psycopg.Connection[Any], model: Model, query: np.ndarray, options: SearchOptions
+) -> list[Hit]:
+    """``--hide-duplicates``: collapse first, then --within, --sort and --offset on what is
+    left, so a page never counts a hidden copy and date order applies to kept images."""
+    from clipdb.dupes.collapse import collapse_hits
+
+    wanted = options.k + options.filters.offset
+    # Hidden duplicates leave gaps: more candidates are fetched, then collapsed.
+    fetch = min(MAX_RESULTS, 3 * wanted)
+    rows_only = replace(options.filters, within=None, sort="relevance", offset=0)
+    hits = search_vector(
+        conn,
+        model,
+        query,
+        fetch,
+        ef_search=max(options.ef_search, fetch),
+        under=options.under,
+        threshold=options.threshold,
+        filters=rows_only,
+    )
+    # With filters, a group's kept image is chosen among the hits (which passed them), never
+    # one outside --under or the date range.
+    narrowed = options.under is not None or options.threshold is not None or rows_only.narrows
+    hits = collapse_hits(conn, model, hits, query, wanted, among_hits=narrowed)
+    return arrange(hits, options.k, options.filters)
 
 
 def load_model_encoder(

@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--under", metavar="DIR", help="only images under this folder")
     add_filter_arguments(parser)
     parser.add_argument(
+        "--hide-duplicates",
+        action="store_true",
+        help="show each exact or near duplicate group once, as its kept image (see dupes)",
+    )
+    parser.add_argument(
         "--ef-search",
         type=positive_int,
         default=DEFAULT_EF_SEARCH,
@@ -210,7 +215,12 @@ def search_filters(args: argparse.Namespace) -> Filters:
 
 def search_options(args: argparse.Namespace) -> SearchOptions:
     return SearchOptions(
-        args.top, args.ef_search, args.under, args.threshold, filters=search_filters(args)
+        args.top,
+        args.ef_search,
+        args.under,
+        args.threshold,
+        filters=search_filters(args),
+        hide_duplicates=args.hide_duplicates,
     )
 
 

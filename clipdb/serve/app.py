@@ -179,6 +179,9 @@ def create_app(
             float | None, Form(ge=-1.0, le=1.0, description="minimum cosine similarity")
         ] = None,
         under: Annotated[str | None, Form(description="only images under this directory")] = None,
+        hide_duplicates: Annotated[
+            bool, Form(description="collapse exact/near duplicates to their kept image")
+        ] = False,
         filters: Annotated[Filters, Depends(form_filters)] = NO_FILTERS,
     ) -> Response:
         """Results as a list of ``{rank, image_path, similarity, filename, image_id}``.
@@ -188,8 +191,9 @@ def create_app(
         started = time.perf_counter()
         query_image = _uploaded_image(image)
         return _run_search(
-            query_image, (text or "").strip() or None, k, threshold, under, started, filters
-        )
+            query_image, (text or "").strip() or None, k, threshold, under, started, filters,
+            hide_duplicates=hide_duplicates,
+        )  # fmt: skip
 
     def _uploaded_image(image: UploadFile | None) -> Image.Image | None:
         if image is None or not (image.filename or image.size):
@@ -231,12 +235,14 @@ def create_app(
         k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = DEFAULT_TOP_K,
         threshold: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
         under: Annotated[str | None, Query()] = None,
+        hide_duplicates: bool = False,
         filters: Annotated[Filters, Depends(query_filters)] = NO_FILTERS,
     ) -> Response:
         """Results as a list of ``{rank, image_path, similarity, filename, image_id}``."""
         return _run_search(
-            None, text.strip() or None, k, threshold, under, time.perf_counter(), filters
-        )
+            None, text.strip() or None, k, threshold, under, time.perf_counter(), filters,
+            hide_duplicates=hide_duplicates,
+        )  # fmt: skip
 
     def _run_search(
         image: Image.Image | None,
@@ -246,13 +252,18 @@ def create_app(
         under: str | None,
         started: float,
         filters: Filters = NO_FILTERS,
+        *,
+        hide_duplicates: bool = False,
     ) -> Response:
         if image is None and text is None:
             raise HTTPException(400, "give a query: an image, a text, or both")
         decoded = time.perf_counter()
         vector = service.encode_query(image, text)
         encoded = time.perf_counter()
-        hits = service.search(vector, k, threshold=threshold, under=under or None, filters=filters)
+        hits = service.search(
+            vector, k, threshold=threshold, under=under or None, filters=filters,
+            hide_duplicates=hide_duplicates,
+        )  # fmt: skip
         finished = time.perf_counter()
         return JSONResponse(
             [hit.to_dict() for hit in hits],
@@ -260,6 +271,24 @@ def create_app(
                 decode=decoded - started, encode=encoded - decoded, db=finished - encoded
             ),
         )
+
+    @app.get("/api/duplicates", summary="Duplicate groups (exact, near, similar)")
+    def duplicates(
+        tier: Annotated[str, Query(description="comma list of exact, near, similar")] = (
+            "exact,near"
+        ),
+    ) -> JSONResponse:
+        """A list of ``{tier, images: [{image_path, image_id, width, height, size, keep,
+        distance | similarity}]}``, as ``clipdb dupes --json``; files are stat'ed (stale
+        ones are left out)."""
+        from clipdb.dupes import parse_tiers
+        from clipdb.errors import UsageError
+
+        try:
+            tiers = parse_tiers(tier)
+        except UsageError as err:
+            raise HTTPException(422, str(err)) from None
+        return JSONResponse(service.duplicates(tiers))
 
     @app.get("/api/similar/{image_id}", summary="More like an indexed image (no model needed)")
     def similar(

@@ -262,11 +262,21 @@ class SearchService:
         threshold: float | None,
         under: str | None,
         filters: Filters = NO_FILTERS,
+        hide_duplicates: bool = False,
     ) -> list[db_queries.Hit]:
         model = self.model()
-        options = SearchOptions(k, DEFAULT_EF_SEARCH, under, threshold, filters)
+        options = SearchOptions(k, DEFAULT_EF_SEARCH, under, threshold, filters, hide_duplicates)
         with self.connection() as conn:
             return search(conn, model, vector, options)
+
+    def duplicates(self, tiers: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Duplicate groups of the served model (``clipdb dupes --json``)."""
+        from clipdb.dupes import find_duplicates
+
+        model = self.model()
+        with self.connection() as conn:
+            result = find_duplicates(conn, model, tiers=tiers)
+        return [group.to_dict() for group in result.groups]
 
     def indexed_vector(self, image_id: int) -> np.ndarray:
         model = self.model()

@@ -114,6 +114,7 @@ function searchForm() {
   if (queryFile) body.append("image", queryFile);
   if (text) body.append("text", text);
   body.append("k", kInput.value || "12");
+  if (document.getElementById("hide-dupes").checked) body.append("hide_duplicates", "true");
   const label = queryFile && text ? `for "${text}" + image` : text ? `for "${text}"` : "by image";
   run(label, () => fetch("/api/search", { method: "POST", body }));
 }
@@ -180,3 +181,52 @@ fetch("/api/stats")
       `${serving.architecture}${serving.pretrained ? ` (${serving.pretrained})` : ""}${count}`;
   })
   .catch(() => {});
+
+// Duplicates view: the groups of GET /api/duplicates (exact and near), the kept image first.
+function renderGroups(groups) {
+  results.replaceChildren(...groups.map((group, index) => {
+    const box = document.createElement("section");
+    box.className = "dupe-group";
+    box.dataset.tier = group.tier;
+    const title = document.createElement("h2");
+    title.textContent = `group ${index + 1}: ${group.tier}, ${group.images.length} images`;
+    box.append(title);
+    for (const image of group.images) {
+      const card = document.createElement("figure");
+      card.className = image.keep ? "dupe keep" : "dupe";
+      card.dataset.imageId = image.image_id;
+      card.title = image.image_path;
+      const img = document.createElement("img");
+      img.src = `/api/images/${image.image_id}/thumbnail`;
+      img.alt = image.image_path.split("/").pop();
+      img.loading = "lazy";
+      const caption = document.createElement("figcaption");
+      const how = image.keep ? "keep" : image.distance !== undefined
+        ? `${image.distance} bits` : image.similarity !== undefined
+          ? image.similarity.toFixed(3) : "";
+      caption.textContent = `${how} · ${image.width}×${image.height} · ${img.alt}`;
+      card.append(img, caption);
+      box.append(card);
+    }
+    return box;
+  }));
+}
+
+document.getElementById("dupes-button").addEventListener("click", async () => {
+  setStatus("Finding duplicates…");
+  let response;
+  try {
+    response = await fetch("/api/duplicates");
+  } catch (err) {
+    setStatus(`Failed: ${err}`, true);
+    return;
+  }
+  if (!response.ok) {
+    setStatus(await errorMessage(response), true);
+    return;
+  }
+  const groups = await response.json();
+  renderGroups(groups);
+  setStatus(groups.length ? `${groups.length} duplicate group${groups.length === 1 ? "" : "s"}`
+    : "No duplicates");
+});

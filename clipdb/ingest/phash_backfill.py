@@ -1,0 +1,72 @@
+"""Perceptual hashes for rows indexed before clipdb stored them, without re-encoding.
+
+An unchanged file whose row has no ``phash`` is decoded (in worker processes when there are
+many) and only its hash is written: the encoder is never called, the embedding is untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+from clipdb import decode, files
+from clipdb.db import dupes as dupe_queries
+from clipdb.db import store
+from clipdb.db.registry import Model
+
+MIN_FILES_FOR_POOL = 16
+BATCH = 500  # hashes per transaction
+
+
+def _hashed(
+    paths: list[str], stats: dict[str, files.FileStat], workers: int, max_pixels: int | None
+) -> Iterator[tuple[str, int | None, str | None]]:
+    task = partial(decode.phash_task, max_pixels=max_pixels)
+    if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
+        yield from (task(path, found=stats.get(path)) for path in paths)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=decode.worker_init
+    ) as pool:
+        yield from pool.map(task, paths, [stats.get(p) for p in paths], chunksize=8)
+
+
+def backfill_phashes(
+    conn: Any,
+    model: Model,
+    stats: dict[str, files.FileStat],
+    exclude: set[str],
+    *,
+    workers: int,
+    max_pixels: int | None,
+) -> int:
+    """Hash the files of ``stats`` (not in ``exclude``: those are being encoded, and get their
+    hash there) whose rows lack one and still match the scan; returns how many were stored.
+    A file that cannot be decoded now keeps its row as it is (ingest decoded it once)."""
+    todo = [
+        path
+        for path, (size, mtime_ns) in dupe_queries.paths_without_phash(
+            conn, model, [p for p in stats if p not in exclude]
+        ).items()
+        if (size, mtime_ns) == (stats[path].size, stats[path].mtime_ns)
+    ]
+    stored = 0
+    batch: list[tuple[str, int, int, int]] = []
+    for path, value, _reason in _hashed(sorted(todo), stats, workers, max_pixels):
+        if value is None:
+            continue
+        stat = stats[path]
+        batch.append((path, stat.size, stat.mtime_ns, value))
+        if len(batch) >= BATCH:
+            with conn.transaction():
+                stored += store.set_phashes(conn, model, batch)
+            batch.clear()
+    if batch:
+        with conn.transaction():
+            stored += store.set_phashes(conn, model, batch)
+    return stored
