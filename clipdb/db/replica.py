@@ -100,9 +100,7 @@ def _add_synchronous_standby(conn: psycopg.Connection[Any], name: str, where: st
     try:
         conn.execute("SELECT set_config('synchronous_standby_names', %s, false)", (value,))
         conn.execute(
-            sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
-                sql.Literal(value)
-            )
+            sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(value))
         )
         conn.execute("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
         conn.execute("SELECT pg_reload_conf()")
