@@ -45,8 +45,6 @@ def replicate(source: Database, target: Path, *, sync: bool = False) -> Embedded
     name = application_name(target)
     with connect_checked(source.url, autocommit=True) as conn:
         _check_may_replicate(conn, where)
-        if sync:
-            _add_synchronous_standby(conn, name, where)
     user = access.server_user()
     _ensure_home(target, user)
     pgdata = _pgdata(target)
@@ -61,7 +59,12 @@ def replicate(source: Database, target: Path, *, sync: bool = False) -> Embedded
     except ClipdbError as err:
         detail = str(err).split("pg_basebackup failed: ", 1)[-1]
         raise ClipdbError(f"cannot replicate from {where}: {detail}") from None
-    return ensure_server(target)
+    server = ensure_server(target)
+    if sync:
+        # Only now: listed before it streams, the standby would stall every commit.
+        with connect_checked(source.url, autocommit=True) as conn:
+            _add_synchronous_standby(conn, name, where)
+    return server
 
 
 def _check_may_replicate(conn: psycopg.Connection[Any], where: str) -> None:
@@ -98,16 +101,25 @@ def _add_synchronous_standby(conn: psycopg.Connection[Any], name: str, where: st
         names.append(name)
     value = "ANY 1 (" + ", ".join(f'"{n}"' for n in names) + ")"
     try:
-        conn.execute("SELECT set_config('synchronous_standby_names', %s, false)", (value,))
         conn.execute(
             sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(value))
         )
         conn.execute("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
         conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        while time.monotonic() < deadline:  # the reload lands a moment later
+            row = conn.execute(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
+                (name,),
+            ).fetchone()
+            if row is not None and row[0] in ("sync", "quorum"):
+                return
+            time.sleep(0.05)
     except psycopg.Error as err:
         raise ClipdbError(
             f"cannot make the standby synchronous on {where}: {first_line(err)}"
         ) from None
+    raise ClipdbError(f"standby {name} did not become synchronous on {where}")
 
 
 def is_standby(conn: psycopg.Connection[Any]) -> bool:
