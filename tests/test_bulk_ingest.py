@@ -20,8 +20,8 @@ def _index_oid(database: Database, name: str) -> int | None:
 
 def test_switch_point() -> None:
     assert bulk.use_bulk(2000, 0)  # a first load
-    assert bulk.use_bulk(70_000, 1_000_000)  # a backfill of 7%
-    assert not bulk.use_bulk(60_000, 1_000_000)  # an everyday run
+    assert bulk.use_bulk(500_000, 1_000_000)  # a backfill of half again
+    assert not bulk.use_bulk(100_000, 1_000_000)  # an everyday run
     assert not bulk.use_bulk(500, 0)  # too few for the DDL to matter
 
 

@@ -1,11 +1,12 @@
 """The bulk write path: a run that adds many rows relative to what the model's HNSW index
 holds writes without the index and builds it once, CONCURRENTLY, at the end.
 
-Why: every row inserted into a live HNSW index costs a graph search; one writer inserts
-126 rows/s with the index and 9,462 without (issue 16, this machine). Building the index over
-N rows runs at ~1,960 rows/s (1M halfvec rows in 8.5 min, bench/results/SCALE.md). For a run
-of n new rows into a model holding E rows: online costs n/126 s, bulk n/9462 + (E+n)/1960 s,
-so bulk wins once n > ~0.07 E (see BENCHMARKS.md "bulk write path" for the measured figures).
+Why: every row inserted into a live HNSW index costs a graph search. Measured here
+(bench/bench_write.py, 512-d, BENCHMARKS.md "Bulk write path"): online upserts ran at 126
+rows/s; without the index the same batches wrote 1,500 rows in 0.36 s, and the CONCURRENTLY
+build over 21,500 rows took 57 s (~375 rows/s on the loaded 2-core machine). For n new rows
+into a model holding E: online costs n/126 s, bulk ~(E+n)/375 s, so bulk wins once n > ~0.5 E.
+A first load (E = 0) always qualifies.
 
 Rows are still written batch by batch with the same exactly-once upsert and committed as they
 go; only the index is absent meanwhile. Searches stay correct (an exact scan of the model's
@@ -23,7 +24,7 @@ from clipdb.db import Database
 from clipdb.db.registry import Model
 from clipdb.db.store import build_model_index, drop_model_index, model_index_state
 
-BULK_RATIO = 0.07  # planned new rows >= this x rows the model holds
+BULK_RATIO = 0.5  # planned new rows >= this x rows the model holds (measured)
 BULK_MIN_ROWS = 2000  # below this a rebuild's fixed cost is not worth the DDL
 
 
