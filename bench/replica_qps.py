@@ -79,12 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_for_replicas(database, standby.url(), timeout=600)
         queries = gen.sample(200, stream=1)
         result: dict[str, object] = {"n": args.n, "seconds": args.seconds}
+        seconds = args.seconds
         for clients in (int(c) for c in args.clients.split(",")):
-            result[f"primary_{clients}c"] = qps([primary.url()], model, queries, clients, args.seconds)
-            result[f"standby_{clients}c"] = qps([standby.url()], model, queries, clients, args.seconds)
-            result[f"both_{clients}c"] = qps(
-                [primary.url(), standby.url()], model, queries, clients, args.seconds
-            )
+            for name, urls in (
+                ("primary", [primary.url()]),
+                ("standby", [standby.url()]),
+                ("both", [primary.url(), standby.url()]),
+            ):
+                result[f"{name}_{clients}c"] = qps(urls, model, queries, clients, seconds)
         print(json.dumps(result))
     finally:
         stop_server(base / "standby")

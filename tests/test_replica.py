@@ -178,3 +178,18 @@ def test_replicate_from_a_role_without_replication_or_a_dead_primary(pair, tmp_p
     assert "127.0.0.1:1" in err and "refused" in err.lower(), err
     assert err.strip().count("\n") == 0
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_clipdb_api_reads_from_the_read_url(pair) -> None:
+    from clipdb.api import ClipDB
+
+    primary, standby = pair
+    with Database(url=primary.url()).connect() as conn:
+        insert_rows(conn, TINY_MODEL, 32, 3, prefix="/api")
+    wait_for_replicas(Database(url=primary.url()), standby.url())
+    db = ClipDB(TINY_MODEL, "none", database_url=primary.url(), read_database_url=standby.url())
+    assert db.read_database.url == standby.url()
+    assert db._searched_model().architecture == TINY_MODEL  # chosen on the standby
+    assert ClipDB(TINY_MODEL, "none", database_url=primary.url()).read_database.url == (
+        primary.url()
+    )
