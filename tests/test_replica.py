@@ -28,8 +28,13 @@ def pair() -> Iterator[tuple[EmbeddedServer, EmbeddedServer]]:
         yield primary, standby
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def _run(home: Path, module: str, *args: str) -> tuple[int, str, str]:
-    result = run_module(module, *args, env={"CLIPDB_HOME": str(home)})
+    # This checkout's clipdb, whatever the working directory an earlier test left.
+    env = {"CLIPDB_HOME": str(home), "PYTHONPATH": str(REPO)}
+    result = run_module(module, *args, env=env)
     return result.returncode, result.stdout, result.stderr
 
 
