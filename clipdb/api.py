@@ -61,13 +61,18 @@ class ClipDB:
         database_url: str | None = None,
         device: str = "auto",
         precision: str = "auto",
+        read_database_url: str | None = None,
     ) -> None:
         self.settings = Settings.resolve(
-            database_url=database_url, model=model_name or DEFAULT_MODEL, pretrained=pretrained
+            database_url=database_url,
+            model=model_name or DEFAULT_MODEL,
+            pretrained=pretrained,
+            read_database_url=read_database_url,
         )
         self.device = device
         self.precision = precision
         self._database: Database | None = None
+        self._read_database: Database | None = None
         self._encoder: ClipEncoder | None = None
 
     @property
@@ -76,6 +81,16 @@ class ClipDB:
         if self._database is None:
             self._database = open_database(self.settings)
         return self._database
+
+    @property
+    def read_database(self) -> Database:
+        """Where searches go: ``read_database_url`` (CLIPDB_READ_DATABASE_URL), else
+        :attr:`database`. Writes (``build_image_index``, ``load_index``) stay on the primary."""
+        if self.settings.read_database_url is None:
+            return self.database
+        if self._read_database is None:
+            self._read_database = open_database(self.settings, reads=True)
+        return self._read_database
 
     @property
     def encoder(self) -> ClipEncoder:
@@ -93,7 +108,7 @@ class ClipDB:
 
     def _searched_model(self) -> Model:
         """The rows searches use: :func:`clipdb.search.choose_model`, as the CLI and server."""
-        with self.database.connect() as conn:
+        with self.read_database.connect() as conn:
             return choose_model(conn, self.settings)
 
     def _encoder_for(self, model: Model) -> ClipEncoder:
@@ -125,7 +140,7 @@ class ClipDB:
     # --- searching ------------------------------------------------------------------------
 
     def _search(self, model: Model, query: np.ndarray, options: SearchOptions) -> list[Hit]:
-        with self.database.connect() as conn:
+        with self.read_database.connect() as conn:
             return search(conn, model, query, options)
 
     def search_similar_images(
@@ -213,7 +228,7 @@ class ClipDB:
         queries = image_files(query_dir)
         model = self._searched_model()
         encoder = self._encoder_for(model)
-        with self.database.connect() as conn:
+        with self.read_database.connect() as conn:
             return run_batch(
                 conn, model, encoder, queries, SearchOptions(k=top_k),
                 out=Path(save_dir) if save_dir is not None else None,

@@ -44,6 +44,9 @@ class Settings:
     home: Path
     model: str
     pretrained: str | None  # None: the model's standard weights
+    # Where searches go (a streaming standby, or a libpq multi-host URL); writes stay on
+    # database_url. None: reads go to the same database as writes.
+    read_database_url: str | None = None
 
     @classmethod
     def resolve(
@@ -52,6 +55,7 @@ class Settings:
         home: str | os.PathLike[str] | None = None,
         model: str | None = None,
         pretrained: str | None = None,
+        read_database_url: str | None = None,
     ) -> Settings:
         """Explicit values win over CLIPDB_* environment variables, which win over defaults."""
         env = os.environ
@@ -61,6 +65,7 @@ class Settings:
             home=Path(home_value).expanduser(),
             model=canonical_model_name(model or env.get("CLIPDB_MODEL") or DEFAULT_MODEL),
             pretrained=pretrained or env.get("CLIPDB_PRETRAINED") or None,
+            read_database_url=read_database_url or env.get("CLIPDB_READ_DATABASE_URL") or None,
         )
 
     @classmethod
@@ -69,6 +74,7 @@ class Settings:
             database_url=getattr(args, "database_url", None),
             model=getattr(args, "model", None),
             pretrained=getattr(args, "pretrained", None),
+            read_database_url=getattr(args, "read_database_url", None),
         )
 
 
@@ -93,3 +99,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, with_model: bool = 
             help="open_clip pretrained tag, a local checkpoint file, or 'none' for seeded "
             "random weights (env CLIPDB_PRETRAINED; default: the model's standard weights)",
         )
+
+
+def add_read_url_argument(parser: argparse.ArgumentParser) -> None:
+    """--read-database-url, for the commands that only search."""
+    parser.add_argument(
+        "--read-database-url",
+        metavar="URL",
+        help="send searches here, e.g. a standby made by 'clipdb db replicate' or a libpq "
+        "multi-host URL with target_session_attrs/load_balance_hosts "
+        "(env CLIPDB_READ_DATABASE_URL; default: the database itself)",
+    )

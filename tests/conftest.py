@@ -17,7 +17,12 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="clipdb-test-home-"))
 _SESSION_HOME.chmod(0o711)
 os.environ["CLIPDB_HOME"] = str(_SESSION_HOME)
 os.environ["CLIPDB_MODEL_CONFIGS"] = str(Path(__file__).parent / "model_configs")
-for _name in ("CLIPDB_DATABASE_URL", "CLIPDB_MODEL", "CLIPDB_PRETRAINED"):
+for _name in (
+    "CLIPDB_DATABASE_URL",
+    "CLIPDB_READ_DATABASE_URL",
+    "CLIPDB_MODEL",
+    "CLIPDB_PRETRAINED",
+):
     os.environ.pop(_name, None)
 
 from helpers import TINY_MODEL, make_images, private_home  # noqa: E402

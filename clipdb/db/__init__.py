@@ -6,7 +6,7 @@ Every statement on clipdb's tables lives in this package: ``registry`` (models),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -95,13 +95,20 @@ def resolve_database(settings: Settings) -> Database:
     return Database(url=server.url(), embedded_home=server.home)
 
 
-def open_database(settings: Settings, *, migrate: bool = True) -> Database:
-    """Resolve the database and bring its schema to head (what every command does first)."""
-    database = resolve_database(settings)
-    if migrate:
-        from clipdb.db.migrate import upgrade
+def open_database(settings: Settings, *, migrate: bool = True, reads: bool = False) -> Database:
+    """Resolve the database and bring its schema to head (what every command does first).
 
-        upgrade(database)
+    ``reads``: a command that only searches; with a read URL set it gets that server
+    (a standby is never migrated: a schema behind the code is a warning there).
+    """
+    from clipdb.db.migrate import upgrade
+
+    if reads and settings.read_database_url:
+        database = Database(url=libpq_url(settings.read_database_url))
+    else:
+        database = resolve_database(settings)
+    if migrate:
+        upgrade(database, implicit=True)
     return database
 
 
@@ -109,8 +116,14 @@ def require_write_access(database: Database) -> None:
     """Fail before any work (and before loading a model) when the role may not write rows."""
     with connect_checked(database.url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT current_user, has_table_privilege('clipdb.images', 'INSERT, UPDATE, DELETE')"
+            "SELECT current_user, has_table_privilege('clipdb.images', 'INSERT, UPDATE, DELETE'),"
+            " pg_is_in_recovery()"
         ).fetchone()
+    if row is not None and row[2]:
+        raise ClipdbError(
+            f"{server_address(database.url)} is a read-only standby; write to its primary "
+            "(--database-url) or promote it with clipdb db promote"
+        )
     if row is not None and not row[1]:
         raise ClipdbError(
             f"role {row[0]} may not write to clipdb.images (a read-only role such as "
@@ -140,12 +153,15 @@ class Status:
     revision: str | None
     head: str
     models: list[ModelStatus]
+    role: str = "primary"
+    replication: dict[str, Any] | None = None
 
 
 def database_status(database: Database) -> Status:
     """What ``python -m clipdb.db status`` prints."""
     from clipdb.db.migrate import current_revision, known_revisions
     from clipdb.db.registry import model_statuses
+    from clipdb.db.replica import replication_status
 
     _, head = known_revisions()
     with connect_checked(database.url, autocommit=True) as conn:
@@ -154,6 +170,7 @@ def database_status(database: Database) -> Status:
             "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
         ).fetchone()
         revision = current_revision(conn)
+        replication = replication_status(conn)
         models: list[ModelStatus] = []
         if revision is not None:
             models = [ModelStatus(*row) for row in model_statuses(conn)]
@@ -168,6 +185,8 @@ def database_status(database: Database) -> Status:
         revision=revision,
         head=head,
         models=models,
+        role=replication.role,
+        replication=asdict(replication),
     )
 
 
@@ -179,6 +198,7 @@ def format_status(status: Status, url: str) -> str:
         f"pgvector {status.pgvector_version or 'not installed'}",
         f"schema:    revision {status.revision or 'none'} (head {status.head})",
     ]
+    lines.extend(_replication_lines(status))
     if not status.models:
         lines.append("models:    none indexed yet")
     for model in status.models:
@@ -188,6 +208,31 @@ def format_status(status: Status, url: str) -> str:
             f"dim {model.dim}, {model.image_count} images, index {model.index_name or '-'} ({size})"
         )
     return "\n".join(lines)
+
+
+def _replication_lines(status: Status) -> list[str]:
+    info = status.replication or {}
+    if status.role == "standby":
+        lag_s = info.get("standby_lag_s")
+        age = (
+            "no commit replayed yet" if lag_s is None else f"last replayed commit {lag_s:.1f} s ago"
+        )
+        paused = ", replay PAUSED" if info.get("replay_paused") else ""
+        return [
+            f"role:      standby ({_human_bytes(info.get('standby_lag_bytes') or 0)} received "
+            f"not yet replayed, {age}{paused})"
+        ]
+    replicas = info.get("replicas") or []
+    lines = [f"role:      primary, {len(replicas)} streaming replica(s)"]
+    for replica in replicas:
+        lag = replica["replay_lag_bytes"]
+        seconds = replica["replay_lag_s"]
+        lines.append(
+            f"replica:   {replica['name']} {replica['state']} ({replica['sync_state']}), lag "
+            f"{'?' if lag is None else _human_bytes(lag)}"
+            + ("" if seconds is None else f", {seconds:.3f} s")
+        )
+    return lines
 
 
 def _human_bytes(count: int) -> str:

@@ -7,12 +7,23 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 from clipdb.cli import command_parser, run_command
 from clipdb.config import Settings, add_common_arguments
-from clipdb.db import database_status, format_status, open_database
-from clipdb.db.migrate import current_revision_of
+from clipdb.db import (
+    Database,
+    database_status,
+    format_status,
+    libpq_url,
+    open_database,
+    resolve_database,
+    server_address,
+)
+from clipdb.db.migrate import upgrade
+from clipdb.db.replica import promote, replicate
 from clipdb.errors import UsageError
+from clipdb.terminal import printable
 
 EXAMPLES = """\
 examples:
@@ -21,6 +32,10 @@ examples:
   clipdb db status              # revision, images per model, index sizes
   clipdb db status --json       # the same as one JSON object
   clipdb db stop                # stop the embedded server
+  clipdb db replicate --to ~/clipdb-standby          # a streaming standby of this database
+  clipdb search "a cat" --read-database-url "$(CLIPDB_HOME=~/clipdb-standby clipdb db url)"
+  CLIPDB_HOME=~/clipdb-standby clipdb db status     # role standby, replay lag
+  CLIPDB_HOME=~/clipdb-standby clipdb db promote    # make it a primary
   CLIPDB_DATABASE_URL=postgresql://clipdb:clipdb@localhost:5432/clipdb clipdb db upgrade
 """
 
@@ -31,10 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "action",
-        choices=["url", "status", "stop", "upgrade"],
+        choices=["url", "status", "stop", "upgrade", "replicate", "promote"],
         help="url: print a connection URL (starting the embedded server if needed); "
-        "status: server, schema, counts and indexes; stop: stop the embedded server; "
-        "upgrade: migrate the schema to the latest revision",
+        "status: server, role, replica lag, schema, counts and indexes; stop: stop the "
+        "embedded server; upgrade: migrate the schema to the latest revision; replicate: "
+        "make a streaming standby in --to DIR; promote: make this standby a primary",
+    )
+    parser.add_argument(
+        "--to", metavar="DIR", help="replicate: the new standby's CLIPDB_HOME (new or empty)"
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        help="replicate: the primary (a role with REPLICATION; default: this database)",
+    )
+    parser.add_argument(
+        "--sync",
+        action="store_true",
+        help="replicate: commits on the primary wait until this standby has applied them "
+        "(synchronous_commit=remote_apply; if the standby is down, commits wait)",
     )
     parser.add_argument("--json", action="store_true", help="status: print it as one JSON object")
     add_common_arguments(parser, with_model=False)
@@ -51,7 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print("stopped" if stop_server(settings.home) else "not running")
             return 0
+        if args.to is not None and args.action != "replicate":
+            raise UsageError("--to applies to replicate only")
+        if args.action == "replicate":
+            return replicate_command(args, settings)
+        if args.action == "upgrade":
+            database = open_database(settings, migrate=False)
+            print(f"schema at revision {upgrade(database)}")
+            return 0
         database = open_database(settings)
+        if args.action == "promote":
+            promote(database)
+            print(f"promoted: {database.url} is now a primary")
+            return 0
         if args.action == "url":
             print(database.url)
         elif args.action == "status":
@@ -60,11 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps({"url": database.url, **asdict(status)}, indent=2))
             else:
                 print(format_status(status, database.url))
-        elif args.action == "upgrade":
-            print(f"schema at revision {current_revision_of(database)}")
         return 0
 
     return run_command(build_parser(), argv, body)
+
+
+def replicate_command(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.to:
+        raise UsageError("replicate needs --to DIR (the standby's CLIPDB_HOME)")
+    source = Database(url=libpq_url(args.source)) if args.source else resolve_database(settings)
+    server = replicate(source, Path(args.to), sync=args.sync)
+    print(f"standby in {printable(str(server.home))}, streaming from {server_address(source.url)}")
+    print(server.url())
+    return 0
 
 
 if __name__ == "__main__":

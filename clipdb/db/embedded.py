@@ -139,7 +139,8 @@ def running_server(home: Path) -> EmbeddedServer | None:
         lines = (_pgdata(home) / "postmaster.pid").read_text().splitlines()
     except OSError:
         return None
-    if len(lines) < 8 or lines[7].strip() != "ready":
+    # A streaming standby (clipdb db replicate) reports "standby" once it accepts reads.
+    if len(lines) < 8 or lines[7].strip() not in ("ready", "standby"):
         return None
     pid = int(lines[0])
     try:

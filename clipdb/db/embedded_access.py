@@ -172,7 +172,12 @@ def auth_files(user: ServerUser | None) -> dict[str, str]:
 
     os_users = [pwd.getpwuid(os.geteuid()).pw_name] + ([user.name] if user else [])
     header = "# Written by clipdb on every start; edits are replaced.\n"
-    hba = header + "local all all peer map=clipdb\n"
+    # Replication (``clipdb db replicate``) as the superuser only, over the same socket.
+    hba = (
+        header
+        + "local all all peer map=clipdb\n"
+        + (f"local replication {SUPERUSER} peer map=clipdb\n")
+    )
     ident = header + "".join(
         f"clipdb {os_user} {role}\n" for os_user in os_users for role in (SUPERUSER, READER)
     )

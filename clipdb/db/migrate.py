@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,18 @@ def _check_pgvector(conn: psycopg.Connection[Any], url: str) -> None:
         )
 
 
-def upgrade(database: Database, revision: str = "head") -> str:
-    """Migrate to ``revision`` under the migration lock; refuse a schema newer than the code."""
+def upgrade(database: Database, revision: str = "head", *, implicit: bool = False) -> str:
+    """Migrate to ``revision`` under the migration lock; refuse a schema newer than the code.
+
+    ``implicit`` (every command's open): on a standby, warn about a schema behind the code
+    instead of failing, so read commands keep working there.
+    """
     with connect_checked(database.url, autocommit=True) as conn:
+        if not implicit and _in_recovery(conn):
+            raise ClipdbError(
+                f"{server_address(database.url)} is a read-only standby; run clipdb db "
+                "upgrade against its primary"
+            )
         current = current_revision(conn)
         quick_head = head_from_files()
         if revision == "head" and quick_head is not None and current == quick_head:
@@ -127,6 +137,20 @@ def upgrade(database: Database, revision: str = "head") -> str:
         _check_revision(current, known)
         if current == head and revision == "head":
             return head
+        if _in_recovery(conn):
+            # A streaming standby is read-only; its schema arrives from the primary.
+            if implicit:
+                print(
+                    f"warning: {server_address(database.url)} is a standby with schema "
+                    f"revision {current or 'none'} (code expects {head}); run "
+                    "'clipdb db upgrade' against the primary",
+                    file=sys.stderr,
+                )
+                return current or "none"
+            raise ClipdbError(
+                f"{server_address(database.url)} is a read-only standby; run clipdb db "
+                "upgrade against its primary"
+            )
         _check_pgvector(conn, database.url)
         _migrate(database, conn, "upgrade", revision, known)
     return revision if revision != "head" else head
@@ -136,6 +160,11 @@ def downgrade(database: Database, revision: str) -> None:
     """Migrate down (tests of the migrations; never done implicitly)."""
     with connect_checked(database.url, autocommit=True) as conn:
         _migrate(database, conn, "downgrade", revision, None)
+
+
+def _in_recovery(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
 
 
 def _has_version_table(conn: psycopg.Connection[Any]) -> bool:

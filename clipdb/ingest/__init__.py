@@ -21,6 +21,7 @@ from clipdb.config import DEVICES, PRECISIONS, Settings
 from clipdb.db import Database, open_database, require_write_access
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
+from clipdb.ingest.bulk import index_window
 from clipdb.ingest.phash_backfill import backfill_phashes
 from clipdb.ingest.plan import (
     SkipCallback,
@@ -260,7 +261,9 @@ class Ingester:
                     else:
                         summary.new += 1
 
-                encode_and_write(
+                planned_new = len(plan.to_encode) - len(plan.changed)
+                with index_window(self.database, model, planned_new):
+                    encode_and_write(
                     self.database, model, encoder, plan.to_encode, stats,
                     batch_size=self.options.batch_size,
                     workers=default_workers() if self.options.workers is None
@@ -269,7 +272,10 @@ class Ingester:
                     progress=self.options.progress,
                     on_skip=skip,
                     on_written=written,
-                )  # fmt: skip
+                    )  # fmt: skip
+            elif model is not None:
+                with index_window(self.database, model, 0):
+                    pass  # heals an index an interrupted bulk run left missing
             if model is not None and not plan.to_encode:
                 self._finish(conn, model, seen, known, still_bad, new_skips, summary)
         if model is not None and plan.to_encode:

@@ -16,7 +16,7 @@ from clipdb.cli import (
     positive_int,
     run_command,
 )
-from clipdb.config import Settings, add_common_arguments
+from clipdb.config import Settings, add_common_arguments, add_read_url_argument
 from clipdb.errors import UsageError
 from clipdb.ingest import IngestOptions, IngestSummary, default_workers, ingest, watch
 from clipdb.terminal import printable
@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
+        "--wait-replicas",
+        action="store_true",
+        help="return only when every streaming standby (and --read-database-url's server) "
+        "has replayed this run's commits, so searches there see them",
+    )
+    add_read_url_argument(parser)
+    parser.add_argument(
         "--strict",
         action="store_true",
         help="exit 1 if any file was skipped (the good files are still indexed and committed)",
@@ -99,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.strict and args.watch:
             raise UsageError("--strict cannot be combined with --watch")
+        if args.wait_replicas and args.watch:
+            raise UsageError("--wait-replicas cannot be combined with --watch")
         settings = Settings.from_args(args)
         options = IngestOptions(
             model=settings.model,
@@ -132,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         summary = ingest(args.paths, options, settings=settings)
         report(summary)
+        if args.wait_replicas:
+            from clipdb.db import open_database
+            from clipdb.db.replica import wait_for_replicas
+
+            count = wait_for_replicas(open_database(settings), settings.read_database_url)
+            print(f"{count} replica(s) caught up", file=sys.stderr)
         skipped = sum(summary.skipped.values())
         if args.strict and skipped:
             print(f"error: {skipped} file(s) skipped (--strict)", file=sys.stderr)

@@ -22,6 +22,7 @@ from clipdb.config import (
     MAX_RESULTS,
     Settings,
     add_common_arguments,
+    add_read_url_argument,
 )
 from clipdb.db import Database, open_database
 from clipdb.db.queries import Hit, indexed_embedding, indexed_path
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for --batch")
     add_common_arguments(parser)
+    add_read_url_argument(parser)
     return parser
 
 
@@ -298,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
         check_arguments(args)
         settings = Settings.from_args(args)
-        database = open_database(settings)
+        database = open_database(settings, reads=True)
         if args.batch is not None:
             return batch(args, settings, database)
         hits = run_query(args, settings, database)

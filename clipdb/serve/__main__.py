@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from clipdb.cli import add_encoder_arguments, command_parser, positive_float, run_command
-from clipdb.config import Settings, add_common_arguments
+from clipdb.config import Settings, add_common_arguments, add_read_url_argument
 from clipdb.errors import ClipdbError
 from clipdb.serve import DEFAULT_HOST, DEFAULT_PORT
 from clipdb.serve.limits import DEFAULT_MAX_UPLOAD_MB
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CLIPDB_ALLOWED_HOSTS, comma-separated); localhost names and --host always are",
     )
     add_common_arguments(parser)
+    add_read_url_argument(parser)
     add_encoder_arguments(parser)
     parser.add_argument(
         "--max-upload-mb",

@@ -108,7 +108,7 @@ class SearchService:
     def database(self) -> Database:
         with self._lock:
             if self._database is None:
-                self._database = open_database(self.settings)
+                self._database = open_database(self.settings, reads=True)
             return self._database
 
     @contextmanager
@@ -205,6 +205,7 @@ class SearchService:
             if self._encoder is not None:
                 settings = Settings.resolve(
                     database_url=self.settings.database_url,
+                    read_database_url=self.settings.read_database_url,
                     model=self._encoder.architecture,
                     pretrained=self._encoder.pretrained,
                 )
