@@ -108,7 +108,16 @@ def test_page_fits_a_390_px_phone(database: Database, tiny_encoder: Any, tmp_pat
             page.click("#search-button")
             page.wait_for_selector("#results .result")
             assert page.evaluate("document.documentElement.scrollWidth") <= 390
-            for selector in ("#search-button", "#clear-button", "#text-input", "#k-input"):
+            for selector in (
+                "#search-button",
+                "#clear-button",
+                "#text-input",
+                "#k-input",
+                "#after-input",
+                "#before-input",
+                "#sort-select",
+                "#dupes-button",
+            ):
                 box = page.locator(selector).bounding_box()
                 assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (
                     selector,
@@ -138,3 +147,119 @@ def test_api_docs_render_offline(database: Database, tiny_encoder: Any):
         finally:
             browser.close()
     assert [u for u in requested if not u.startswith((url, "data:", "blob:"))] == []
+
+
+def _date_photos(directory: Path) -> dict[Path, str | None]:
+    """Six pictures with an EXIF DateTimeOriginal (no time zone: naive wall clock), two without."""
+    from PIL import ExifTags, Image
+
+    dates = [
+        "2021:07:04 18:30:00",
+        "2018:01:15 09:00:00",
+        None,
+        "2019:03:05 10:00:00",
+        "2023:11:30 23:10:00",
+        None,
+        "2020:12:31 08:00:00",
+        "2019:08:20 14:45:00",
+    ]
+    taken: dict[Path, str | None] = {}
+    for path, date in zip(
+        make_images(directory, len(dates), size=(120, 90), seed=11), dates, strict=True
+    ):
+        with Image.open(path) as opened:
+            pixels = opened.copy()
+        exif = Image.Exif()
+        if date is not None:
+            exif.get_ifd(ExifTags.IFD.Exif)[0x9003] = date  # DateTimeOriginal
+        pixels.save(path, "JPEG", exif=exif, quality=90)
+        taken[path.resolve()] = date
+    return taken
+
+
+def test_dates_sort_and_date_range(database: Database, tiny_encoder: Any, tmp_path: Path):
+    """The date under each thumbnail, 'oldest first' reorders by date, a date range filters."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from clipdb.ingest import ingest
+
+    taken = _date_photos(tmp_path / "dated")
+    summary = ingest([tmp_path / "dated"], database=database, encoder=tiny_encoder, progress=False)
+    assert summary.new == len(taken)
+    with database.connect() as conn:
+        ids = dict(conn.execute("SELECT path, id FROM clipdb.images").fetchall())
+    date_of = {str(ids[str(path)]): date for path, date in taken.items()}
+
+    with (
+        running(create_app(database, encoder=tiny_encoder)) as url,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-US")
+            page.goto(url)
+            cards = page.locator("#results .result")
+            page.fill("#k-input", "8")
+            page.fill("#text-input", "a photo")
+            page.click("#search-button")
+            expect(cards).to_have_count(8)
+
+            def shown() -> list[tuple[str, str | None, str | None]]:
+                """(image id, <time datetime>, shown text) of each card, in page order."""
+                return page.evaluate(
+                    "[...document.querySelectorAll('#results .result')].map(card => {"
+                    " const t = card.querySelector('time.taken');"
+                    " return [card.dataset.imageId, t && t.dateTime, t && t.textContent]; })"
+                )
+
+            relevance = shown()
+            for image_id, iso, text in relevance:
+                date = date_of[image_id]
+                if date is None:
+                    assert iso is None and text is None  # nothing under an undated picture
+                else:
+                    assert iso is not None and iso.startswith(date[:10].replace(":", "-"))
+            by_id = {image_id: text for image_id, _, text in relevance}
+            [march] = [i for i, d in date_of.items() if d and d.startswith("2019:03:05")]
+            # The camera's wall clock (no time zone in the EXIF), in the reader's locale.
+            assert by_id[march] == "Mar 5, 2019, 10:00 AM"
+
+            page.select_option("#sort-select", "date")  # oldest first: re-runs at once
+            page.wait_for_function(  # times out unless the page gets reordered by date
+                "() => { const d = [...document.querySelectorAll('#results time.taken')]"
+                ".map(t => t.dateTime);"
+                " return d.length === 6 && d.every((x, i) => !i || d[i - 1] <= x); }"
+            )
+            expect(cards).to_have_count(8)
+            oldest = shown()
+            dated = [iso for _, iso, _ in oldest if iso]
+            assert dated == sorted(dated) and len(dated) == 6
+            assert dated != [iso for _, iso, _ in relevance if iso]  # it did reorder
+            assert [iso for _, iso, _ in oldest[6:]] == [None, None]  # undated last
+            assert {i for i, _, _ in oldest} == {i for i, _, _ in relevance}
+
+            page.select_option("#sort-select", "-date")
+            expect(cards.first.locator("time.taken")).to_have_attribute(
+                "datetime", "2023-11-30T23:10:00+00:00"
+            )
+
+            # 2019-01-01 .. 2020-12-31, both days included.
+            page.fill("#after-input", "2019-01-01")
+            page.fill("#before-input", "2020-12-31")
+            page.locator("#before-input").dispatch_event("change")
+            expect(cards).to_have_count(3)
+            inside = {i for i, d in date_of.items() if d and "2019" <= d[:4] <= "2020"}
+            assert {i for i, _, _ in shown()} == inside
+            assert [iso[:10] for _, iso, _ in shown() if iso] == [
+                "2020-12-31",
+                "2019-08-20",
+                "2019-03-05",
+            ]
+
+            # A backwards range is refused on the page, the results stay.
+            page.fill("#after-input", "2022-01-01")
+            page.locator("#after-input").dispatch_event("change")
+            expect(page.locator("#status")).to_contain_text("after the")
+            expect(cards).to_have_count(3)
+        finally:
+            browser.close()

@@ -323,3 +323,35 @@ def test_duplicates_view_in_the_browser(database, tiny_encoder, tmp_path):
             assert thumb.evaluate("img => img.naturalWidth") > 0
         finally:
             browser.close()
+
+
+def test_keep_best_prefers_more_exif_fields_when_pixels_and_bytes_tie(
+    database, tiny_encoder, tmp_path
+):
+    """Same pixels, same byte count: the copy with EXIF is kept over a shorter-named bare one."""
+    from PIL import ExifTags
+
+    from clipdb.db.dupes import dupe_rows
+
+    root = tmp_path / "lib"
+    root.mkdir()
+    pixels = Image.open(photo(tmp_path / "src.png", seed=5))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = "Canon", "Canon EOS R5"
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = "2021:07:04 18:30:00"
+    rich = root / "the copy with its camera data.jpg"
+    pixels.save(rich, quality=90, exif=exif)
+    bare = root / "b.jpg"
+    pad = 10
+    for _ in range(5):  # a JPEG comment pads the bare copy to exactly the same byte count
+        pixels.save(bare, quality=90, comment=b"x" * pad)
+        pad += rich.stat().st_size - bare.stat().st_size
+    assert bare.stat().st_size == rich.stat().st_size
+    run_ingest(database, tiny_encoder, root)
+    with database.connect() as conn:
+        model = models_with_rows(conn)[0]
+        fields = {row.path: row.exif_fields for row in dupe_rows(conn, model)}
+        result = find_duplicates(conn, model, tiers=("exact", "near"))
+    assert fields == {str(rich): 2, str(bare): 0}  # date and camera
+    [group] = result.groups
+    assert group.kept.image_path == str(rich)

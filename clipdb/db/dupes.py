@@ -33,6 +33,8 @@ class DupeRow:
     width: int
     height: int
     phash: int | None  # clipdb.phash as a signed int64
+    # EXIF fields known (taken_at, camera, lens, place: 0..4), a keep-best tie-breaker.
+    exif_fields: int = 0
 
 
 def dupe_rows(
@@ -40,7 +42,8 @@ def dupe_rows(
 ) -> list[DupeRow]:
     """This model's rows (all, or those whose path starts with one of ``prefixes``)."""
     sql = (
-        "SELECT id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint "
+        "SELECT id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint, "
+        "num_nonnulls(taken_at, camera, lens, lat) "
         f"FROM clipdb.images WHERE model_id = {int(model.model_id)}"
     )
     params: tuple[Any, ...] = ()
@@ -53,8 +56,10 @@ def dupe_rows(
         roots = [display(p) for p in prefixes]
         params = (roots, [r.rstrip("/") + "/" for r in roots])
     return [
-        DupeRow(row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value)
-        for row_id, path, raw, sha, size, mtime, width, height, value in conn.execute(sql, params)
+        DupeRow(row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value, exif)
+        for row_id, path, raw, sha, size, mtime, width, height, value, exif in conn.execute(
+            sql, params
+        )
     ]
 
 
@@ -171,9 +176,10 @@ def neighbour_pairs(
 def rows_by_id(conn: psycopg.Connection[Any], ids: list[int]) -> list[DupeRow]:
     """The rows of ``ids`` as :class:`DupeRow`."""
     return [
-        DupeRow(row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value)
-        for row_id, path, raw, sha, size, mtime, width, height, value in conn.execute(
-            "SELECT id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint "
+        DupeRow(row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value, exif)
+        for row_id, path, raw, sha, size, mtime, width, height, value, exif in conn.execute(
+            "SELECT id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint, "
+            "num_nonnulls(taken_at, camera, lens, lat) "
             "FROM clipdb.images WHERE id = ANY(%s)",
             (list(ids),),
         )

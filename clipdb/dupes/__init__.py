@@ -14,9 +14,9 @@ group (each member says how far it is from the kept image); a group whose member
 one sha256 is ``exact``. Similar pairs only join images that no exact/near group holds: each
 image is in at most one group, in its strongest tier.
 
-Keep-best (:func:`keep_key`): most pixels, then most bytes, then the shortest path (then the
-path, so the choice is stable). EXIF field counts are not stored yet, so that criterion is
-skipped until clipdb keeps EXIF metadata.
+Keep-best (:func:`keep_key`): most pixels, then most bytes, then most EXIF fields (of
+taken_at, camera, lens and place, as stored at ingest: migration 0006), then the shortest path
+(then the path, so the choice is stable).
 
 Files whose size or mtime differ from their row (or that are gone) are reported as stale and
 not grouped: their row no longer describes them.
@@ -109,9 +109,10 @@ def parse_tiers(text: str) -> tuple[str, ...]:
     return tiers
 
 
-def keep_key(row: DupeRow) -> tuple[int, int, int, str]:
-    """Sort key whose first row is kept: most pixels, most bytes, shortest path, path."""
-    return (-row.width * row.height, -row.size, len(row.path), row.path)
+def keep_key(row: DupeRow) -> tuple[int, int, int, int, str]:
+    """Sort key whose first row is kept: most pixels, most bytes, most EXIF fields, shortest
+    path, path."""
+    return (-row.width * row.height, -row.size, -row.exif_fields, len(row.path), row.path)
 
 
 class _UnionFind:

@@ -8,10 +8,43 @@ const preview = document.getElementById("query-preview");
 const hint = document.getElementById("drop-hint");
 const textInput = document.getElementById("text-input");
 const kInput = document.getElementById("k-input");
+const afterInput = document.getElementById("after-input");
+const beforeInput = document.getElementById("before-input");
+const sortSelect = document.getElementById("sort-select");
 const statusLine = document.getElementById("status");
 const results = document.getElementById("results");
 
 let queryFile = null; // the chosen or dropped image, if any
+let lastSearch = null; // re-run when the date range or the order changes
+
+// The date range and order as the API's after/before/sort parameters, or null (and a message)
+// when the range is backwards. "to" is inclusive: before= is the next day (before is exclusive).
+function filterParams() {
+  const params = [];
+  const from = afterInput.value;
+  const to = beforeInput.value;
+  if (from && to && from > to) {
+    setStatus("The \"from\" date is after the \"to\" date.", true);
+    return null;
+  }
+  if (from) params.push(["after", from]);
+  if (to) {
+    const next = new Date(`${to}T00:00:00Z`);
+    next.setUTCDate(next.getUTCDate() + 1);
+    params.push(["before", next.toISOString().slice(0, 10)]);
+  }
+  if (sortSelect.value !== "relevance") params.push(["sort", sortSelect.value]);
+  return params;
+}
+
+// A photo's date in the reader's locale. Shown in UTC on purpose: a photo without an EXIF time
+// zone (most cameras) is stored as its wall-clock time marked UTC, so UTC shows the camera's clock
+// instead of shifting it by the browser's offset.
+function formatTaken(iso) {
+  const when = new Date(iso);
+  if (Number.isNaN(when.getTime())) return iso;
+  return when.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short", timeZone: "UTC" });
+}
 
 function setStatus(message, isError = false) {
   statusLine.textContent = message;
@@ -92,6 +125,13 @@ function render(hits) {
     open.title = "open the original image";
     open.addEventListener("click", (event) => event.stopPropagation());
     caption.append(similarity, open, name);
+    if (hit.taken_at) {
+      const taken = document.createElement("time");
+      taken.className = "taken";
+      taken.dateTime = hit.taken_at;
+      taken.textContent = formatTaken(hit.taken_at);
+      caption.append(taken);
+    }
     card.append(img, caption);
     card.addEventListener("click", () => moreLike(hit));
     card.addEventListener("keydown", (event) => {
@@ -110,7 +150,11 @@ function searchForm() {
     setStatus("Choose or drop an image, or type a text.", true);
     return;
   }
+  const filters = filterParams();
+  if (filters === null) return;
+  lastSearch = searchForm;
   const body = new FormData();
+  for (const [name, value] of filters) body.append(name, value);
   if (queryFile) body.append("image", queryFile);
   if (text) body.append("text", text);
   body.append("k", kInput.value || "12");
@@ -120,13 +164,23 @@ function searchForm() {
 }
 
 function moreLike(hit) {
+  const filters = filterParams();
+  if (filters === null) return;
+  lastSearch = () => moreLike(hit);
   queryFile = null;
   textInput.value = "";
   setQueryImage(null, `/api/images/${hit.image_id}/thumbnail`);
   hint.textContent = `more like ${hit.filename}`;
-  const k = encodeURIComponent(kInput.value || "12");
-  run(`like ${hit.filename}`, () => fetch(`/api/similar/${hit.image_id}?k=${k}`));
+  const query = new URLSearchParams([["k", kInput.value || "12"], ...filters]);
+  run(`like ${hit.filename}`, () => fetch(`/api/similar/${hit.image_id}?${query}`));
   window.scrollTo({ top: 0, behavior: "smooth" });
+}
+
+// A new date range or order applies to the results on screen at once.
+for (const control of [afterInput, beforeInput, sortSelect]) {
+  control.addEventListener("change", () => {
+    if (lastSearch) lastSearch();
+  });
 }
 
 form.addEventListener("submit", (event) => {
@@ -167,6 +221,7 @@ document.getElementById("clear-button").addEventListener("click", () => {
   textInput.value = "";
   results.replaceChildren();
   delete results.dataset.query;
+  lastSearch = null;
   setStatus("");
 });
 
@@ -213,6 +268,7 @@ function renderGroups(groups) {
 }
 
 document.getElementById("dupes-button").addEventListener("click", async () => {
+  lastSearch = null; // the date controls do not apply to duplicate groups
   setStatus("Finding duplicates…");
   let response;
   try {

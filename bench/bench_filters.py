@@ -1,0 +1,194 @@
+"""Filtered search at scale: metadata filters selecting ~1%, 10% and 50% of the rows.
+
+    python bench/bench_filters.py --n 100000 --queries 100
+
+Rows: bench/datagen.py ClusteredSphere vectors (512-d) bulk-loaded (clipdb.db.store.bulk_load,
+one HNSW build) into a fresh database on an embedded server under --home, each with a
+synthetic ``taken_at`` (uniform over 2015..2024) and camera (Canon 50%, Sony 49%, Leica 1%),
+drawn independently of the vector. For each filter: recall@10 of
+clipdb.db.queries.search_vector (the product's path: HNSW with iterative scans, the exact
+fallback when the scan runs dry) against the exact filtered top 10 (numpy over the same rows
+and the same predicate), p50/p95 latency over the queries on one connection, and the rows
+returned (must be 10 whenever >= 10 rows match), plus whether the planner used the HNSW index
+for the statement (EXPLAIN). Writes bench/results/filters_n<N>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchutil import fresh_database  # noqa: E402
+from datagen import ClusteredSphere  # noqa: E402
+
+from clipdb.config import DEFAULT_EF_SEARCH  # noqa: E402
+from clipdb.db.queries import search_vector, topk_sql  # noqa: E402
+from clipdb.db.registry import register_model  # noqa: E402
+from clipdb.db.store import ImageRecord, bulk_load  # noqa: E402
+from clipdb.exif import PhotoMetadata  # noqa: E402
+from clipdb.filters import Filters  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+K = 10
+START = datetime(2015, 1, 1, tzinfo=UTC)
+SPAN_DAYS = 3652  # 2015-01-01 .. 2024-12-31
+CAMERAS = np.array(["Canon EOS R5", "Sony ILCE-7M4", "Leica M11"])
+CAMERA_P = [0.50, 0.49, 0.01]
+
+# name -> (Filters, the same predicate over the numpy columns)
+FILTERS: dict[str, tuple[Filters, Any]] = {
+    "camera 1% (Leica)": (Filters(camera="leica"), lambda day, cam: cam == 2),
+    "date 1% (36 days)": (
+        Filters(after="2020-03-01", before="2020-04-06"),
+        lambda day, cam: (
+            (day >= (datetime(2020, 3, 1, tzinfo=UTC) - START).days)
+            & (day < (datetime(2020, 4, 6, tzinfo=UTC) - START).days)
+        ),
+    ),
+    "date 10% (2020)": (
+        Filters(after="2020-01-01", before="2021-01-01"),
+        lambda day, cam: (
+            (day >= (datetime(2020, 1, 1, tzinfo=UTC) - START).days)
+            & (day < (datetime(2021, 1, 1, tzinfo=UTC) - START).days)
+        ),
+    ),
+    "camera 50% (Canon)": (Filters(camera="canon"), lambda day, cam: cam == 0),
+    "none (unfiltered)": (Filters(), lambda day, cam: np.ones(len(day), dtype=bool)),
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def records(
+    chunks: Iterator[np.ndarray], days: np.ndarray, cams: np.ndarray
+) -> Iterator[ImageRecord]:
+    i = 0
+    for chunk in chunks:
+        for vector in chunk:
+            path = f"/bench/{i}.jpg"
+            meta = PhotoMetadata(
+                taken_at=START + timedelta(days=int(days[i]), seconds=43_200),
+                camera=str(CAMERAS[cams[i]]),
+            )
+            yield ImageRecord(
+                path, hashlib.sha256(path.encode()).digest(), 1, 1, 1, 1, vector, meta
+            )
+            i += 1
+
+
+def exact_filtered(data: np.ndarray, mask: np.ndarray, query: np.ndarray) -> list[int]:
+    rows = np.flatnonzero(mask)
+    sims = data[rows] @ query
+    top = np.argsort(-sims, kind="stable")[:K]
+    return [int(r) for r in rows[top]]
+
+
+def uses_hnsw(conn: Any, model: Any, filters: Filters, query: np.ndarray, ef: int) -> bool:
+    params = {"query": query, "k": K, **filters.sql_params()}
+    sql = topk_sql(model, metadata=filters.narrows)
+    with conn.transaction():  # the settings search_vector makes (pgvector costs use ef_search)
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
+        conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+        plan = conn.execute("EXPLAIN " + sql, params, prepare=False).fetchall()
+    return any(model.index_name in line[0] for line in plan)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument(
+        "--ef",
+        default=f"{DEFAULT_EF_SEARCH}",
+        help=f"comma list of hnsw.ef_search values (clipdb search uses {DEFAULT_EF_SEARCH})",
+    )
+    parser.add_argument("--home", default="/tmp/clipdb-bench-filters")
+    args = parser.parse_args()
+
+    sphere = ClusteredSphere()
+    rng = np.random.default_rng(7)
+    days = rng.integers(0, SPAN_DAYS, size=args.n)
+    cams = rng.choice(len(CAMERAS), size=args.n, p=CAMERA_P)
+    data = sphere.sample(args.n)
+    queries = sphere.sample(args.queries, stream=1)
+
+    database = fresh_database(args.home, "clipdb_bench_filters")
+    started = time.perf_counter()
+    with database.connect() as conn:
+        model = register_model(conn, "bench-filters", "none", sphere.dim)
+        loaded = bulk_load(conn, model, records(iter([data]), days, cams))
+        conn.commit()
+        conn.execute("ANALYZE clipdb.images")
+        conn.commit()
+    load_s = time.perf_counter() - started
+    log(f"loaded {args.n} rows in {load_s:.1f} s ({loaded})")
+
+    results: dict[str, Any] = {"n": args.n, "queries": args.queries, "load_s": load_s, "rows": []}
+    with database.connect(autocommit=True) as conn:
+        for q in queries[:20]:  # warm the cache
+            search_vector(conn, model, q, K, ef_search=DEFAULT_EF_SEARCH)
+        for ef, (name, (filters, predicate)) in (
+            (int(ef), item) for ef in args.ef.split(",") for item in FILTERS.items()
+        ):
+            mask = predicate(days, cams)
+            matching = int(mask.sum())
+            times, hits, counts = [], 0, []
+            for q in queries:
+                t = time.perf_counter()
+                found = search_vector(conn, model, q, K, ef_search=ef, filters=filters)
+                times.append(time.perf_counter() - t)
+                ids = [int(h.image_path[7:-4]) for h in found]
+                counts.append(len(ids))
+                hits += len(set(ids) & set(exact_filtered(data, mask, q)))
+            ms = np.array(times) * 1000
+            row = {
+                "filter": name,
+                "ef_search": ef,
+                "matching_rows": matching,
+                "selectivity": matching / args.n,
+                "recall10": hits / (K * len(queries)),
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p95_ms": float(np.percentile(ms, 95)),
+                "rows_returned_min": min(counts),
+                "rows_returned_max": max(counts),
+                "hnsw_in_plan": uses_hnsw(conn, model, filters, queries[0], ef),
+            }
+            log(json.dumps(row))
+            results["rows"].append(row)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"filters_n{args.n}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print("| filter | ef_search | rows matching | recall@10 | p50 / p95 ms | rows returned "
+          "| HNSW in plan |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for row in results["rows"]:
+        returned = (
+            str(row["rows_returned_min"])
+            if row["rows_returned_min"] == row["rows_returned_max"]
+            else f"{row['rows_returned_min']}..{row['rows_returned_max']}"
+        )
+        print(
+            f"| {row['filter']} | {row['ef_search']} "
+            f"| {row['matching_rows']} ({100 * row['selectivity']:.1f}%) "
+            f"| {row['recall10']:.3f} | {row['p50_ms']:.1f} / {row['p95_ms']:.1f} "
+            f"| {returned} | {'yes' if row['hnsw_in_plan'] else 'no'} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
