@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,15 +65,11 @@ def ray_ingest(paths, database, **kwargs):
     )
 
 
-def test_ray_engine_stores_the_same_rows_as_local(
-    ray_cluster, database, tiny_encoder, tmp_path
-):
+def test_ray_engine_stores_the_same_rows_as_local(ray_cluster, database, tiny_encoder, tmp_path):
     local_dir, ray_dir = tmp_path / "local", tmp_path / "ray"
     make_images(local_dir, 10)
     shutil.copytree(local_dir, ray_dir)
-    ingest(
-        [str(local_dir)], database=database, encoder=tiny_encoder, workers=0, progress=False
-    )
+    ingest([str(local_dir)], database=database, encoder=tiny_encoder, workers=0, progress=False)
     summary = ray_ingest([ray_dir], database, batch_size=3)
     assert summary.new == 10
     rows = stored(database)
@@ -132,21 +133,33 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_head_and_worker_on_loopback(database, tmp_path):
+    """A head and a worker node on 127.0.0.1 (two raylets), joined with --ray-address."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(tmp_path / "ray")}
-    head = [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}"]
-    flags = ["--num-cpus=1", "--include-dashboard=false"]
+    # Short: Ray's Unix sockets live under it. Its own dir: `ray stop` would end every Ray
+    # process on the machine, so each node runs --block in a session of its own, ended alone.
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": temp}
+    # A token of this test's own for head, worker and driver (not ~/.ray/auth_token, which
+    # other Ray users of this machine may have made or may replace meanwhile).
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    common = ["--num-cpus=1", "--block"]
+    nodes = []
     try:
-        subprocess.run([*head, *flags], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run(
-            [ray_cli, "start", f"--address={address}", "--num-cpus=1"],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        nodes.append(subprocess.Popen(
+            [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+             "--include-dashboard=false", f"--temp-dir={temp}", *common],
+            env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+        time.sleep(8)  # the head's GCS must listen before the worker joins
+        nodes.append(subprocess.Popen(
+            [ray_cli, "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common],
+            env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+        time.sleep(5)
         make_images(tmp_path / "pics", 8)
         result = run_module(
             "clipdb.ingest", str(tmp_path / "pics"), "--model", TINY_MODEL, "--pretrained",
@@ -157,4 +170,11 @@ def test_head_and_worker_on_loopback(database, tmp_path):
         assert '"new": 8' in result.stdout
         assert row_counts(database) == (8, 8)
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for node in reversed(nodes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
