@@ -281,24 +281,28 @@ class Ingester:
                         summary.new += 1
 
                 planned_new = len(plan.to_encode) - len(plan.changed)
-                with index_window(self.database, model, planned_new):
+                try:
+                    with index_window(self.database, model, planned_new):
+                        if self.options.engine == "ray":
+                            encoder.encode_and_write(
+                                self.database, model, plan.to_encode, stats,
+                                batch_size=self.options.batch_size, progress=self.options.progress,
+                                on_skip=skip, on_written=written,
+                            )  # fmt: skip
+                        else:
+                            encode_and_write(
+                                self.database, model, encoder, plan.to_encode, stats,
+                                batch_size=self.options.batch_size,
+                                workers=default_workers() if self.options.workers is None
+                                else self.options.workers,
+                                max_pixels=self.options.max_pixels,
+                                progress=self.options.progress,
+                                on_skip=skip,
+                                on_written=written,
+                            )  # fmt: skip
+                finally:
                     if self.options.engine == "ray":
-                        encoder.encode_and_write(
-                            self.database, model, plan.to_encode, stats,
-                            batch_size=self.options.batch_size, progress=self.options.progress,
-                            on_skip=skip, on_written=written,
-                        )  # fmt: skip
-                    else:
-                        encode_and_write(
-                            self.database, model, encoder, plan.to_encode, stats,
-                            batch_size=self.options.batch_size,
-                            workers=default_workers() if self.options.workers is None
-                            else self.options.workers,
-                            max_pixels=self.options.max_pixels,
-                            progress=self.options.progress,
-                            on_skip=skip,
-                            on_written=written,
-                        )  # fmt: skip
+                        encoder.close()  # also when the run fails before its first batch
             elif model is not None:
                 with index_window(self.database, model, 0):
                     pass  # heals an index an interrupted bulk run left missing

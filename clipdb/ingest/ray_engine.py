@@ -178,9 +178,11 @@ class RayEncoders:
         self.architecture, self.pretrained, self.dim = identities[0]
 
     def close(self) -> None:
+        """End this run's actors (and the cluster it started); safe to call twice."""
         for actor in getattr(self, "actors", []):
             with contextlib.suppress(Exception):  # already gone with its cluster
                 self.ray.kill(actor)
+        self.actors = []
         if self.started:
             self.ray.shutdown()
             self.started = False
