@@ -94,6 +94,13 @@ def positive_float(value: str) -> float:
     return number
 
 
+def non_negative_float(value: str) -> float:
+    """argparse type: a finite number >= 0."""
+    if value.strip() in ("0", "0.0"):
+        return 0.0
+    return positive_float(value)
+
+
 def similarity_value(value: str) -> float:
     """argparse type: a cosine similarity in [-1, 1]."""
     try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with clipdb (and, with --test, its test tools). Idempotent: a second run only checks.
 #   bash scripts/setup.sh          # what `clipdb` needs to run
-#   bash scripts/setup.sh --test   # ... plus pytest, ruff, mypy, playwright
+#   bash scripts/setup.sh --test   # ... plus pytest, ruff, mypy, playwright, ray
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -25,7 +25,7 @@ if ! python -c "import torch, torchvision" 2>/dev/null; then
         || pip_install "${index[@]}" "torch>=2.1,<3" "torchvision>=0.16,<1"
 fi
 check="import clipdb, psycopg_pool, open_clip"
-[ -n "$extra" ] && check="$check, pytest, playwright, ruff, mypy"
+[ -n "$extra" ] && check="$check, pytest, playwright, ruff, mypy, ray"
 if ! python -c "$check" 2>/dev/null; then
     echo "setup: installing clipdb$extra and its dependencies (about 300 MB)" >&2
     pip_install -e ".$extra"

@@ -34,6 +34,8 @@ from clipdb.ingest.plan import (
 from clipdb.models import ModelSpec, quick_model_spec
 from clipdb.terminal import printable
 
+ENGINES = ("local", "ray")
+
 
 def default_workers() -> int:
     """Decode workers: one core is left to the encoder (which uses all cores in bursts)."""
@@ -67,6 +69,9 @@ class IngestOptions:
     max_pixels: int | None = None
     progress: bool = True
     on_skip: SkipCallback | None = None  # default: "skipping <path>: <reason>" on stderr
+    engine: str = "local"  # "ray": decode + encode on a Ray cluster (clipdb.ingest.ray_engine)
+    ray_address: str | None = None  # None: the running ray.init(), else a new local cluster
+    gpus_per_worker: float = 0.0  # > 0: one encoder per that many GPUs, else per CPU slot
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -74,6 +79,12 @@ class IngestOptions:
             raise UsageError("--batch-size must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise UsageError("--workers must be 0 or more")
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINES)}")
+        if self.engine == "local" and (self.ray_address or self.gpus_per_worker):
+            raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
+        if self.gpus_per_worker < 0:
+            raise UsageError("--gpus-per-worker must be 0 or more")
         if self.device not in DEVICES:
             raise UsageError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
@@ -189,6 +200,22 @@ class Ingester:
             )
         return self.encoder
 
+    def _run_encoder(self) -> Any:
+        """This pass's encoder: the local one, or the actors of a Ray cluster."""
+        if self.options.engine != "ray":
+            return self.load_encoder()
+        from clipdb.ingest.ray_engine import RayEncoders
+
+        return RayEncoders(
+            self._model_spec().architecture,
+            self.pretrained,
+            address=self.options.ray_address,
+            gpus_per_worker=self.options.gpus_per_worker,
+            device=self.options.device,
+            precision=self.options.precision,
+            max_pixels=self.options.max_pixels,
+        )
+
     # --- one pass -------------------------------------------------------------------------
 
     def run(self) -> IngestSummary:
@@ -197,6 +224,10 @@ class Ingester:
         if not self._roots_checked:  # --watch: a root that vanishes later is offline, kept
             self._check_roots()
             self._roots_checked = True
+        if self.options.engine == "ray":
+            from clipdb.ingest.ray_engine import require_ray
+
+            require_ray()  # before any work: one line saying how to install it
         require_write_access(self.database)
         start = time.perf_counter()
         summary = IngestSummary()
@@ -249,7 +280,7 @@ class Ingester:
             if self.encoder is None:
                 self._drop_unusable_head(plan.to_encode, stats, skip)
             if plan.to_encode:
-                encoder = self.load_encoder()
+                encoder = self._run_encoder()
                 if model is None:
                     model = register_model(
                         conn, encoder.architecture, encoder.pretrained, encoder.dim
@@ -262,17 +293,28 @@ class Ingester:
                         summary.new += 1
 
                 planned_new = len(plan.to_encode) - len(plan.changed)
-                with index_window(self.database, model, planned_new):
-                    encode_and_write(
-                    self.database, model, encoder, plan.to_encode, stats,
-                    batch_size=self.options.batch_size,
-                    workers=default_workers() if self.options.workers is None
-                    else self.options.workers,
-                    max_pixels=self.options.max_pixels,
-                    progress=self.options.progress,
-                    on_skip=skip,
-                    on_written=written,
-                    )  # fmt: skip
+                try:
+                    with index_window(self.database, model, planned_new):
+                        if self.options.engine == "ray":
+                            encoder.encode_and_write(
+                                self.database, model, plan.to_encode, stats,
+                                batch_size=self.options.batch_size, progress=self.options.progress,
+                                on_skip=skip, on_written=written,
+                            )  # fmt: skip
+                        else:
+                            encode_and_write(
+                                self.database, model, encoder, plan.to_encode, stats,
+                                batch_size=self.options.batch_size,
+                                workers=default_workers() if self.options.workers is None
+                                else self.options.workers,
+                                max_pixels=self.options.max_pixels,
+                                progress=self.options.progress,
+                                on_skip=skip,
+                                on_written=written,
+                            )  # fmt: skip
+                finally:
+                    if self.options.engine == "ray":
+                        encoder.close()  # also when the run fails before its first batch
             elif model is not None:
                 with index_window(self.database, model, 0):
                     pass  # heals an index an interrupted bulk run left missing

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from clipdb.cli import (
     add_encoder_arguments,
     command_parser,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -18,7 +19,7 @@ from clipdb.cli import (
 )
 from clipdb.config import Settings, add_common_arguments, add_read_url_argument
 from clipdb.errors import UsageError
-from clipdb.ingest import IngestOptions, IngestSummary, default_workers, ingest, watch
+from clipdb.ingest import ENGINES, IngestOptions, IngestSummary, default_workers, ingest, watch
 from clipdb.terminal import printable
 
 EXAMPLES = """\
@@ -88,6 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: decode + encode here (default); ray: on a Ray cluster (extra [ray]), "
+        "rows still written from here",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="--engine ray: the cluster to join (host:port or auto; default: a local one)",
+    )
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=non_negative_float,
+        default=0.0,
+        metavar="N",
+        help="--engine ray: one encoder per N GPUs (default 0: one per CPU slot)",
+    )
+    parser.add_argument(
         "--wait-replicas",
         action="store_true",
         help="return only when every streaming standby (and --read-database-url's server) "
@@ -120,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             prune=args.prune or args.prune_missing_roots,
             prune_missing_roots=args.prune_missing_roots,
             max_pixels=args.max_pixels,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            gpus_per_worker=args.gpus_per_worker,
         )
 
         def report(summary: IngestSummary) -> None:

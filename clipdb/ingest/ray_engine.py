@@ -1,0 +1,266 @@
+"""``clipdb ingest --engine ray``: decode + encode on a Ray cluster, write here.
+
+The driver (this process) scans, plans and prunes as for the local engine, then hands
+batches of (path, size, mtime_ns, link) to Ray actors that each hold one encoder (one per
+GPU with ``--gpus-per-worker N``, else one per CPU slot). Ray's own ActorPool schedules them,
+with at most one batch in flight per actor. Actors send back plain data only (strings and
+numpy arrays: sha256, width, height, embeddings), never objects loaded from disk, and the
+driver commits the rows with the same exactly-once upsert (BatchWriter -> upsert_images), so
+a run that loses its cluster keeps its committed batches and a re-run finishes the rest.
+
+Workers read the files themselves: every node must see the paths the driver scanned (one
+machine, or a shared file system mounted at the same place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipdb import files
+from clipdb.db import Database
+from clipdb.db.registry import Model
+from clipdb.db.store import ImageRecord
+from clipdb.errors import ClipdbError, first_line
+from clipdb.ingest.writer import BatchWriter
+
+INSTALL_HINT = "the Ray engine needs ray: pip install 'clipdb-pg[ray]'"
+ACTOR_PREFIX = "clipdb-encoder"  # named actors: tests (and operators) can find and kill them
+# Settings the workers need to build the same model as the driver would.
+FORWARDED_ENV = ("CLIPDB_MODEL_CONFIGS", "HF_HOME", "HF_HUB_OFFLINE", "TORCH_HOME")
+
+
+def require_ray() -> Any:
+    """Import ray, or one line saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ClipdbError(INSTALL_HINT) from None
+    return ray
+
+
+class EncoderWorker:
+    """One encoder on one Ray worker: decodes and encodes whole batches of paths."""
+
+    def __init__(
+        self,
+        architecture: str,
+        pretrained: str | None,
+        device: str,
+        precision: str,
+        max_pixels: int | None,
+        threads: int,
+    ) -> None:
+        import torch
+
+        from clipdb import decode
+        from clipdb.encoder import load_encoder
+
+        torch.set_num_threads(max(1, threads))  # its CPU slots, not the whole node
+        self.encoder = load_encoder(architecture, pretrained, device=device, precision=precision)
+        self.pipeline = decode.PixelPipeline.from_preprocess(
+            self.encoder.preprocess, max(self.encoder.image_size)
+        )
+        self.max_pixels = max_pixels
+
+    def identity(self) -> tuple[str, str, int]:
+        return self.encoder.architecture, self.encoder.pretrained, int(self.encoder.dim)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, batch: list[tuple[str, int, int, bool]]) -> dict[str, Any]:
+        """Decode + encode one batch; plain lists and arrays only go back."""
+        from clipdb import decode
+
+        done = [
+            decode.decode_task(
+                path,
+                self.pipeline,
+                self.max_pixels,
+                found=files.FileStat(path, size, mtime_ns, link),
+            )
+            for path, size, mtime_ns, link in batch
+        ]
+        good = [item for item in done if item.reason is None and item.pixels is not None]
+        dim = int(self.encoder.dim)
+        embeddings = (
+            self.encoder.encode_images(
+                self.pipeline.to_batch([d.pixels for d in good if d.pixels is not None])
+            )
+            if good
+            else np.zeros((0, dim), np.float32)
+        )
+        return {
+            "skipped": [(item.path, str(item.reason)) for item in done if item.reason is not None],
+            "paths": [item.path for item in good],
+            "sha256": np.array(
+                [np.frombuffer(item.sha256 or b"", np.uint8) for item in good], np.uint8
+            ).reshape(len(good), 32),
+            "width": np.array([item.width for item in good], np.int64),
+            "height": np.array([item.height for item in good], np.int64),
+            "embeddings": np.asarray(embeddings, np.float32),
+        }
+
+
+def _worker_env() -> dict[str, str]:
+    """The driver's model settings, and where this clipdb is, for the workers' processes."""
+    env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    here = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+class RayEncoders:
+    """The actors of one ingest pass; ``architecture``/``pretrained``/``dim`` as an encoder."""
+
+    def __init__(
+        self,
+        architecture: str,
+        pretrained: str | None,
+        *,
+        address: str | None,
+        gpus_per_worker: float,
+        device: str,
+        precision: str,
+        max_pixels: int | None,
+    ) -> None:
+        ray = require_ray()
+        self.ray = ray
+        self.started = False
+        try:
+            if not ray.is_initialized():
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+                self.started = True
+            resources = ray.cluster_resources()
+            if gpus_per_worker > 0:
+                count = int(resources.get("GPU", 0) // gpus_per_worker)
+                if count == 0:
+                    raise ClipdbError(
+                        f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has "
+                        f"{resources.get('GPU', 0):g} GPU(s)"
+                    )
+                options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_worker}
+                threads = 1
+            else:
+                count = max(1, int(resources.get("CPU", 1)))
+                options = {"num_cpus": 1}
+                threads = 1
+            remote = ray.remote(EncoderWorker)
+            run_id = uuid.uuid4().hex[:8]
+            self.actors = [
+                remote.options(
+                    name=f"{ACTOR_PREFIX}-{run_id}-{index}",
+                    runtime_env={"env_vars": _worker_env()},
+                    **options,
+                ).remote(architecture, pretrained, device, precision, max_pixels, threads)
+                for index in range(count)
+            ]
+            identities = ray.get([actor.identity.remote() for actor in self.actors])
+        except ClipdbError:
+            self.close()
+            raise
+        except Exception as err:  # ray raises many kinds (ConnectionError, RayActorError...)
+            self.close()
+            raise ClipdbError(f"Ray cluster: {cluster_reason(err)}") from None
+        self.architecture, self.pretrained, self.dim = identities[0]
+
+    def close(self) -> None:
+        """End this run's actors (and the cluster it started); safe to call twice."""
+        for actor in getattr(self, "actors", []):
+            with contextlib.suppress(Exception):  # already gone with its cluster
+                self.ray.kill(actor)
+        self.actors = []
+        if self.started:
+            self.ray.shutdown()
+            self.started = False
+
+    def encode_and_write(
+        self,
+        database: Database,
+        model: Model,
+        paths: list[str],
+        stats: dict[str, files.FileStat],
+        *,
+        batch_size: int,
+        progress: bool,
+        on_skip: Callable[[str, str], None],
+        on_written: Callable[[str], None],
+    ) -> None:
+        """Decode + encode ``paths`` on the actors; commit here as they come back."""
+        from ray.util import ActorPool
+        from tqdm import tqdm
+
+        batches = [
+            [
+                (p, stats[p].size, stats[p].mtime_ns, stats[p].link)
+                for p in paths[i : i + batch_size]
+            ]
+            for i in range(0, len(paths), batch_size)
+        ]
+        writer = BatchWriter(database, model)
+        bar = tqdm(
+            total=len(paths),
+            unit="img",
+            file=sys.stderr,
+            disable=None if progress else True,
+            dynamic_ncols=True,
+        )
+        handed = 0
+        failure: BaseException | None = None
+        try:
+            # One batch in flight per actor: the rest wait here as lists of paths.
+            for result in ActorPool(self.actors).map_unordered(
+                lambda actor, batch: actor.run.remote(batch), batches
+            ):
+                for path, reason in result["skipped"]:
+                    on_skip(path, reason)
+                records = []
+                for index, path in enumerate(result["paths"]):
+                    stat = stats[path]
+                    records.append(
+                        ImageRecord(
+                            path,
+                            bytes(result["sha256"][index]),
+                            stat.size,
+                            stat.mtime_ns,
+                            int(result["width"][index]),
+                            int(result["height"][index]),
+                            result["embeddings"][index],
+                        )
+                    )
+                    on_written(path)
+                writer.put(records)
+                handed += len(records)
+                bar.update(len(result["skipped"]) + len(records))
+        except self.ray.exceptions.RayError as err:
+            failure = err
+        finally:
+            bar.close()
+            writer.close()  # commits what was handed over, also on Ctrl-C or a lost cluster
+            self.close()
+        if failure is not None:
+            raise ClipdbError(
+                f"the Ray cluster failed ({cluster_reason(failure)}); {handed} image(s) "
+                "committed, run again to finish"
+            ) from None
+
+
+def cluster_reason(err: BaseException) -> str:
+    """One line for a Ray failure: the worker's own error where Ray carries one."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, type(err)):
+        return first_line(cause)
+    return f"{type(err).__name__}: {first_line(err)}"[:300]

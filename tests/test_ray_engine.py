@@ -1,0 +1,180 @@
+"""``clipdb ingest --engine ray``: decode + encode on Ray actors, rows written by the driver."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import TINY_MODEL, make_images, run_module
+
+from clipdb.errors import ClipdbError
+from clipdb.ingest import ingest
+
+REPO = Path(__file__).resolve().parent.parent
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One in-process local cluster of 2 CPU slots (so 2 encoder actors) for this module."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def stored(database) -> dict[str, tuple]:
+    """name -> (sha256, width, height, embedding) and how many rows there are per path."""
+    with database.connect() as conn:
+        result = conn.execute(
+            "SELECT path, sha256, width, height, embedding FROM clipdb.images ORDER BY path"
+        ).fetchall()
+    return {
+        path: (bytes(sha), width, height, np.asarray(emb.to_numpy(), np.float32))
+        for path, sha, width, height, emb in result
+    }
+
+
+def row_counts(database) -> tuple[int, int]:
+    with database.connect() as conn:
+        return conn.execute("SELECT count(*), count(DISTINCT path) FROM clipdb.images").fetchone()
+
+
+def ray_ingest(paths, database, **kwargs):
+    kwargs.setdefault("on_skip", lambda path, reason: None)
+    return ingest(
+        [str(p) for p in paths],
+        database=database,
+        model=TINY_MODEL,
+        pretrained="none",
+        device="cpu",
+        precision="fp32",
+        progress=False,
+        engine="ray",
+        **kwargs,
+    )
+
+
+def test_ray_engine_stores_the_same_rows_as_local(ray_cluster, database, tiny_encoder, tmp_path):
+    local_dir, ray_dir = tmp_path / "local", tmp_path / "ray"
+    make_images(local_dir, 10)
+    shutil.copytree(local_dir, ray_dir)
+    ingest([str(local_dir)], database=database, encoder=tiny_encoder, workers=0, progress=False)
+    summary = ray_ingest([ray_dir], database, batch_size=3)
+    assert summary.new == 10
+    rows = stored(database)
+    for name in sorted(os.listdir(local_dir)):
+        local, remote = rows[str(local_dir / name)], rows[str(ray_dir / name)]
+        assert local[:3] == remote[:3]  # sha256, width, height
+        np.testing.assert_allclose(remote[3], local[3], atol=1e-5)
+    assert ray_ingest([ray_dir], database).unchanged == 10  # same plan as local: nothing to do
+    assert not ray.util.list_named_actors()  # the run's actors are gone
+
+
+def test_killed_workers_then_a_rerun_index_every_image_once(ray_cluster, database, tmp_path):
+    make_images(tmp_path, 24)
+    (tmp_path / "img_0009x.jpg").write_bytes(b"not a jpeg")  # sorts into the third batch
+    killed = []
+
+    def kill_workers(path: str, reason: str) -> None:
+        # The driver sees the bad file's batch come back: kill every encoder actor now.
+        for name in ray.util.list_named_actors():
+            ray.kill(ray.get_actor(name))
+            killed.append(name)
+
+    with pytest.raises(ClipdbError) as failure:
+        ray_ingest([tmp_path], database, batch_size=2, on_skip=kill_workers)
+    assert killed
+    message = str(failure.value)
+    assert "the Ray cluster failed" in message and "run again to finish" in message
+    committed = int(message.split("; ")[-1].split(" image")[0])
+    assert row_counts(database) == (committed, committed)
+    assert 0 < committed < 24
+
+    summary = ray_ingest([tmp_path], database, batch_size=4)
+    assert summary.new == 24 - committed and summary.unchanged == committed
+    assert row_counts(database) == (24, 24)
+
+
+def test_engine_ray_without_ray_says_how_to_install(database, tmp_path):
+    shim = tmp_path / "shim"
+    (shim / "ray").mkdir(parents=True)
+    (shim / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    make_images(tmp_path / "pics", 2)
+    env = {"PYTHONPATH": os.pathsep.join([str(shim), str(REPO)])}
+    args = ["--model", TINY_MODEL, "--pretrained", "none"]
+    result = run_module("clipdb.ingest", str(tmp_path / "pics"), "--engine", "ray", *args, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the Ray engine needs ray: pip install 'clipdb-pg[ray]'"
+    ]
+    assert row_counts(database) == (0, 0)
+    usage = run_module(
+        "clipdb.ingest", str(tmp_path / "pics"), "--ray-address", "127.0.0.1:1", *args, env=env
+    )
+    assert usage.returncode == 2 and "need --engine ray" in usage.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_head_and_worker_on_loopback(database, tmp_path):
+    """A head and a worker node on 127.0.0.1 (two raylets), joined with --ray-address."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    # Short: Ray's Unix sockets live under it. Its own dir: `ray stop` would end every Ray
+    # process on the machine, so each node runs --block in a session of its own, ended alone.
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": temp}
+    # A token of this test's own for head, worker and driver (not ~/.ray/auth_token, which
+    # other Ray users of this machine may have made or may replace meanwhile).
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    common = ["--num-cpus=1", "--block"]
+    nodes = []
+    try:
+        nodes.append(subprocess.Popen(
+            [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+             "--include-dashboard=false", f"--temp-dir={temp}", *common],
+            env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+        time.sleep(8)  # the head's GCS must listen before the worker joins
+        nodes.append(subprocess.Popen(
+            [ray_cli, "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common],
+            env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+        time.sleep(5)
+        make_images(tmp_path / "pics", 8)
+        result = run_module(
+            "clipdb.ingest", str(tmp_path / "pics"), "--model", TINY_MODEL, "--pretrained",
+            "none", "--device", "cpu", "--engine", "ray", "--ray-address", address,
+            "--batch-size", "2", "--json", env=env, timeout=240,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert '"new": 8' in result.stdout
+        assert row_counts(database) == (8, 8)
+    finally:
+        for node in reversed(nodes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
