@@ -58,12 +58,14 @@ class ClipDB:
         database_url: str | None = None,
         device: str = "auto",
         precision: str = "auto",
+        backend: str = "auto",
     ) -> None:
         self.settings = Settings.resolve(
             database_url=database_url, model=model_name or DEFAULT_MODEL, pretrained=pretrained
         )
         self.device = device
         self.precision = precision
+        self.backend = backend
         self._database: Database | None = None
         self._encoder: ClipEncoder | None = None
 
@@ -85,6 +87,7 @@ class ClipDB:
                 self.settings.pretrained,
                 device=self.device,
                 precision=self.precision,
+                backend=self.backend,
             )
         return self._encoder
 
@@ -100,7 +103,9 @@ class ClipDB:
             self._encoder.pretrained,
         ) == (model.architecture, model.pretrained):
             return self._encoder
-        self._encoder = load_model_encoder(model, self.settings, self.device, self.precision)
+        self._encoder = load_model_encoder(
+            model, self.settings, self.device, self.precision, self.backend
+        )
         return self._encoder
 
     # --- indexing -------------------------------------------------------------------------

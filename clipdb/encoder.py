@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipdb.config import DEVICES, PRECISIONS
+from clipdb.config import BACKENDS, DEVICES, PRECISIONS, Settings
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.models import (
     RANDOM_WEIGHTS,
@@ -121,6 +121,8 @@ def cpu_has_fast_bf16() -> bool:
 def pick_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        raise UsageError("--precision int8 needs --backend openvino (or auto on CPU)")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -174,6 +176,14 @@ class ClipEncoder:
     model: Any = field(repr=False)
     preprocess: Any = field(repr=False)
     tokenizer: Any = field(repr=False)
+    backend: str = "torch"
+    # On CPU bf16 the weights are cast (1.28x autocast, BENCHMARKS.md); autocast elsewhere.
+    cast_dtype: Any = None
+
+    def __post_init__(self) -> None:
+        if self.device.type == "cpu" and self.precision == "bf16":
+            self.cast_dtype = torch.bfloat16
+            self.model = self.model.to(torch.bfloat16)
 
     @property
     def architecture(self) -> str:
@@ -189,7 +199,7 @@ class ClipEncoder:
         return (size, size) if isinstance(size, int) else tuple(size)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "fp32":
+        if self.precision == "fp32" or self.cast_dtype is not None:
             return contextlib.nullcontext()
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
@@ -198,7 +208,10 @@ class ClipEncoder:
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """Preprocessed image batch (N, 3, H, W) -> (N, dim) normalised float32."""
         with self._autocast():
-            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+            pixels = pixels.to(self.device, non_blocking=True)
+            if self.cast_dtype is not None:
+                pixels = pixels.to(self.cast_dtype)
+            features = self.model.encode_image(pixels)
         return _normalise(features)
 
     def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -265,21 +278,90 @@ def load_encoder(
     *,
     device: str = "auto",
     precision: str = "auto",
-) -> ClipEncoder:
-    """Load a CLIP model for inference (hub cache, local checkpoint, or seeded random weights)."""
+    backend: str = "auto",
+) -> Any:
+    """Load a CLIP model for inference (hub cache, local checkpoint, or seeded random weights).
+
+    ``backend`` auto is OpenVINO on CPU and torch on CUDA/MPS; when OpenVINO is missing or
+    fails, one line says why and torch encodes instead.
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if backend == "openvino" and device in ("cuda", "mps"):
+        raise UsageError(f"--backend openvino runs on the CPU; it cannot use --device {device}")
+    if backend == "torch" and precision == "int8":
+        raise UsageError("--precision int8 needs --backend openvino")
+    spec = resolve_model_spec(model, pretrained)
+    if backend == "auto":
+        backend = "openvino" if pick_device(device).type == "cpu" else "torch"
+    if spec.pretrained == RANDOM_WEIGHTS:
+        print(
+            f"warning: {spec.architecture} with random weights (--pretrained none): "
+            "results are meaningless except for testing",
+            file=sys.stderr,
+        )
+    if backend == "openvino":
+        try:
+            return _load_openvino(spec, precision)
+        except ClipdbError:
+            raise
+        except Exception as err:  # ImportError, or OpenVINO failing to read/compile
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            print(f"warning: OpenVINO unavailable ({reason}); encoding with torch", file=sys.stderr)
+            if precision == "int8":
+                precision = "auto"
+    return _load_torch(spec, device, precision)
+
+
+def _load_openvino(spec: ModelSpec, precision: str) -> Any:
+    import openvino
+
+    from clipdb import openvino_encoder as ove
+
+    chosen = precision
+    if precision in ("auto", "fp16"):
+        chosen = "bf16" if cpu_has_fast_bf16() else "fp32"
+    weights = "int8" if chosen == "int8" else "fp32"
+    # CLIPDB_OPENVINO_CACHE: one cache shared by several homes (the test suite uses it).
+    root = os.environ.get("CLIPDB_OPENVINO_CACHE") or Settings.resolve().home / "openvino"
+    folder = Path(root) / ove.cache_key(spec, weights, openvino.get_version())
+    encoder = ove.compile_cached(folder, spec, chosen)
+    if encoder is not None:
+        return encoder
+    if folder.exists():
+        ove.warn(f"OpenVINO cache {folder} is corrupt or stale; rebuilding it")
+    torch_encoder = _load_torch(spec, "cpu", "fp32")
+    mean = getattr(torch_encoder.model.visual, "image_mean", None) or OPENAI_MEAN
+    std = getattr(torch_encoder.model.visual, "image_std", None) or OPENAI_STD
+    extra = {
+        "dim": torch_encoder.dim,
+        "image_size": list(torch_encoder.image_size),
+        "mean": list(mean),
+        "std": list(std),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace deprecation notes from the converter
+        ove.convert_towers(torch_encoder.model, torch_encoder.image_size, weights, folder, extra)
+    encoder = ove.compile_cached(folder, spec, chosen)
+    if encoder is None:
+        raise RuntimeError(f"the converted model in {folder} does not verify")
+    return encoder
+
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
     import open_clip
 
-    spec = resolve_model_spec(model, pretrained)
     torch_device = pick_device(device)
     chosen_precision = pick_precision(precision, torch_device)
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         if spec.pretrained == RANDOM_WEIGHTS:
-            print(
-                f"warning: {spec.architecture} with random weights (--pretrained none): "
-                "results are meaningless except for testing",
-                file=sys.stderr,
-            )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_SEED)
                 clip_model, _, preprocess = open_clip.create_model_and_transforms(

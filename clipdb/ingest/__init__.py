@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from clipdb import files
-from clipdb.config import DEVICES, PRECISIONS, Settings
+from clipdb.config import BACKENDS, DEVICES, PRECISIONS, Settings
 from clipdb.db import Database, open_database, require_write_access
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
@@ -56,6 +56,7 @@ class IngestOptions:
     pretrained: str | None = None
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"  # auto: OpenVINO on CPU, torch on CUDA/MPS
     batch_size: int = 64
     workers: int | None = None  # None: default_workers(); 0: decode in this process
     exclude: tuple[str, ...] = ()
@@ -74,6 +75,8 @@ class IngestOptions:
             raise UsageError("--workers must be 0 or more")
         if self.device not in DEVICES:
             raise UsageError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise UsageError(
                 f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
@@ -182,6 +185,7 @@ class Ingester:
                 self.pretrained,
                 device=self.options.device,
                 precision=self.options.precision,
+                backend=self.options.backend,
             )
         return self.encoder
 

@@ -235,7 +235,11 @@ def search(
 
 
 def load_model_encoder(
-    model: Model, settings: Settings, device: str = "auto", precision: str = "auto"
+    model: Model,
+    settings: Settings,
+    device: str = "auto",
+    precision: str = "auto",
+    backend: str = "auto",
 ) -> ClipEncoder:
     """Load the encoder that made ``model``'s rows (a checkpoint file must be passed again)."""
     from clipdb.encoder import load_encoder
@@ -243,7 +247,10 @@ def load_model_encoder(
     pretrained = settings.pretrained if model.pretrained.startswith("file:") else model.pretrained
     if pretrained is None:
         raise ClipdbError(f"{model} was made from a checkpoint file; pass it with --pretrained")
-    encoder = load_encoder(model.architecture, pretrained, device=device, precision=precision)
+    # ClipEncoder or OpenVinoEncoder: the same surface (architecture, dim, encode_*).
+    encoder: ClipEncoder = load_encoder(
+        model.architecture, pretrained, device=device, precision=precision, backend=backend
+    )
     if (encoder.architecture, encoder.pretrained) != (model.architecture, model.pretrained):
         raise ClipdbError(f"--pretrained {settings.pretrained} is not the checkpoint of {model}")
     return encoder

@@ -82,6 +82,7 @@ class SearchService:
         encoder: ClipEncoder | None = None,
         device: str = "auto",
         precision: str = "auto",
+        backend: str = "auto",
         pool_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
@@ -91,7 +92,7 @@ class SearchService:
         self.max_upload_pixels = max_upload_pixels
         self.pool_size = pool_size
         self._database = database
-        self._device, self._precision = device, precision
+        self._device, self._precision, self._backend = device, precision, backend
         self._encoder = encoder
         self._pool: ConnectionPool[Any] | None = None
         self._model: Model | None = None
@@ -220,7 +221,7 @@ class SearchService:
             with self._encode_lock:
                 if self._encoder is None:
                     self._encoder = load_model_encoder(
-                        model, self.settings, self._device, self._precision
+                        model, self.settings, self._device, self._precision, self._backend
                     )
         return self._encoder
 
@@ -335,6 +336,7 @@ class SearchService:
         if self._encoder is not None:
             serving["device"] = str(self._encoder.device)
             serving["precision"] = self._encoder.precision
+            serving["backend"] = getattr(self._encoder, "backend", "torch")
         cache = self._thumbnail.cache_info()
         return {
             "server": status.server,
