@@ -16,10 +16,9 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
 from clipdb.config import BACKENDS, DEVICES, PRECISIONS, Settings
@@ -32,9 +31,27 @@ from clipdb.models import (
     quick_model_spec,
 )
 
+if TYPE_CHECKING:  # torch is imported only where it runs: the OpenVINO path never needs it
+    import torch
+
 RANDOM_SEED = 0  # every process builds the identical random model
 __all__ = ["ModelSpec", "file_identity", "quick_model_spec", "load_encoder", "ClipEncoder"]
 HUB_HOST = ("huggingface.co", 443)
+_F = TypeVar("_F")
+
+
+def _inference_mode(function: _F) -> _F:
+    """``torch.inference_mode()`` applied at call time, so importing this module is torch-free."""
+    import functools
+
+    @functools.wraps(function)  # type: ignore[arg-type]
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return function(*args, **kwargs)  # type: ignore[operator]
+
+    return wrapper  # type: ignore[return-value]
 
 
 def register_model_configs() -> None:
@@ -94,6 +111,8 @@ def resolve_model_spec(model: str, pretrained: str | None) -> ModelSpec:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
     if device == "auto":
@@ -181,6 +200,8 @@ class ClipEncoder:
     cast_dtype: Any = None
 
     def __post_init__(self) -> None:
+        import torch
+
         if self.device.type == "cpu" and self.precision == "bf16":
             self.cast_dtype = torch.bfloat16
             self.model = self.model.to(torch.bfloat16)
@@ -199,14 +220,17 @@ class ClipEncoder:
         return (size, size) if isinstance(size, int) else tuple(size)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        import torch
+
         if self.precision == "fp32" or self.cast_dtype is not None:
             return contextlib.nullcontext()
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    @torch.inference_mode()
+    @_inference_mode
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """Preprocessed image batch (N, 3, H, W) -> (N, dim) normalised float32."""
+
         with self._autocast():
             pixels = pixels.to(self.device, non_blocking=True)
             if self.cast_dtype is not None:
@@ -216,12 +240,15 @@ class ClipEncoder:
 
     def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
         """PIL images -> (N, dim) normalised float32, with the model's own preprocessing."""
+        import torch
+
         batch = torch.stack([self.preprocess(image) for image in images])
         return self.encode_images(batch)
 
-    @torch.inference_mode()
+    @_inference_mode
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> (N, dim) normalised float32 from the text tower."""
+
         tokens = self.tokenizer(list(texts)).to(self.device)
         with self._autocast():
             features = _encode_text_trimmed(self.model, tokens)
@@ -236,6 +263,7 @@ def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     token leaves every kept position, and the end-of-text token that argmax pooling picks,
     exactly as they were, at a fraction of the cost. Other text towers take the plain path.
     """
+    import torch
     from open_clip.model import CLIP
     from open_clip.transformer import text_global_pool
 
@@ -293,15 +321,18 @@ def load_encoder(
         raise UsageError(f"--backend openvino runs on the CPU; it cannot use --device {device}")
     if backend == "torch" and precision == "int8":
         raise UsageError("--precision int8 needs --backend openvino")
-    spec = resolve_model_spec(model, pretrained)
     if backend == "auto":
-        backend = "openvino" if pick_device(device).type == "cpu" else "torch"
-    if spec.pretrained == RANDOM_WEIGHTS:
-        print(
-            f"warning: {spec.architecture} with random weights (--pretrained none): "
-            "results are meaningless except for testing",
-            file=sys.stderr,
-        )
+        cpu = device == "cpu" or (device == "auto" and not _accelerator_likely())
+        backend = "openvino" if cpu or pick_device(device).type == "cpu" else "torch"
+    if backend == "openvino":
+        # A verified cache proves the names were valid when it was built: no open_clip, no torch.
+        quick = quick_model_spec(model, pretrained)
+        cached = _cached_openvino(quick, precision) if quick is not None else None
+        if cached is not None:
+            _warn_if_random(quick)
+            return cached
+    spec = resolve_model_spec(model, pretrained)
+    _warn_if_random(spec)
     if backend == "openvino":
         try:
             return _load_openvino(spec, precision)
@@ -315,7 +346,26 @@ def load_encoder(
     return _load_torch(spec, device, precision)
 
 
-def _load_openvino(spec: ModelSpec, precision: str) -> Any:
+def _warn_if_random(spec: ModelSpec | None) -> None:
+    if spec is not None and spec.pretrained == RANDOM_WEIGHTS:
+        print(
+            f"warning: {spec.architecture} with random weights (--pretrained none): "
+            "results are meaningless except for testing",
+            file=sys.stderr,
+        )
+
+
+def _accelerator_likely() -> bool:
+    """An NVIDIA driver or Apple silicon: only then is torch imported to ask for cuda/mps."""
+    import platform
+
+    if Path("/proc/driver/nvidia/version").exists():
+        return True
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def _openvino_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:
+    """The cache folder of ``spec`` and the precision the compiled model runs at."""
     import openvino
 
     from clipdb import openvino_encoder as ove
@@ -326,7 +376,24 @@ def _load_openvino(spec: ModelSpec, precision: str) -> Any:
     weights = "int8" if chosen == "int8" else "fp32"
     # CLIPDB_OPENVINO_CACHE: one cache shared by several homes (the test suite uses it).
     root = os.environ.get("CLIPDB_OPENVINO_CACHE") or Settings.resolve().home / "openvino"
-    folder = Path(root) / ove.cache_key(spec, weights, openvino.get_version())
+    return Path(root) / ove.cache_key(spec, weights, openvino.get_version()), chosen
+
+
+def _cached_openvino(spec: ModelSpec, precision: str) -> Any:
+    try:
+        from clipdb import openvino_encoder as ove
+
+        folder, chosen = _openvino_target(spec, precision)
+        return ove.compile_cached(folder, spec, chosen)
+    except Exception:  # the full path below says why, in one line
+        return None
+
+
+def _load_openvino(spec: ModelSpec, precision: str) -> Any:
+    from clipdb import openvino_encoder as ove
+
+    folder, chosen = _openvino_target(spec, precision)
+    weights = "int8" if chosen == "int8" else "fp32"
     encoder = ove.compile_cached(folder, spec, chosen)
     if encoder is not None:
         return encoder
@@ -336,6 +403,7 @@ def _load_openvino(spec: ModelSpec, precision: str) -> Any:
     mean = getattr(torch_encoder.model.visual, "image_mean", None) or OPENAI_MEAN
     std = getattr(torch_encoder.model.visual, "image_std", None) or OPENAI_STD
     extra = {
+        "tokenizer": _tokenizer_kind(torch_encoder.tokenizer),
         "dim": torch_encoder.dim,
         "image_size": list(torch_encoder.image_size),
         "mean": list(mean),
@@ -350,12 +418,25 @@ def _load_openvino(spec: ModelSpec, precision: str) -> Any:
     return encoder
 
 
+def _tokenizer_kind(tokenizer: Any) -> str:
+    """ "clip-bpe" when clipdb.tokenizer gives the same ids (open_clip's plain CLIP BPE)."""
+    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+
+    plain = (
+        type(tokenizer) is SimpleTokenizer
+        and tokenizer.clean_fn is _clean_lower
+        and tokenizer.reduction_fn is None
+    )
+    return "clip-bpe" if plain else "open_clip"
+
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
     import open_clip
+    import torch
 
     torch_device = pick_device(device)
     chosen_precision = pick_precision(precision, torch_device)
@@ -406,7 +487,8 @@ def _load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
     )
 
 
-@torch.inference_mode()
+@_inference_mode
 def _probe_dim(model: Any, preprocess: Any, device: torch.device) -> int:
+
     blank = preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(device)
     return int(model.encode_image(blank).shape[-1])

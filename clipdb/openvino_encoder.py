@@ -129,6 +129,7 @@ class OpenVinoEncoder:
     std: tuple[float, ...]
     image_model: Any = field(repr=False)
     text_model: Any = field(repr=False)
+    tokenizer_kind: str = "open_clip"
     backend: str = "openvino"
     _preprocess: Any = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
@@ -160,7 +161,11 @@ class OpenVinoEncoder:
 
     @property
     def tokenizer(self) -> Any:
-        if self._tokenizer is None:
+        if self._tokenizer is None and self.tokenizer_kind == "clip-bpe":
+            from clipdb.tokenizer import ClipTokenizer  # torch-free, same ids
+
+            self._tokenizer = ClipTokenizer(self.context_length)
+        elif self._tokenizer is None:
             import open_clip
 
             self._tokenizer = open_clip.get_tokenizer(self.spec.architecture)
@@ -213,6 +218,7 @@ def compile_cached(folder: Path, spec: ModelSpec, precision: str) -> OpenVinoEnc
         std=tuple(manifest["std"]),
         image_model=models["image"],
         text_model=models["text"],
+        tokenizer_kind=str(manifest.get("tokenizer", "open_clip")),
     )
 
 

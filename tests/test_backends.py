@@ -92,3 +92,32 @@ def test_missing_openvino_falls_back_to_torch(tmp_path):
 def test_int8_needs_openvino():
     with pytest.raises(UsageError):
         load_encoder(TINY_MODEL, "none", device="cpu", precision="int8", backend="torch")
+
+
+def test_tokenizer_matches_open_clip():
+    import open_clip
+
+    from clipdb.tokenizer import ClipTokenizer
+
+    tokenizer = ClipTokenizer()
+    texts = [*TEXTS, "naïve café 東京 😀", "&amp;lt;b&gt; HTML", "word " * 100, " \t\n", "It's 4.5"]
+    texts += [f"photo number {i} of a {'big ' * (i % 7)}dog" for i in range(50)]
+    assert (tokenizer(texts) == open_clip.tokenize(texts).numpy()).all()
+
+
+def test_openvino_text_query_does_not_import_torch(database, tiny_encoder, tmp_path):
+    from helpers import index_images
+
+    load_encoder(TINY_MODEL, "none", device="cpu", backend="openvino")  # the cache is built
+    index_images(database, tiny_encoder, make_images(tmp_path, 3))
+    code = (
+        "import sys; from clipdb.search.__main__ import main;"
+        f"rc = main(['--text', 'a red car', '--model', {TINY_MODEL!r}, '--pretrained', 'none']);"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "NO-TORCH" in result.stdout
