@@ -45,7 +45,7 @@ from clipdb.search.output import format_table
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from clipdb.encoder import ClipEncoder
+    from clipdb.encoder import Encoder
 
 
 class ClipDB:
@@ -67,7 +67,7 @@ class ClipDB:
         self.precision = precision
         self.backend = backend
         self._database: Database | None = None
-        self._encoder: ClipEncoder | None = None
+        self._encoder: Encoder | None = None
 
     @property
     def database(self) -> Database:
@@ -77,7 +77,7 @@ class ClipDB:
         return self._database
 
     @property
-    def encoder(self) -> ClipEncoder:
+    def encoder(self) -> Encoder:
         """The CLIP model named by the settings (what ``build_image_index`` encodes with)."""
         if self._encoder is None:
             from clipdb.encoder import load_encoder
@@ -96,7 +96,7 @@ class ClipDB:
         with self.database.connect() as conn:
             return choose_model(conn, self.settings)
 
-    def _encoder_for(self, model: Model) -> ClipEncoder:
+    def _encoder_for(self, model: Model) -> Encoder:
         """The encoder that made ``model``'s rows (the settings' one when it is that one)."""
         if self._encoder is not None and (
             self._encoder.architecture,

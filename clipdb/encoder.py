@@ -1,7 +1,9 @@
-"""CLIP models through open_clip: name resolution, loading, and batched encoding.
+"""CLIP models through open_clip: name resolution, backend choice, and loading.
 
-Everything model-specific stays behind :class:`ClipEncoder` (``architecture``, ``pretrained``,
-``dim``, ``encode_images``, ``encode_texts``), built by :func:`load_encoder`. Tests use the same
+Everything model-specific stays behind the :class:`Encoder` protocol (``architecture``,
+``pretrained``, ``dim``, ``encode_images``, ``encode_texts``), built by :func:`load_encoder`
+as a torch :class:`~clipdb.torch_encoder.ClipEncoder` or an OpenVINO
+:class:`~clipdb.openvino_encoder.OpenVinoEncoder`. Tests use the same
 loader with tiny architectures from ``CLIPDB_MODEL_CONFIGS`` and ``pretrained="none"``.
 """
 
@@ -14,14 +16,13 @@ import socket
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from clipdb.config import BACKENDS, DEVICES, PRECISIONS, Settings
+from clipdb.config import BACKENDS, DEVICES, PRECISIONS
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.models import (
     RANDOM_WEIGHTS,
@@ -30,28 +31,21 @@ from clipdb.models import (
     file_identity,
     quick_model_spec,
 )
+from clipdb.torch_encoder import ClipEncoder, _probe_dim
 
 if TYPE_CHECKING:  # torch is imported only where it runs: the OpenVINO path never needs it
     import torch
 
 RANDOM_SEED = 0  # every process builds the identical random model
-__all__ = ["ModelSpec", "file_identity", "quick_model_spec", "load_encoder", "ClipEncoder"]
+__all__ = [
+    "ModelSpec",
+    "file_identity",
+    "quick_model_spec",
+    "load_encoder",
+    "ClipEncoder",
+    "Encoder",
+]
 HUB_HOST = ("huggingface.co", 443)
-_F = TypeVar("_F")
-
-
-def _inference_mode(function: _F) -> _F:
-    """``torch.inference_mode()`` applied at call time, so importing this module is torch-free."""
-    import functools
-
-    @functools.wraps(function)  # type: ignore[arg-type]
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import torch
-
-        with torch.inference_mode():
-            return function(*args, **kwargs)  # type: ignore[operator]
-
-    return wrapper  # type: ignore[return-value]
 
 
 def register_model_configs() -> None:
@@ -184,120 +178,41 @@ def _quiet_root_logger() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-@dataclass
-class ClipEncoder:
-    """A loaded CLIP model: turns images and texts into L2-normalised float32 vectors."""
+class Encoder(Protocol):
+    """What ingest, search, embed and serve use of an encoder, whichever backend runs it.
+
+    :class:`ClipEncoder` (torch) and :class:`clipdb.openvino_encoder.OpenVinoEncoder` both
+    satisfy it; the vectors are L2-normalised float32 of width ``dim``.
+    """
 
     spec: ModelSpec
     dim: int
-    device: torch.device
     precision: str
-    model: Any = field(repr=False)
-    preprocess: Any = field(repr=False)
-    tokenizer: Any = field(repr=False)
-    backend: str = "torch"
-    # On CPU bf16 the weights are cast (1.28x autocast, BENCHMARKS.md); autocast elsewhere.
-    cast_dtype: Any = None
-
-    def __post_init__(self) -> None:
-        import torch
-
-        if self.device.type == "cpu" and self.precision == "bf16":
-            self.cast_dtype = torch.bfloat16
-            self.model = self.model.to(torch.bfloat16)
+    backend: str
 
     @property
-    def architecture(self) -> str:
-        return self.spec.architecture
+    def architecture(self) -> str: ...
 
     @property
-    def pretrained(self) -> str:
-        return self.spec.pretrained
+    def pretrained(self) -> str: ...
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        size = self.model.visual.image_size
-        return (size, size) if isinstance(size, int) else tuple(size)
+    def image_size(self) -> tuple[int, int]: ...
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        import torch
+    @property
+    def device(self) -> Any: ...
 
-        if self.precision == "fp32" or self.cast_dtype is not None:
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+    @property
+    def preprocess(self) -> Any: ...
 
-    @_inference_mode
-    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
-        """Preprocessed image batch (N, 3, H, W) -> (N, dim) normalised float32."""
+    @property
+    def tokenizer(self) -> Any: ...
 
-        with self._autocast():
-            pixels = pixels.to(self.device, non_blocking=True)
-            if self.cast_dtype is not None:
-                pixels = pixels.to(self.cast_dtype)
-            features = self.model.encode_image(pixels)
-        return _normalise(features)
+    def encode_images(self, pixels: Any) -> np.ndarray: ...
 
-    def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """PIL images -> (N, dim) normalised float32, with the model's own preprocessing."""
-        import torch
+    def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
-        batch = torch.stack([self.preprocess(image) for image in images])
-        return self.encode_images(batch)
-
-    @_inference_mode
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (N, dim) normalised float32 from the text tower."""
-
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        with self._autocast():
-            features = _encode_text_trimmed(self.model, tokens)
-        return _normalise(features)
-
-
-def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text`` over only as many positions as the longest text uses.
-
-    Tokenizers pad every text to the context length (77); "a red car" uses 5. In a causal text
-    transformer, positions never see later ones, so dropping the padding after the last real
-    token leaves every kept position, and the end-of-text token that argmax pooling picks,
-    exactly as they were, at a fraction of the cost. Other text towers take the plain path.
-    """
-    import torch
-    from open_clip.model import CLIP
-    from open_clip.transformer import text_global_pool
-
-    mask = getattr(model, "attn_mask", None)
-    simple = (
-        isinstance(model, CLIP)
-        and getattr(model, "text_pool_type", None) == "argmax"
-        and mask is not None
-        and bool(torch.isinf(mask[torch.ones_like(mask, dtype=torch.bool).triu(1)]).all())
-    )
-    if not simple or mask is None:
-        features: torch.Tensor = model.encode_text(tokens)
-        return features
-    length = int((tokens != 0).any(dim=0).nonzero().max()) + 1  # last real token, any text
-    kept = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(kept).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, kept, model.text_pool_type)
-    pooled: torch.Tensor = x
-    if isinstance(model.text_projection, torch.nn.Linear):
-        projected: torch.Tensor = model.text_projection(pooled)
-        return projected
-    if model.text_projection is not None:
-        pooled = pooled @ model.text_projection
-    return pooled
-
-
-def _normalise(features: torch.Tensor) -> np.ndarray:
-    features = features.float()
-    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return features.cpu().numpy().astype(np.float32, copy=False)
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 def load_encoder(
@@ -307,7 +222,7 @@ def load_encoder(
     device: str = "auto",
     precision: str = "auto",
     backend: str = "auto",
-) -> Any:
+) -> Encoder:
     """Load a CLIP model for inference (hub cache, local checkpoint, or seeded random weights).
 
     ``backend`` auto is OpenVINO on CPU and torch on CUDA/MPS; when OpenVINO is missing or
@@ -327,7 +242,9 @@ def load_encoder(
     if backend == "openvino":
         # A verified cache proves the names were valid when it was built: no open_clip, no torch.
         quick = quick_model_spec(model, pretrained)
-        cached = _cached_openvino(quick, precision) if quick is not None else None
+        from clipdb import openvino_encoder as ove
+
+        cached = ove.load_cached(quick, precision) if quick is not None else None
         if cached is not None:
             _warn_if_random(quick)
             return cached
@@ -335,7 +252,9 @@ def load_encoder(
     _warn_if_random(spec)
     if backend == "openvino":
         try:
-            return _load_openvino(spec, precision)
+            from clipdb import openvino_encoder as ove
+
+            return ove.load(spec, precision)
         except ClipdbError:
             raise
         except Exception as err:  # ImportError, or OpenVINO failing to read/compile
@@ -343,7 +262,7 @@ def load_encoder(
             print(f"warning: OpenVINO unavailable ({reason}); encoding with torch", file=sys.stderr)
             if precision == "int8":
                 precision = "auto"
-    return _load_torch(spec, device, precision)
+    return load_torch(spec, device, precision)
 
 
 def _warn_if_random(spec: ModelSpec | None) -> None:
@@ -364,77 +283,7 @@ def _accelerator_likely() -> bool:
     return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
-def _openvino_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:
-    """The cache folder of ``spec`` and the precision the compiled model runs at."""
-    import openvino
-
-    from clipdb import openvino_encoder as ove
-
-    chosen = precision
-    if precision in ("auto", "fp16"):
-        chosen = "bf16" if cpu_has_fast_bf16() else "fp32"
-    weights = "int8" if chosen == "int8" else "fp32"
-    # CLIPDB_OPENVINO_CACHE: one cache shared by several homes (the test suite uses it).
-    root = os.environ.get("CLIPDB_OPENVINO_CACHE") or Settings.resolve().home / "openvino"
-    return Path(root) / ove.cache_key(spec, weights, openvino.get_version()), chosen
-
-
-def _cached_openvino(spec: ModelSpec, precision: str) -> Any:
-    try:
-        from clipdb import openvino_encoder as ove
-
-        folder, chosen = _openvino_target(spec, precision)
-        return ove.compile_cached(folder, spec, chosen)
-    except Exception:  # the full path below says why, in one line
-        return None
-
-
-def _load_openvino(spec: ModelSpec, precision: str) -> Any:
-    from clipdb import openvino_encoder as ove
-
-    folder, chosen = _openvino_target(spec, precision)
-    weights = "int8" if chosen == "int8" else "fp32"
-    encoder = ove.compile_cached(folder, spec, chosen)
-    if encoder is not None:
-        return encoder
-    if folder.exists():
-        ove.warn(f"OpenVINO cache {folder} is corrupt or stale; rebuilding it")
-    torch_encoder = _load_torch(spec, "cpu", "fp32")
-    mean = getattr(torch_encoder.model.visual, "image_mean", None) or OPENAI_MEAN
-    std = getattr(torch_encoder.model.visual, "image_std", None) or OPENAI_STD
-    extra = {
-        "tokenizer": _tokenizer_kind(torch_encoder.tokenizer),
-        "dim": torch_encoder.dim,
-        "image_size": list(torch_encoder.image_size),
-        "mean": list(mean),
-        "std": list(std),
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.trace deprecation notes from the converter
-        ove.convert_towers(torch_encoder.model, torch_encoder.image_size, weights, folder, extra)
-    encoder = ove.compile_cached(folder, spec, chosen)
-    if encoder is None:
-        raise RuntimeError(f"the converted model in {folder} does not verify")
-    return encoder
-
-
-def _tokenizer_kind(tokenizer: Any) -> str:
-    """ "clip-bpe" when clipdb.tokenizer gives the same ids (open_clip's plain CLIP BPE)."""
-    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
-
-    plain = (
-        type(tokenizer) is SimpleTokenizer
-        and tokenizer.clean_fn is _clean_lower
-        and tokenizer.reduction_fn is None
-    )
-    return "clip-bpe" if plain else "open_clip"
-
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
+def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
     import open_clip
     import torch
 
@@ -485,10 +334,3 @@ def _load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
         preprocess=preprocess,
         tokenizer=tokenizer,
     )
-
-
-@_inference_mode
-def _probe_dim(model: Any, preprocess: Any, device: torch.device) -> int:
-
-    blank = preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(device)
-    return int(model.encode_image(blank).shape[-1])

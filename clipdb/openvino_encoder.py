@@ -230,3 +230,75 @@ def _fast_bf16() -> bool:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def cache_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:
+    """The cache folder of ``spec`` and the precision the compiled model runs at."""
+    import openvino
+
+    from clipdb.config import Settings
+
+    chosen = precision
+    if precision in ("auto", "fp16"):
+        chosen = "bf16" if _fast_bf16() else "fp32"
+    weights = "int8" if chosen == "int8" else "fp32"
+    # CLIPDB_OPENVINO_CACHE: one cache shared by several homes (the test suite uses it).
+    root = os.environ.get("CLIPDB_OPENVINO_CACHE") or Settings.resolve().home / "openvino"
+    return Path(root) / cache_key(spec, weights, openvino.get_version()), chosen
+
+
+def load_cached(spec: ModelSpec, precision: str) -> OpenVinoEncoder | None:
+    """The encoder from a verified cache, or None for any failure (:func:`load` says why)."""
+    try:
+        folder, chosen = cache_target(spec, precision)
+        return compile_cached(folder, spec, chosen)
+    except Exception:  # the full path in load() says why, in one line
+        return None
+
+
+def load(spec: ModelSpec, precision: str) -> OpenVinoEncoder:
+    """The cached encoder, converting the torch model first when the cache is missing or bad."""
+    import warnings
+
+    from clipdb.encoder import load_torch
+
+    folder, chosen = cache_target(spec, precision)
+    weights = "int8" if chosen == "int8" else "fp32"
+    encoder = compile_cached(folder, spec, chosen)
+    if encoder is not None:
+        return encoder
+    if folder.exists():
+        warn(f"OpenVINO cache {folder} is corrupt or stale; rebuilding it")
+    torch_encoder = load_torch(spec, "cpu", "fp32")
+    mean = getattr(torch_encoder.model.visual, "image_mean", None) or OPENAI_MEAN
+    std = getattr(torch_encoder.model.visual, "image_std", None) or OPENAI_STD
+    extra = {
+        "tokenizer": tokenizer_kind(torch_encoder.tokenizer),
+        "dim": torch_encoder.dim,
+        "image_size": list(torch_encoder.image_size),
+        "mean": list(mean),
+        "std": list(std),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace deprecation notes from the converter
+        convert_towers(torch_encoder.model, torch_encoder.image_size, weights, folder, extra)
+    encoder = compile_cached(folder, spec, chosen)
+    if encoder is None:
+        raise RuntimeError(f"the converted model in {folder} does not verify")
+    return encoder
+
+
+def tokenizer_kind(tokenizer: Any) -> str:
+    """ "clip-bpe" when clipdb.tokenizer gives the same ids (open_clip's plain CLIP BPE)."""
+    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+
+    plain = (
+        type(tokenizer) is SimpleTokenizer
+        and tokenizer.clean_fn is _clean_lower
+        and tokenizer.reduction_fn is None
+    )
+    return "clip-bpe" if plain else "open_clip"

@@ -10,9 +10,10 @@ import torch
 from helpers import TINY_MODEL
 from PIL import Image
 
-from clipdb.encoder import _encode_text_trimmed, _normalise, load_encoder, resolve_model_spec
+from clipdb.encoder import load_encoder, resolve_model_spec
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.models import STANDARD_WEIGHTS, quick_model_spec
+from clipdb.torch_encoder import _encode_text_trimmed, _normalise
 
 
 def test_random_weights_are_identical_in_every_process(tiny_encoder) -> None:

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipdb import files
 from clipdb.config import BACKENDS, DEVICES, PRECISIONS, Settings
@@ -31,6 +31,9 @@ from clipdb.ingest.plan import (
 )
 from clipdb.models import ModelSpec, quick_model_spec
 from clipdb.terminal import printable
+
+if TYPE_CHECKING:
+    from clipdb.encoder import Encoder
 
 
 def default_workers() -> int:
@@ -124,7 +127,7 @@ class Ingester:
         *,
         database: Database | None = None,
         settings: Settings | None = None,
-        encoder: Any = None,
+        encoder: Encoder | None = None,
     ) -> None:
         self.roots = [os.path.abspath(os.fspath(path)) for path in paths]
         self.options = options or IngestOptions()
@@ -176,7 +179,7 @@ class Ingester:
             self._spec = self._validated_spec()
         return model
 
-    def load_encoder(self) -> Any:
+    def load_encoder(self) -> Encoder:
         if self.encoder is None:
             from clipdb.encoder import load_encoder
 
@@ -343,13 +346,13 @@ def ingest(
     *,
     database: Database | None = None,
     settings: Settings | None = None,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
     **option_values: Any,
 ) -> IngestSummary:
     """Index image files and directories (recursively) into the database; one pass.
 
     ``options`` (or keyword values of :class:`IngestOptions`) say how; ``encoder`` (a loaded
-    :class:`clipdb.encoder.ClipEncoder`) replaces model loading; ``database`` replaces
+    :class:`clipdb.encoder.Encoder`) replaces model loading; ``database`` replaces
     ``open_database(settings)``. Bad files are reported through ``on_skip(path, reason)``
     (default: ``skipping <path>: <reason>`` on stderr) and counted.
     """
@@ -366,7 +369,7 @@ def watch(
     stop: threading.Event | None = None,
     database: Database | None = None,
     settings: Settings | None = None,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
     **option_values: Any,
 ) -> None:
     """Ingest, then poll the roots every ``interval`` seconds until ``stop`` is set

@@ -29,7 +29,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from clipdb.config import DEFAULT_TOP_K, Settings
 from clipdb.db import Database
-from clipdb.encoder import ClipEncoder
+from clipdb.encoder import Encoder
 from clipdb.errors import ClipdbError, first_line
 from clipdb.models import canonical_model_name
 from clipdb.serve.docs import mount_offline_docs
@@ -63,7 +63,7 @@ def _server_timing(**phases: float) -> dict[str, str]:
 def create_app(
     settings_or_database: Settings | Database,
     *,
-    encoder: ClipEncoder | None = None,
+    encoder: Encoder | None = None,
     model: str | None = None,
     pretrained: str | None = None,
     device: str = "auto",

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from PIL import Image
     from psycopg_pool import ConnectionPool
 
-    from clipdb.encoder import ClipEncoder
+    from clipdb.encoder import Encoder
 
 THUMBNAIL_SIZE = 256
 # Thumbnails come in these sizes only (a request is rounded to the nearest), so varying
@@ -79,7 +79,7 @@ class SearchService:
         settings: Settings,
         *,
         database: Database | None = None,
-        encoder: ClipEncoder | None = None,
+        encoder: Encoder | None = None,
         device: str = "auto",
         precision: str = "auto",
         backend: str = "auto",
@@ -214,7 +214,7 @@ class SearchService:
                 self._model = choose_model(conn, settings)
         return self._model
 
-    def encoder(self) -> ClipEncoder:
+    def encoder(self) -> Encoder:
         """The CLIP encoder of the served model, loaded on first use and then kept."""
         if self._encoder is None:
             model = self.model()
