@@ -100,8 +100,11 @@ def convert_towers(
             for tower, (module, example, shape) in examples.items():
                 converted = ov.convert_model(module, example_input=example, input=[shape])
                 if weights == "int8":
+                    import logging
+
                     import nncf
 
+                    nncf.set_log_level(logging.ERROR)  # its per-layer tables are not for users
                     converted = nncf.compress_weights(converted)
                 ov.save_model(converted, staging / f"{tower}.xml", compress_to_fp16=False)
         for name in sorted(os.listdir(staging)):
