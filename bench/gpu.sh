@@ -49,7 +49,7 @@ for MODEL in ViT-B-32 ViT-B-16 ViT-L-14; do
   CLIPDB_HOME="$HOME_DIR/home" "$PY" - "$DATA/photos" "$MODEL" "$BATCH" <<'EOF'
 import glob, sys, time
 from multiprocessing import Pool
-import numpy as np, torch
+import torch
 from clipdb.decode import PixelPipeline, decode_task
 from clipdb.encoder import load_encoder
 from clipdb.ingest import default_workers
