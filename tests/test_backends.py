@@ -11,7 +11,7 @@ import pytest
 from helpers import TINY_MODEL, make_images, run_module
 
 from clipdb import openvino_encoder as ove
-from clipdb.encoder import load_encoder
+from clipdb.encoder import Encoder, load_encoder
 from clipdb.errors import UsageError
 
 TEXTS = ["a red car", "", "ünïcode ☃ " * 40, "A photo of a DOG."]
@@ -30,6 +30,9 @@ def cache_dir(tmp_path, monkeypatch):
 def test_openvino_matches_torch_fp32(tiny_encoder, tmp_path):
     encoder = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
     assert isinstance(encoder, ove.OpenVinoEncoder)
+    # Both backends offer every member ingest, search, embed and serve use.
+    assert isinstance(encoder, Encoder) and isinstance(tiny_encoder, Encoder)
+    assert encoder.image_size == tiny_encoder.image_size and encoder.dim == tiny_encoder.dim
     from PIL import Image
 
     images = [Image.open(path) for path in make_images(tmp_path, 4)]
@@ -75,7 +78,7 @@ def test_missing_openvino_falls_back_to_torch(tmp_path):
     shim.mkdir()
     (shim / "openvino.py").write_text("raise ImportError('openvino hidden by the test')\n")
     code = (
-        "from clipdb.encoder import load_encoder;"
+        "from clipdb.encoder import Encoder, load_encoder;"
         f"e = load_encoder({TINY_MODEL!r}, 'none', device='cpu', backend='openvino');"
         "print(type(e).__name__, e.encode_texts(['a']).shape)"
     )
