@@ -48,7 +48,7 @@ from clipdb.search.output import format_table
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from clipdb.encoder import ClipEncoder
+    from clipdb.encoder import Encoder
 
 
 class ClipDB:
@@ -62,6 +62,7 @@ class ClipDB:
         device: str = "auto",
         precision: str = "auto",
         read_database_url: str | None = None,
+        backend: str = "auto",
     ) -> None:
         self.settings = Settings.resolve(
             database_url=database_url,
@@ -71,9 +72,10 @@ class ClipDB:
         )
         self.device = device
         self.precision = precision
+        self.backend = backend
         self._database: Database | None = None
         self._read_database: Database | None = None
-        self._encoder: ClipEncoder | None = None
+        self._encoder: Encoder | None = None
 
     @property
     def database(self) -> Database:
@@ -93,7 +95,7 @@ class ClipDB:
         return self._read_database
 
     @property
-    def encoder(self) -> ClipEncoder:
+    def encoder(self) -> Encoder:
         """The CLIP model named by the settings (what ``build_image_index`` encodes with)."""
         if self._encoder is None:
             from clipdb.encoder import load_encoder
@@ -103,6 +105,7 @@ class ClipDB:
                 self.settings.pretrained,
                 device=self.device,
                 precision=self.precision,
+                backend=self.backend,
             )
         return self._encoder
 
@@ -111,14 +114,16 @@ class ClipDB:
         with self.read_database.connect() as conn:
             return choose_model(conn, self.settings)
 
-    def _encoder_for(self, model: Model) -> ClipEncoder:
+    def _encoder_for(self, model: Model) -> Encoder:
         """The encoder that made ``model``'s rows (the settings' one when it is that one)."""
         if self._encoder is not None and (
             self._encoder.architecture,
             self._encoder.pretrained,
         ) == (model.architecture, model.pretrained):
             return self._encoder
-        self._encoder = load_model_encoder(model, self.settings, self.device, self.precision)
+        self._encoder = load_model_encoder(
+            model, self.settings, self.device, self.precision, self.backend
+        )
         return self._encoder
 
     # --- indexing -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import errno
 import sys
 from collections.abc import Callable, Sequence
 
-from clipdb.config import DEVICES, PRECISIONS
+from clipdb.config import BACKENDS, DEVICES, PRECISIONS
 from clipdb.errors import ClipdbError, UsageError, disk_full, first_line
 
 __all__ = ["first_line", "run_command", "positive_int", "non_negative_int", "similarity_value"]
@@ -120,7 +120,13 @@ def _int(value: str) -> int:
 
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--precision``, the same choices for every command that encodes."""
+    """``--backend``, ``--device`` and ``--precision``, the same for every command that encodes."""
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="auto: OpenVINO on CPU, torch on CUDA/MPS; torch; openvino (CPU only; default auto)",
+    )
     parser.add_argument(
         "--device",
         default="auto",
@@ -131,7 +137,8 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default auto)",
+        help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; int8: OpenVINO "
+        "int8 weights (default auto)",
     )
 
 

@@ -21,7 +21,9 @@ DEFAULT_EF_SEARCH = 320
 MAX_RESULTS = 10_000
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # int8: OpenVINO weights only
+# auto: OpenVINO on CPU, torch on CUDA/MPS.
+BACKENDS = ("auto", "torch", "openvino")
 # As root the embedded server runs as another user, who cannot enter /root (0700), and clipdb
 # will not loosen it; /var/lib is open to pass through.
 ROOT_DEFAULT_HOME = Path("/var/lib/clipdb")

@@ -1,7 +1,9 @@
-"""CLIP models through open_clip: name resolution, loading, and batched encoding.
+"""CLIP models through open_clip: name resolution, backend choice, and loading.
 
-Everything model-specific stays behind :class:`ClipEncoder` (``architecture``, ``pretrained``,
-``dim``, ``encode_images``, ``encode_texts``), built by :func:`load_encoder`. Tests use the same
+Everything model-specific stays behind the :class:`Encoder` protocol (``architecture``,
+``pretrained``, ``dim``, ``encode_images``, ``encode_texts``), built by :func:`load_encoder`
+as a torch :class:`~clipdb.torch_encoder.ClipEncoder` or an OpenVINO
+:class:`~clipdb.openvino_encoder.OpenVinoEncoder`. Tests use the same
 loader with tiny architectures from ``CLIPDB_MODEL_CONFIGS`` and ``pretrained="none"``.
 """
 
@@ -14,15 +16,13 @@ import socket
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 from PIL import Image
 
-from clipdb.config import DEVICES, PRECISIONS
+from clipdb.config import BACKENDS, DEVICES, PRECISIONS
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.models import (
     RANDOM_WEIGHTS,
@@ -31,9 +31,20 @@ from clipdb.models import (
     file_identity,
     quick_model_spec,
 )
+from clipdb.torch_encoder import ClipEncoder, _probe_dim
+
+if TYPE_CHECKING:  # torch is imported only where it runs: the OpenVINO path never needs it
+    import torch
 
 RANDOM_SEED = 0  # every process builds the identical random model
-__all__ = ["ModelSpec", "file_identity", "quick_model_spec", "load_encoder", "ClipEncoder"]
+__all__ = [
+    "ModelSpec",
+    "file_identity",
+    "quick_model_spec",
+    "load_encoder",
+    "ClipEncoder",
+    "Encoder",
+]
 HUB_HOST = ("huggingface.co", 443)
 
 
@@ -94,6 +105,8 @@ def resolve_model_spec(model: str, pretrained: str | None) -> ModelSpec:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
     if device == "auto":
@@ -121,6 +134,8 @@ def cpu_has_fast_bf16() -> bool:
 def pick_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        raise UsageError("--precision int8 needs --backend openvino (or auto on CPU)")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -163,100 +178,42 @@ def _quiet_root_logger() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-@dataclass
-class ClipEncoder:
-    """A loaded CLIP model: turns images and texts into L2-normalised float32 vectors."""
+@runtime_checkable
+class Encoder(Protocol):
+    """What ingest, search, embed and serve use of an encoder, whichever backend runs it.
+
+    :class:`ClipEncoder` (torch) and :class:`clipdb.openvino_encoder.OpenVinoEncoder` both
+    satisfy it; the vectors are L2-normalised float32 of width ``dim``.
+    """
 
     spec: ModelSpec
     dim: int
-    device: torch.device
     precision: str
-    model: Any = field(repr=False)
-    preprocess: Any = field(repr=False)
-    tokenizer: Any = field(repr=False)
+    backend: str
 
     @property
-    def architecture(self) -> str:
-        return self.spec.architecture
+    def architecture(self) -> str: ...
 
     @property
-    def pretrained(self) -> str:
-        return self.spec.pretrained
+    def pretrained(self) -> str: ...
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        size = self.model.visual.image_size
-        return (size, size) if isinstance(size, int) else tuple(size)
+    def image_size(self) -> tuple[int, int]: ...
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+    @property
+    def device(self) -> Any: ...
 
-    @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
-        """Preprocessed image batch (N, 3, H, W) -> (N, dim) normalised float32."""
-        with self._autocast():
-            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
-        return _normalise(features)
+    @property
+    def preprocess(self) -> Any: ...
 
-    def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """PIL images -> (N, dim) normalised float32, with the model's own preprocessing."""
-        batch = torch.stack([self.preprocess(image) for image in images])
-        return self.encode_images(batch)
+    @property
+    def tokenizer(self) -> Any: ...
 
-    @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (N, dim) normalised float32 from the text tower."""
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        with self._autocast():
-            features = _encode_text_trimmed(self.model, tokens)
-        return _normalise(features)
+    def encode_images(self, pixels: Any) -> np.ndarray: ...
 
+    def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
-def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text`` over only as many positions as the longest text uses.
-
-    Tokenizers pad every text to the context length (77); "a red car" uses 5. In a causal text
-    transformer, positions never see later ones, so dropping the padding after the last real
-    token leaves every kept position, and the end-of-text token that argmax pooling picks,
-    exactly as they were, at a fraction of the cost. Other text towers take the plain path.
-    """
-    from open_clip.model import CLIP
-    from open_clip.transformer import text_global_pool
-
-    mask = getattr(model, "attn_mask", None)
-    simple = (
-        isinstance(model, CLIP)
-        and getattr(model, "text_pool_type", None) == "argmax"
-        and mask is not None
-        and bool(torch.isinf(mask[torch.ones_like(mask, dtype=torch.bool).triu(1)]).all())
-    )
-    if not simple or mask is None:
-        features: torch.Tensor = model.encode_text(tokens)
-        return features
-    length = int((tokens != 0).any(dim=0).nonzero().max()) + 1  # last real token, any text
-    kept = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(kept).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, kept, model.text_pool_type)
-    pooled: torch.Tensor = x
-    if isinstance(model.text_projection, torch.nn.Linear):
-        projected: torch.Tensor = model.text_projection(pooled)
-        return projected
-    if model.text_projection is not None:
-        pooled = pooled @ model.text_projection
-    return pooled
-
-
-def _normalise(features: torch.Tensor) -> np.ndarray:
-    features = features.float()
-    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return features.cpu().numpy().astype(np.float32, copy=False)
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 def load_encoder(
@@ -265,21 +222,77 @@ def load_encoder(
     *,
     device: str = "auto",
     precision: str = "auto",
-) -> ClipEncoder:
-    """Load a CLIP model for inference (hub cache, local checkpoint, or seeded random weights)."""
-    import open_clip
+    backend: str = "auto",
+) -> Encoder:
+    """Load a CLIP model for inference (hub cache, local checkpoint, or seeded random weights).
 
+    ``backend`` auto is OpenVINO on CPU and torch on CUDA/MPS; when OpenVINO is missing or
+    fails, one line says why and torch encodes instead.
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if backend == "openvino" and device in ("cuda", "mps"):
+        raise UsageError(f"--backend openvino runs on the CPU; it cannot use --device {device}")
+    if backend == "torch" and precision == "int8":
+        raise UsageError("--precision int8 needs --backend openvino")
+    if backend == "auto":
+        cpu = device == "cpu" or (device == "auto" and not _accelerator_likely())
+        backend = "openvino" if cpu or pick_device(device).type == "cpu" else "torch"
+    if backend == "openvino":
+        # A verified cache proves the names were valid when it was built: no open_clip, no torch.
+        quick = quick_model_spec(model, pretrained)
+        from clipdb import openvino_encoder as ove
+
+        cached = ove.load_cached(quick, precision) if quick is not None else None
+        if cached is not None:
+            _warn_if_random(quick)
+            return cached
     spec = resolve_model_spec(model, pretrained)
+    _warn_if_random(spec)
+    if backend == "openvino":
+        try:
+            from clipdb import openvino_encoder as ove
+
+            return ove.load(spec, precision)
+        except ClipdbError:
+            raise
+        except Exception as err:  # ImportError, or OpenVINO failing to read/compile
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            print(f"warning: OpenVINO unavailable ({reason}); encoding with torch", file=sys.stderr)
+            if precision == "int8":
+                precision = "auto"
+    return load_torch(spec, device, precision)
+
+
+def _warn_if_random(spec: ModelSpec | None) -> None:
+    if spec is not None and spec.pretrained == RANDOM_WEIGHTS:
+        print(
+            f"warning: {spec.architecture} with random weights (--pretrained none): "
+            "results are meaningless except for testing",
+            file=sys.stderr,
+        )
+
+
+def _accelerator_likely() -> bool:
+    """An NVIDIA driver or Apple silicon: only then is torch imported to ask for cuda/mps."""
+    import platform
+
+    if Path("/proc/driver/nvidia/version").exists():
+        return True
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
+    import open_clip
+    import torch
+
     torch_device = pick_device(device)
     chosen_precision = pick_precision(precision, torch_device)
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         if spec.pretrained == RANDOM_WEIGHTS:
-            print(
-                f"warning: {spec.architecture} with random weights (--pretrained none): "
-                "results are meaningless except for testing",
-                file=sys.stderr,
-            )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_SEED)
                 clip_model, _, preprocess = open_clip.create_model_and_transforms(
@@ -322,9 +335,3 @@ def load_encoder(
         preprocess=preprocess,
         tokenizer=tokenizer,
     )
-
-
-@torch.inference_mode()
-def _probe_dim(model: Any, preprocess: Any, device: torch.device) -> int:
-    blank = preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(device)
-    return int(model.encode_image(blank).shape[-1])

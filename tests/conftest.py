@@ -17,6 +17,8 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="clipdb-test-home-"))
 _SESSION_HOME.chmod(0o711)
 os.environ["CLIPDB_HOME"] = str(_SESSION_HOME)
 os.environ["CLIPDB_MODEL_CONFIGS"] = str(Path(__file__).parent / "model_configs")
+# One OpenVINO IR cache for the session: homes of a test's own convert the tiny model once.
+os.environ["CLIPDB_OPENVINO_CACHE"] = str(_SESSION_HOME / "openvino")
 for _name in (
     "CLIPDB_DATABASE_URL",
     "CLIPDB_READ_DATABASE_URL",
@@ -97,7 +99,7 @@ def tiny_encoder():
     """A real open_clip model with a tiny config and seeded random weights, on the CPU."""
     from clipdb.encoder import load_encoder
 
-    return load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32")
+    return load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="torch")
 
 
 @pytest.fixture

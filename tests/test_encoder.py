@@ -10,13 +10,14 @@ import torch
 from helpers import TINY_MODEL
 from PIL import Image
 
-from clipdb.encoder import _encode_text_trimmed, _normalise, load_encoder, resolve_model_spec
+from clipdb.encoder import load_encoder, resolve_model_spec
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.models import STANDARD_WEIGHTS, quick_model_spec
+from clipdb.torch_encoder import _encode_text_trimmed, _normalise
 
 
 def test_random_weights_are_identical_in_every_process(tiny_encoder) -> None:
-    again = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32")
+    again = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="torch")
     for ours, theirs in zip(
         tiny_encoder.model.state_dict().values(), again.model.state_dict().values(), strict=True
     ):
@@ -25,7 +26,7 @@ def test_random_weights_are_identical_in_every_process(tiny_encoder) -> None:
     torch.manual_seed(1)
     expected = torch.rand(3)
     torch.manual_seed(1)
-    load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32")
+    load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="torch")
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -52,7 +53,9 @@ def test_local_checkpoint_file_loads_through_open_clip(tiny_encoder, tmp_path: P
     checkpoint = tmp_path / "tiny.pt"
     state = {k: v + 0.01 for k, v in tiny_encoder.model.state_dict().items()}
     torch.save(state, checkpoint)
-    loaded = load_encoder(TINY_MODEL, str(checkpoint), device="cpu", precision="fp32")
+    loaded = load_encoder(
+        TINY_MODEL, str(checkpoint), device="cpu", precision="fp32", backend="torch"
+    )
     assert loaded.pretrained.startswith("file:sha256:")
     assert loaded.pretrained == resolve_model_spec(TINY_MODEL, str(checkpoint)).pretrained
     first = next(iter(loaded.model.state_dict().values()))

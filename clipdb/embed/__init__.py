@@ -39,6 +39,7 @@ def embed_query(
     text: str | None = None,
     device: str = "auto",
     precision: str = "auto",
+    backend: str = "auto",
 ) -> QueryEmbedding:
     """L2-normalised embedding of ``image`` and/or ``text`` (both: their normalised mean)."""
     if image is None and (text is None or not text.strip()):
@@ -53,12 +54,16 @@ def embed_query(
         except ClipdbError:
             model = None  # nothing indexed for these flags: the weights they name
         if model is not None:
-            encoder = load_model_encoder(model, settings, device, precision)
+            encoder = load_model_encoder(model, settings, device, precision, backend)
     if encoder is None:
         from clipdb.encoder import load_encoder
 
         encoder = load_encoder(
-            settings.model, settings.pretrained, device=device, precision=precision
+            settings.model,
+            settings.pretrained,
+            device=device,
+            precision=precision,
+            backend=backend,
         )
     image_vector = text_vector = None
     if image is not None:

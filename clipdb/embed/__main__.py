@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_args(args)
         result = embed_query(
             settings, open_database(settings), image=args.image, text=args.text,
-            device=args.device, precision=args.precision,
+            device=args.device, precision=args.precision, backend=args.backend,
         )  # fmt: skip
         if args.json:
             print(json.dumps([float(v) for v in result.vector]))

@@ -14,10 +14,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipdb import files
-from clipdb.config import DEVICES, PRECISIONS, Settings
+from clipdb.config import BACKENDS, DEVICES, PRECISIONS, Settings
 from clipdb.db import Database, open_database, require_write_access
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
@@ -33,6 +33,9 @@ from clipdb.ingest.plan import (
 )
 from clipdb.models import ModelSpec, quick_model_spec
 from clipdb.terminal import printable
+
+if TYPE_CHECKING:
+    from clipdb.encoder import Encoder
 
 ENGINES = ("local", "ray")
 
@@ -60,6 +63,7 @@ class IngestOptions:
     pretrained: str | None = None
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"  # auto: OpenVINO on CPU, torch on CUDA/MPS
     batch_size: int = 64
     workers: int | None = None  # None: default_workers(); 0: decode in this process
     exclude: tuple[str, ...] = ()
@@ -87,6 +91,8 @@ class IngestOptions:
             raise UsageError("--gpus-per-worker must be 0 or more")
         if self.device not in DEVICES:
             raise UsageError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise UsageError(
                 f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
@@ -136,7 +142,7 @@ class Ingester:
         *,
         database: Database | None = None,
         settings: Settings | None = None,
-        encoder: Any = None,
+        encoder: Encoder | None = None,
     ) -> None:
         self.roots = [os.path.abspath(os.fspath(path)) for path in paths]
         self.options = options or IngestOptions()
@@ -188,7 +194,7 @@ class Ingester:
             self._spec = self._validated_spec()
         return model
 
-    def load_encoder(self) -> Any:
+    def load_encoder(self) -> Encoder:
         if self.encoder is None:
             from clipdb.encoder import load_encoder
 
@@ -197,6 +203,7 @@ class Ingester:
                 self.pretrained,
                 device=self.options.device,
                 precision=self.options.precision,
+                backend=self.options.backend,
             )
         return self.encoder
 
@@ -402,13 +409,13 @@ def ingest(
     *,
     database: Database | None = None,
     settings: Settings | None = None,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
     **option_values: Any,
 ) -> IngestSummary:
     """Index image files and directories (recursively) into the database; one pass.
 
     ``options`` (or keyword values of :class:`IngestOptions`) say how; ``encoder`` (a loaded
-    :class:`clipdb.encoder.ClipEncoder`) replaces model loading; ``database`` replaces
+    :class:`clipdb.encoder.Encoder`) replaces model loading; ``database`` replaces
     ``open_database(settings)``. Bad files are reported through ``on_skip(path, reason)``
     (default: ``skipping <path>: <reason>`` on stderr) and counted.
     """
@@ -425,7 +432,7 @@ def watch(
     stop: threading.Event | None = None,
     database: Database | None = None,
     settings: Settings | None = None,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
     **option_values: Any,
 ) -> None:
     """Ingest, then poll the roots every ``interval`` seconds until ``stop`` is set

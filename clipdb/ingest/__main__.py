@@ -135,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pretrained=settings.pretrained,
             device=args.device,
             precision=args.precision,
+            backend=args.backend,
             batch_size=args.batch_size,
             workers=args.workers,
             exclude=tuple(args.exclude),

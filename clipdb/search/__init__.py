@@ -27,7 +27,7 @@ from clipdb.models import quick_model_spec
 if TYPE_CHECKING:
     from PIL import Image
 
-    from clipdb.encoder import ClipEncoder
+    from clipdb.encoder import Encoder
 
 BATCH_RESULTS_FILE = "batch_search_results.json"
 DEFAULT_WEIGHTS = (1.0, 1.0, 0.5)  # image, text, minus
@@ -87,7 +87,7 @@ def combine_query(
 # --- reading queries ----------------------------------------------------------------------------
 
 
-def open_image(path: str | os.PathLike[str], encoder: ClipEncoder | None = None) -> Image.Image:
+def open_image(path: str | os.PathLike[str], encoder: Encoder | None = None) -> Image.Image:
     """A query image decoded exactly as ingest decodes it (so an indexed file finds itself).
 
     With ``encoder``, JPEGs use ingest's draft scale for that model; without, full size (to
@@ -269,15 +269,22 @@ def _search_collapsed(
 
 
 def load_model_encoder(
-    model: Model, settings: Settings, device: str = "auto", precision: str = "auto"
-) -> ClipEncoder:
+    model: Model,
+    settings: Settings,
+    device: str = "auto",
+    precision: str = "auto",
+    backend: str = "auto",
+) -> Encoder:
     """Load the encoder that made ``model``'s rows (a checkpoint file must be passed again)."""
     from clipdb.encoder import load_encoder
 
     pretrained = settings.pretrained if model.pretrained.startswith("file:") else model.pretrained
     if pretrained is None:
         raise ClipdbError(f"{model} was made from a checkpoint file; pass it with --pretrained")
-    encoder = load_encoder(model.architecture, pretrained, device=device, precision=precision)
+    # Encoder or OpenVinoEncoder: the same surface (architecture, dim, encode_*).
+    encoder: Encoder = load_encoder(
+        model.architecture, pretrained, device=device, precision=precision, backend=backend
+    )
     if (encoder.architecture, encoder.pretrained) != (model.architecture, model.pretrained):
         raise ClipdbError(f"--pretrained {settings.pretrained} is not the checkpoint of {model}")
     return encoder
@@ -295,7 +302,7 @@ class BatchItem:
 def batch_search(
     conn: psycopg.Connection[Any],
     model: Model,
-    encoder: ClipEncoder,
+    encoder: Encoder,
     query_paths: Iterable[Path],
     options: SearchOptions,
     *,
@@ -330,7 +337,7 @@ def batch_plot_name(index: int, query_path: Path) -> str:
 def run_batch(
     conn: psycopg.Connection[Any],
     model: Model,
-    encoder: ClipEncoder,
+    encoder: Encoder,
     query_paths: Sequence[Path],
     options: SearchOptions,
     *,

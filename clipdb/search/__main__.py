@@ -237,7 +237,7 @@ def run_query(args: argparse.Namespace, settings: Settings, database: Database) 
         image_vector = indexed_embedding(conn, model, args.like) if args.like else None
         text_vector, minus_vectors = None, []
         if needs_encoder:
-            encoder = load_model_encoder(model, settings, args.device, args.precision)
+            encoder = load_model_encoder(model, settings, args.device, args.precision, args.backend)
             if image is not None:
                 image = open_image(args.query_image, encoder)  # at ingest's decoding scale
                 image_vector = encoder.encode_pil([image])[0]
@@ -270,7 +270,7 @@ def batch(args: argparse.Namespace, settings: Settings, database: Database) -> i
     skipped = 0
     with database.connect() as conn:
         model = choose_model(conn, settings)
-        encoder = load_model_encoder(model, settings, args.device, args.precision)
+        encoder = load_model_encoder(model, settings, args.device, args.precision, args.backend)
         progress = tqdm(
             total=len(queries), desc="searching", unit="query", file=sys.stderr,
             disable=args.no_progress,

@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings,
             device=args.device,
             precision=args.precision,
+            backend=args.backend,
             max_upload_bytes=int(args.max_upload_mb * 1_000_000),
             preload=False,
             allowed_hosts=allowed_hosts(args),

@@ -39,7 +39,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from clipdb.config import DEFAULT_TOP_K, Settings
 from clipdb.db import Database
-from clipdb.encoder import ClipEncoder
+from clipdb.encoder import Encoder
 from clipdb.errors import ClipdbError, first_line
 from clipdb.filters import NO_FILTERS, Filters
 from clipdb.models import canonical_model_name
@@ -75,11 +75,12 @@ def _server_timing(**phases: float) -> dict[str, str]:
 def create_app(
     settings_or_database: Settings | Database,
     *,
-    encoder: ClipEncoder | None = None,
+    encoder: Encoder | None = None,
     model: str | None = None,
     pretrained: str | None = None,
     device: str = "auto",
     precision: str = "auto",
+    backend: str = "auto",
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1_000_000,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
@@ -111,6 +112,7 @@ def create_app(
         encoder=encoder,
         device=device,
         precision=precision,
+        backend=backend,
         pool_size=pool_size,
         max_pixels=max_pixels,
         max_upload_pixels=max_upload_pixels,

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from PIL import Image
     from psycopg_pool import ConnectionPool
 
-    from clipdb.encoder import ClipEncoder
+    from clipdb.encoder import Encoder
 
 THUMBNAIL_SIZE = 256
 # Thumbnails come in these sizes only (a request is rounded to the nearest), so varying
@@ -80,9 +80,10 @@ class SearchService:
         settings: Settings,
         *,
         database: Database | None = None,
-        encoder: ClipEncoder | None = None,
+        encoder: Encoder | None = None,
         device: str = "auto",
         precision: str = "auto",
+        backend: str = "auto",
         pool_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
@@ -92,7 +93,7 @@ class SearchService:
         self.max_upload_pixels = max_upload_pixels
         self.pool_size = pool_size
         self._database = database
-        self._device, self._precision = device, precision
+        self._device, self._precision, self._backend = device, precision, backend
         self._encoder = encoder
         self._pool: ConnectionPool[Any] | None = None
         self._model: Model | None = None
@@ -215,14 +216,14 @@ class SearchService:
                 self._model = choose_model(conn, settings)
         return self._model
 
-    def encoder(self) -> ClipEncoder:
+    def encoder(self) -> Encoder:
         """The CLIP encoder of the served model, loaded on first use and then kept."""
         if self._encoder is None:
             model = self.model()
             with self._encode_lock:
                 if self._encoder is None:
                     self._encoder = load_model_encoder(
-                        model, self.settings, self._device, self._precision
+                        model, self.settings, self._device, self._precision, self._backend
                     )
         return self._encoder
 
@@ -353,6 +354,7 @@ class SearchService:
         if self._encoder is not None:
             serving["device"] = str(self._encoder.device)
             serving["precision"] = self._encoder.precision
+            serving["backend"] = getattr(self._encoder, "backend", "torch")
         cache = self._thumbnail.cache_info()
         return {
             "server": status.server,

@@ -1,0 +1,159 @@
+"""The torch encoder: an open_clip model in torch, on CPU, CUDA or MPS.
+
+Why a module of its own: :mod:`clipdb.encoder` picks a backend and must import without torch
+(the OpenVINO text query never loads it); everything here runs torch, imported at call time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from clipdb.models import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+_F = TypeVar("_F")
+
+
+def _inference_mode(function: _F) -> _F:
+    """``torch.inference_mode()`` applied at call time, so importing this module is torch-free."""
+    import functools
+
+    @functools.wraps(function)  # type: ignore[arg-type]
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return function(*args, **kwargs)  # type: ignore[operator]
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass
+class ClipEncoder:
+    """A loaded CLIP model: turns images and texts into L2-normalised float32 vectors."""
+
+    spec: ModelSpec
+    dim: int
+    device: torch.device
+    precision: str
+    model: Any = field(repr=False)
+    preprocess: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
+    backend: str = "torch"
+    # On CPU bf16 the weights are cast (1.28x autocast, BENCHMARKS.md); autocast elsewhere.
+    cast_dtype: Any = None
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.device.type == "cpu" and self.precision == "bf16":
+            self.cast_dtype = torch.bfloat16
+            self.model = self.model.to(torch.bfloat16)
+
+    @property
+    def architecture(self) -> str:
+        return self.spec.architecture
+
+    @property
+    def pretrained(self) -> str:
+        return self.spec.pretrained
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.model.visual.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        import torch
+
+        if self.precision == "fp32" or self.cast_dtype is not None:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @_inference_mode
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """Preprocessed image batch (N, 3, H, W) -> (N, dim) normalised float32."""
+
+        with self._autocast():
+            pixels = pixels.to(self.device, non_blocking=True)
+            if self.cast_dtype is not None:
+                pixels = pixels.to(self.cast_dtype)
+            features = self.model.encode_image(pixels)
+        return _normalise(features)
+
+    def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images -> (N, dim) normalised float32, with the model's own preprocessing."""
+        import torch
+
+        batch = torch.stack([self.preprocess(image) for image in images])
+        return self.encode_images(batch)
+
+    @_inference_mode
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (N, dim) normalised float32 from the text tower."""
+
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with self._autocast():
+            features = _encode_text_trimmed(self.model, tokens)
+        return _normalise(features)
+
+
+def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` over only as many positions as the longest text uses.
+
+    Tokenizers pad every text to the context length (77); "a red car" uses 5. In a causal text
+    transformer, positions never see later ones, so dropping the padding after the last real
+    token leaves every kept position, and the end-of-text token that argmax pooling picks,
+    exactly as they were, at a fraction of the cost. Other text towers take the plain path.
+    """
+    import torch
+    from open_clip.model import CLIP
+    from open_clip.transformer import text_global_pool
+
+    mask = getattr(model, "attn_mask", None)
+    simple = (
+        isinstance(model, CLIP)
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and mask is not None
+        and bool(torch.isinf(mask[torch.ones_like(mask, dtype=torch.bool).triu(1)]).all())
+    )
+    if not simple or mask is None:
+        features: torch.Tensor = model.encode_text(tokens)
+        return features
+    length = int((tokens != 0).any(dim=0).nonzero().max()) + 1  # last real token, any text
+    kept = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(kept).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, kept, model.text_pool_type)
+    pooled: torch.Tensor = x
+    if isinstance(model.text_projection, torch.nn.Linear):
+        projected: torch.Tensor = model.text_projection(pooled)
+        return projected
+    if model.text_projection is not None:
+        pooled = pooled @ model.text_projection
+    return pooled
+
+
+def _normalise(features: torch.Tensor) -> np.ndarray:
+    features = features.float()
+    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+@_inference_mode
+def _probe_dim(model: Any, preprocess: Any, device: torch.device) -> int:
+
+    blank = preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(device)
+    return int(model.encode_image(blank).shape[-1])

@@ -1,0 +1,126 @@
+"""Encoder backends: OpenVINO matches torch, its IR cache is reused and verified, fallbacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import TINY_MODEL, make_images, run_module
+
+from clipdb import openvino_encoder as ove
+from clipdb.encoder import Encoder, load_encoder
+from clipdb.errors import UsageError
+
+TEXTS = ["a red car", "", "ünïcode ☃ " * 40, "A photo of a DOG."]
+
+
+def _cos_min(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum(axis=1).min())
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPDB_OPENVINO_CACHE", str(tmp_path / "ov"))
+    return tmp_path / "ov"
+
+
+def test_openvino_matches_torch_fp32(tiny_encoder, tmp_path):
+    encoder = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
+    assert isinstance(encoder, ove.OpenVinoEncoder)
+    # Both backends offer every member ingest, search, embed and serve use.
+    assert isinstance(encoder, Encoder) and isinstance(tiny_encoder, Encoder)
+    assert encoder.image_size == tiny_encoder.image_size and encoder.dim == tiny_encoder.dim
+    from PIL import Image
+
+    images = [Image.open(path) for path in make_images(tmp_path, 4)]
+    assert _cos_min(encoder.encode_pil(images), tiny_encoder.encode_pil(images)) >= 0.999
+    assert _cos_min(encoder.encode_texts(TEXTS), tiny_encoder.encode_texts(TEXTS)) >= 0.999
+
+
+def test_ir_cache_reused_and_corrupt_bin_rebuilt(cache_dir, capsys):
+    before = ove.conversions
+    load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
+    assert ove.conversions == before + 1
+    load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
+    assert ove.conversions == before + 1  # read from the cache, not converted again
+    (folder,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
+    capsys.readouterr()
+    with (folder / "image.bin").open("r+b") as handle:
+        handle.seek(64)
+        handle.write(b"\xff" * 16)
+    encoder = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
+    assert ove.conversions == before + 2
+    assert capsys.readouterr().err.count("corrupt or stale") == 1
+    assert ove.read_manifest(folder) is not None
+    assert encoder.encode_texts(["x"]).shape == (1, encoder.dim)
+
+
+def test_openvino_with_cuda_is_a_usage_error():
+    with pytest.raises(UsageError):
+        load_encoder(TINY_MODEL, "none", device="cuda", backend="openvino")
+    result = run_module("clipdb.embed", "--text", "x", "--backend", "openvino", "--device", "cuda",
+                        "--model", TINY_MODEL, "--pretrained", "none")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_backend_choices_in_cli():
+    result = run_module("clipdb.search", "--text", "x", "--backend", "onnx")
+    assert result.returncode == 2
+    assert "auto" in result.stderr and "openvino" in result.stderr and "torch" in result.stderr
+
+
+def test_missing_openvino_falls_back_to_torch(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "openvino.py").write_text("raise ImportError('openvino hidden by the test')\n")
+    code = (
+        "from clipdb.encoder import Encoder, load_encoder;"
+        f"e = load_encoder({TINY_MODEL!r}, 'none', device='cpu', backend='openvino');"
+        "print(type(e).__name__, e.encode_texts(['a']).shape)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(shim)}  # a real process where openvino fails
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ClipEncoder" in result.stdout
+    lines = [line for line in result.stderr.splitlines() if "OpenVINO unavailable" in line]
+    assert len(lines) == 1 and "openvino hidden by the test" in lines[0]
+
+
+def test_int8_needs_openvino():
+    with pytest.raises(UsageError):
+        load_encoder(TINY_MODEL, "none", device="cpu", precision="int8", backend="torch")
+
+
+def test_tokenizer_matches_open_clip():
+    import open_clip
+
+    from clipdb.tokenizer import ClipTokenizer
+
+    tokenizer = ClipTokenizer()
+    texts = [*TEXTS, "naïve café 東京 😀", "&amp;lt;b&gt; HTML", "word " * 100, " \t\n", "It's 4.5"]
+    texts += [f"photo number {i} of a {'big ' * (i % 7)}dog" for i in range(50)]
+    assert (tokenizer(texts) == open_clip.tokenize(texts).numpy()).all()
+
+
+def test_openvino_text_query_does_not_import_torch(database, tiny_encoder, tmp_path):
+    from helpers import index_images
+
+    load_encoder(TINY_MODEL, "none", device="cpu", backend="openvino")  # the cache is built
+    index_images(database, tiny_encoder, make_images(tmp_path, 3))
+    code = (
+        "import sys; from clipdb.search.__main__ import main;"
+        f"rc = main(['--text', 'a red car', '--model', {TINY_MODEL!r}, '--pretrained', 'none']);"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "NO-TORCH" in result.stdout
