@@ -220,6 +220,7 @@ class Ingester:
             gpus_per_worker=self.options.gpus_per_worker,
             device=self.options.device,
             precision=self.options.precision,
+            backend=self.options.backend,
             max_pixels=self.options.max_pixels,
         )
 

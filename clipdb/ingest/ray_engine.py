@@ -57,6 +57,7 @@ class EncoderWorker:
         precision: str,
         max_pixels: int | None,
         threads: int,
+        backend: str = "auto",
     ) -> None:
         import torch
 
@@ -64,7 +65,9 @@ class EncoderWorker:
         from clipdb.encoder import load_encoder
 
         torch.set_num_threads(max(1, threads))  # its CPU slots, not the whole node
-        self.encoder = load_encoder(architecture, pretrained, device=device, precision=precision)
+        self.encoder = load_encoder(
+            architecture, pretrained, device=device, precision=precision, backend=backend
+        )
         self.pipeline = decode.PixelPipeline.from_preprocess(
             self.encoder.preprocess, max(self.encoder.image_size)
         )
@@ -131,6 +134,7 @@ class RayEncoders:
         device: str,
         precision: str,
         max_pixels: int | None,
+        backend: str = "auto",
     ) -> None:
         ray = require_ray()
         self.ray = ray
@@ -165,7 +169,7 @@ class RayEncoders:
                     name=f"{ACTOR_PREFIX}-{run_id}-{index}",
                     runtime_env={"env_vars": _worker_env()},
                     **options,
-                ).remote(architecture, pretrained, device, precision, max_pixels, threads)
+                ).remote(architecture, pretrained, device, precision, max_pixels, threads, backend)
                 for index in range(count)
             ]
             identities = ray.get([actor.identity.remote() for actor in self.actors])
