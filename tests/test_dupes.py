@@ -124,6 +124,25 @@ def test_rows_from_before_phash_get_it_without_reencoding(database, tiny_encoder
     assert after == before  # embeddings byte-identical, hashes equal to ingest's
 
 
+def test_hash_backfill_in_worker_processes(database, tiny_encoder, tmp_path):
+    """Enough hashless rows for the backfill's process pool (16+): every hash comes back."""
+    from helpers import make_images
+
+    make_images(tmp_path / "many", 20)
+    run_ingest(database, tiny_encoder, tmp_path / "many")
+    with database.connect() as conn:
+        before = conn.execute(
+            "SELECT path, phash::text FROM clipdb.images ORDER BY path"
+        ).fetchall()
+        conn.execute("UPDATE clipdb.images SET phash = NULL")
+        conn.commit()
+    ingest([str(tmp_path / "many")], database=database, encoder=tiny_encoder, workers=1,
+           progress=False)  # fmt: skip
+    with database.connect() as conn:
+        after = conn.execute("SELECT path, phash::text FROM clipdb.images ORDER BY path").fetchall()
+    assert len(after) == 20 and after == before
+
+
 def test_changed_files_are_stale_not_grouped(database, tiny_encoder, tmp_path, capsys):
     paths = make_library(tmp_path / "lib")
     run_ingest(database, tiny_encoder, tmp_path / "lib")

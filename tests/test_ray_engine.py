@@ -77,6 +77,13 @@ def test_ray_engine_stores_the_same_rows_as_local(ray_cluster, database, tiny_en
         local, remote = rows[str(local_dir / name)], rows[str(ray_dir / name)]
         assert local[:3] == remote[:3]  # sha256, width, height
         np.testing.assert_allclose(remote[3], local[3], atol=1e-5)
+    with database.connect() as conn:  # the workers' pHash and metadata pass are stored too
+        hashes = dict(conn.execute("SELECT path, phash::text FROM clipdb.images").fetchall())
+        unread = conn.execute(
+            "SELECT count(*) FROM clipdb.images WHERE metadata_version IS NULL"
+        ).fetchone()
+    assert all(hashes[str(ray_dir / n)] == hashes[str(local_dir / n)] for n in os.listdir(ray_dir))
+    assert None not in hashes.values() and unread == (0,)
     assert ray_ingest([ray_dir], database).unchanged == 10  # same plan as local: nothing to do
     assert not ray.util.list_named_actors()  # the run's actors are gone
 

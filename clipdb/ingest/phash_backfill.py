@@ -33,7 +33,10 @@ def _hashed(
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=decode.worker_init
     ) as pool:
-        yield from pool.map(task, paths, [stats.get(p) for p in paths], chunksize=8)
+        # Positional, in phash_task's order: partial's max_pixels keyword would collide.
+        pixels = [max_pixels] * len(paths)
+        found = [stats.get(p) for p in paths]
+        yield from pool.map(decode.phash_task, paths, pixels, found, chunksize=8)
 
 
 def backfill_phashes(

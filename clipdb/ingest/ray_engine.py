@@ -110,7 +110,30 @@ class EncoderWorker:
             "width": np.array([item.width for item in good], np.int64),
             "height": np.array([item.height for item in good], np.int64),
             "embeddings": np.asarray(embeddings, np.float32),
+            # pHash and EXIF fields as plain values (ints, ISO text, floats), like the rest.
+            "phash": [item.phash for item in good],
+            "metadata": [_metadata_values(item.metadata) for item in good],
         }
+
+
+def _metadata_values(metadata: Any) -> tuple[Any, ...] | None:
+    if metadata is None:
+        return None
+    taken_at = metadata.taken_at.isoformat() if metadata.taken_at is not None else None
+    return (taken_at, metadata.taken_at_naive, metadata.camera, metadata.lens, metadata.lat,
+            metadata.lon)  # fmt: skip
+
+
+def _metadata(values: tuple[Any, ...] | None) -> Any:
+    from datetime import datetime
+
+    from clipdb.exif import PhotoMetadata
+
+    if values is None:
+        return None
+    taken_at, naive, camera, lens, lat, lon = values
+    when = datetime.fromisoformat(taken_at) if taken_at is not None else None
+    return PhotoMetadata(when, bool(naive), camera, lens, lat, lon)
 
 
 def _worker_env() -> dict[str, str]:
@@ -243,6 +266,8 @@ class RayEncoders:
                             int(result["width"][index]),
                             int(result["height"][index]),
                             result["embeddings"][index],
+                            metadata=_metadata(result["metadata"][index]),
+                            phash=result["phash"][index],
                         )
                     )
                     on_written(path)
