@@ -13,15 +13,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from clipdb import files
-from clipdb.config import BACKENDS, DEVICES, PRECISIONS, Settings
+from clipdb.config import Settings
 from clipdb.db import Database, open_database, require_write_access
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
 from clipdb.ingest.bulk import index_window
+from clipdb.ingest.options import ENGINES as ENGINES
+from clipdb.ingest.options import IngestOptions as IngestOptions
+from clipdb.ingest.options import IngestSummary as IngestSummary
 from clipdb.ingest.phash_backfill import backfill_phashes
 from clipdb.ingest.plan import (
     SkipCallback,
@@ -37,8 +40,6 @@ from clipdb.terminal import printable
 if TYPE_CHECKING:
     from clipdb.encoder import Encoder
 
-ENGINES = ("local", "ray")
-
 
 def default_workers() -> int:
     """Decode workers: one core is left to the encoder (which uses all cores in bursts)."""
@@ -50,82 +51,6 @@ def print_skip(path: str, reason: str) -> None:
 
     # display(): undecodable bytes as \xNN, as stored; printable(): no control characters.
     tqdm.write(f"skipping {printable(files.display(path))}: {reason}", file=sys.stderr)
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    """How to ingest: the one list of options, shared by ``ingest()``, ``watch()`` and the CLI.
-
-    ``model``/``pretrained`` None: from the settings (flags, CLIPDB_* env, defaults).
-    """
-
-    model: str | None = None
-    pretrained: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    backend: str = "auto"  # auto: OpenVINO on CPU, torch on CUDA/MPS
-    batch_size: int = 64
-    workers: int | None = None  # None: default_workers(); 0: decode in this process
-    exclude: tuple[str, ...] = ()
-    prune: bool = False
-    # --prune also under a root that yields no files while rows exist (else: offline, kept).
-    prune_missing_roots: bool = False
-    max_pixels: int | None = None
-    progress: bool = True
-    on_skip: SkipCallback | None = None  # default: "skipping <path>: <reason>" on stderr
-    engine: str = "local"  # "ray": decode + encode on a Ray cluster (clipdb.ingest.ray_engine)
-    ray_address: str | None = None  # None: the running ray.init(), else a new local cluster
-    gpus_per_worker: float = 0.0  # > 0: one encoder per that many GPUs, else per CPU slot
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
-        if self.workers is not None and self.workers < 0:
-            raise UsageError("--workers must be 0 or more")
-        if self.engine not in ENGINES:
-            raise UsageError(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINES)}")
-        if self.engine == "local" and (self.ray_address or self.gpus_per_worker):
-            raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
-        if self.gpus_per_worker < 0:
-            raise UsageError("--gpus-per-worker must be 0 or more")
-        if self.device not in DEVICES:
-            raise UsageError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
-        if self.backend not in BACKENDS:
-            raise UsageError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(
-                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
-            )
-
-
-@dataclass
-class IngestSummary:
-    """What one ingest pass did. ``--json`` prints exactly these keys."""
-
-    found: int = 0
-    new: int = 0
-    updated: int = 0
-    moved: int = 0
-    unchanged: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
-    pruned: int = 0
-    seconds: float = 0.0
-    images_per_s: float = 0.0
-    metadata_read: int = 0  # rows that got photo metadata without re-encoding (backfill)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def format(self) -> str:
-        total = sum(self.skipped.values())
-        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.skipped.items()))
-        return (
-            f"found {self.found}, new {self.new}, updated {self.updated}, moved {self.moved}, "
-            f"unchanged {self.unchanged}, skipped {total}{f' ({reasons})' if reasons else ''}, "
-            f"pruned {self.pruned}, {self.seconds:.2f} s, {self.images_per_s:.1f} images/s"
-            + (f", metadata read {self.metadata_read}" if self.metadata_read else "")
-        )
 
 
 class Ingester:
