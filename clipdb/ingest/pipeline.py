@@ -82,6 +82,19 @@ def decoded_images(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def progress_bar(total: int, progress: bool) -> Any:
+    """The ingest progress bar on stderr (off without ``progress``; tqdm hides it off a tty)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="img",
+        file=sys.stderr,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
+
+
 def encode_and_write(
     database: Database,
     model: Model,
@@ -97,17 +110,9 @@ def encode_and_write(
     on_written: Callable[[str], None],
 ) -> None:
     """Decode, encode and commit ``paths``; ``on_written(path)`` for each row handed over."""
-    from tqdm import tqdm
-
     pipeline = decode.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
     writer = BatchWriter(database, model)
-    bar = tqdm(
-        total=len(paths),
-        unit="img",
-        file=sys.stderr,
-        disable=None if progress else True,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(len(paths), progress)
     batch: list[decode.Decoded] = []
 
     def flush() -> None:

@@ -15,8 +15,8 @@ machine, or a shared file system mounted at the same place).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -110,30 +110,20 @@ class EncoderWorker:
             "width": np.array([item.width for item in good], np.int64),
             "height": np.array([item.height for item in good], np.int64),
             "embeddings": np.asarray(embeddings, np.float32),
-            # pHash and EXIF fields as plain values (ints, ISO text, floats), like the rest.
+            # pHash and EXIF fields as plain values (ints, a datetime, text, floats).
             "phash": [item.phash for item in good],
             "metadata": [_metadata_values(item.metadata) for item in good],
         }
 
 
 def _metadata_values(metadata: Any) -> tuple[Any, ...] | None:
-    if metadata is None:
-        return None
-    taken_at = metadata.taken_at.isoformat() if metadata.taken_at is not None else None
-    return (taken_at, metadata.taken_at_naive, metadata.camera, metadata.lens, metadata.lat,
-            metadata.lon)  # fmt: skip
+    return None if metadata is None else dataclasses.astuple(metadata)
 
 
 def _metadata(values: tuple[Any, ...] | None) -> Any:
-    from datetime import datetime
-
     from clipdb.exif import PhotoMetadata
 
-    if values is None:
-        return None
-    taken_at, naive, camera, lens, lat, lon = values
-    when = datetime.fromisoformat(taken_at) if taken_at is not None else None
-    return PhotoMetadata(when, bool(naive), camera, lens, lat, lon)
+    return None if values is None else PhotoMetadata(*values)
 
 
 def _worker_env() -> dict[str, str]:
@@ -228,7 +218,8 @@ class RayEncoders:
     ) -> None:
         """Decode + encode ``paths`` on the actors; commit here as they come back."""
         from ray.util import ActorPool
-        from tqdm import tqdm
+
+        from clipdb.ingest.pipeline import progress_bar
 
         batches = [
             [
@@ -238,13 +229,7 @@ class RayEncoders:
             for i in range(0, len(paths), batch_size)
         ]
         writer = BatchWriter(database, model)
-        bar = tqdm(
-            total=len(paths),
-            unit="img",
-            file=sys.stderr,
-            disable=None if progress else True,
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(len(paths), progress)
         handed = 0
         failure: BaseException | None = None
         try:
