@@ -36,6 +36,8 @@ from clipdb.torch_encoder import ClipEncoder, _probe_dim
 if TYPE_CHECKING:  # torch is imported only where it runs: the OpenVINO path never needs it
     import torch
 
+    from clipdb.decode import PixelPipeline
+
 RANDOM_SEED = 0  # every process builds the identical random model
 __all__ = [
     "ModelSpec",
@@ -208,6 +210,9 @@ class Encoder(Protocol):
 
     @property
     def tokenizer(self) -> Any: ...
+
+    @property
+    def pixel_pipeline(self) -> PixelPipeline: ...
 
     def encode_images(self, pixels: Any) -> np.ndarray: ...
 

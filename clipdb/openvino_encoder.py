@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from clipdb.decode import PixelPipeline
+from clipdb.errors import ClipdbError
 from clipdb.models import ModelSpec
 
 MANIFEST = "manifest.json"
@@ -47,19 +50,48 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _stat(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest when every file it lists is present with the recorded sha256, else None."""
+    """The manifest when every file it lists is present with the recorded sha256, else None.
+
+    Hashing ~600 MB of IR on every load cost a cold text query ~0.3 s, so a file whose size
+    and mtime still equal those recorded when it was hashed is taken as verified; any rewrite
+    (a partial copy, an edit, a truncation) changes them and sends it through sha256 again.
+    """
     try:
         manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
         files: dict[str, str] = manifest["files"]
+        stats: dict[str, list[int]] = dict(manifest.get("stats") or {})
+        rehashed = False
         for name, digest in files.items():
+            current = _stat(folder / name)
+            if stats.get(name) == current:
+                continue
             if _sha256(folder / name) != digest:
                 return None
+            stats[name], rehashed = current, True
         if {f"{tower}.{ext}" for tower in TOWERS for ext in ("xml", "bin")} - set(files):
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if rehashed:  # e.g. a copied cache: hash once, then trust the new stats
+        manifest["stats"] = stats
+        _write_manifest(folder, manifest)
     return manifest
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Atomically; a read-only cache (another user's) just stays as it is."""
+    try:
+        staging = folder / f".{MANIFEST}.{os.getpid()}"
+        staging.write_text(json.dumps(manifest, indent=1))
+        os.replace(staging, folder / MANIFEST)
+    except OSError:
+        pass
 
 
 def convert_towers(
@@ -107,9 +139,11 @@ def convert_towers(
                     nncf.set_log_level(logging.ERROR)  # its per-layer tables are not for users
                     converted = nncf.compress_weights(converted)
                 ov.save_model(converted, staging / f"{tower}.xml", compress_to_fp16=False)
+        stats: dict[str, list[int]] = {}
         for name in sorted(os.listdir(staging)):
             files[name] = _sha256(staging / name)
-        manifest = dict(extra, files=files, context_length=context, weights=weights)
+            stats[name] = _stat(staging / name)
+        manifest = dict(extra, files=files, stats=stats, context_length=context, weights=weights)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
@@ -119,9 +153,18 @@ def convert_towers(
     conversions += 1
 
 
+# Batches of at least this many images run on the throughput-compiled image tower: one
+# inference request per stream, each on its own cores, so a decode worker taking a core
+# delays one stream instead of stalling every thread of a single request (ingest went from
+# 43 to 55 img/s on 2 cores, BENCHMARKS.md). Smaller batches (a query) take the latency one.
+THROUGHPUT_BATCH = 16
+MIN_CHUNK = 8  # images per request: smaller chunks lose more to per-request overhead
+
+
 @dataclass
 class OpenVinoEncoder:
-    """Compiled image and text towers; the same surface as :class:`clipdb.encoder.ClipEncoder`."""
+    """The IR towers of a verified cache folder, each compiled on first use (a text query
+    never compiles the image tower); the surface of :class:`clipdb.encoder.ClipEncoder`."""
 
     spec: ModelSpec
     dim: int
@@ -130,11 +173,18 @@ class OpenVinoEncoder:
     context_length: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    image_model: Any = field(repr=False)
-    text_model: Any = field(repr=False)
+    folder: Path
+    hint: str  # INFERENCE_PRECISION_HINT: bf16 on CPUs with native bf16, else f32
     tokenizer_kind: str = "open_clip"
+    # The torch model's resize/crop as PixelPipeline data; None in caches made before it was
+    # recorded (then open_clip's default eval transform is rebuilt, which needs torch).
+    pixel_steps: tuple[tuple[Any, ...], ...] | None = None
     backend: str = "openvino"
+    _compiled: dict[str, Any] = field(default_factory=dict, repr=False)
+    _queues: dict[str, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _preprocess: Any = field(default=None, repr=False)
+    _pixels: PixelPipeline | None = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
 
     @property
@@ -163,6 +213,17 @@ class OpenVinoEncoder:
         return self._preprocess
 
     @property
+    def pixel_pipeline(self) -> PixelPipeline:
+        """Image -> model pixels, exactly as ingest's decode workers compute them."""
+        if self._pixels is None:
+            size = max(self.image_size)
+            if self.pixel_steps is None:
+                self._pixels = PixelPipeline.from_preprocess(self.preprocess, size)
+            else:
+                self._pixels = PixelPipeline(size, self.pixel_steps, self.mean, self.std)
+        return self._pixels
+
+    @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None and self.tokenizer_kind == "clip-bpe":
             from clipdb.tokenizer import ClipTokenizer  # torch-free, same ids
@@ -174,19 +235,66 @@ class OpenVinoEncoder:
             self._tokenizer = open_clip.get_tokenizer(self.spec.architecture)
         return self._tokenizer
 
+    def compiled(self, kind: str) -> Any:
+        """The compiled tower: ``text``, ``image`` (latency) or ``image-throughput``."""
+        with self._lock:
+            if kind not in self._compiled:
+                import openvino as ov
+
+                tower, _, mode = kind.partition("-")
+                config = {
+                    "INFERENCE_PRECISION_HINT": self.hint,
+                    "PERFORMANCE_HINT": "THROUGHPUT" if mode else "LATENCY",
+                }
+                try:
+                    core = ov.Core()
+                    model = core.read_model(self.folder / f"{tower}.xml")
+                    self._compiled[kind] = core.compile_model(model, "CPU", config)
+                except RuntimeError as err:  # e.g. out of memory: one line, not a traceback
+                    reason = str(err).strip().splitlines()[-1][:200] if str(err) else "failed"
+                    message = f"OpenVINO could not compile the {tower} tower: {reason}"
+                    raise ClipdbError(message) from None
+            return self._compiled[kind]
+
     def encode_images(self, pixels: Any) -> np.ndarray:
         """Preprocessed image batch (N, 3, H, W), tensor or array -> (N, dim) normalised."""
         array = pixels.numpy() if hasattr(pixels, "numpy") else np.asarray(pixels)
-        features = self.image_model(np.ascontiguousarray(array, dtype=np.float32))[0]
-        return _normalise(np.asarray(features))
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if len(array) >= THROUGHPUT_BATCH or "image-throughput" in self._compiled:
+            return _normalise(self._infer_streams(array))
+        return _normalise(np.asarray(self.compiled("image")(array)[0]))
+
+    def _infer_streams(self, array: np.ndarray) -> np.ndarray:
+        """``array`` split over the throughput model's parallel inference requests."""
+        import openvino as ov
+
+        model = self.compiled("image-throughput")
+        requests = int(model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        chunks = np.array_split(array, max(1, min(requests, len(array) // MIN_CHUNK)))
+        if len(chunks) == 1:
+            return np.asarray(model(array)[0])
+        with self._lock:  # one batch at a time owns the queue's requests
+            queue = self._queues.get("image")
+            if queue is None:
+                queue = self._queues["image"] = ov.AsyncInferQueue(model, requests)
+            outputs: list[np.ndarray | None] = [None] * len(chunks)
+
+            def done(request: Any, index: int) -> None:
+                outputs[index] = np.array(request.get_output_tensor(0).data)  # a copy
+
+            queue.set_callback(done)
+            for index, chunk in enumerate(chunks):
+                queue.start_async({0: np.ascontiguousarray(chunk)}, index)
+            queue.wait_all()
+        return np.concatenate([out for out in outputs if out is not None])
 
     def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
-        batch = np.stack([np.asarray(self.preprocess(image)) for image in images])
-        return self.encode_images(batch)
+        pipeline = self.pixel_pipeline
+        return self.encode_images(pipeline.to_array([pipeline.to_pixels(im) for im in images]))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         tokens = np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
-        features = self.text_model(tokens)[0]
+        features = self.compiled("text")(tokens)[0]
         return _normalise(np.asarray(features))
 
 
@@ -198,19 +306,15 @@ def _normalise(features: np.ndarray) -> np.ndarray:
 
 
 def compile_cached(folder: Path, spec: ModelSpec, precision: str) -> OpenVinoEncoder | None:
-    """The encoder from a verified cache folder, or None when it is missing or does not match."""
-    import openvino as ov
+    """The encoder of a verified cache folder, or None when it is missing or does not match.
+
+    Nothing is compiled here: each tower compiles when it is first used."""
+    import openvino  # noqa: F401 - a missing or broken OpenVINO fails here, in load()
 
     manifest = read_manifest(folder)
     if manifest is None:
         return None
-    core = ov.Core()
-    hint = "bf16" if precision in ("bf16", "int8") and _fast_bf16() else "f32"
-    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-    models = {
-        tower: core.compile_model(core.read_model(folder / f"{tower}.xml"), "CPU", config)
-        for tower in TOWERS
-    }
+    steps = manifest.get("pixel_steps")
     return OpenVinoEncoder(
         spec=spec,
         dim=int(manifest["dim"]),
@@ -219,9 +323,17 @@ def compile_cached(folder: Path, spec: ModelSpec, precision: str) -> OpenVinoEnc
         context_length=int(manifest["context_length"]),
         mean=tuple(manifest["mean"]),
         std=tuple(manifest["std"]),
-        image_model=models["image"],
-        text_model=models["text"],
+        folder=folder,
+        hint="bf16" if precision in ("bf16", "int8") and _fast_bf16() else "f32",
         tokenizer_kind=str(manifest.get("tokenizer", "open_clip")),
+        pixel_steps=None if steps is None else pixel_steps_from_json(steps),
+    )
+
+
+def pixel_steps_from_json(steps: list[list[Any]]) -> tuple[tuple[Any, ...], ...]:
+    """The manifest's lists back to PixelPipeline's step tuples (a resize size is a tuple)."""
+    return tuple(
+        tuple(tuple(part) if isinstance(part, list) else part for part in step) for step in steps
     )
 
 
@@ -277,14 +389,16 @@ def load(spec: ModelSpec, precision: str) -> OpenVinoEncoder:
     if folder.exists():
         warn(f"OpenVINO cache {folder} is corrupt or stale; rebuilding it")
     torch_encoder = load_torch(spec, "cpu", "fp32")
-    mean = getattr(torch_encoder.model.visual, "image_mean", None) or OPENAI_MEAN
-    std = getattr(torch_encoder.model.visual, "image_std", None) or OPENAI_STD
+    pixels = torch_encoder.pixel_pipeline
+    if pixels.whole is not None:
+        raise RuntimeError("its image transform is not a resize + crop clipdb can run alone")
     extra = {
+        "pixel_steps": [list(step) for step in pixels.pil_steps],
         "tokenizer": tokenizer_kind(torch_encoder.tokenizer),
         "dim": torch_encoder.dim,
         "image_size": list(torch_encoder.image_size),
-        "mean": list(mean),
-        "std": list(std),
+        "mean": list(pixels.mean or OPENAI_MEAN),
+        "std": list(pixels.std or OPENAI_STD),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.trace deprecation notes from the converter

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from clipdb.decode import PixelPipeline
 from clipdb.models import ModelSpec
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class ClipEncoder:
     backend: str = "torch"
     # On CPU bf16 the weights are cast (1.28x autocast, BENCHMARKS.md); autocast elsewhere.
     cast_dtype: Any = None
+    _pixels: PixelPipeline | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         import torch
@@ -80,9 +82,12 @@ class ClipEncoder:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @_inference_mode
-    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
-        """Preprocessed image batch (N, 3, H, W) -> (N, dim) normalised float32."""
+    def encode_images(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Preprocessed image batch (N, 3, H, W), tensor or array -> (N, dim) normalised."""
+        import torch
 
+        if isinstance(pixels, np.ndarray):
+            pixels = torch.from_numpy(pixels)
         with self._autocast():
             pixels = pixels.to(self.device, non_blocking=True)
             if self.cast_dtype is not None:
@@ -91,11 +96,18 @@ class ClipEncoder:
         return _normalise(features)
 
     def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """PIL images -> (N, dim) normalised float32, with the model's own preprocessing."""
-        import torch
+        """PIL images -> (N, dim) normalised float32, with the model's own preprocessing
+        computed as ingest computes it (:attr:`pixel_pipeline`), so a query by an indexed
+        file finds that file's own vector."""
+        pipeline = self.pixel_pipeline
+        return self.encode_images(pipeline.to_array([pipeline.to_pixels(im) for im in images]))
 
-        batch = torch.stack([self.preprocess(image) for image in images])
-        return self.encode_images(batch)
+    @property
+    def pixel_pipeline(self) -> PixelPipeline:
+        """The model's preprocessing as :class:`clipdb.decode.PixelPipeline` (cached)."""
+        if self._pixels is None:
+            self._pixels = PixelPipeline.from_preprocess(self.preprocess, max(self.image_size))
+        return self._pixels
 
     @_inference_mode
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -124,3 +124,37 @@ def test_openvino_text_query_does_not_import_torch(database, tiny_encoder, tmp_p
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "NO-TORCH" in result.stdout
+
+
+def test_ir_cache_touched_file_is_rehashed_not_rebuilt(cache_dir):
+    load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
+    before = ove.conversions
+    (folder,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
+    os.utime(folder / "text.bin", ns=(1, 1))  # same bytes, other mtime: a copied cache
+    assert ove.read_manifest(folder) is not None  # hashed again, and the new stat recorded
+    assert ove.read_manifest(folder)["stats"]["text.bin"][1] == 1
+    load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
+    assert ove.conversions == before
+
+
+def test_towers_compile_on_first_use_and_batches_use_streams(tmp_path):
+    encoder = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
+    assert isinstance(encoder, ove.OpenVinoEncoder)
+    fresh = ove.compile_cached(encoder.folder, encoder.spec, "fp32")
+    assert fresh is not None and fresh._compiled == {}
+    fresh.encode_texts(["a red car"])
+    assert set(fresh._compiled) == {"text"}  # a text query never compiles the image tower
+    size = fresh.image_size
+    pixels = np.random.default_rng(5).normal(size=(40, 3, *size)).astype(np.float32)
+    one_request = np.concatenate([fresh.encode_images(pixels[i : i + 1]) for i in range(40)])
+    assert set(fresh._compiled) == {"text", "image"}
+    streamed = fresh.encode_images(pixels)  # >= THROUGHPUT_BATCH: parallel requests
+    assert "image-throughput" in fresh._compiled
+    assert streamed.shape == (40, fresh.dim)
+    assert float((streamed * one_request).sum(axis=1).min()) >= 0.99999  # same rows, in order
+
+
+def test_openvino_manifest_records_the_models_own_pixel_steps(tiny_encoder):
+    encoder = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
+    assert encoder.pixel_pipeline.pil_steps == tiny_encoder.pixel_pipeline.pil_steps
+    assert encoder.pixel_pipeline.mean == tiny_encoder.pixel_pipeline.mean

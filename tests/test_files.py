@@ -143,7 +143,9 @@ def test_draft_decoding_keeps_the_margin() -> None:
 
 
 @pytest.mark.parametrize("input_size", [32, 224])
-def test_pixel_pipeline_is_bit_identical_to_preprocess(tiny_encoder, input_size) -> None:
+def test_pixel_pipeline_matches_preprocess(tiny_encoder, input_size) -> None:
+    """The workers' resize is torchvision's uint8 kernel (PIL's filter, vectorised): within
+    two levels of the PIL resize that open_clip's transform runs, and rarely off at all."""
     import open_clip
     import torch
 
@@ -157,7 +159,12 @@ def test_pixel_pipeline_is_bit_identical_to_preprocess(tiny_encoder, input_size)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
     batch = pipeline.to_batch([pipeline.to_pixels(image) for image in images])
     expected = torch.stack([preprocess(image) for image in images])
-    assert torch.equal(batch, expected)
+    assert batch.shape == expected.shape and batch.dtype == expected.dtype
+    step = (1 / 255) / min(pipeline.std or (1.0,))  # one uint8 level after normalising
+    difference = (batch - expected).abs()
+    assert float(difference.max()) <= 2 * step + 1e-6
+    assert float(difference.mean()) <= 0.02 * step
+    assert np.array_equal(pipeline.to_array([pipeline.to_pixels(images[0])]), batch[:1].numpy())
 
 
 def test_pixel_pipeline_falls_back_to_the_whole_transform() -> None:

@@ -37,7 +37,8 @@ def decoded_images(
     from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["clipdb.decode"])
+    # torch resizes in the workers (decode.FAST_RESAMPLE): imported once, in the forkserver.
+    context.set_forkserver_preload(["clipdb.decode", "torch"])
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -110,14 +111,14 @@ def encode_and_write(
     on_written: Callable[[str], None],
 ) -> None:
     """Decode, encode and commit ``paths``; ``on_written(path)`` for each row handed over."""
-    pipeline = decode.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
+    pipeline = encoder.pixel_pipeline
     writer = BatchWriter(database, model)
     bar = progress_bar(len(paths), progress)
     batch: list[decode.Decoded] = []
 
     def flush() -> None:
         embeddings = encoder.encode_images(
-            pipeline.to_batch([d.pixels for d in batch if d.pixels is not None])
+            pipeline.to_array([d.pixels for d in batch if d.pixels is not None])
         )
         records = []
         for item, embedding in zip(batch, embeddings, strict=True):

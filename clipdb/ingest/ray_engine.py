@@ -61,16 +61,13 @@ class EncoderWorker:
     ) -> None:
         import torch
 
-        from clipdb import decode
         from clipdb.encoder import load_encoder
 
         torch.set_num_threads(max(1, threads))  # its CPU slots, not the whole node
         self.encoder = load_encoder(
             architecture, pretrained, device=device, precision=precision, backend=backend
         )
-        self.pipeline = decode.PixelPipeline.from_preprocess(
-            self.encoder.preprocess, max(self.encoder.image_size)
-        )
+        self.pipeline = self.encoder.pixel_pipeline
         self.max_pixels = max_pixels
 
     def identity(self) -> tuple[str, str, int]:
@@ -96,7 +93,7 @@ class EncoderWorker:
         dim = int(self.encoder.dim)
         embeddings = (
             self.encoder.encode_images(
-                self.pipeline.to_batch([d.pixels for d in good if d.pixels is not None])
+                self.pipeline.to_array([d.pixels for d in good if d.pixels is not None])
             )
             if good
             else np.zeros((0, dim), np.float32)
