@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -90,7 +91,7 @@ def main() -> None:
     import torch
 
     from clipdb import openvino_encoder as ove
-    from clipdb.db.embedded import ensure_server
+    from clipdb.db.embedded import ensure_server, stop_server
     from clipdb.decode import PixelPipeline, decode_task
     from clipdb.encoder import cpu_has_fast_bf16, load_encoder, resolve_model_spec
     from clipdb.ingest import ingest
@@ -147,13 +148,17 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="clipdb-bench-home-"))
     home.chmod(0o711)
     database = fresh_database(ensure_server(home), "bench_encoder")
-    with contextlib.redirect_stdout(sys.stderr):
-        summary = ingest(
-            [str(p) for p in photos[: args.ingest]],
-            database=database,
-            encoder=default,
-            batch_size=64,
-        )
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = ingest(
+                [str(p) for p in photos[: args.ingest]],
+                database=database,
+                encoder=default,
+                batch_size=64,
+            )
+    finally:
+        stop_server(home)  # a benchmark leaves no server behind
+        shutil.rmtree(home, ignore_errors=True)
     own = statistics.mean([own_before, rate(default.encode_images, pixels, 64)])
     after = [rate(fp32.encode_images, pixels, 64), rate(old_path, pixels, 64)]
     # Today's ceiling: best of fp32 and bf16 autocast, each the mean of before and after.

@@ -1,21 +1,14 @@
-"""The OpenVINO CPU backend: open_clip's two towers converted once, cached as IR, run by OpenVINO.
+"""The OpenVINO CPU backend: open_clip's two towers, converted once, run by OpenVINO.
 
 Why: on CPUs OpenVINO runs the same ViT ~1.5x faster than torch autocast (BENCHMARKS.md) with
-the same vectors (min cosine >= 0.9999 vs torch fp32). Conversion needs the torch model and
-takes seconds, so the IR is kept under ``CLIPDB_HOME/openvino/<key>`` where the key names the
-architecture, the weights identity, the OpenVINO version and the weight format; a later load
-reads the cached IR and never builds the torch model. A manifest holds the sha256 of every
-file: a cache that does not match is rebuilt with one warning, never used.
+the same vectors (min cosine >= 0.9999 vs torch fp32). The IR comes from
+:mod:`clipdb.openvino_cache`; a load from the cache never builds the torch model, and a text
+query never imports torch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,130 +21,7 @@ from PIL import Image
 from clipdb.decode import PixelPipeline
 from clipdb.errors import ClipdbError
 from clipdb.models import ModelSpec
-
-MANIFEST = "manifest.json"
-TOWERS = ("image", "text")
-# How many conversions this process ran: tests check that a second load reads the cache.
-conversions = 0
-
-
-def cache_key(spec: ModelSpec, weights: str, version: str) -> str:
-    """One folder per (architecture, weights identity, OpenVINO version, weight format)."""
-    identity = hashlib.sha256(f"{spec.architecture}\0{spec.pretrained}".encode()).hexdigest()
-    safe_arch = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.architecture)
-    return f"{safe_arch}-{identity[:16]}-ov{version.split('-')[0]}-{weights}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _stat(path: Path) -> list[int]:
-    status = path.stat()
-    return [status.st_size, status.st_mtime_ns]
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest when every file it lists is present with the recorded sha256, else None.
-
-    Hashing ~600 MB of IR on every load cost a cold text query ~0.3 s, so a file whose size
-    and mtime still equal those recorded when it was hashed is taken as verified; any rewrite
-    (a partial copy, an edit, a truncation) changes them and sends it through sha256 again.
-    """
-    try:
-        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
-        files: dict[str, str] = manifest["files"]
-        stats: dict[str, list[int]] = dict(manifest.get("stats") or {})
-        rehashed = False
-        for name, digest in files.items():
-            current = _stat(folder / name)
-            if stats.get(name) == current:
-                continue
-            if _sha256(folder / name) != digest:
-                return None
-            stats[name], rehashed = current, True
-        if {f"{tower}.{ext}" for tower in TOWERS for ext in ("xml", "bin")} - set(files):
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if rehashed:  # e.g. a copied cache: hash once, then trust the new stats
-        manifest["stats"] = stats
-        _write_manifest(folder, manifest)
-    return manifest
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Atomically; a read-only cache (another user's) just stays as it is."""
-    try:
-        staging = folder / f".{MANIFEST}.{os.getpid()}"
-        staging.write_text(json.dumps(manifest, indent=1))
-        os.replace(staging, folder / MANIFEST)
-    except OSError:
-        pass
-
-
-def convert_towers(
-    clip_model: Any, image_size: tuple[int, int], weights: str, folder: Path, extra: dict[str, Any]
-) -> None:
-    """Convert both towers of a torch open_clip model to IR in ``folder`` (atomically)."""
-    global conversions
-    import openvino as ov
-    import torch
-
-    class ImageTower(torch.nn.Module):
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            return self.model.encode_image(pixels).float()  # type: ignore[no-any-return]
-
-    class TextTower(torch.nn.Module):
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return self.model.encode_text(tokens).float()  # type: ignore[no-any-return]
-
-    clip_model = clip_model.float().eval()
-    context = int(getattr(clip_model, "context_length", 77))
-    examples = {
-        "image": (ImageTower(clip_model), torch.zeros(1, 3, *image_size), [-1, 3, *image_size]),
-        "text": (TextTower(clip_model), torch.zeros(1, context, dtype=torch.int64), [-1, context]),
-    }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    try:
-        files: dict[str, str] = {}
-        with torch.inference_mode():
-            for tower, (module, example, shape) in examples.items():
-                converted = ov.convert_model(module, example_input=example, input=[shape])
-                if weights == "int8":
-                    import logging
-
-                    import nncf
-
-                    nncf.set_log_level(logging.ERROR)  # its per-layer tables are not for users
-                    converted = nncf.compress_weights(converted)
-                ov.save_model(converted, staging / f"{tower}.xml", compress_to_fp16=False)
-        stats: dict[str, list[int]] = {}
-        for name in sorted(os.listdir(staging)):
-            files[name] = _sha256(staging / name)
-            stats[name] = _stat(staging / name)
-        manifest = dict(extra, files=files, stats=stats, context_length=context, weights=weights)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    conversions += 1
-
+from clipdb.openvino_cache import cache_target, convert_towers, converting, read_manifest
 
 # Batches of at least this many images run on the throughput-compiled image tower: one
 # inference request per stream, each on its own cores, so a decode worker taking a core
@@ -176,6 +46,7 @@ class OpenVinoEncoder:
     folder: Path
     hint: str  # INFERENCE_PRECISION_HINT: bf16 on CPUs with native bf16, else f32
     tokenizer_kind: str = "open_clip"
+    text_trim: bool = False  # the text IR takes any sequence length (see openvino_cache)
     # The torch model's resize/crop as PixelPipeline data; None in caches made before it was
     # recorded (then open_clip's default eval transform is rebuilt, which needs torch).
     pixel_steps: tuple[tuple[Any, ...], ...] | None = None
@@ -294,6 +165,10 @@ class OpenVinoEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         tokens = np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
+        if self.text_trim:  # as the torch path does: 5 positions for "a red car", not 77
+            from clipdb.torch_encoder import used_positions
+
+            tokens = np.ascontiguousarray(tokens[:, : used_positions(tokens)])
         features = self.compiled("text")(tokens)[0]
         return _normalise(np.asarray(features))
 
@@ -326,6 +201,7 @@ def compile_cached(folder: Path, spec: ModelSpec, precision: str) -> OpenVinoEnc
         folder=folder,
         hint="bf16" if precision in ("bf16", "int8") and _fast_bf16() else "f32",
         tokenizer_kind=str(manifest.get("tokenizer", "open_clip")),
+        text_trim=bool(manifest.get("text_trim", False)),
         pixel_steps=None if steps is None else pixel_steps_from_json(steps),
     )
 
@@ -351,21 +227,6 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def cache_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:
-    """The cache folder of ``spec`` and the precision the compiled model runs at."""
-    import openvino
-
-    from clipdb.config import Settings
-
-    chosen = precision
-    if precision in ("auto", "fp16"):
-        chosen = "bf16" if _fast_bf16() else "fp32"
-    weights = "int8" if chosen == "int8" else "fp32"
-    # CLIPDB_OPENVINO_CACHE: one cache shared by several homes (the test suite uses it).
-    root = os.environ.get("CLIPDB_OPENVINO_CACHE") or Settings.resolve().home / "openvino"
-    return Path(root) / cache_key(spec, weights, openvino.get_version()), chosen
-
-
 def load_cached(spec: ModelSpec, precision: str) -> OpenVinoEncoder | None:
     """The encoder from a verified cache, or None for any failure (:func:`load` says why)."""
     try:
@@ -377,15 +238,23 @@ def load_cached(spec: ModelSpec, precision: str) -> OpenVinoEncoder | None:
 
 def load(spec: ModelSpec, precision: str) -> OpenVinoEncoder:
     """The cached encoder, converting the torch model first when the cache is missing or bad."""
+    folder, chosen = cache_target(spec, precision)
+    encoder = compile_cached(folder, spec, chosen)
+    if encoder is not None:
+        return encoder
+    with converting(folder):  # another process converting the same model: wait for it
+        encoder = compile_cached(folder, spec, chosen)
+        if encoder is not None:
+            return encoder
+        return _convert_and_load(folder, spec, chosen)
+
+
+def _convert_and_load(folder: Path, spec: ModelSpec, chosen: str) -> OpenVinoEncoder:
     import warnings
 
     from clipdb.encoder import load_torch
 
-    folder, chosen = cache_target(spec, precision)
     weights = "int8" if chosen == "int8" else "fp32"
-    encoder = compile_cached(folder, spec, chosen)
-    if encoder is not None:
-        return encoder
     if folder.exists():
         warn(f"OpenVINO cache {folder} is corrupt or stale; rebuilding it")
     torch_encoder = load_torch(spec, "cpu", "fp32")

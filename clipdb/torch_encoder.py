@@ -127,29 +127,47 @@ def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     token leaves every kept position, and the end-of-text token that argmax pooling picks,
     exactly as they were, at a fraction of the cost. Other text towers take the plain path.
     """
+    if not text_is_causal_argmax(model):
+        features: torch.Tensor = model.encode_text(tokens)
+        return features
+    return encode_text_prefix(model, tokens[:, : used_positions(tokens)])
+
+
+def used_positions(tokens: Any) -> int:
+    """How many leading positions carry a real token in any row (padding is id 0)."""
+    array = tokens.cpu().numpy() if hasattr(tokens, "cpu") else np.asarray(tokens)
+    used = (array != 0).any(axis=0).nonzero()[0]
+    return int(used.max()) + 1 if len(used) else 1
+
+
+def text_is_causal_argmax(model: Any) -> bool:
+    """Whether ``model``'s text tower is open_clip's CLIP one: a causal mask and argmax
+    pooling, so :func:`encode_text_prefix` over trimmed tokens equals ``encode_text``."""
     import torch
     from open_clip.model import CLIP
-    from open_clip.transformer import text_global_pool
 
     mask = getattr(model, "attn_mask", None)
-    simple = (
+    return (
         isinstance(model, CLIP)
         and getattr(model, "text_pool_type", None) == "argmax"
         and mask is not None
         and bool(torch.isinf(mask[torch.ones_like(mask, dtype=torch.bool).triu(1)]).all())
     )
-    if not simple or mask is None:
-        features: torch.Tensor = model.encode_text(tokens)
-        return features
-    length = int((tokens != 0).any(dim=0).nonzero().max()) + 1  # last real token, any text
-    kept = tokens[:, :length]
+
+
+def encode_text_prefix(model: Any, kept: torch.Tensor) -> torch.Tensor:
+    """``encode_text`` of tokens cut to their first ``kept.shape[1]`` positions (any length up
+    to the context; the OpenVINO text IR is traced from this with that length dynamic)."""
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    length = kept.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(kept).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=mask[:length, :length])
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
-    x = text_global_pool(x, kept, model.text_pool_type)
-    pooled: torch.Tensor = x
+    pooled: torch.Tensor = text_global_pool(x, kept, model.text_pool_type)
     if isinstance(model.text_projection, torch.nn.Linear):
         projected: torch.Tensor = model.text_projection(pooled)
         return projected

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import TINY_MODEL, make_images, run_module
 
+from clipdb import openvino_cache as ovc
 from clipdb import openvino_encoder as ove
 from clipdb.encoder import Encoder, load_encoder
 from clipdb.errors import UsageError
@@ -33,28 +34,31 @@ def test_openvino_matches_torch_fp32(tiny_encoder, tmp_path):
     # Both backends offer every member ingest, search, embed and serve use.
     assert isinstance(encoder, Encoder) and isinstance(tiny_encoder, Encoder)
     assert encoder.image_size == tiny_encoder.image_size and encoder.dim == tiny_encoder.dim
+    assert encoder.text_trim  # a CLIP text tower: its IR takes trimmed token rows
     from PIL import Image
 
     images = [Image.open(path) for path in make_images(tmp_path, 4)]
     assert _cos_min(encoder.encode_pil(images), tiny_encoder.encode_pil(images)) >= 0.999
     assert _cos_min(encoder.encode_texts(TEXTS), tiny_encoder.encode_texts(TEXTS)) >= 0.999
+    alone = np.concatenate([encoder.encode_texts([text]) for text in TEXTS])  # other lengths
+    assert _cos_min(alone, encoder.encode_texts(TEXTS)) >= 0.9999
 
 
 def test_ir_cache_reused_and_corrupt_bin_rebuilt(cache_dir, capsys):
-    before = ove.conversions
+    before = ovc.conversions
     load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
-    assert ove.conversions == before + 1
+    assert ovc.conversions == before + 1
     load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
-    assert ove.conversions == before + 1  # read from the cache, not converted again
+    assert ovc.conversions == before + 1  # read from the cache, not converted again
     (folder,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
     capsys.readouterr()
     with (folder / "image.bin").open("r+b") as handle:
         handle.seek(64)
         handle.write(b"\xff" * 16)
     encoder = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
-    assert ove.conversions == before + 2
+    assert ovc.conversions == before + 2
     assert capsys.readouterr().err.count("corrupt or stale") == 1
-    assert ove.read_manifest(folder) is not None
+    assert ovc.read_manifest(folder) is not None
     assert encoder.encode_texts(["x"]).shape == (1, encoder.dim)
 
 
@@ -128,13 +132,13 @@ def test_openvino_text_query_does_not_import_torch(database, tiny_encoder, tmp_p
 
 def test_ir_cache_touched_file_is_rehashed_not_rebuilt(cache_dir):
     load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
-    before = ove.conversions
+    before = ovc.conversions
     (folder,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
     os.utime(folder / "text.bin", ns=(1, 1))  # same bytes, other mtime: a copied cache
-    assert ove.read_manifest(folder) is not None  # hashed again, and the new stat recorded
-    assert ove.read_manifest(folder)["stats"]["text.bin"][1] == 1
+    assert ovc.read_manifest(folder) is not None  # hashed again, and the new stat recorded
+    assert ovc.read_manifest(folder)["stats"]["text.bin"][1] == 1
     load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
-    assert ove.conversions == before
+    assert ovc.conversions == before
 
 
 def test_towers_compile_on_first_use_and_batches_use_streams(tmp_path):
@@ -158,3 +162,26 @@ def test_openvino_manifest_records_the_models_own_pixel_steps(tiny_encoder):
     encoder = load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
     assert encoder.pixel_pipeline.pil_steps == tiny_encoder.pixel_pipeline.pil_steps
     assert encoder.pixel_pipeline.mean == tiny_encoder.pixel_pipeline.mean
+
+
+def test_concurrent_first_loads_convert_once(tmp_path):
+    """Two processes loading an uncached model at once: one converts, the other waits on the
+    folder's lock and loads the result; both encode."""
+    code = (
+        "import sys; from clipdb import openvino_cache as ovc;"
+        "from clipdb.encoder import load_encoder;"
+        f"e = load_encoder({TINY_MODEL!r}, 'none', device='cpu', precision='fp32',"
+        " backend='openvino');"
+        "v = e.encode_texts(['a red car']); print('CONVERSIONS', ovc.conversions, v.shape[1])"
+    )
+    env = {**os.environ, "CLIPDB_OPENVINO_CACHE": str(tmp_path / "shared-ov")}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err for _, err in outputs]
+    counts = [int(out.split("CONVERSIONS")[1].split()[0]) for out, _ in outputs]
+    assert sorted(counts) == [0, 1]
+    assert not any("corrupt" in err for _, err in outputs)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from helpers import insert_rows, unit_vectors
 
 from clipdb.db import Database
+from clipdb.db.model_index import drop_model_index, model_index_state
 from clipdb.db.queries import search_vector
 from clipdb.db.registry import register_model
-from clipdb.db.store import drop_model_index, model_index_state
 from clipdb.ingest import bulk, ingest
 
 

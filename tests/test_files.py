@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from clipdb import decode, files
+from clipdb import decode, files, thumbnail
 
 
 def write_jpeg(path: Path, size: tuple[int, int] = (40, 30), color=(200, 30, 40)) -> Path:
@@ -245,6 +245,6 @@ def test_exif_transpose_matches_pillow_reference() -> None:
 def test_thumbnails_and_decoding_share_the_decoder_allow_list(data: bytes) -> None:
     """The server's thumbnails open files exactly as ingest does: no stray decoder, no 500."""
     with pytest.raises(decode.ImageError, match="not an image"):
-        decode.make_thumbnail(data, 128)
+        thumbnail.make_thumbnail(data, 128)
     with pytest.raises(decode.ImageError, match="not an image"):
         decode.open_image(data)

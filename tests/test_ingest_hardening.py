@@ -11,7 +11,7 @@ import pytest
 from helpers import make_images
 from PIL import Image
 
-from clipdb import decode, files
+from clipdb import decode, files, thumbnail
 from clipdb.ingest import IngestSummary, ingest
 
 
@@ -95,7 +95,7 @@ def test_a_name_that_is_not_utf8_is_indexed_searchable_printed_escaped_and_prune
         ).fetchone()
         found = image_file(conn, row_id)
         assert found is not None and found[0] == name  # what the server opens: the real name
-    assert decode.make_thumbnail(name, 16).startswith(b"\xff\xd8")
+    assert thumbnail.make_thumbnail(name, 16).startswith(b"\xff\xd8")
 
     again = run_module(*cli, str(tmp_path))
     assert (json.loads(again.stdout)["new"], json.loads(again.stdout)["unchanged"]) == (0, 3)

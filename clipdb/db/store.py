@@ -345,37 +345,3 @@ def forget_skips(conn: psycopg.Connection[Any], model: Model, paths: Sequence[st
         ([db_path(path)[0] for path in paths],),
     )
     return cursor.rowcount
-
-
-# --- the bulk write path's index window (clipdb.ingest.bulk) ----------------------------------
-
-
-def model_index_state(conn: psycopg.Connection[Any], model: Model) -> tuple[bool, int]:
-    """(whether the model's HNSW index exists and is valid, rows the model has)."""
-    row = conn.execute(
-        "SELECT coalesce((SELECT i.indisvalid FROM pg_index i JOIN pg_class c "
-        "ON c.oid = i.indexrelid WHERE c.relname = %s AND c.relnamespace = "
-        "'clipdb'::regnamespace), false), "
-        "(SELECT count(*) FROM clipdb.images WHERE model_id = %s)",
-        (model.index_name, int(model.model_id)),
-    ).fetchone()
-    assert row is not None
-    return bool(row[0]), int(row[1])
-
-
-def drop_model_index(conn: psycopg.Connection[Any], model: Model) -> None:
-    """Drop the model's HNSW index (autocommit connection): searches fall back to an exact
-    scan of the model's rows until :func:`build_model_index` has run."""
-    conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS clipdb.{model.index_name}")
-
-
-def build_model_index(conn: psycopg.Connection[Any], model: Model) -> None:
-    """(Re)build the model's HNSW index CONCURRENTLY (autocommit connection): writes and
-    searches go on meanwhile; an invalid leftover of an interrupted build is dropped first."""
-    drop_model_index(conn, model)
-    ddl = conn.execute(
-        "SELECT clipdb.model_index_ddl(%s::smallint, %s)", (int(model.model_id), int(model.dim))
-    ).fetchone()
-    assert ddl is not None and str(ddl[0]).startswith("CREATE INDEX ")
-    conn.execute("CREATE INDEX CONCURRENTLY " + str(ddl[0])[len("CREATE INDEX ") :])
-    conn.execute("ANALYZE clipdb.images")

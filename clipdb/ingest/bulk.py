@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from clipdb.db import Database
+from clipdb.db.model_index import build_model_index, drop_model_index, model_index_state
 from clipdb.db.registry import Model
-from clipdb.db.store import build_model_index, drop_model_index, model_index_state
 
 BULK_RATIO = 0.5  # planned new rows >= this x rows the model holds (measured)
 BULK_MIN_ROWS = 2000  # below this a rebuild's fixed cost is not worth the DDL

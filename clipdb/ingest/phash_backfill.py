@@ -26,12 +26,10 @@ def _hashed(
     if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
         yield from (task(path, found=stats.get(path)) for path in paths)
         return
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=decode.worker_init
+        max_workers=workers, mp_context=decode.worker_context(), initializer=decode.worker_init
     ) as pool:
         # Positional, in phash_task's order: partial's max_pixels keyword would collide.
         pixels = [max_pixels] * len(paths)

@@ -32,13 +32,10 @@ def decoded_images(
     if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
         yield from (task(path, found=stats.get(path)) for path in paths)
         return
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    context = multiprocessing.get_context("forkserver")
-    # torch resizes in the workers (decode.FAST_RESAMPLE): imported once, in the forkserver.
-    context.set_forkserver_preload(["clipdb.decode", "torch"])
+    context = decode.worker_context()
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(

@@ -30,6 +30,7 @@ from clipdb.errors import ClipdbError, first_line
 from clipdb.filters import NO_FILTERS, Filters
 from clipdb.search import SearchOptions, choose_model, combine_query, load_model_encoder, search
 from clipdb.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_PIXELS, decode_upload
+from clipdb.thumbnail import make_thumbnail
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -327,7 +328,7 @@ class SearchService:
         with self.decode_slot():
             data = _verified_bytes(image_id, path, file_size, mtime_ns, sha256)
             try:
-                return decode.make_thumbnail(data, size, max_pixels=self.max_pixels)
+                return make_thumbnail(data, size, max_pixels=self.max_pixels)
             except decode.ImageError as err:
                 raise LookupError(f"image {image_id} cannot be read: {err}") from None
 
