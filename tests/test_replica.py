@@ -198,3 +198,35 @@ def test_clipdb_api_reads_from_the_read_url(pair) -> None:
     assert ClipDB(TINY_MODEL, "none", database_url=primary.url()).read_database.url == (
         primary.url()
     )
+
+
+def test_multi_host_read_url_picks_the_standby(pair, tmp_path) -> None:
+    """A libpq multi-host read URL: the primary listed first, a dead host, then the standby;
+    ``target_session_attrs=standby`` must land every read on the standby."""
+    from clipdb.api import ClipDB
+
+    primary, standby = pair
+    dead = tmp_path / "no-server-here"
+    dead.mkdir()
+    user, rest = primary.url().split("://", 1)[1].split("@/", 1)
+    name = rest.split("?", 1)[0]
+    hosts = f"{primary.socket_dir},{dead},{standby.socket_dir}"
+    ports = f"{primary.port},{primary.port},{standby.port}"
+    url = (
+        f"postgresql://{user}@/{name}?host={hosts}&port={ports}"
+        "&target_session_attrs=standby&load_balance_hosts=disable&connect_timeout=5"
+    )
+    with Database(url=primary.url()).connect() as conn:
+        insert_rows(conn, TINY_MODEL, 32, 3, prefix="/multi", seed=7)
+    wait_for_replicas(Database(url=primary.url()), standby.url())
+    with Database(url=url).connect(autocommit=True) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        assert row is not None and row[0] is True
+    db = ClipDB(TINY_MODEL, "none", database_url=primary.url(), read_database_url=url)
+    assert db._searched_model().architecture == TINY_MODEL
+    code, out, err = _run(
+        primary.home, "clipdb.search", "--like", "/multi/img_00001.jpg", "--json", "-k", "3",
+        "--model", TINY_MODEL, "--read-database-url", url,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)[0]["image_path"] == "/multi/img_00001.jpg"
