@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -138,9 +139,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
-def test_head_and_worker_on_loopback(database, tmp_path):
-    """A head and a worker node on 127.0.0.1 (two raylets), joined with --ray-address."""
+@contextlib.contextmanager
+def _loopback_cluster(cpus_per_node: tuple[int, ...]) -> Iterator[tuple[str, dict[str, str], list]]:
+    """Ray nodes on 127.0.0.1 (the first is the head): (address, env for clients, nodes)."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
     address = f"127.0.0.1:{port}"
@@ -151,31 +152,22 @@ def test_head_and_worker_on_loopback(database, tmp_path):
     # A token of this test's own for head, worker and driver (not ~/.ray/auth_token, which
     # other Ray users of this machine may have made or may replace meanwhile).
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    common = ["--num-cpus=1", "--block"]
-    nodes = []
+    nodes: list[subprocess.Popen[bytes]] = []
     try:
-        nodes.append(subprocess.Popen(
-            [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-             "--include-dashboard=false", f"--temp-dir={temp}", *common],
-            env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))  # fmt: skip
-        time.sleep(8)  # the head's GCS must listen before the worker joins
-        nodes.append(subprocess.Popen(
-            [ray_cli, "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common],
-            env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))  # fmt: skip
-        time.sleep(5)
-        make_images(tmp_path / "pics", 8)
-        result = run_module(
-            "clipdb.ingest", str(tmp_path / "pics"), "--model", TINY_MODEL, "--pretrained",
-            "none", "--device", "cpu", "--engine", "ray", "--ray-address", address,
-            "--batch-size", "2", "--json", env=env, timeout=240,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        assert '"new": 8' in result.stdout
-        assert row_counts(database) == (8, 8)
+        for index, cpus in enumerate(cpus_per_node):
+            where = (
+                ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"]
+                if index == 0
+                else [f"--address={address}"]
+            )
+            nodes.append(subprocess.Popen(
+                [ray_cli, "start", *where, "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                 "--block"],
+                env=env, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+            time.sleep(8 if index == 0 else 5)  # the head's GCS must listen before a worker
+        yield address, env, nodes
     finally:
         for node in reversed(nodes):
             with contextlib.suppress(ProcessLookupError):
@@ -185,3 +177,55 @@ def test_head_and_worker_on_loopback(database, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _ingest_args(pics: Path, address: str) -> list[str]:
+    return [
+        "clipdb.ingest", str(pics), "--model", TINY_MODEL, "--pretrained", "none", "--device",
+        "cpu", "--engine", "ray", "--ray-address", address, "--batch-size", "2", "--json",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_head_and_worker_on_loopback(database, tmp_path):
+    """A head and a worker node on 127.0.0.1 (two raylets), joined with --ray-address."""
+    make_images(tmp_path / "pics", 8)
+    with _loopback_cluster((1, 1)) as (address, env, _):
+        result = run_module(*_ingest_args(tmp_path / "pics", address), env=env, timeout=240)
+        assert result.returncode == 0, result.stderr
+        assert '"new": 8' in result.stdout
+        assert row_counts(database) == (8, 8)
+
+
+@pytest.mark.slow
+def test_cluster_lost_mid_run_exits_1_and_a_rerun_finishes(database, tmp_path):
+    """The whole cluster (head, GCS, raylet, actors) killed while the driver is writing: the
+    ingest exits 1 with one line saying what was committed, and a run on a new cluster
+    indexes every image exactly once."""
+    count = 80
+    make_images(tmp_path / "pics", count)
+    with _loopback_cluster((2,)) as (address, env, nodes):
+        command = [sys.executable, "-m", *_ingest_args(tmp_path / "pics", address)]
+        driver = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 180
+        while row_counts(database)[0] < 4 and time.monotonic() < deadline:
+            assert driver.poll() is None, driver.communicate()
+            time.sleep(0.2)
+        os.killpg(nodes[0].pid, signal.SIGKILL)  # every Ray process of the cluster at once
+        try:
+            _, err = driver.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            raise AssertionError("the driver hung after its cluster died") from None
+    assert driver.returncode == 1, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    committed = row_counts(database)[0]
+    assert 0 < committed < count and row_counts(database) == (committed, committed)
+    assert f"{committed} image" in lines[0] and "run again" in lines[0], lines[0]
+    with _loopback_cluster((2,)) as (address, env, _):
+        result = run_module(*_ingest_args(tmp_path / "pics", address), env=env, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert row_counts(database) == (count, count)
