@@ -21,6 +21,8 @@ def _index_oid(database: Database, name: str) -> int | None:
 def test_switch_point() -> None:
     assert bulk.use_bulk(2000, 0)  # a first load
     assert bulk.use_bulk(500_000, 1_000_000)  # a backfill of half again
+    assert bulk.use_bulk(250_000, 1_000_000)  # 2.5x the measured break-even (0.1 E)
+    assert not bulk.use_bulk(200_000, 1_000_000)
     assert not bulk.use_bulk(100_000, 1_000_000)  # an everyday run
     assert not bulk.use_bulk(500, 0)  # too few for the DDL to matter
 

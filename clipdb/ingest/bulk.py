@@ -1,12 +1,16 @@
 """The bulk write path: a run that adds many rows relative to what the model's HNSW index
 holds writes without the index and builds it once, CONCURRENTLY, at the end.
 
-Why: every row inserted into a live HNSW index costs a graph search. Measured here
-(bench/bench_write.py, 512-d, BENCHMARKS.md "Bulk write path"): online upserts ran at 126
-rows/s; without the index the same batches wrote 1,500 rows in 0.36 s, and the CONCURRENTLY
-build over 21,500 rows took 57 s (~375 rows/s on the loaded 2-core machine). For n new rows
-into a model holding E: online costs n/126 s, bulk ~(E+n)/375 s, so bulk wins once n > ~0.5 E.
-A first load (E = 0) always qualifies.
+Why: every row inserted into a live HNSW index costs a graph search. Measured on a quiet
+2-core box (bench/bench_write.py, 512-d, BENCHMARKS.md "Bulk write path"): online upserts ran
+at 145 rows/s into 100k rows and 124 rows/s into 1M (6.9 and 8.1 ms a row). Without the index
+the same batches write ~10,000 rows/s, and the CONCURRENTLY build took 0.77 ms a row at 100k
+and 0.81 ms at 1M. For n new rows into a model holding E, online costs ~n x 7-8 ms and bulk
+~(E + n) x 0.8 ms, so bulk breaks even near n = 0.1 E. The switch is at 0.25 E, because
+searches do an exact scan while the index is absent; that margin keeps the window to runs
+where bulk wins by 2x or more. A first load (E = 0) always qualifies: 100k rows loaded in 87 s
+against 541 s online (6.2x), and 1M in 891 s against about 2 hours online (estimated from the
+rates above).
 
 Rows are still written batch by batch with the same exactly-once upsert and committed as they
 go; only the index is absent meanwhile. Searches stay correct (an exact scan of the model's
@@ -24,7 +28,7 @@ from clipdb.db import Database
 from clipdb.db.model_index import build_model_index, drop_model_index, model_index_state
 from clipdb.db.registry import Model
 
-BULK_RATIO = 0.5  # planned new rows >= this x rows the model holds (measured)
+BULK_RATIO = 0.25  # planned new rows >= this x rows the model holds (measured, see above)
 BULK_MIN_ROWS = 2000  # below this a rebuild's fixed cost is not worth the DDL
 
 
