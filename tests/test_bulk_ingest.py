@@ -3,6 +3,8 @@ it once at the end; small runs keep upserting into the live index."""
 
 from __future__ import annotations
 
+import os
+
 from helpers import insert_rows, unit_vectors
 
 from clipdb.db import Database
@@ -69,3 +71,28 @@ def test_exact_scan_while_the_index_is_missing_is_correct(database: Database) ->
         hits = search_vector(conn, model, query, 10)
     expected = [paths[i] for i in (vectors @ query).argsort()[::-1][:10]]
     assert [hit.image_path for hit in hits] == expected
+
+
+def test_rebuild_raises_maintenance_work_mem_to_fit_the_graph(database, monkeypatch) -> None:
+    from clipdb.db import model_index
+
+    with database.connect() as conn:
+        model, _, _ = insert_rows(conn, "mwm-model", 16, 20, prefix="/mwm")
+        conn.commit()
+    # 20 rows at a pretend 100 MB each: a 2.2 GB graph, over the server's 1 GB default.
+    monkeypatch.setattr(model_index, "BUILD_BYTES_PER_ROW_BASE", 100 * 2**20)
+    cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    with database.connect(autocommit=True) as conn:
+        before = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = %s",
+                              ("maintenance_work_mem",)).fetchone()[0]  # fmt: skip
+        model_index.build_model_index(conn, model)
+        after = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = %s",
+                             ("maintenance_work_mem",)).fetchone()[0]  # fmt: skip
+        assert model_index.model_index_state(conn, model) == (True, 20)
+    wanted = min(20 * (100 * 2**20 + 32) * 11 // 10, cap) // 1024
+    assert after == max(before, wanted) and after > before
+    monkeypatch.setattr(model_index, "BUILD_BYTES_PER_ROW_BASE", 1)  # tiny: never lowered
+    with database.connect(autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '64MB'")
+        model_index.build_model_index(conn, model)
+        assert conn.execute("SHOW maintenance_work_mem").fetchone()[0] == "64MB"
