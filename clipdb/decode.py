@@ -170,6 +170,10 @@ class PixelPipeline:
             image = image.convert("RGB")
         return np.asarray(image, dtype=np.uint8)
 
+    def images_to_array(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB images -> the model's float32 batch, in one process (what a query needs)."""
+        return self.to_array([self.to_pixels(image) for image in images])
+
     def to_array(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Worker outputs -> the float32 batch the model takes (N, 3, H, W), torch-free."""
         batch = np.stack(arrays)

@@ -160,8 +160,7 @@ class OpenVinoEncoder:
         return np.concatenate([out for out in outputs if out is not None])
 
     def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
-        pipeline = self.pixel_pipeline
-        return self.encode_images(pipeline.to_array([pipeline.to_pixels(im) for im in images]))
+        return self.encode_images(self.pixel_pipeline.images_to_array(images))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         tokens = np.asarray(self.tokenizer(list(texts)), dtype=np.int64)

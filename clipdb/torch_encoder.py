@@ -99,8 +99,7 @@ class ClipEncoder:
         """PIL images -> (N, dim) normalised float32, with the model's own preprocessing
         computed as ingest computes it (:attr:`pixel_pipeline`), so a query by an indexed
         file finds that file's own vector."""
-        pipeline = self.pixel_pipeline
-        return self.encode_images(pipeline.to_array([pipeline.to_pixels(im) for im in images]))
+        return self.encode_images(self.pixel_pipeline.images_to_array(images))
 
     @property
     def pixel_pipeline(self) -> PixelPipeline:
