@@ -51,6 +51,23 @@ def row_counts(database) -> tuple[int, int]:
         return conn.execute("SELECT count(*), count(DISTINCT path) FROM clipdb.images").fetchone()
 
 
+def kill_and_wait(actor) -> None:
+    """ray.kill, then wait until the actor is really gone.
+
+    ray.kill only asks; on a busy machine the actor could otherwise run every remaining
+    (tiny) batch before it dies, and the run would end cleanly (CI saw exactly that).
+    """
+    ray.kill(actor)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.pid.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the actor outlived ray.kill by a minute")
+
+
 def ray_ingest(paths, database, **kwargs):
     kwargs.setdefault("on_skip", lambda path, reason: None)
     return ingest(
@@ -97,7 +114,7 @@ def test_killed_workers_then_a_rerun_index_every_image_once(ray_cluster, databas
     def kill_workers(path: str, reason: str) -> None:
         # The driver sees the bad file's batch come back: kill every encoder actor now.
         for name in ray.util.list_named_actors():
-            ray.kill(ray.get_actor(name))
+            kill_and_wait(ray.get_actor(name))
             killed.append(name)
 
     with pytest.raises(ClipdbError) as failure:
