@@ -214,19 +214,25 @@ def _pil_step(step: Any) -> tuple[Any, ...] | None:
     return None
 
 
+def resized_size(
+    width: int, height: int, size: tuple[int, ...], max_size: int | None
+) -> tuple[int, int]:
+    """(width, height) after torchvision's Resize(size, max_size=max_size)."""
+    if len(size) == 2:
+        return size[1], size[0]
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size[0], int(size[0] * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
 def _resize(
     image: Image.Image, size: tuple[int, ...], resample: int, max_size: int | None
 ) -> Image.Image:
     """torchvision.transforms.functional.resize for PIL images."""
     width, height = image.size
-    if len(size) == 2:
-        new_height, new_width = size
-    else:
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = size[0], int(size[0] * long / short)
-        if max_size is not None and new_long > max_size:
-            new_short, new_long = int(max_size * new_short / new_long), max_size
-        new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
+    new_width, new_height = resized_size(width, height, size, max_size)
     if (new_width, new_height) == (width, height):
         return image
     if resample in FAST_RESAMPLE and image.mode == "RGB":
@@ -257,7 +263,12 @@ def _resize_uint8(image: Image.Image, width: int, height: int, mode: str) -> Ima
 
 def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
     """torchvision's center_crop: zero padding first when the image is smaller."""
-    image_width, image_height = image.size
+    left, top = crop_origin(*image.size, height, width)
+    return image.crop((left, top, left + width, top + height))
+
+
+def crop_origin(image_width: int, image_height: int, height: int, width: int) -> tuple[int, int]:
+    """(left, top) of torchvision's centre crop; negative where it pads with zeros."""
     if width > image_width:
         left = -((width - image_width) // 2)
     else:
@@ -266,7 +277,7 @@ def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
         top = -((height - image_height) // 2)
     else:
         top = int(round((image_height - height) / 2.0))
-    return image.crop((left, top, left + width, top + height))
+    return left, top
 
 
 @dataclass(frozen=True)
@@ -281,6 +292,10 @@ class Decoded:
     reason: str | None = None
     metadata: PhotoMetadata | None = None  # EXIF date/camera/place (clipdb.exif)
     phash: int | None = None  # clipdb.phash of the decoded image
+    # Device decoding (clipdb.device_decode): the JPEG's bytes instead of pixels, and its
+    # EXIF orientation, for the encoding process to decode, turn and resize in batches.
+    jpeg: bytes | None = None
+    orientation: int = 1
 
 
 def decode_task(
@@ -297,6 +312,16 @@ def decode_task(
     """
     try:
         data = _read(path, found)
+    except ImageError as err:
+        return Decoded(path, reason=str(err))
+    return decode_bytes(path, data, pipeline, max_pixels, draft)
+
+
+def decode_bytes(
+    path: str, data: bytes, pipeline: PixelPipeline, max_pixels: int | None, draft: bool = True
+) -> Decoded:
+    """:func:`decode_task` of bytes already read from ``path``."""
+    try:
         draft_size = pipeline.input_size * DRAFT_MARGIN if draft else None
         image, width, height = open_image(data, max_pixels=max_pixels, draft_size=draft_size)
         pixels = pipeline.to_pixels(image)

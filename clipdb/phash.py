@@ -41,7 +41,13 @@ def phash(image: Image.Image) -> int:
     takes); bit 63 (the sign) is the first coefficient."""
     # Draft-decoded or full-size: the box filter averages every source pixel either way.
     gray = image.convert("L").resize((SIZE, SIZE), Image.Resampling.BOX)
-    pixels = np.asarray(gray, dtype=np.float64)
+    return square_phash(np.asarray(gray))
+
+
+def square_phash(luma: np.ndarray) -> int:
+    """:func:`phash` of the 32x32 uint8 luma square already made (the device decoder makes
+    it on the GPU, from the full-size image)."""
+    pixels = np.asarray(luma, dtype=np.float64)
     coefficients = (_DCT @ pixels @ _DCT.T)[_ROWS, _COLS]
     bits = coefficients > np.median(coefficients)
     value = 0

@@ -106,6 +106,25 @@ def test_ray_engine_stores_the_same_rows_as_local(ray_cluster, database, tiny_en
     assert not ray.util.list_named_actors()  # the run's actors are gone
 
 
+def test_ray_actors_decode_on_the_device_when_asked(ray_cluster, database, tiny_encoder, tmp_path):
+    local_dir, ray_dir = tmp_path / "local", tmp_path / "ray"
+    make_images(local_dir, 6)
+    (local_dir / "cut.jpg").write_bytes((local_dir / "img_0000.jpg").read_bytes()[:400])
+    shutil.copytree(local_dir, ray_dir)
+    ingest([str(local_dir)], database=database, encoder=tiny_encoder, workers=0, progress=False)
+    skips: list[str] = []
+    summary = ray_ingest(
+        [ray_dir], database, batch_size=4, decode="device", on_skip=lambda p, r: skips.append(p)
+    )
+    assert summary.new == 6 and skips == [str(ray_dir / "cut.jpg")]  # refused, then PIL said so
+    rows = stored(database)
+    for name in sorted(os.listdir(local_dir)):
+        if name != "cut.jpg":
+            local, remote = rows[str(local_dir / name)], rows[str(ray_dir / name)]
+            assert local[:3] == remote[:3]
+            assert float(np.dot(local[3], remote[3])) > 0.999
+
+
 def test_killed_workers_then_a_rerun_index_every_image_once(ray_cluster, database, tmp_path):
     make_images(tmp_path, 24)
     (tmp_path / "img_0009x.jpg").write_bytes(b"not a jpeg")  # sorts into the third batch

@@ -147,6 +147,7 @@ class Ingester:
             precision=self.options.precision,
             backend=self.options.backend,
             max_pixels=self.options.max_pixels,
+            decode_mode=self.options.decode,
         )
 
     # --- one pass -------------------------------------------------------------------------
@@ -241,6 +242,7 @@ class Ingester:
                                 workers=default_workers() if self.options.workers is None
                                 else self.options.workers,
                                 max_pixels=self.options.max_pixels,
+                                decode_mode=self.options.decode,
                                 progress=self.options.progress,
                                 on_skip=skip,
                                 on_written=written,

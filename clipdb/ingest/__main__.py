@@ -20,6 +20,7 @@ from clipdb.cli import (
 from clipdb.config import Settings, add_common_arguments, add_read_url_argument
 from clipdb.errors import UsageError
 from clipdb.ingest import ENGINES, IngestOptions, IngestSummary, default_workers, ingest, watch
+from clipdb.ingest.options import DECODE_MODES
 from clipdb.terminal import printable
 
 EXAMPLES = """\
@@ -109,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="--engine ray: one encoder per N GPUs (default 0: one per CPU slot)",
     )
     parser.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        default="auto",
+        help="where JPEGs are decoded: device (batched on the encoder's device, nvJPEG on "
+        "CUDA), cpu (the decode workers) or auto (device when encoding on CUDA; default)",
+    )
+    parser.add_argument(
         "--wait-replicas",
         action="store_true",
         help="return only when every streaming standby (and --read-database-url's server) "
@@ -145,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine=args.engine,
             ray_address=args.ray_address,
             gpus_per_worker=args.gpus_per_worker,
+            decode=args.decode,
         )
 
         def report(summary: IngestSummary) -> None:

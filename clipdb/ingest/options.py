@@ -10,6 +10,7 @@ from clipdb.errors import UsageError
 from clipdb.ingest.plan import SkipCallback
 
 ENGINES = ("local", "ray")
+DECODE_MODES = ("auto", "cpu", "device")  # auto: on the device when the encoder is on CUDA
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class IngestOptions:
     engine: str = "local"  # "ray": decode + encode on a Ray cluster (clipdb.ingest.ray_engine)
     ray_address: str | None = None  # None: the running ray.init(), else a new local cluster
     gpus_per_worker: float = 0.0  # > 0: one encoder per that many GPUs, else per CPU slot
+    decode: str = "auto"  # where JPEGs decode: clipdb.device_decode.DECODE_MODES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -49,6 +51,10 @@ class IngestOptions:
             raise UsageError("--ray-address and --gpus-per-worker need --engine ray")
         if self.gpus_per_worker < 0:
             raise UsageError("--gpus-per-worker must be 0 or more")
+        if self.decode not in DECODE_MODES:
+            raise UsageError(
+                f"unknown decode {self.decode!r}; use one of {', '.join(DECODE_MODES)}"
+            )
         if self.device not in DEVICES:
             raise UsageError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
         if self.backend not in BACKENDS:

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from clipdb import decode, files
+from clipdb import decode, device_decode, files
 from clipdb.db import Database
 from clipdb.db.registry import Model
 from clipdb.db.store import ImageRecord
@@ -26,9 +26,12 @@ def decoded_images(
     workers: int,
     read_ahead: int,
     max_pixels: int | None,
+    on_device: bool = False,
 ) -> Iterator[decode.Decoded]:
-    """Each path decoded to pixels (or a skip reason), in order; a pool when it pays."""
-    task = partial(decode.decode_task, pipeline=pipeline, max_pixels=max_pixels)
+    """Each path decoded to pixels (or a skip reason), in order; a pool when it pays.
+    ``on_device``: JPEGs come back as bytes for :class:`DeviceDecoder` to decode."""
+    work = device_decode.prepare_task if on_device else decode.decode_task
+    task = partial(work, pipeline=pipeline, max_pixels=max_pixels)
     if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
         yield from (task(path, found=stats.get(path)) for path in paths)
         return
@@ -106,19 +109,20 @@ def encode_and_write(
     progress: bool,
     on_skip: Callable[[str, str], None],
     on_written: Callable[[str], None],
+    decode_mode: str = "auto",
 ) -> None:
     """Decode, encode and commit ``paths``; ``on_written(path)`` for each row handed over."""
     pipeline = encoder.pixel_pipeline
+    on_device = device_decode.DeviceDecoder.for_encoder(encoder, decode_mode, max_pixels)
     writer = BatchWriter(database, model)
     bar = progress_bar(len(paths), progress)
     batch: list[decode.Decoded] = []
 
     def flush() -> None:
-        embeddings = encoder.encode_images(
-            pipeline.to_array([d.pixels for d in batch if d.pixels is not None])
-        )
+        kept, pixels = encoded_batch(encoder, batch, on_device, on_skip)
+        embeddings = encoder.encode_images(pixels) if kept else []
         records = []
-        for item, embedding in zip(batch, embeddings, strict=True):
+        for item, embedding in zip(kept, embeddings, strict=True):
             stat = stats[item.path]
             assert item.sha256 is not None
             records.append(
@@ -140,7 +144,13 @@ def encode_and_write(
         batch.clear()
 
     images = decoded_images(
-        paths, stats, pipeline, workers=workers, read_ahead=2 * batch_size, max_pixels=max_pixels
+        paths,
+        stats,
+        pipeline,
+        workers=workers,
+        read_ahead=2 * batch_size,
+        max_pixels=max_pixels,
+        on_device=on_device is not None,
     )
     try:
         for item in images:
@@ -156,3 +166,21 @@ def encode_and_write(
     finally:
         bar.close()
         writer.close()  # commits what was queued, also on Ctrl-C
+
+
+def encoded_batch(
+    encoder: Any,
+    batch: list[decode.Decoded],
+    on_device: device_decode.DeviceDecoder | None,
+    on_skip: Callable[[str, str], None],
+) -> tuple[list[decode.Decoded], Any]:
+    """(the items to store, the model's input for them): JPEG bytes decoded on the device
+    when ``on_device``, else the workers' pixels stacked on the host."""
+    if on_device is None:
+        return batch, encoder.pixel_pipeline.to_array(
+            [d.pixels for d in batch if d.pixels is not None]
+        )
+    kept, pixels = on_device.batch(batch, on_skip)
+    if getattr(encoder, "backend", "torch") != "torch":
+        return kept, pixels.cpu().numpy()  # e.g. OpenVINO on the CPU takes arrays
+    return kept, pixels

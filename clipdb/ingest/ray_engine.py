@@ -58,9 +58,11 @@ class EncoderWorker:
         max_pixels: int | None,
         threads: int,
         backend: str = "auto",
+        decode_mode: str = "auto",
     ) -> None:
         import torch
 
+        from clipdb.device_decode import DeviceDecoder
         from clipdb.encoder import load_encoder
 
         torch.set_num_threads(max(1, threads))  # its CPU slots, not the whole node
@@ -69,6 +71,8 @@ class EncoderWorker:
         )
         self.pipeline = self.encoder.pixel_pipeline
         self.max_pixels = max_pixels
+        # On a GPU worker its one CPU slot would cap the GPU: JPEGs decode on the device.
+        self.on_device = DeviceDecoder.for_encoder(self.encoder, decode_mode, max_pixels)
 
     def identity(self) -> tuple[str, str, int]:
         return self.encoder.architecture, self.encoder.pretrained, int(self.encoder.dim)
@@ -78,10 +82,12 @@ class EncoderWorker:
 
     def run(self, batch: list[tuple[str, int, int, bool]]) -> dict[str, Any]:
         """Decode + encode one batch; plain lists and arrays only go back."""
-        from clipdb import decode
+        from clipdb import decode, device_decode
+        from clipdb.ingest.pipeline import encoded_batch
 
+        task = device_decode.prepare_task if self.on_device else decode.decode_task
         done = [
-            decode.decode_task(
+            task(
                 path,
                 self.pipeline,
                 self.max_pixels,
@@ -89,17 +95,15 @@ class EncoderWorker:
             )
             for path, size, mtime_ns, link in batch
         ]
-        good = [item for item in done if item.reason is None and item.pixels is not None]
-        dim = int(self.encoder.dim)
-        embeddings = (
-            self.encoder.encode_images(
-                self.pipeline.to_array([d.pixels for d in good if d.pixels is not None])
-            )
-            if good
-            else np.zeros((0, dim), np.float32)
+        skipped = [(item.path, str(item.reason)) for item in done if item.reason is not None]
+        usable = [item for item in done if item.reason is None]
+        good, pixels = encoded_batch(
+            self.encoder, usable, self.on_device, lambda path, why: skipped.append((path, why))
         )
+        dim = int(self.encoder.dim)
+        embeddings = self.encoder.encode_images(pixels) if good else np.zeros((0, dim), np.float32)
         return {
-            "skipped": [(item.path, str(item.reason)) for item in done if item.reason is not None],
+            "skipped": skipped,
             "paths": [item.path for item in good],
             "sha256": np.array(
                 [np.frombuffer(item.sha256 or b"", np.uint8) for item in good], np.uint8
@@ -145,6 +149,7 @@ class RayEncoders:
         precision: str,
         max_pixels: int | None,
         backend: str = "auto",
+        decode_mode: str = "auto",
     ) -> None:
         ray = require_ray()
         self.ray = ray
@@ -179,7 +184,16 @@ class RayEncoders:
                     name=f"{ACTOR_PREFIX}-{run_id}-{index}",
                     runtime_env={"env_vars": _worker_env()},
                     **options,
-                ).remote(architecture, pretrained, device, precision, max_pixels, threads, backend)
+                ).remote(
+                    architecture,
+                    pretrained,
+                    device,
+                    precision,
+                    max_pixels,
+                    threads,
+                    backend,
+                    decode_mode,
+                )
                 for index in range(count)
             ]
             identities = ray.get([actor.identity.remote() for actor in self.actors])

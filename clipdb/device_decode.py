@@ -1,0 +1,308 @@
+"""Batched JPEG decoding on the encoder's device (nvJPEG on CUDA): the GPU ingest path.
+
+Why: a GPU encodes ViT-B/32 far faster than CPU cores decode 1600x1200 JPEGs (one core does
+~130/s with PIL draft decoding), so on CUDA the decode workers only read, hash and parse
+headers (size limit, EXIF orientation, photo metadata) and send the compressed bytes on. The
+encoding process decodes whole batches with ``torchvision.io.decode_jpeg(device=...)``, turns
+them upright and resizes, crops and normalises them where they are, and derives the pHash
+from a 32x32 luma square made there too (within a few bits of the CPU path's, which starts
+from a draft decode). Everything else goes the CPU way, decided per file: other formats,
+CMYK JPEGs, a model transform that is not resize + centre crop, and any JPEG the device
+decoder refuses (a refused batch is retried file by file; a file refused alone is decoded by
+PIL, which says whether it is usable at all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipdb import decode, files
+from clipdb.decode import Decoded, ImageError, PixelPipeline
+from clipdb.exif import read_metadata
+from clipdb.phash import SIZE as PHASH_SIZE
+from clipdb.phash import square_phash
+
+if TYPE_CHECKING:
+    import torch
+
+JPEG_MODES = ("RGB", "L")  # what nvJPEG decodes (YCbCr or grey); CMYK/YCCK go to PIL
+# Decoded pixels one decode_jpeg call may hold at once (uint8 RGB: 3 bytes each; the float
+# resize of one group of equal-sized images is capped the same way).
+CHUNK_PIXELS = 1 << 27
+
+
+def device_decodable(image_format: str | None, mode: str, pipeline: PixelPipeline) -> bool:
+    """Whether a file opened as ``image_format``/``mode`` can take the device path."""
+    return (
+        image_format == "JPEG"  # not MPO (Pillow's format for multi-picture JPEGs)
+        and mode in JPEG_MODES
+        and pipeline.whole is None
+        and all(step[0] == "crop" or step[2] in decode.FAST_RESAMPLE for step in pipeline.pil_steps)
+    )
+
+
+def prepare_task(
+    path: str,
+    pipeline: PixelPipeline,
+    max_pixels: int | None,
+    found: files.FileStat | None = None,
+) -> Decoded:
+    """A decode worker's job on the device path: read once, hash, check the header; a JPEG
+    comes back as its bytes, anything else decoded as :func:`clipdb.decode.decode_task` does."""
+    try:
+        data = decode._read(path, found)
+        with decode._opened(data, max_pixels) as opened:
+            image_format, mode = opened.format, opened.mode
+            width, height = opened.size
+            orientation = int(opened.getexif().get(decode.ORIENTATION_TAG, 1) or 1)
+    except ImageError as err:
+        return Decoded(path, reason=str(err))
+    except MemoryError:
+        return Decoded(path, reason=files.TOO_LARGE)
+    if not device_decodable(image_format, mode, pipeline):
+        return decode.decode_bytes(path, data, pipeline, max_pixels)
+    if orientation in decode.SWAPPED_ORIENTATIONS:
+        width, height = height, width
+    return Decoded(
+        path,
+        hashlib.sha256(data).digest(),
+        width,
+        height,
+        metadata=read_metadata(data, decode.PILLOW_FORMATS),
+        jpeg=data,
+        orientation=orientation if 1 <= orientation <= 8 else 1,
+    )
+
+
+def decode_jpeg_available() -> bool:
+    """torchvision's decode_jpeg (deprecated in 0.29 for TorchCodec; gone in a later one)."""
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class DeviceDecoder:
+    """Turns a batch of prepared items into the model's float batch on ``device``."""
+
+    def __init__(self, pipeline: PixelPipeline, device: Any, max_pixels: int | None) -> None:
+        import torch
+
+        self.pipeline = pipeline
+        self.device = torch.device(device)
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def for_encoder(cls, encoder: Any, mode: str, max_pixels: int | None) -> DeviceDecoder | None:
+        """The decoder ``mode`` asks for with this encoder, or None for the CPU path."""
+        device = str(getattr(encoder, "device", "cpu"))
+        if mode == "cpu" or (mode == "auto" and not device.startswith("cuda")):
+            return None
+        if not decode_jpeg_available():
+            return None
+        return cls(encoder.pixel_pipeline, device, max_pixels)
+
+    def batch(
+        self, items: Sequence[Decoded], on_skip: Callable[[str, str], None]
+    ) -> tuple[list[Decoded], torch.Tensor]:
+        """(the items kept, with their pHash, and their float batch on the device).
+
+        Items the device refused and PIL cannot use either are reported to ``on_skip`` and
+        left out; the rest keep their order."""
+        import torch
+
+        images = iter(self._decode_jpegs([item for item in items if item.jpeg is not None]))
+        kept: list[Decoded] = []
+        pixels: list[torch.Tensor] = []  # uint8 CHW at the model's size, on the device
+        for item in items:
+            if item.jpeg is not None:
+                image = next(images)
+                if image is None:  # the device said no: PIL decides
+                    item = decode.decode_bytes(item.path, item.jpeg, self.pipeline, self.max_pixels)
+                    if item.reason is not None:
+                        on_skip(item.path, item.reason)
+                        continue
+                else:
+                    kept.append(dataclasses.replace(item, jpeg=None, phash=image[1]))
+                    pixels.append(image[0])
+                    continue
+            kept.append(item)
+            pixels.append(self._host_pixels(item))
+        if not pixels:
+            return kept, torch.zeros((0, 3, 1, 1), device=self.device)
+        return kept, self._normalised(torch.stack(pixels))
+
+    def _host_pixels(self, item: Decoded) -> torch.Tensor:
+        """A worker's uint8 HWC pixels as CHW on the device (pinned for an async copy)."""
+        import torch
+
+        assert item.pixels is not None
+        host = torch.from_numpy(np.require(item.pixels, np.uint8, ("C", "W")))  # writable
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True).permute(2, 0, 1)
+
+    def _normalised(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        assert self.pipeline.mean is not None and self.pipeline.std is not None
+        mean = torch.tensor(self.pipeline.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.pipeline.std, device=self.device).view(1, -1, 1, 1)
+        return (batch.float() / 255.0 - mean) / std
+
+    def _decode_jpegs(self, items: list[Decoded]) -> list[tuple[torch.Tensor, int] | None]:
+        """Each JPEG as (model-size uint8 CHW, pHash), or None where the device refused it."""
+        results: list[tuple[torch.Tensor, int] | None] = []
+        for chunk in _chunks(items, lambda item: item.width * item.height):
+            images = self._decode_chunk(chunk)
+            groups: dict[tuple[int, int], list[int]] = {}
+            for index, (item, image) in enumerate(zip(chunk, images, strict=True)):
+                if image is not None:
+                    image = _upright(image, item.orientation)
+                    images[index] = image
+                    groups.setdefault((image.shape[-2], image.shape[-1]), []).append(index)
+            done: dict[int, tuple[torch.Tensor, int]] = {}
+            for (height, width), indices in groups.items():  # equal sizes resize together
+                per_call = max(1, CHUNK_PIXELS // (height * width))
+                for start in range(0, len(indices), per_call):
+                    self._resize_group(indices[start : start + per_call], images, done)
+            results.extend(done.get(index) for index in range(len(chunk)))
+        return results
+
+    def _decode_chunk(self, chunk: list[Decoded]) -> list[torch.Tensor | None]:
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        def run(datas: list[bytes]) -> list[torch.Tensor]:
+            encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # see decode_jpeg_available
+                decoded: list[torch.Tensor] = decode_jpeg(
+                    encoded, mode=ImageReadMode.RGB, device=self.device
+                )
+            return decoded
+
+        datas = [item.jpeg for item in chunk if item.jpeg is not None]
+        try:
+            return list(run(datas))
+        except (RuntimeError, ValueError):  # one bad file fails the whole call: retry alone
+            pass
+        alone: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                alone.append(run([data])[0])
+            except (RuntimeError, ValueError):
+                alone.append(None)
+        return alone
+
+    def _resize_group(
+        self,
+        indices: list[int],
+        images: list[torch.Tensor | None],
+        done: dict[int, tuple[torch.Tensor, int]],
+    ) -> None:
+        """Resize + crop equal-sized images together; their pHashes from the same tensor."""
+        import torch
+
+        group = torch.stack([images[i] for i in indices])  # type: ignore[misc]
+        hashes = _phashes(group)
+        for step in self.pipeline.pil_steps:
+            if step[0] == "resize":
+                group = _resize(group, step[1], decode.FAST_RESAMPLE[step[2]], step[3])
+            else:
+                group = _center_crop(group, step[1], step[2])
+        for position, index in enumerate(indices):
+            done[index] = (group[position], hashes[position])
+            images[index] = None  # the full-size image is no longer needed
+
+
+def _chunks(items: list[Any], pixels: Callable[[Any], int]) -> list[list[Any]]:
+    """``items`` in runs of at most CHUNK_PIXELS pixels (at least one item each)."""
+    chunks: list[list[Any]] = []
+    total = CHUNK_PIXELS
+    for item in items:
+        size = pixels(item)
+        if total + size > CHUNK_PIXELS:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(item)
+        total += size
+    return chunks
+
+
+def _upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """``image`` (C, H, W) turned as PIL's ImageOps.exif_transpose turns it."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1)
+    if orientation == 6:
+        return image.rot90(-1, (-2, -1))
+    if orientation == 7:
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return image.rot90(1, (-2, -1))
+    return image
+
+
+def _resize(
+    group: torch.Tensor, size: tuple[int, ...], mode: str, max_size: int | None
+) -> torch.Tensor:
+    """decode._resize for an (N, 3, H, W) uint8 tensor: the same sizes and kernel."""
+    import torch
+
+    height, width = group.shape[-2:]
+    new_width, new_height = decode.resized_size(width, height, size, max_size)
+    if (new_width, new_height) == (width, height):
+        return group
+    if group.device.type == "cpu":  # torch's uint8 kernel, as the CPU path uses
+        source = group.contiguous(memory_format=torch.channels_last)
+    else:  # CUDA's antialiased kernels take floats; rounded back to uint8 as on the CPU
+        source = group.float()
+    resized = torch.nn.functional.interpolate(
+        source, size=(new_height, new_width), mode=mode, antialias=True, align_corners=False
+    )
+    if resized.dtype != torch.uint8:
+        resized = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return resized
+
+
+def _center_crop(group: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """decode._center_crop for an (N, 3, H, W) tensor: zero padding where it is smaller."""
+    import torch
+
+    image_height, image_width = group.shape[-2:]
+    left, top = decode.crop_origin(image_width, image_height, height, width)
+    pad = (
+        max(0, -left),
+        max(0, left + width - image_width),
+        max(0, -top),
+        max(0, top + height - image_height),
+    )
+    if any(pad):
+        group = torch.nn.functional.pad(group, pad)
+        left, top = max(0, left), max(0, top)
+    return group[..., top : top + height, left : left + width]
+
+
+def _phashes(group: torch.Tensor) -> list[int]:
+    """clipdb.phash of each (3, H, W) uint8 image: PIL's integer luma, a box average to
+    32x32 (adaptive average pooling), rounded to uint8, then the DCT on the host."""
+    import torch
+
+    rgb = group.to(torch.int32)
+    luma = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16
+    square = torch.nn.functional.adaptive_avg_pool2d(luma.unsqueeze(1).float(), PHASH_SIZE)
+    squares = square.round().clamp(0, 255).to(torch.uint8).squeeze(1).cpu().numpy()
+    return [square_phash(pixels) for pixels in squares]
