@@ -1,13 +1,50 @@
-"""The scale benchmark end to end at a tiny N, so CI keeps it runnable (numbers not checked)."""
+"""Benchmarks end to end at tiny sizes, so CI keeps them runnable (their numbers not checked)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "scale.py"
+GPU_STAGES = SCRIPT.with_name("gpu_stages.py")
+
+
+def _stop_server(home: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from clipdb.db.embedded import stop_server; stop_server(Path(sys.argv[1]))",
+         str(home)],
+        check=False, timeout=60,
+    )  # fmt: skip
+
+
+def test_gpu_stages_benchmark_runs_on_the_cpu(tmp_path: Path, embedded_home: Path) -> None:
+    """bench/gpu.sh's stage script, with the CPU as the device and the tiny model: every stage
+    and both end-to-end passes run (the GPU itself is only at hand on a lent machine)."""
+    from helpers import MODEL_CONFIGS
+
+    photos = tmp_path / "photos"
+    env = {**os.environ, "CLIPDB_MODEL_CONFIGS": str(MODEL_CONFIGS)}
+    generate = [sys.executable, str(GPU_STAGES), "generate", str(photos), "--count", "24",
+                "--distinct", "6"]  # fmt: skip
+    subprocess.run(generate, check=True, timeout=120, env=env)
+    assert len({(photos / f"photo_{i:05d}.jpg").read_bytes() for i in range(24)}) == 24
+    measure = [sys.executable, str(GPU_STAGES), "measure", str(photos), "--model", "clipdb-tiny",
+               "--device", "cpu", "--precision", "fp32", "--batch", "8", "--rows", "300",
+               "--home", str(embedded_home)]  # fmt: skip
+    try:
+        done = subprocess.run(
+            measure, check=True, capture_output=True, text=True, timeout=300, env=env
+        )
+    finally:
+        _stop_server(embedded_home)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["ingest_device"]["new"] == found["ingest_cpu"]["new"] == 24
+    assert all(found[stage] > 0 for stage in ("prepare", "cpu_decode", "dev_decode", "encode"))
+    assert found["cpu_vs_device_min_cos"] > 0.99
 
 
 def test_scale_benchmark_smoke(tmp_path: Path, embedded_home: Path) -> None:
@@ -20,12 +57,7 @@ def test_scale_benchmark_smoke(tmp_path: Path, embedded_home: Path) -> None:
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
     finally:
-        subprocess.run(
-            [sys.executable, "-c", "import sys; from pathlib import Path; "
-             "from clipdb.db.embedded import stop_server; stop_server(Path(sys.argv[1]))",
-             str(embedded_home)],
-            check=False, timeout=60,
-        )  # fmt: skip
+        _stop_server(embedded_home)
     result = json.loads((out / "scale_smoke.json").read_text())
     assert result["n"] == 2000 and result["load"]["rows"] == 2000
     assert result["plan_uses_index"]
