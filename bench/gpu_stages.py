@@ -1,7 +1,9 @@
 """Where ingest time goes, stage by stage, on the same files (bench/gpu.sh runs it per model).
 
 Each stage alone, as img/s (rows/s for the write):
-  prepare      the device path's worker job: read, sha256, header, EXIF (a process pool)
+  prepare      the device path's job for a JPEG: read, sha256, header, EXIF (in threads),
+               and the same in worker processes (bytes pickled back), with what each costs
+               the encoding process in CPU ms per file
   cpu_decode   the CPU path's worker job: read, hash, draft decode, resize (a process pool)
   dev_decode   DeviceDecoder.batch on prepared items: decode, turn, resize, normalise, pHash
   encode       the image tower on a ready batch, device to host included
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,13 +53,25 @@ from clipdb.ingest import default_workers, ingest
 DISTINCT = 400  # photos generated; the rest are copies with a comment segment of their own
 
 
-def pooled(task: Any, paths: list[str], workers: int) -> tuple[list[decode.Decoded], float]:
-    started = time.perf_counter()
-    with ProcessPoolExecutor(
-        workers, mp_context=decode.worker_context(), initializer=decode.worker_init
-    ) as pool:
+def pooled(
+    task: Any, paths: list[str], workers: int, threads: bool = False
+) -> tuple[list[Any], float, float]:
+    """``task`` over ``paths`` in a decode pool (or, ``threads``, the thread pool the device
+    path prepares JPEGs in): results, img/s (the pool's start left out) and this process's
+    CPU ms per file, all its threads: what the pool costs the encoding process."""
+    pool = (
+        ThreadPoolExecutor(workers)
+        if threads
+        else ProcessPoolExecutor(
+            workers, mp_context=decode.worker_context(), initializer=decode.worker_init
+        )
+    )
+    with pool:
+        list(pool.map(task, paths[: 2 * workers]))  # every worker started and warm
+        started, cpu = time.perf_counter(), time.process_time()
         done = list(pool.map(task, paths, chunksize=8))
-    return done, len(paths) / (time.perf_counter() - started)
+        rate = len(paths) / (time.perf_counter() - started)
+    return done, rate, (time.process_time() - cpu) / len(paths) * 1000
 
 
 def synchronize(device: str) -> None:
@@ -72,10 +86,16 @@ def stages(paths: list[str], encoder: Any, batch: int, home: str, rows: int) -> 
     device = str(encoder.device)
     workers = default_workers()
     result: dict[str, Any] = {"images": len(paths), "workers": workers}
-    prepared, result["prepare"] = pooled(
+    prepared, result["prepare"], result["prepare_main_cpu_ms"] = pooled(
+        partial(device_decode.prepare_task, pipeline=pipeline, max_pixels=None),
+        paths,
+        workers,
+        threads=True,
+    )
+    _, result["prepare_in_workers"], result["prepare_in_workers_main_cpu_ms"] = pooled(
         partial(device_decode.prepare_task, pipeline=pipeline, max_pixels=None), paths, workers
     )
-    decoded, result["cpu_decode"] = pooled(
+    decoded, result["cpu_decode"], _ = pooled(
         partial(decode.decode_task, pipeline=pipeline, max_pixels=None), paths, workers
     )
     decoder = device_decode.DeviceDecoder(pipeline, device, None)
@@ -242,7 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     found = {"model": args.model, **stages(paths, encoder, args.batch, args.home, args.rows)}
     parts = [
-        f"prepare {found['prepare']:.0f}/s",
+        f"prepare {found['prepare']:.0f}/s in threads "
+        f"({found['prepare_main_cpu_ms']:.2f} ms CPU here per file), "
+        f"{found['prepare_in_workers']:.0f}/s in workers "
+        f"({found['prepare_in_workers_main_cpu_ms']:.2f} ms CPU here per file)",
         f"cpu_decode {found['cpu_decode']:.0f}/s ({found['workers']} workers)",
         f"dev_decode {found['dev_decode']:.0f}/s",
         f"encode {found['encode']:.0f}/s",

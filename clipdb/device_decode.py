@@ -47,14 +47,31 @@ def device_decodable(image_format: str | None, mode: str, pipeline: PixelPipelin
     )
 
 
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")  # named so: prepared in threads (pipeline)
+
+
 def prepare_task(
     path: str,
     pipeline: PixelPipeline,
     max_pixels: int | None,
     found: files.FileStat | None = None,
 ) -> Decoded:
-    """A decode worker's job on the device path: read once, hash, check the header; a JPEG
-    comes back as its bytes, anything else decoded as :func:`clipdb.decode.decode_task` does."""
+    """The device path's job for one file: read once, hash, check the header; a JPEG comes
+    back as its bytes, anything else decoded as :func:`clipdb.decode.decode_task` does."""
+    prepared = prepare_jpeg(path, pipeline, max_pixels, found)
+    if prepared is None:
+        return decode.decode_task(path, pipeline, max_pixels, found=found)
+    return prepared
+
+
+def prepare_jpeg(
+    path: str,
+    pipeline: PixelPipeline,
+    max_pixels: int | None,
+    found: files.FileStat | None = None,
+) -> Decoded | None:
+    """:func:`prepare_task` without decoding anything (safe in a thread: only Pillow's header
+    parser runs); None when the file needs a full decode on the CPU."""
     try:
         data = decode._read(path, found)
         with decode._opened(data, max_pixels) as opened:
@@ -66,7 +83,7 @@ def prepare_task(
     except MemoryError:
         return Decoded(path, reason=files.TOO_LARGE)
     if not device_decodable(image_format, mode, pipeline):
-        return decode.decode_bytes(path, data, pipeline, max_pixels)
+        return None
     if orientation in decode.SWAPPED_ORIENTATIONS:
         width, height = height, width
     return Decoded(

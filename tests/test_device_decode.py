@@ -132,7 +132,8 @@ def two_folders(tmp_path):
         exif = Image.Exif()
         exif[decode.ORIENTATION_TAG] = 6
         save(photo(), folder / "turned.jpg", exif=exif)
-        save(photo().convert("CMYK"), folder / "cmyk.jpg")
+        save(photo().convert("CMYK"), folder / "cmyk.jpg")  # a thread hands it to a worker
+        photo(seed=3).save(folder / "flat.png")  # straight to a worker
         whole = (folder / "turned.jpg").read_bytes()
         (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2])
         folders.append(folder)
@@ -154,7 +155,7 @@ def test_ingest_stores_the_same_rows_on_either_path(database, tiny_encoder, two_
                 f"{Path(path).name}: {reason}"
             ),
         )
-        assert summary.new == 22
+        assert summary.new == 23
     assert skips["cpu"] == skips["device"] == [f"cut.jpg: {files.CORRUPT}"]
     rows = table(database)
     with database.connect() as conn:
@@ -182,3 +183,31 @@ def test_decode_flag_on_the_cli(database, tmp_path):
     good = run_module("clipdb.ingest", *args, "--decode", "device", "--backend", "torch")
     assert good.returncode == 0, good.stderr
     assert '"new": 3' in good.stdout
+
+
+def test_jpegs_are_prepared_in_threads_and_full_decodes_stay_in_workers(
+    tiny_encoder, two_folders, monkeypatch
+):
+    from clipdb.ingest.pipeline import decoded_images
+
+    folder = two_folders[1]
+    paths = sorted(str(p) for p in folder.iterdir())
+    stats: dict = {}  # no scan: each file is read as it is now
+    here: list[str] = []  # prepare_jpeg calls made in this process (workers cannot append)
+    real = device_decode.prepare_jpeg
+    monkeypatch.setattr(
+        device_decode, "prepare_jpeg", lambda path, *a: here.append(path) or real(path, *a)
+    )
+    pipeline = tiny_encoder.pixel_pipeline
+    items = list(
+        decoded_images(
+            paths, stats, pipeline, workers=2, read_ahead=8, max_pixels=None, on_device=True
+        )
+    )
+    assert [item.path for item in items] == paths  # in order
+    jpegs = [p for p in paths if p.endswith(".jpg")]
+    assert sorted(here) == jpegs  # every .jpg prepared here, the PNG never
+    by_name = {Path(item.path).name: item for item in items}
+    assert by_name["cmyk.jpg"].pixels is not None and by_name["cmyk.jpg"].jpeg is None
+    assert by_name["flat.png"].pixels is not None
+    assert by_name["img_0000.jpg"].jpeg is not None and by_name["img_0000.jpg"].pixels is None

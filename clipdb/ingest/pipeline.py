@@ -29,13 +29,17 @@ def decoded_images(
     on_device: bool = False,
 ) -> Iterator[decode.Decoded]:
     """Each path decoded to pixels (or a skip reason), in order; a pool when it pays.
-    ``on_device``: JPEGs come back as bytes for :class:`DeviceDecoder` to decode."""
+
+    ``on_device``: JPEGs come back as bytes for :class:`DeviceDecoder` to decode, prepared
+    (read, hashed, header checked) in threads of this process, because handing their bytes
+    back from worker processes costs this process ~0.5 ms each, which caps a GPU at ~2,000
+    img/s (BENCHMARKS.md); every full decode still runs in the worker processes."""
     work = device_decode.prepare_task if on_device else decode.decode_task
     task = partial(work, pipeline=pipeline, max_pixels=max_pixels)
     if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
         yield from (task(path, found=stats.get(path)) for path in paths)
         return
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     context = decode.worker_context()
@@ -45,10 +49,23 @@ def decoded_images(
             max_workers=workers, mp_context=context, initializer=decode.worker_init
         )
 
+    def in_thread(path: str) -> decode.Decoded:
+        found = stats.get(path)
+        try:
+            prepared = device_decode.prepare_jpeg(path, pipeline, max_pixels, found)
+        except Exception:  # noqa: BLE001 - as decode_task: one odd file is skipped, no abort
+            return decode.Decoded(path, reason=files.CORRUPT)
+        if prepared is None:  # not one for the device after all: a worker decodes it
+            return pool.submit(task, path, found=found).result()
+        return prepared
+
     def submit(path: str) -> tuple[str, Future[decode.Decoded]]:
+        if threads is not None and path.lower().endswith(device_decode.JPEG_SUFFIXES):
+            return path, threads.submit(in_thread, path)
         return path, pool.submit(task, path, found=stats.get(path))
 
     pool = new_pool()
+    threads = ThreadPoolExecutor(workers, "clipdb-prepare") if on_device else None
     # Bounded read-ahead: decoding may outrun encoding, and decoded pixels are big.
     ahead = max(read_ahead, 4 * workers)
     pending: deque[tuple[str, Future[decode.Decoded]]] = deque()
@@ -81,6 +98,8 @@ def decoded_images(
             yield result
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
 
 
 def progress_bar(total: int, progress: bool) -> Any:
