@@ -104,10 +104,10 @@ def stages(paths: list[str], encoder: Any, batch: int, home: str, rows: int) -> 
     synchronize(device)
     started = time.perf_counter()
     for chunk in chunks:
-        decoder.batch(chunk, lambda path, reason: None)
+        decoder.batch(chunk, lambda path, reason: None).finished()  # pHashes included
     synchronize(device)
     result["dev_decode"] = len(prepared) / (time.perf_counter() - started)
-    ready = decoder.batch(chunks[0], lambda path, reason: None)[1]  # one full batch
+    ready = decoder.batch(chunks[0], lambda path, reason: None).pixels  # one full batch
     encoder.encode_images(ready)  # warm-up
     rounds, started = 0, time.perf_counter()
     while rounds < 3 or (time.perf_counter() - started < 5 and rounds < 200):
@@ -129,7 +129,7 @@ def stages(paths: list[str], encoder: Any, batch: int, home: str, rows: int) -> 
     result["index_build_s"] = time.perf_counter() - started
     sample = min(len(decoded), batch)
     cpu = encoder.encode_images(pipeline.to_array([d.pixels for d in decoded[:sample]]))
-    dev = encoder.encode_images(decoder.batch(prepared[:sample], lambda p, r: None)[1])
+    dev = encoder.encode_images(decoder.batch(prepared[:sample], lambda p, r: None).pixels)
     result["cpu_vs_device_min_cos"] = float(np.min(np.sum(cpu * dev, axis=1)))
     return result
 
@@ -204,7 +204,8 @@ def fidelity(model: str, device: str, precision: str, scale: int) -> dict[str, A
     drafted = [decode.decode_task(path, pipeline, None) for path in paths]
     prepared = [device_decode.prepare_task(path, pipeline, None) for path in paths]
     decoder = device_decode.DeviceDecoder(pipeline, device, None)
-    kept, pixels = decoder.batch(prepared, lambda path, reason: None)
+    ready = decoder.batch(prepared, lambda path, reason: None)
+    kept, pixels = ready.finished(), ready.pixels
     shutil.rmtree(folder)
     vectors = {
         "exact": encoder.encode_images(pipeline.to_array([d.pixels for d in exact])),

@@ -112,9 +112,13 @@ class DeviceDecoder:
     def __init__(self, pipeline: PixelPipeline, device: Any, max_pixels: int | None) -> None:
         import torch
 
+        assert pipeline.mean is not None and pipeline.std is not None  # see for_encoder
         self.pipeline = pipeline
         self.device = torch.device(device)
         self.max_pixels = max_pixels
+        # Made once: a tensor built from host lists per batch would wait for the GPU.
+        self.mean = torch.tensor(pipeline.mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(pipeline.std, device=self.device).view(1, -1, 1, 1)
 
     @classmethod
     def for_encoder(cls, encoder: Any, mode: str, max_pixels: int | None) -> DeviceDecoder | None:
@@ -122,22 +126,20 @@ class DeviceDecoder:
         device = str(getattr(encoder, "device", "cpu"))
         if mode == "cpu" or (mode == "auto" and not device.startswith("cuda")):
             return None
-        if not decode_jpeg_available():
-            return None
+        if encoder.pixel_pipeline.whole is not None or not decode_jpeg_available():
+            return None  # a transform the workers must run whole: nothing to do here
         return cls(encoder.pixel_pipeline, device, max_pixels)
 
-    def batch(
-        self, items: Sequence[Decoded], on_skip: Callable[[str, str], None]
-    ) -> tuple[list[Decoded], torch.Tensor]:
-        """(the items kept, with their pHash, and their float batch on the device).
-
-        Items the device refused and PIL cannot use either are reported to ``on_skip`` and
-        left out; the rest keep their order."""
+    def batch(self, items: Sequence[Decoded], on_skip: Callable[[str, str], None]) -> ModelBatch:
+        """The items kept and their float batch on the device; items the device refused and
+        PIL cannot use either are reported to ``on_skip`` and left out, the rest keep their
+        order. Nothing here waits for the GPU (the pHashes arrive with ``finished()``)."""
         import torch
 
         images = iter(self._decode_jpegs([item for item in items if item.jpeg is not None]))
         kept: list[Decoded] = []
         pixels: list[torch.Tensor] = []  # uint8 CHW at the model's size, on the device
+        squares: list[torch.Tensor] = []  # the device-decoded items' 32x32 luma squares
         for item in items:
             if item.jpeg is not None:
                 image = next(images)
@@ -147,14 +149,15 @@ class DeviceDecoder:
                         on_skip(item.path, item.reason)
                         continue
                 else:
-                    kept.append(dataclasses.replace(item, jpeg=None, phash=image[1]))
+                    kept.append(dataclasses.replace(item, jpeg=None))
                     pixels.append(image[0])
+                    squares.append(image[1])
                     continue
             kept.append(item)
             pixels.append(self._host_pixels(item))
         if not pixels:
-            return kept, torch.zeros((0, 3, 1, 1), device=self.device)
-        return kept, self._normalised(torch.stack(pixels))
+            return ModelBatch(kept, torch.zeros((0, 3, 1, 1), device=self.device))
+        return ModelBatch(kept, self._normalised(torch.stack(pixels)), _to_host(squares))
 
     def _host_pixels(self, item: Decoded) -> torch.Tensor:
         """A worker's uint8 HWC pixels as CHW on the device (pinned for an async copy)."""
@@ -167,16 +170,12 @@ class DeviceDecoder:
         return host.to(self.device, non_blocking=True).permute(2, 0, 1)
 
     def _normalised(self, batch: torch.Tensor) -> torch.Tensor:
-        import torch
+        return (batch.float() / 255.0 - self.mean) / self.std
 
-        assert self.pipeline.mean is not None and self.pipeline.std is not None
-        mean = torch.tensor(self.pipeline.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.pipeline.std, device=self.device).view(1, -1, 1, 1)
-        return (batch.float() / 255.0 - mean) / std
-
-    def _decode_jpegs(self, items: list[Decoded]) -> list[tuple[torch.Tensor, int] | None]:
-        """Each JPEG as (model-size uint8 CHW, pHash), or None where the device refused it."""
-        results: list[tuple[torch.Tensor, int] | None] = []
+    def _decode_jpegs(self, items: list[Decoded]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Each JPEG as (model-size uint8 CHW, 32x32 luma square), both on the device, or None
+        where the device refused it."""
+        results: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for chunk in _chunks(items, lambda item: item.width * item.height):
             images = self._decode_chunk(chunk)
             groups: dict[tuple[int, int], list[int]] = {}
@@ -185,7 +184,7 @@ class DeviceDecoder:
                     image = _upright(image, item.orientation)
                     images[index] = image
                     groups.setdefault((image.shape[-2], image.shape[-1]), []).append(index)
-            done: dict[int, tuple[torch.Tensor, int]] = {}
+            done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
             for (height, width), indices in groups.items():  # equal sizes resize together
                 per_call = max(1, CHUNK_PIXELS // (height * width))
                 for start in range(0, len(indices), per_call):
@@ -198,9 +197,11 @@ class DeviceDecoder:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         def run(datas: list[bytes]) -> list[torch.Tensor]:
-            encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # see decode_jpeg_available
+                # Views of the bytes, not copies: decode_jpeg only reads them ("not writable").
+                warnings.simplefilter("ignore", UserWarning)
+                encoded = [torch.frombuffer(data, dtype=torch.uint8) for data in datas]
                 decoded: list[torch.Tensor] = decode_jpeg(
                     encoded, mode=ImageReadMode.RGB, device=self.device
                 )
@@ -223,20 +224,20 @@ class DeviceDecoder:
         self,
         indices: list[int],
         images: list[torch.Tensor | None],
-        done: dict[int, tuple[torch.Tensor, int]],
+        done: dict[int, tuple[torch.Tensor, torch.Tensor]],
     ) -> None:
-        """Resize + crop equal-sized images together; their pHashes from the same tensor."""
+        """Resize + crop equal-sized images together; their pHash squares from the same tensor."""
         import torch
 
         group = torch.stack([images[i] for i in indices])  # type: ignore[misc]
-        hashes = _phashes(group)
+        squares = _luma_squares(group)
         for step in self.pipeline.pil_steps:
             if step[0] == "resize":
                 group = _resize(group, step[1], decode.FAST_RESAMPLE[step[2]], step[3])
             else:
                 group = _center_crop(group, step[1], step[2])
         for position, index in enumerate(indices):
-            done[index] = (group[position], hashes[position])
+            done[index] = (group[position], squares[position])
             images[index] = None  # the full-size image is no longer needed
 
 
@@ -313,13 +314,53 @@ def _center_crop(group: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return group[..., top : top + height, left : left + width]
 
 
-def _phashes(group: torch.Tensor) -> list[int]:
-    """clipdb.phash of each (3, H, W) uint8 image: PIL's integer luma, a box average to
-    32x32 (adaptive average pooling), rounded to uint8, then the DCT on the host."""
+def _luma_squares(group: torch.Tensor) -> torch.Tensor:
+    """The 32x32 uint8 squares clipdb.phash hashes, of (N, 3, H, W) uint8 images: PIL's
+    integer luma, a box average (adaptive average pooling), rounded; on their device."""
     import torch
 
     rgb = group.to(torch.int32)
     luma = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16
     square = torch.nn.functional.adaptive_avg_pool2d(luma.unsqueeze(1).float(), PHASH_SIZE)
-    squares = square.round().clamp(0, 255).to(torch.uint8).squeeze(1).cpu().numpy()
-    return [square_phash(pixels) for pixels in squares]
+    return square.round().clamp(0, 255).to(torch.uint8).squeeze(1)
+
+
+def _to_host(squares: list[torch.Tensor]) -> tuple[torch.Tensor, Any] | None:
+    """``squares`` copied to (pinned) host memory without waiting: (tensor, CUDA event)."""
+    import torch
+
+    if not squares:
+        return None
+    stacked = torch.stack(squares)
+    if stacked.device.type != "cuda":
+        return stacked, None
+    host = torch.empty(stacked.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(stacked, non_blocking=True)
+    copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+    copied.record()
+    return host, copied
+
+
+@dataclasses.dataclass
+class ModelBatch:
+    """A batch ready for the encoder: the items kept (in order), the model's input for them
+    (on the device, or the CPU path's host array), and the device-decoded items' pHash
+    squares on their way to the host."""
+
+    items: list[Decoded]
+    pixels: Any
+    squares: tuple[torch.Tensor, Any] | None = None
+
+    def finished(self) -> list[Decoded]:
+        """The items with every pHash; waits for the squares' copy (by now long done)."""
+        if self.squares is None:
+            return self.items
+        host, copied = self.squares
+        if copied is not None:
+            copied.synchronize()
+        hashes = iter(square_phash(square) for square in host.numpy())
+        return [
+            item if item.phash is not None or item.pixels is not None
+            else dataclasses.replace(item, phash=next(hashes))
+            for item in self.items
+        ]  # fmt: skip

@@ -7,7 +7,7 @@ Why a module of its own: :mod:`clipdb.encoder` picks a backend and must import w
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -84,6 +84,9 @@ class ClipEncoder:
     @_inference_mode
     def encode_images(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
         """Preprocessed image batch (N, 3, H, W), tensor or array -> (N, dim) normalised."""
+        return _normalise(self._image_features(pixels))
+
+    def _image_features(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
         import torch
 
         if isinstance(pixels, np.ndarray):
@@ -92,8 +95,32 @@ class ClipEncoder:
             pixels = pixels.to(self.device, non_blocking=True)
             if self.cast_dtype is not None:
                 pixels = pixels.to(self.cast_dtype)
-            features = self.model.encode_image(pixels)
-        return _normalise(features)
+            features: torch.Tensor = self.model.encode_image(pixels)
+        return features
+
+    @_inference_mode
+    def start_encode_images(self, pixels: torch.Tensor | np.ndarray) -> Callable[[], np.ndarray]:
+        """:meth:`encode_images` begun: returns what to call for the result. On CUDA the
+        kernels and the copy into pinned host memory are queued and this returns at once,
+        so the caller decodes the next batch while the GPU works (ingest keeps one batch in
+        flight); elsewhere the work is done before it returns."""
+        import torch
+
+        if self.device.type != "cuda":
+            done = self.encode_images(pixels)
+            return lambda: done
+        features = self._image_features(pixels).float()
+        features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(features, non_blocking=True)
+        copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        copied.record()
+
+        def result() -> np.ndarray:
+            copied.synchronize()
+            return host.numpy()
+
+        return result
 
     def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
         """PIL images -> (N, dim) normalised float32, with the model's own preprocessing

@@ -47,8 +47,8 @@ def device_batch(paths: list[Path], pipeline, skips: list | None = None):
     items = [prepare_task(str(p), pipeline, None) for p in paths]
     decoder = DeviceDecoder(pipeline, "cpu", None)
     record = skips.append if skips is not None else (lambda item: None)
-    kept, pixels = decoder.batch(items, lambda path, reason: record((path, reason)))
-    return items, kept, pixels.numpy()
+    ready = decoder.batch(items, lambda path, reason: record((path, reason)))
+    return items, ready.finished(), ready.pixels.numpy()
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -211,3 +211,43 @@ def test_jpegs_are_prepared_in_threads_and_full_decodes_stay_in_workers(
     assert by_name["cmyk.jpg"].pixels is not None and by_name["cmyk.jpg"].jpeg is None
     assert by_name["flat.png"].pixels is not None
     assert by_name["img_0000.jpg"].jpeg is not None and by_name["img_0000.jpg"].pixels is None
+
+
+class _Deferred:
+    """The real tiny encoder, reporting a CUDA device and logging when each batch's encoding
+    starts and when its result is taken: what ingest's one-batch-in-flight overlap sees."""
+
+    device = "cuda"  # only read to choose the overlap; the work runs on the CPU
+
+    def __init__(self, encoder, log: list[str]) -> None:
+        self.inner, self.log = encoder, log
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def start_encode_images(self, pixels):
+        index = sum(entry.startswith("start") for entry in self.log)
+        self.log.append(f"start {index}")
+        done = self.inner.encode_images(pixels)
+
+        def result():
+            self.log.append(f"result {index}")
+            return done
+
+        return result
+
+
+def test_on_cuda_the_next_batch_starts_before_this_one_is_stored(database, tiny_encoder, tmp_path):
+    make_images(tmp_path, 10)
+    log: list[str] = []
+    summary = ingest(
+        [str(tmp_path)],
+        database=database,
+        encoder=_Deferred(tiny_encoder, log),
+        decode="cpu",
+        batch_size=4,
+        workers=0,
+        progress=False,
+    )
+    assert summary.new == 10 and len(table(database)) == 10
+    assert log == ["start 0", "start 1", "result 0", "start 2", "result 1", "result 2"]

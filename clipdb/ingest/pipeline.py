@@ -137,11 +137,24 @@ def encode_and_write(
     bar = progress_bar(len(paths), progress)
     batch: list[decode.Decoded] = []
 
+    # One batch in flight on CUDA: the next batch is gathered and decoded while the GPU
+    # encodes this one (start_encoding returns before the GPU is done).
+    in_flight: deque[tuple[device_decode.ModelBatch, Callable[[], Any]]] = deque()
+    depth = 1 if str(getattr(encoder, "device", "")).startswith("cuda") else 0
+
     def flush() -> None:
-        kept, pixels = encoded_batch(encoder, batch, on_device, on_skip)
-        embeddings = encoder.encode_images(pixels) if kept else []
+        ready = model_batch(encoder, batch, on_device, on_skip)
+        bar.update(len(batch) - len(ready.items))  # skipped by the device path's fallback
+        batch.clear()
+        if ready.items:
+            in_flight.append((ready, start_encoding(encoder, ready.pixels)))
+        while len(in_flight) > depth:
+            store(*in_flight.popleft())
+
+    def store(ready: device_decode.ModelBatch, embeddings: Callable[[], Any]) -> None:
+        kept = ready.finished()
         records = []
-        for item, embedding in zip(kept, embeddings, strict=True):
+        for item, embedding in zip(kept, embeddings(), strict=True):
             stat = stats[item.path]
             assert item.sha256 is not None
             records.append(
@@ -159,8 +172,7 @@ def encode_and_write(
             )
             on_written(item.path)
         writer.put(records)
-        bar.update(len(batch))
-        batch.clear()
+        bar.update(len(kept))
 
     images = decoded_images(
         paths,
@@ -182,24 +194,35 @@ def encode_and_write(
                 flush()
         if batch:
             flush()
+        while in_flight:
+            store(*in_flight.popleft())
     finally:
         bar.close()
         writer.close()  # commits what was queued, also on Ctrl-C
 
 
-def encoded_batch(
+def model_batch(
     encoder: Any,
     batch: list[decode.Decoded],
     on_device: device_decode.DeviceDecoder | None,
     on_skip: Callable[[str, str], None],
-) -> tuple[list[decode.Decoded], Any]:
-    """(the items to store, the model's input for them): JPEG bytes decoded on the device
-    when ``on_device``, else the workers' pixels stacked on the host."""
+) -> device_decode.ModelBatch:
+    """The encoder's input for ``batch``: JPEG bytes decoded on the device when
+    ``on_device``, else the workers' pixels stacked on the host."""
     if on_device is None:
-        return batch, encoder.pixel_pipeline.to_array(
-            [d.pixels for d in batch if d.pixels is not None]
-        )
-    kept, pixels = on_device.batch(batch, on_skip)
-    if getattr(encoder, "backend", "torch") != "torch":
-        return kept, pixels.cpu().numpy()  # e.g. OpenVINO on the CPU takes arrays
-    return kept, pixels
+        pixels = [d.pixels for d in batch if d.pixels is not None]
+        return device_decode.ModelBatch(list(batch), encoder.pixel_pipeline.to_array(pixels))
+    ready = on_device.batch(batch, on_skip)
+    if getattr(encoder, "backend", "torch") != "torch":  # e.g. OpenVINO on the CPU: arrays
+        ready.pixels = ready.pixels.cpu().numpy()
+    return ready
+
+
+def start_encoding(encoder: Any, pixels: Any) -> Callable[[], Any]:
+    """The encoder's ``start_encode_images`` where it has one, else the finished result."""
+    start = getattr(encoder, "start_encode_images", None)
+    if start is not None:
+        started: Callable[[], Any] = start(pixels)
+        return started
+    done = encoder.encode_images(pixels)
+    return lambda: done

@@ -83,7 +83,7 @@ class EncoderWorker:
     def run(self, batch: list[tuple[str, int, int, bool]]) -> dict[str, Any]:
         """Decode + encode one batch; plain lists and arrays only go back."""
         from clipdb import decode, device_decode
-        from clipdb.ingest.pipeline import encoded_batch
+        from clipdb.ingest.pipeline import model_batch
 
         task = device_decode.prepare_task if self.on_device else decode.decode_task
         done = [
@@ -97,11 +97,16 @@ class EncoderWorker:
         ]
         skipped = [(item.path, str(item.reason)) for item in done if item.reason is not None]
         usable = [item for item in done if item.reason is None]
-        good, pixels = encoded_batch(
+        ready = model_batch(
             self.encoder, usable, self.on_device, lambda path, why: skipped.append((path, why))
         )
         dim = int(self.encoder.dim)
-        embeddings = self.encoder.encode_images(pixels) if good else np.zeros((0, dim), np.float32)
+        embeddings = (
+            self.encoder.encode_images(ready.pixels)
+            if ready.items
+            else np.zeros((0, dim), np.float32)
+        )
+        good = ready.finished()
         return {
             "skipped": skipped,
             "paths": [item.path for item in good],
