@@ -42,8 +42,10 @@ if TYPE_CHECKING:
 
 
 def default_workers() -> int:
-    """Decode workers: one core is left to the encoder (which uses all cores in bursts)."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Decode workers: one per core, at most 8. The encoder runs in bursts and the OS shares
+    the cores: on 2 cores one worker per core ingested 1.16-1.44x faster than cores - 1 with
+    OpenVINO bf16 and as fast with fp32, where the encoder dominates (BENCHMARKS.md)."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def print_skip(path: str, reason: str) -> None:

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_int,
         default=None,
         metavar="N",
-        help=f"decode processes (default {default_workers()} here: cores - 1; 0 = none)",
+        help=f"decode processes (default {default_workers()} here: one per core, at most 8; "
+        "0 = none)",
     )
     parser.add_argument(
         "--exclude",
