@@ -16,6 +16,12 @@ PY=${PYTHON:-python}
 COUNT=${1:-10000}
 BATCH=${BATCH:-256}
 DATA=${DATA:-/tmp/clipdb-gpu-bench}
+# For a dry run of this script without a GPU (e.g. DEVICE=cpu PRECISION=fp32 MODELS=clipdb-tiny
+# CLIPDB_MODEL_CONFIGS=tests/model_configs, with any nvidia-smi on PATH): not a GPU figure.
+DEVICE=${DEVICE:-cuda}
+PRECISION=${PRECISION:-fp16}
+MODELS=${MODELS:-ViT-B-32 ViT-B-16 ViT-L-14}
+FIRST_MODEL=${MODELS%% *}
 command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found: no CUDA GPU here" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "cores: $(nproc), $(date -u)"
@@ -27,19 +33,28 @@ echo "generating $COUNT JPEGs in $DATA/photos ..." >&2
 
 HOME_DIR=$(mktemp -d /tmp/clipdb-gpu-home-XXXX)
 chmod 711 "$HOME_DIR"
-trap 'CLIPDB_HOME="$HOME_DIR/home" "$PY" -c "from clipdb.db.embedded import stop_server; \
-stop_server(\"$HOME_DIR/home\")" || true; rm -rf "$HOME_DIR"' EXIT
-for MODEL in ViT-B-32 ViT-B-16 ViT-L-14; do
+stop_servers() {  # every embedded server this script started, then its folders
+  for HOME_PATH in "$HOME_DIR/home" "$HOME_DIR/cli"; do
+    "$PY" -c "import sys; from pathlib import Path; from clipdb.db.embedded import stop_server; \
+stop_server(Path(sys.argv[1]))" "$HOME_PATH" || true
+  done
+  rm -rf "$HOME_DIR"
+}
+trap stop_servers EXIT
+for MODEL in $MODELS; do
   echo "== $MODEL"
-  "$PY" bench/gpu_stages.py measure "$DATA/photos" --model "$MODEL" --device cuda \
-    --precision fp16 --batch "$BATCH" --home "$HOME_DIR/home"
+  "$PY" bench/gpu_stages.py measure "$DATA/photos" --model "$MODEL" --device "$DEVICE" \
+    --precision "$PRECISION" --batch "$BATCH" --home "$HOME_DIR/home"
 done
 
-echo "== CLI: clipdb ingest (ViT-B-32, fresh CLIPDB_HOME, model load included)"
-START=$(date +%s.%N)
-CLIPDB_HOME="$HOME_DIR/cli" "$PY" -m clipdb ingest "$DATA/photos" --model ViT-B-32 \
-  --pretrained none --device cuda --precision fp16 --batch-size "$BATCH" --json 2>/dev/null | tail -1
-END=$(date +%s.%N)
-echo "wall: $(echo "$END - $START" | bc) s"
-CLIPDB_HOME="$HOME_DIR/cli" "$PY" -c "from clipdb.db.embedded import stop_server; \
-import os; stop_server(os.environ['CLIPDB_HOME'])" || true
+echo "== fidelity on $DEVICE (real sample photos: fetched from PyPI wheels, cached in ~/.cache)"
+"$PY" bench/gpu_stages.py fidelity --model "$FIRST_MODEL" --device "$DEVICE" \
+  || echo "fidelity: skipped (no sample photos here: run bench/sample_photos.py online first)"
+
+echo "== CLI: clipdb ingest ($FIRST_MODEL, fresh CLIPDB_HOME, model load included)"
+START=$(date +%s%N)
+CLIPDB_HOME="$HOME_DIR/cli" "$PY" -m clipdb ingest "$DATA/photos" --model "$FIRST_MODEL" \
+  --pretrained none --device "$DEVICE" --precision "$PRECISION" --batch-size "$BATCH" --json \
+  2>/dev/null | tail -1
+END=$(date +%s%N)
+echo "wall: $(( (END - START) / 1000000 )) ms"
