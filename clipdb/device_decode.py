@@ -77,13 +77,15 @@ def prepare_jpeg(
         with decode._opened(data, max_pixels) as opened:
             image_format, mode = opened.format, opened.mode
             width, height = opened.size
-            orientation = int(opened.getexif().get(decode.ORIENTATION_TAG, 1) or 1)
+            tag = opened.getexif().get(decode.ORIENTATION_TAG, 1)
     except ImageError as err:
         return Decoded(path, reason=str(err))
     except MemoryError:
         return Decoded(path, reason=files.TOO_LARGE)
     if not device_decodable(image_format, mode, pipeline):
         return None
+    # As ImageOps.exif_transpose: a value that is not one of the 8 orientations turns nothing.
+    orientation = tag if isinstance(tag, int) and 1 <= tag <= 8 else 1
     if orientation in decode.SWAPPED_ORIENTATIONS:
         width, height = height, width
     return Decoded(
@@ -93,7 +95,7 @@ def prepare_jpeg(
         height,
         metadata=read_metadata(data, decode.PILLOW_FORMATS),
         jpeg=data,
-        orientation=orientation if 1 <= orientation <= 8 else 1,
+        orientation=orientation,
     )
 
 
@@ -188,7 +190,10 @@ class DeviceDecoder:
             for (height, width), indices in groups.items():  # equal sizes resize together
                 per_call = max(1, CHUNK_PIXELS // (height * width))
                 for start in range(0, len(indices), per_call):
-                    self._resize_group(indices[start : start + per_call], images, done)
+                    try:
+                        self._resize_group(indices[start : start + per_call], images, done)
+                    except RuntimeError:  # e.g. out of GPU memory: PIL decides for these
+                        continue
             results.extend(done.get(index) for index in range(len(chunk)))
         return results
 

@@ -251,3 +251,33 @@ def test_on_cuda_the_next_batch_starts_before_this_one_is_stored(database, tiny_
     )
     assert summary.new == 10 and len(table(database)) == 10
     assert log == ["start 0", "start 1", "result 0", "start 2", "result 1", "result 2"]
+
+
+def test_out_of_device_memory_in_a_resize_sends_those_files_the_cpu_way(
+    tiny_encoder, tmp_path, monkeypatch
+):
+    pipeline = tiny_encoder.pixel_pipeline
+    paths = [save(photo(seed=s), tmp_path / f"p{s}.jpg") for s in range(3)]
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(device_decode, "_resize", no_memory)
+    skips: list = []
+    items, kept, pixels = device_batch(paths, pipeline, skips)
+    assert skips == [] and [item.path for item in kept] == [str(p) for p in paths]
+    workers = pipeline.to_array([decode.decode_task(str(p), pipeline, None).pixels for p in paths])
+    np.testing.assert_array_equal(pixels, workers)  # PIL's pixels, exactly
+
+
+@pytest.mark.parametrize("value", [0, 9, 65535])
+def test_an_orientation_outside_1_to_8_turns_nothing(tiny_encoder, tmp_path, value):
+    pipeline = tiny_encoder.pixel_pipeline
+    exif = Image.Exif()
+    exif[decode.ORIENTATION_TAG] = value
+    path = save(photo(), tmp_path / "odd.jpg", exif=exif)
+    items, kept, pixels = device_batch([path], pipeline)
+    expected = reference_pixels(path, pipeline)
+    assert items[0].orientation == 1 and (kept[0].width, kept[0].height) == (300, 200)
+    assert (expected.width, expected.height) == (300, 200)
+    assert np.abs(pixels - pipeline.to_array([expected.pixels])).max() < 0.031
