@@ -58,10 +58,12 @@ def prepare_task(
 ) -> Decoded:
     """The device path's job for one file: read once, hash, check the header; a JPEG comes
     back as its bytes, anything else decoded as :func:`clipdb.decode.decode_task` does."""
-    prepared = prepare_jpeg(path, pipeline, max_pixels, found)
-    if prepared is None:
-        return decode.decode_task(path, pipeline, max_pixels, found=found)
-    return prepared
+    try:
+        data = decode._read(path, found)
+    except ImageError as err:
+        return Decoded(path, reason=str(err))
+    prepared = _prepared(path, data, pipeline, max_pixels)
+    return decode.decode_bytes(path, data, pipeline, max_pixels) if prepared is None else prepared
 
 
 def prepare_jpeg(
@@ -74,6 +76,15 @@ def prepare_jpeg(
     parser runs); None when the file needs a full decode on the CPU."""
     try:
         data = decode._read(path, found)
+    except ImageError as err:
+        return Decoded(path, reason=str(err))
+    return _prepared(path, data, pipeline, max_pixels)
+
+
+def _prepared(
+    path: str, data: bytes, pipeline: PixelPipeline, max_pixels: int | None
+) -> Decoded | None:
+    try:
         with decode._opened(data, max_pixels) as opened:
             image_format, mode = opened.format, opened.mode
             width, height = opened.size
@@ -97,6 +108,11 @@ def prepare_jpeg(
         jpeg=data,
         orientation=orientation,
     )
+
+
+def on_cuda(encoder: Any) -> bool:
+    """Whether ``encoder`` (any backend, or Ray's stand-in) computes on a CUDA device."""
+    return str(getattr(encoder, "device", "cpu")).startswith("cuda")
 
 
 def decode_jpeg_available() -> bool:
@@ -125,12 +141,11 @@ class DeviceDecoder:
     @classmethod
     def for_encoder(cls, encoder: Any, mode: str, max_pixels: int | None) -> DeviceDecoder | None:
         """The decoder ``mode`` asks for with this encoder, or None for the CPU path."""
-        device = str(getattr(encoder, "device", "cpu"))
-        if mode == "cpu" or (mode == "auto" and not device.startswith("cuda")):
+        if mode == "cpu" or (mode == "auto" and not on_cuda(encoder)):
             return None
         if encoder.pixel_pipeline.whole is not None or not decode_jpeg_available():
             return None  # a transform the workers must run whole: nothing to do here
-        return cls(encoder.pixel_pipeline, device, max_pixels)
+        return cls(encoder.pixel_pipeline, getattr(encoder, "device", "cpu"), max_pixels)
 
     def batch(self, items: Sequence[Decoded], on_skip: Callable[[str, str], None]) -> ModelBatch:
         """The items kept and their float batch on the device; items the device refused and

@@ -140,7 +140,7 @@ def encode_and_write(
     # One batch in flight on CUDA: the next batch is gathered and decoded while the GPU
     # encodes this one (start_encoding returns before the GPU is done).
     in_flight: deque[tuple[device_decode.ModelBatch, Callable[[], Any]]] = deque()
-    depth = 1 if str(getattr(encoder, "device", "")).startswith("cuda") else 0
+    depth = 1 if device_decode.on_cuda(encoder) else 0
 
     def flush() -> None:
         ready = model_batch(encoder, batch, on_device, on_skip)
