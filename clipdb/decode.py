@@ -38,7 +38,7 @@ class ImageError(Exception):
     """A file that cannot be used as an image; ``str(err)`` is the skip reason."""
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB: alpha over white, 16-bit scaled down rather than clipped."""
     mode = image.mode
     if mode == "RGB":
@@ -59,7 +59,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 @contextmanager
-def _opened(data: bytes, max_pixels: int | None) -> Iterator[Image.Image]:
+def opened_image(data: bytes, max_pixels: int | None) -> Iterator[Image.Image]:
     """``data`` opened by one of the allowed decoders, its pixel count checked from the header
     before anything is decoded; whatever fails inside (any decoder error) is an ImageError."""
     if not data:
@@ -97,20 +97,20 @@ def open_image(
     ``draft_size``, JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale whose short side
     is still at least ``draft_size`` pixels. Raises :class:`ImageError` with the skip reason.
     """
-    data = source if isinstance(source, bytes) else _read(source)
-    with _opened(data, max_pixels) as opened:
+    data = source if isinstance(source, bytes) else read_file(source)
+    with opened_image(data, max_pixels) as opened:
         width, height = opened.size
         orientation = opened.getexif().get(ORIENTATION_TAG, 1)
         if draft_size and opened.format == "JPEG":
             opened.draft(opened.mode, (draft_size, draft_size))
         opened.load()  # first frame of animations
-        rgb = _to_rgb(ImageOps.exif_transpose(opened) or opened)
+        rgb = to_rgb(ImageOps.exif_transpose(opened) or opened)
     if orientation in SWAPPED_ORIENTATIONS:
         width, height = height, width
     return rgb, width, height
 
 
-def _read(path: str, found: files.FileStat | None = None) -> bytes:
+def read_file(path: str, found: files.FileStat | None = None) -> bytes:
     """The bytes of ``path``; with ``found`` (its scan), only if it is still that file."""
     try:
         args = found.open_args() if found is not None else {}
@@ -311,7 +311,7 @@ def decode_task(
     mtime) is skipped rather than read, so the stored identity is that of the bytes encoded.
     """
     try:
-        data = _read(path, found)
+        data = read_file(path, found)
     except ImageError as err:
         return Decoded(path, reason=str(err))
     return decode_bytes(path, data, pipeline, max_pixels, draft)
@@ -350,7 +350,7 @@ def phash_task(
     rows indexed before clipdb stored hashes."""
     try:
         image, _, _ = open_image(
-            _read(path, found), max_pixels=max_pixels, draft_size=PHASH_DRAFT_SIZE
+            read_file(path, found), max_pixels=max_pixels, draft_size=PHASH_DRAFT_SIZE
         )
         return path, phash(image), None
     except ImageError as err:
@@ -365,7 +365,7 @@ def unusable(path: str, found: files.FileStat | None, max_pixels: int | None) ->
     """Why ``path`` cannot be used (a skip reason), or None: a full decode without a model,
     so files that are bad anyway never make ingest load one."""
     try:
-        open_image(_read(path, found), max_pixels=max_pixels)
+        open_image(read_file(path, found), max_pixels=max_pixels)
     except ImageError as err:
         return str(err)
     except MemoryError:

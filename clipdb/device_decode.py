@@ -59,7 +59,7 @@ def prepare_task(
     """The device path's job for one file: read once, hash, check the header; a JPEG comes
     back as its bytes, anything else decoded as :func:`clipdb.decode.decode_task` does."""
     try:
-        data = decode._read(path, found)
+        data = decode.read_file(path, found)
     except ImageError as err:
         return Decoded(path, reason=str(err))
     prepared = _prepared(path, data, pipeline, max_pixels)
@@ -75,7 +75,7 @@ def prepare_jpeg(
     """:func:`prepare_task` without decoding anything (safe in a thread: only Pillow's header
     parser runs); None when the file needs a full decode on the CPU."""
     try:
-        data = decode._read(path, found)
+        data = decode.read_file(path, found)
     except ImageError as err:
         return Decoded(path, reason=str(err))
     return _prepared(path, data, pipeline, max_pixels)
@@ -85,7 +85,7 @@ def _prepared(
     path: str, data: bytes, pipeline: PixelPipeline, max_pixels: int | None
 ) -> Decoded | None:
     try:
-        with decode._opened(data, max_pixels) as opened:
+        with decode.opened_image(data, max_pixels) as opened:
             image_format, mode = opened.format, opened.mode
             width, height = opened.size
             tag = opened.getexif().get(decode.ORIENTATION_TAG, 1)

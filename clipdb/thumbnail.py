@@ -10,7 +10,7 @@ import io
 
 from PIL import Image
 
-from clipdb.decode import ORIENTATION_TAG, _opened, _read, _to_rgb
+from clipdb.decode import ORIENTATION_TAG, opened_image, read_file, to_rgb
 
 # Modes Image.reduce handles; other modes are converted (palette, 1-bit) or sampled first.
 REDUCIBLE_MODES = frozenset(
@@ -34,8 +34,8 @@ def make_thumbnail(source: str | bytes, size: int, *, max_pixels: int | None = N
     rotated or converted, so one full-size decode buffer is the peak, not three copies of it;
     JPEGs are draft-decoded at 1/2..1/8 scale and never reach full size at all.
     """
-    data = source if isinstance(source, bytes) else _read(source)
-    with _opened(data, max_pixels) as opened:
+    data = source if isinstance(source, bytes) else read_file(source)
+    with opened_image(data, max_pixels) as opened:
         orientation = opened.getexif().get(ORIENTATION_TAG, 1)
         if opened.format == "JPEG":
             opened.draft(opened.mode, (size, size))
@@ -43,7 +43,7 @@ def make_thumbnail(source: str | bytes, size: int, *, max_pixels: int | None = N
         image = _shrink(opened, max(1, max(opened.size) // (2 * size)))
         if orientation in EXIF_TRANSPOSE:
             image = image.transpose(EXIF_TRANSPOSE[orientation])
-        image = _to_rgb(image)
+        image = to_rgb(image)
         image.thumbnail((size, size))
         output = io.BytesIO()
         image.save(output, "JPEG", quality=85)
@@ -60,7 +60,7 @@ def _shrink(image: Image.Image, factor: int) -> Image.Image:
         image = image.convert("L")
     if image.mode in REDUCIBLE_MODES:
         return image.reduce(factor)
-    # 16-bit and other rare modes: sampling first keeps _to_rgb's float copy small.
+    # 16-bit and other rare modes: sampling first keeps to_rgb's float copy small.
     width, height = image.size
     return image.resize(
         (max(1, width // factor), max(1, height // factor)), Image.Resampling.NEAREST
