@@ -126,8 +126,12 @@ def test_ray_actors_decode_on_the_device_when_asked(ray_cluster, database, tiny_
 
 
 def test_killed_workers_then_a_rerun_index_every_image_once(ray_cluster, database, tmp_path):
-    make_images(tmp_path, 24)
-    (tmp_path / "img_0009x.jpg").write_bytes(b"not a jpeg")  # sorts into the third batch
+    # Many small batches: the bad file's batch is slow (the first non-image makes Pillow
+    # import all its plugins in that actor), and with 12 batches the other actor once ran
+    # all the rest meanwhile, so nothing was left to fail when the actors were killed.
+    count = 240
+    make_images(tmp_path, count, size=(48, 36))
+    (tmp_path / "img_0009x.jpg").write_bytes(b"not a jpeg")  # sorts into the sixth batch
     killed = []
 
     def kill_workers(path: str, reason: str) -> None:
@@ -143,11 +147,11 @@ def test_killed_workers_then_a_rerun_index_every_image_once(ray_cluster, databas
     assert "the Ray cluster failed" in message and "run again to finish" in message
     committed = int(message.split("; ")[-1].split(" image")[0])
     assert row_counts(database) == (committed, committed)
-    assert 0 < committed < 24
+    assert 0 < committed < count
 
-    summary = ray_ingest([tmp_path], database, batch_size=4)
-    assert summary.new == 24 - committed and summary.unchanged == committed
-    assert row_counts(database) == (24, 24)
+    summary = ray_ingest([tmp_path], database, batch_size=8)
+    assert summary.new == count - committed and summary.unchanged == committed
+    assert row_counts(database) == (count, count)
 
 
 def test_engine_ray_without_ray_says_how_to_install(database, tmp_path):
