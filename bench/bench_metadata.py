@@ -22,6 +22,7 @@ from clipdb import decode, exif, files
 from clipdb.db.registry import register_model
 from clipdb.db.store import ImageRecord, upsert_images
 from clipdb.ingest.backfill import backfill_metadata
+from clipdb.ingest.plan import make_plan
 
 
 def make_photos(folder: Path, count: int) -> list[Path]:
@@ -86,8 +87,9 @@ def main() -> int:
             conn.commit()
         stats = {f.path: f for f in files.scan([str(folder)], ()).files}
         with database.connect(autocommit=True) as conn:
+            plan = make_plan(conn, model, stats, lambda path, reason: None)  # its one query
             started = time.perf_counter()
-            done = backfill_metadata(conn, model, stats)
+            done = backfill_metadata(conn, plan.lacks_metadata, stats)
             elapsed = time.perf_counter() - started
             dated = conn.execute(
                 "SELECT count(*) FROM clipdb.images WHERE taken_at IS NOT NULL"

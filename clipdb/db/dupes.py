@@ -121,21 +121,6 @@ def similarities(
     return found
 
 
-def paths_without_phash(
-    conn: psycopg.Connection[Any], model: Model, paths: list[str]
-) -> dict[str, tuple[int, int]]:
-    """path -> (size, mtime_ns) of this model's rows for ``paths`` that have no pHash yet."""
-    found: dict[str, tuple[int, int]] = {}
-    for offset in range(0, len(paths), ID_CHUNK):
-        for path, path_bytes, size, mtime_ns in conn.execute(
-            f"SELECT path, path_bytes, size, mtime_ns FROM clipdb.images "
-            f"WHERE model_id = {int(model.model_id)} AND phash IS NULL AND path = ANY(%s)",
-            ([display(p) for p in paths[offset : offset + ID_CHUNK]],),
-        ):
-            found[fs_path(path, path_bytes)] = (size, mtime_ns)
-    return found
-
-
 def indexed_trees(conn: psycopg.Connection[Any], model: Model) -> list[str]:
     """The directories directly holding this model's images (a ``--move-to`` inside one of
     them would put moved files back into the index)."""

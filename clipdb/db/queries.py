@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import psycopg
@@ -19,6 +19,7 @@ import psycopg
 from clipdb.config import MAX_RESULTS
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError, UsageError
+from clipdb.exif import METADATA_VERSION
 from clipdb.files import display, fs_path
 from clipdb.filters import NO_FILTERS, Filters
 
@@ -278,19 +279,31 @@ def has_rows(conn: psycopg.Connection[Any], model: Model) -> bool:
     return bool(row and row[0])
 
 
-def file_rows(
-    conn: psycopg.Connection[Any], model: Model, paths: list[str]
-) -> dict[str, tuple[int, int, bytes]]:
-    """path -> (size, mtime_ns, sha256) of this model's rows for ``paths`` (file system
-    paths, as the scan gives them)."""
-    found: dict[str, tuple[int, int, bytes]] = {}
+class FileRow(NamedTuple):
+    """What a plan needs of one row: its identity, and whether a backfill owes it anything."""
+
+    row_id: int
+    size: int
+    mtime_ns: int
+    sha256: bytes
+    metadata_current: bool  # photo metadata read by the parser of ``METADATA_VERSION``
+    has_phash: bool
+
+
+def file_rows(conn: psycopg.Connection[Any], model: Model, paths: list[str]) -> dict[str, FileRow]:
+    """path -> :class:`FileRow` of this model's rows for ``paths`` (file system paths, as
+    the scan gives them); one query over the paths for the plan and both backfills."""
+    found: dict[str, FileRow] = {}
     for offset in range(0, len(paths), ID_CHUNK):
-        for path, path_bytes, size, mtime_ns, sha in conn.execute(
-            f"SELECT path, path_bytes, size, mtime_ns, sha256 FROM clipdb.images "
+        for row_id, path, path_bytes, size, mtime_ns, sha, current, hashed in conn.execute(
+            "SELECT id, path, path_bytes, size, mtime_ns, sha256, "
+            "coalesce(metadata_version >= %s, false), phash IS NOT NULL FROM clipdb.images "
             f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
-            ([display(p) for p in paths[offset : offset + ID_CHUNK]],),
+            (METADATA_VERSION, [display(p) for p in paths[offset : offset + ID_CHUNK]]),
         ):
-            found[fs_path(path, path_bytes)] = (size, mtime_ns, bytes(sha))
+            found[fs_path(path, path_bytes)] = FileRow(
+                int(row_id), size, mtime_ns, bytes(sha), bool(current), bool(hashed)
+            )
     return found
 
 
@@ -356,20 +369,3 @@ def skipped_under(conn: psycopg.Connection[Any], model: Model, root: str) -> lis
         (text, os.path.join(text, "")),
     ).fetchall()
     return [fs_path(path, path_bytes) for path, path_bytes in rows]
-
-
-def rows_missing_metadata(
-    conn: psycopg.Connection[Any], model: Model, paths: list[str], version: int
-) -> dict[str, int]:
-    """path -> row id of this model's rows for ``paths`` whose photo metadata was never read
-    (indexed before migration 0006) or read by an older parser than ``version``."""
-    found: dict[str, int] = {}
-    for offset in range(0, len(paths), ID_CHUNK):
-        for row_id, path, path_bytes in conn.execute(
-            f"SELECT id, path, path_bytes FROM clipdb.images "
-            f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s) "
-            "AND (metadata_version IS NULL OR metadata_version < %s)",
-            ([display(p) for p in paths[offset : offset + ID_CHUNK]], version),
-        ):
-            found[fs_path(path, path_bytes)] = int(row_id)
-    return found

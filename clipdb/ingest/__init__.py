@@ -207,10 +207,10 @@ class Ingester:
             if model is not None:
                 from clipdb.ingest.backfill import backfill_metadata
 
-                summary.metadata_read = backfill_metadata(conn, model, stats, plan.to_encode)
+                summary.metadata_read = backfill_metadata(conn, plan.lacks_metadata, stats)
                 # rows from before 0007: their pHash, without encoding
                 backfill_phashes(
-                    conn, model, stats, set(plan.to_encode),
+                    conn, model, plan.lacks_phash, stats,
                     workers=self._workers(), max_pixels=self.options.max_pixels,
                 )  # fmt: skip
             if self.encoder is None:

@@ -8,14 +8,12 @@ backfill keeps what it did and the next ingest goes on from there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from clipdb import files
-from clipdb.db import queries, store
-from clipdb.db.registry import Model
-from clipdb.exif import METADATA_VERSION, PhotoMetadata, read_metadata
+from clipdb.db import store
+from clipdb.exif import PhotoMetadata, read_metadata
 
 CHUNK = 500
 
@@ -32,20 +30,9 @@ def _read(path: str, stat: files.FileStat | None) -> PhotoMetadata | None:
     return read_metadata(data, PILLOW_FORMATS)
 
 
-def backfill_metadata(
-    conn: Any,
-    model: Model,
-    stats: dict[str, files.FileStat],
-    skip_paths: Iterable[str] = (),
-) -> int:
-    """Read and store the metadata of ``stats``' rows that lack it; returns how many rows.
-
-    ``skip_paths``: files this pass encodes anyway (their rows get metadata then).
-    """
-    skip = set(skip_paths)
-    todo = queries.rows_missing_metadata(
-        conn, model, [p for p in stats if p not in skip], METADATA_VERSION
-    )
+def backfill_metadata(conn: Any, todo: dict[str, int], stats: dict[str, files.FileStat]) -> int:
+    """Read and store the metadata of ``todo``'s rows (path -> row id: the plan's rows
+    without current metadata); returns how many rows got it."""
     if not todo:
         return 0
     done = 0

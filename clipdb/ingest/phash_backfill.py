@@ -11,7 +11,6 @@ from functools import partial
 from typing import Any
 
 from clipdb import decode, files
-from clipdb.db import dupes as dupe_queries
 from clipdb.db import store
 from clipdb.db.registry import Model
 
@@ -40,22 +39,15 @@ def _hashed(
 def backfill_phashes(
     conn: Any,
     model: Model,
+    todo: list[str],
     stats: dict[str, files.FileStat],
-    exclude: set[str],
     *,
     workers: int,
     max_pixels: int | None,
 ) -> int:
-    """Hash the files of ``stats`` (not in ``exclude``: those are being encoded, and get their
-    hash there) whose rows lack one and still match the scan; returns how many were stored.
-    A file that cannot be decoded now keeps its row as it is (ingest decoded it once)."""
-    todo = [
-        path
-        for path, (size, mtime_ns) in dupe_queries.paths_without_phash(
-            conn, model, [p for p in stats if p not in exclude]
-        ).items()
-        if (size, mtime_ns) == (stats[path].size, stats[path].mtime_ns)
-    ]
+    """Hash the files of ``todo`` (the plan's kept rows without a pHash, which match the
+    scan) and store the hashes; returns how many were stored. A file that cannot be decoded
+    now keeps its row as it is (ingest decoded it once)."""
     stored = 0
     batch: list[tuple[str, int, int, int]] = []
     for path, value, _reason in _hashed(sorted(todo), stats, workers, max_pixels):

@@ -33,6 +33,10 @@ class Plan:
     changed: set[str] = field(default_factory=set)  # of to_encode: rows that exist already
     unchanged: int = 0
     moved: int = 0
+    # Rows kept as they are (unchanged or touched) that a backfill owes something: path ->
+    # row id without current photo metadata, and paths without a pHash.
+    lacks_metadata: dict[str, int] = field(default_factory=dict)
+    lacks_phash: list[str] = field(default_factory=list)
 
 
 def make_plan(
@@ -52,9 +56,9 @@ def make_plan(
         return plan
     rows = queries.file_rows(conn, model, paths)
     new = [p for p in paths if p not in rows]
-    changed: dict[str, tuple[int, int, bytes]] = {}
+    changed: dict[str, queries.FileRow] = {}
     for path, row in rows.items():
-        if (row[0], row[1]) == identity(stats[path]):
+        if (row.size, row.mtime_ns) == identity(stats[path]):
             plan.unchanged += 1
         else:
             changed[path] = row
@@ -63,6 +67,11 @@ def make_plan(
         plan.unchanged += touched
     plan.changed = set(changed)
     plan.to_encode = sorted({*new, *changed})
+    # Rows that stay (unchanged, or touched and refreshed to the scan): what they lack.
+    # Moved rows are not here; the next run sees them under their new path.
+    kept = [path for path in rows if path in stats and path not in plan.changed]
+    plan.lacks_metadata = {p: rows[p].row_id for p in kept if not rows[p].metadata_current}
+    plan.lacks_phash = sorted(p for p in kept if not rows[p].has_phash)
     return plan
 
 
@@ -70,7 +79,7 @@ def _reuse_by_hash(
     conn: Any,
     model: Model,
     new: list[str],
-    changed: dict[str, tuple[int, int, bytes]],
+    changed: dict[str, queries.FileRow],
     stats: dict[str, files.FileStat],
     skip: SkipCallback,
 ) -> tuple[list[str], int, int]:
@@ -91,8 +100,8 @@ def _reuse_by_hash(
                 hashes[path] = sha
     touched = 0
     with conn.transaction():
-        for path, (_, _, old_sha) in list(changed.items()):
-            if hashes.get(path) == old_sha:
+        for path, row in list(changed.items()):
+            if hashes.get(path) == row.sha256:
                 store.refresh_identity(conn, model, path, *identity(stats[path]))
                 touched += 1
                 del changed[path]
