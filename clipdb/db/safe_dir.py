@@ -179,6 +179,34 @@ def _make(
     return fd
 
 
+def private_subdir(parent: SafeDir, name: str) -> Path:
+    """``name`` in ``parent``: a directory only the caller can enter (0700), made if missing.
+
+    One that exists is used only if it is a real directory of the caller's (it is ours to
+    make private); never through a link.
+    """
+    path = parent.path / name
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent.fd)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise ClipdbError(f"cannot create {path}: {err.strerror or err}") from None
+    try:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=parent.fd)
+    except OSError:
+        raise ClipdbError(f"refusing {path}: it is not a directory (a link?)") from None
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner != os.geteuid():
+            raise ClipdbError(f"refusing {path}: it belongs to {owner_name(owner)}")
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path
+
+
 def open_file(directory: int, name: str, flags: int, mode: int = 0o600) -> int:
     """``name`` in ``directory`` (a descriptor), never through a link; with O_CREAT, made
     exclusively when it is new and opened as it is otherwise. Only a regular file is taken."""
