@@ -47,6 +47,25 @@ def private_home(prefix: str = "clipdb-test-own-") -> Iterator[Path]:
 
 
 @contextmanager
+def other_user() -> Iterator[Any]:
+    """A real second local account (useradd, own group, no home), deleted afterwards: the
+    "another local user" of the security tests. Needs root. Yields its pwd entry."""
+    import pwd
+    import secrets
+
+    name = f"clipdb-other-{secrets.token_hex(3)}"
+    subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home",
+         "--shell", "/usr/sbin/nologin", name],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@contextmanager
 def own_server(prefix: str, *, migrate: bool = True) -> Iterator[EmbeddedServer]:
     """A running embedded server in a :func:`private_home`, so stopping or restarting it
     disturbs no other test; migrated to head unless ``migrate`` is False."""

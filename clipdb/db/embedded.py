@@ -16,12 +16,13 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from clipdb.db import embedded_access as access
+from clipdb.db import safe_dir
 from clipdb.db.embedded_access import SUPERUSER
 from clipdb.errors import ClipdbError
 
@@ -74,23 +75,32 @@ def _run_pg(args: list[str], *, what: str, timeout: float = START_TIMEOUT_S) -> 
             raise ClipdbError(f"embedded PostgreSQL: {what} failed: {detail}")
 
 
-def _ensure_home(home: Path, user: access.ServerUser | None) -> None:
-    if user is not None:
-        # Before creating anything, so a refused home leaves no directories behind.
-        existing = next(path for path in [home, *home.parents] if path.exists())
-        if not existing.is_dir():
-            raise ClipdbError(f"CLIPDB_HOME {home} is not writable: {existing} is not a directory")
-        access.check_reach(existing, Path(_bin("postgres")), user)
-    try:
-        # As root, the server user must pass through the directories clipdb makes; 0711
-        # lets it enter without listing them.
-        access.make_dirs(home, 0o711 if user else None)
-        probe = home / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        reason = err.strerror or str(err)
-        raise ClipdbError(f"CLIPDB_HOME {home} is not writable: {reason}") from None
+@contextmanager
+def open_home(
+    home: Path,
+    user: access.ServerUser | None,
+    what: str = "CLIPDB_HOME",
+    if_exists: Callable[[safe_dir.SafeDir], None] | None = None,
+) -> Iterator[safe_dir.SafeDir]:
+    """CLIPDB_HOME vetted and opened (``safe_dir``), created if missing; ``if_exists`` runs
+    first on one that already existed.
+
+    As root, the server user must pass through the directories clipdb makes; 0711 lets it
+    enter without listing them. It must also reach the deepest one that exists: checked
+    before anything is created, so a refused home leaves no directories behind.
+    """
+
+    def check(existing: safe_dir.SafeDir, is_home: bool) -> None:
+        if is_home and if_exists is not None:
+            if_exists(existing)
+        # A running server shows the user reaches it (and saves each command a subprocess).
+        if user is not None and not (is_home and running_server(existing.path)):
+            access.check_reach(existing.path, Path(_bin("postgres")), user)
+
+    with safe_dir.safe_dir(
+        home, what, mode=0o711 if user else None, check_existing=check
+    ) as opened:
+        yield opened
 
 
 def _socket_dir(home: Path) -> Path:
@@ -102,13 +112,17 @@ def _socket_dir(home: Path) -> Path:
 
 
 @contextmanager
-def _start_lock(home: Path) -> Iterator[None]:
-    with open(home / "server.lock", "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+def _start_lock(home: safe_dir.SafeDir) -> Iterator[None]:
+    try:
+        fd = safe_dir.open_file(home.fd, "server.lock", os.O_RDWR | os.O_CREAT)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ClipdbError(f"cannot open {home.path / 'server.lock'}: {reason}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def shared_buffers() -> str:
@@ -136,7 +150,7 @@ def shared_buffers() -> str:
 def running_server(home: Path) -> EmbeddedServer | None:
     """The server in ``home`` if it is up and ready, from its postmaster.pid."""
     try:
-        lines = (_pgdata(home) / "postmaster.pid").read_text().splitlines()
+        lines = safe_dir.read_text(_pgdata(home) / "postmaster.pid").splitlines()
     except OSError:
         return None
     # A streaming standby (clipdb db replicate) reports "standby" once it accepts reads.
@@ -160,15 +174,23 @@ def ensure_server(home: Path) -> EmbeddedServer:
     any parents clipdb creates get 0711. It never changes the mode of a directory it did not
     create, so a CLIPDB_HOME below one that user cannot enter (a 0700 /root or tmp dir) is
     refused, naming that directory; root's default home is /var/lib/clipdb for this reason.
+    A home someone else could change (theirs, writable by others, or reached through a link
+    or folder of another user's) is refused before anything in it is read (``safe_dir``).
     """
-    home = home.expanduser().resolve()
     user = access.server_user()
+    # Vetted before anything in it is read: a home another user controls could hold a
+    # postmaster.pid pointing at their own server.
+    with open_home(home, user) as opened:
+        return _ensure_server(opened, user)
+
+
+def _ensure_server(opened: safe_dir.SafeDir, user: access.ServerUser | None) -> EmbeddedServer:
+    home = opened.path
     pgdata = _pgdata(home)
     server = running_server(home)
     if server is not None and access.auth_current(pgdata, user):
         return server
-    _ensure_home(home, user)
-    with _start_lock(home):
+    with _start_lock(opened):
         server = running_server(home)
         if server is not None:
             # Started with 0.1.0's trust: switch it to peer now, not at its next restart.
@@ -176,7 +198,7 @@ def ensure_server(home: Path) -> EmbeddedServer:
                 _reload(server)
             return server
         if not (pgdata / "PG_VERSION").exists():
-            access.private_dir(pgdata, user)
+            access.private_dir(pgdata, user, parent=opened.fd)
             _run_pg(
                 [
                     _bin("initdb"),
@@ -192,7 +214,8 @@ def ensure_server(home: Path) -> EmbeddedServer:
             )  # fmt: skip
         access.write_auth(pgdata, user)
         socket_dir = _socket_dir(home)
-        access.private_dir(socket_dir, user)
+        in_home = socket_dir.parent == home
+        access.private_dir(socket_dir, user, parent=opened.fd if in_home else None)
         options = (
             f"-c listen_addresses='' -k {socket_dir} "
             f"-c shared_buffers={shared_buffers()} -c maintenance_work_mem=1GB "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipdb.db import safe_dir
 from clipdb.errors import ClipdbError
 
 SUPERUSER = "postgres"
@@ -68,22 +69,6 @@ def as_server_user(user: ServerUser | None) -> dict[str, Any]:
     return {"user": user.uid, "group": user.gid, "extra_groups": []}
 
 
-def make_dirs(path: Path, mode: int | None) -> None:
-    """mkdir -p, giving ``mode`` (None: the umask's) to the directories it creates only."""
-    missing = []
-    for candidate in [path, *path.parents]:
-        if candidate.exists():
-            break
-        missing.append(candidate)
-    for directory in reversed(missing):
-        try:
-            directory.mkdir()
-        except FileExistsError:
-            continue  # made by a concurrent start: not ours to change
-        if mode is not None:
-            directory.chmod(mode)  # exactly, whatever the umask
-
-
 def check_reach(home: Path, binary: Path, user: ServerUser) -> None:
     """Refuse, naming the directory, when the server user cannot reach ``home`` (an existing
     directory: CLIPDB_HOME or the nearest parent of it) or run the server's binaries.
@@ -123,23 +108,25 @@ _WAY_OUT = (
 )
 
 
-def private_dir(path: Path, user: ServerUser | None) -> None:
+def private_dir(path: Path, user: ServerUser | None, parent: int | None = None) -> None:
     """Make ``path`` a directory only the server's account can enter, or refuse.
 
     The socket directory may be in /tmp, where anyone can create the name first: a directory
     of theirs would hand them the socket, a symlink would make us chown what it points to.
     So the name is created exclusively, and an existing one is used only if it is a real
     directory (never followed), owned by the server's account (or by root, mid-hand-over),
-    mode 0700. Only a directory made or vetted here is ever chowned.
+    mode 0700. Only a directory made or vetted here is ever chowned. ``parent``: a descriptor
+    of the directory ``path`` is in (a vetted CLIPDB_HOME), to make it relative to.
     """
+    name: str | Path = path if parent is None else path.name
     try:
-        os.mkdir(path, 0o700)
+        os.mkdir(name, 0o700, dir_fd=parent)
     except FileExistsError:
         pass
     except OSError as err:
         raise ClipdbError(f"cannot create {path}: {err.strerror or err}") from None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
     except OSError:
         raise ClipdbError(
             f"refusing {path}: it is not a directory (a symlink or file someone else may have "
@@ -188,7 +175,7 @@ def auth_current(pgdata: Path, user: ServerUser | None) -> bool:
     """Whether the auth files are clipdb's current ones (or not ours to read and fix)."""
     for name, text in auth_files(user).items():
         try:
-            if (pgdata / name).read_text() != text:
+            if safe_dir.read_text(pgdata / name) != text:
                 return False
         except PermissionError:
             return True  # another user's server: theirs to upgrade
@@ -199,20 +186,35 @@ def auth_current(pgdata: Path, user: ServerUser | None) -> bool:
 
 def write_auth(pgdata: Path, user: ServerUser | None) -> bool:
     """Bring the auth files up to date (0.1.0 wrote trust); True if anything changed."""
+    try:
+        directory = os.open(pgdata, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise ClipdbError(f"cannot open {pgdata}: {err.strerror or err}") from None
+    try:
+        return _write_auth(directory, pgdata, user)
+    finally:
+        os.close(directory)
+
+
+def _write_auth(directory: int, pgdata: Path, user: ServerUser | None) -> bool:
     changed = False
     for name, text in auth_files(user).items():
         target = pgdata / name
-        try:
-            if target.read_text() == text:
+        with suppress(OSError):
+            if safe_dir.read_text(target) == text:
                 continue
-        except OSError:
-            pass
-        # A new file renamed over the old: never written through a link in pgdata.
-        temporary = pgdata / f".{name}.clipdb-new"
+        # A new file renamed over the old, all relative to pgdata's descriptor: never
+        # written through a link.
+        temporary = f".{name}.clipdb-new"
         try:
             with suppress(FileNotFoundError):
-                temporary.unlink()
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                os.unlink(temporary, dir_fd=directory)
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=directory,
+            )
             try:
                 os.write(fd, text.encode())
                 if user is not None:
@@ -220,7 +222,7 @@ def write_auth(pgdata: Path, user: ServerUser | None) -> bool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temporary, target)
+            os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
         except OSError as err:
             raise ClipdbError(f"cannot write {target}: {err.strerror or err}") from None
         changed = True

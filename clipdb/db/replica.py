@@ -10,6 +10,7 @@ PostgreSQL does the replication; clipdb only runs the bundled binaries and reads
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from psycopg import conninfo, sql
 
 from clipdb.db import Database, connect_checked, server_address
 from clipdb.db import embedded_access as access
-from clipdb.db.embedded import EmbeddedServer, _bin, _ensure_home, _pgdata, _run_pg
+from clipdb.db.embedded import EmbeddedServer, _bin, _pgdata, _run_pg
+from clipdb.db.safe_dir import SafeDir
 from clipdb.errors import ClipdbError, first_line
 
 BASEBACKUP_TIMEOUT_S = 3600
@@ -35,20 +37,23 @@ def application_name(home: Path) -> str:
 
 
 def replicate(source: Database, target: Path, *, sync: bool = False) -> EmbeddedServer:
-    """Make ``target`` a CLIPDB_HOME holding a running streaming standby of ``source``."""
-    from clipdb.db.embedded import ensure_server
+    """Make ``target`` a CLIPDB_HOME holding a running streaming standby of ``source``.
 
-    target = target.expanduser().resolve()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ClipdbError(f"refusing --to {target}: it exists and is not an empty directory")
+    ``target`` is vetted as any CLIPDB_HOME is (``safe_dir``: the caller's or root's, no one
+    else may write in it or on the way to it), so nothing can be planted in it between the
+    check that it is empty and the files pg_basebackup writes.
+    """
+    from clipdb.db.embedded import ensure_server, open_home
+
     where = server_address(source.url)
-    name = application_name(target)
     with connect_checked(source.url, autocommit=True) as conn:
         _check_may_replicate(conn, where)
     user = access.server_user()
-    _ensure_home(target, user)
-    pgdata = _pgdata(target)
-    access.private_dir(pgdata, user)
+    with open_home(target, user, what="--to", if_exists=_refuse_if_not_empty) as opened:
+        target = opened.path
+        pgdata = _pgdata(target)
+        access.private_dir(pgdata, user, parent=opened.fd)
+    name = application_name(target)
     url = conninfo.make_conninfo(source.url, application_name=name)
     try:
         _run_pg(
@@ -65,6 +70,17 @@ def replicate(source: Database, target: Path, *, sync: bool = False) -> Embedded
         with connect_checked(source.url, autocommit=True) as conn:
             _add_synchronous_standby(conn, name, where)
     return server
+
+
+def _refuse_if_not_empty(target: SafeDir) -> None:
+    readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=target.fd)
+    try:
+        if os.listdir(readable):
+            raise ClipdbError(
+                f"refusing --to {target.path}: it exists and is not an empty directory"
+            )
+    finally:
+        os.close(readable)
 
 
 def _check_may_replicate(conn: psycopg.Connection[Any], where: str) -> None:

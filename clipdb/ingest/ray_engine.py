@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 
 from clipdb import files
+from clipdb.config import Settings
 from clipdb.db import Database
 from clipdb.db.registry import Model
 from clipdb.db.store import ImageRecord
 from clipdb.errors import ClipdbError, first_line
+from clipdb.ingest.ray_local import PrivateTemp, start_local_cluster
 from clipdb.ingest.writer import BatchWriter
 
 INSTALL_HINT = "the Ray engine needs ray: pip install 'clipdb-pg[ray]'"
@@ -159,14 +161,15 @@ class RayEncoders:
         ray = require_ray()
         self.ray = ray
         self.started = False
+        self.private_temp: PrivateTemp | None = None
         try:
             if not ray.is_initialized():
-                ray.init(
-                    address=address,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=False,
-                )
+                quiet = {"log_to_driver": False, "configure_logging": False}
+                if address is None and not os.environ.get("RAY_ADDRESS"):
+                    home = Settings.resolve().home
+                    self.private_temp = start_local_cluster(ray, home, **quiet)
+                else:
+                    ray.init(address=address, include_dashboard=False, **quiet)
                 self.started = True
             resources = ray.cluster_resources()
             if gpus_per_worker > 0:
@@ -219,6 +222,9 @@ class RayEncoders:
         if self.started:
             self.ray.shutdown()
             self.started = False
+        if self.private_temp is not None:
+            self.private_temp.remove()  # a mkdtemp of this run's; CLIPDB_HOME/ray stays
+            self.private_temp = None
 
     def encode_and_write(
         self,
