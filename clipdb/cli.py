@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
 from clipdb.config import BACKENDS, DEVICES, PRECISIONS
-from clipdb.errors import ClipdbError, UsageError, disk_full, first_line
+from clipdb.errors import ClipdbError, UsageError, WeightsUnavailable, disk_full, first_line
 
 __all__ = ["first_line", "run_command", "positive_int", "non_negative_int", "similarity_value"]
 
@@ -38,6 +39,10 @@ def run_command(
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    except WeightsUnavailable as err:  # offline, most often: say how to try it anyway
+        rerun = random_weights_rerun(parser.prog, sys.argv[1:] if argv is None else argv)
+        print(f"error: {err}; rerun: {rerun}", file=sys.stderr)
+        return 1
     except ClipdbError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -55,6 +60,21 @@ def run_command(
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+
+
+def random_weights_rerun(prog: str, argv: Sequence[str]) -> str:
+    """The command line that runs ``prog argv`` again with seeded random weights: its own
+    ``--pretrained`` dropped (a flag would beat the variable), CLIPDB_PRETRAINED=none in front."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg == "--pretrained":
+            skip_value = True
+        elif not arg.startswith("--pretrained="):
+            kept.append(arg)
+    return " ".join(["CLIPDB_PRETRAINED=none", prog, shlex.join(kept)]).rstrip()
 
 
 def positive_int(value: str) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from clipdb.config import BACKENDS, DEVICES, PRECISIONS
-from clipdb.errors import ClipdbError, UsageError
+from clipdb.errors import ClipdbError, UsageError, WeightsUnavailable
 from clipdb.models import (
     RANDOM_WEIGHTS,
     ModelSpec,
@@ -48,6 +48,11 @@ __all__ = [
     "Encoder",
 ]
 HUB_HOST = ("huggingface.co", 443)
+# Where weights cannot be had: how to try everything anyway (the CLI adds the exact rerun line).
+RANDOM_WEIGHTS_HINT = (
+    "for seeded random weights (meaningless results, for a trial run) --pretrained none "
+    "or CLIPDB_PRETRAINED=none"
+)
 
 
 def register_model_configs() -> None:
@@ -74,9 +79,9 @@ def default_pretrained(architecture: str) -> str:
 
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     if not tags:
-        raise ClipdbError(
+        raise WeightsUnavailable(
             f"open_clip has no standard weights for {architecture}; "
-            "pass --pretrained FILE (a local checkpoint) or --pretrained none"
+            f"pass --pretrained FILE (a local checkpoint) or {RANDOM_WEIGHTS_HINT}"
         )
     return "openai" if "openai" in tags else tags[0]
 
@@ -311,18 +316,15 @@ def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
                         spec.architecture, pretrained=source
                     )
             except Exception as err:  # open_clip raises RuntimeError, OSError, KeyError...
-                hint = (
-                    "pass a local checkpoint with --pretrained FILE, or --pretrained none "
-                    "for random weights"
-                )
                 if spec.checkpoint:
                     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
                     raise ClipdbError(
                         f"cannot load checkpoint {spec.checkpoint}: {reason}"
                     ) from None
-                raise ClipdbError(
+                raise WeightsUnavailable(
                     f"weights {spec.pretrained!r} for {spec.architecture} are not in the local "
-                    f"cache and could not be downloaded; {hint}"
+                    "cache and could not be downloaded (no network access to the model hub?); "
+                    f"pass a local checkpoint with --pretrained FILE, or {RANDOM_WEIGHTS_HINT}"
                 ) from None
     clip_model = clip_model.to(torch_device).eval()
     tokenizer = open_clip.get_tokenizer(spec.architecture)

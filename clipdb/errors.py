@@ -9,6 +9,11 @@ class UsageError(ClipdbError):
     """Bad arguments: printed with the usage line, exit 2."""
 
 
+class WeightsUnavailable(ClipdbError):
+    """A model's weights cannot be had here (not cached and no network, or none published):
+    exit 1, and the CLI adds the command line that reruns it with random weights."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (PostgreSQL's carry DETAIL/HINT lines after it)."""
     text = str(err).strip()

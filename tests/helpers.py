@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from clipdb.db.registry import Model, register_model
 from clipdb.db.store import ImageRecord, upsert_images
 
 TESTS_DIR = Path(__file__).parent
+CHECKOUT = TESTS_DIR.parent
 MODEL_CONFIGS = TESTS_DIR / "model_configs"
 TINY_MODEL = "clipdb-tiny"  # tests/model_configs/clipdb-tiny.json, 32-d
 TINY_WIDE_MODEL = "clipdb-tiny-wide"  # 48-d: a second model of another dimension
@@ -205,3 +207,50 @@ def assert_same_rows(actual: dict, expected: dict) -> None:
     for path, row in expected.items():
         assert actual[path][:5] == row[:5], path
         np.testing.assert_allclose(actual[path][5], row[5], atol=1e-5, err_msg=path)
+
+
+def copy_checkout(dest: Path) -> Path:
+    """What a fresh clone holds of the checkout (top-level files, the package, migrations,
+    scripts) at ``dest``: no .venv, no build/ or egg-info left by earlier builds."""
+    dest.mkdir(parents=True)
+    for item in CHECKOUT.iterdir():
+        if item.is_file():
+            shutil.copy2(item, dest / item.name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("clipdb", "migrations", "scripts"):
+        shutil.copytree(CHECKOUT / folder, dest / folder, ignore=ignore)
+    return dest
+
+
+def fresh_venv(path: Path, *, with_packages: bool = True) -> Path:
+    """A new virtual environment without pip or clipdb; returns its python. With
+    ``with_packages`` it sees this test run's installed packages through a plain path entry,
+    so their .pth files (clipdb's editable install among them) are not run there."""
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120
+    )
+    python = path / "bin" / "python"
+    if with_packages:
+        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        found = subprocess.run(
+            [str(python), "-c", purelib], check=True, capture_output=True, text=True, timeout=60
+        )
+        site = found.stdout.strip()
+        Path(site, "test-run-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def pip_install(python: Path, *args: str) -> None:
+    """``pip install --no-deps ARGS`` into ``python``'s environment, offline; --ignore-installed,
+    as the run's own clipdb (seen through the path entry) is no reason to skip, nor to touch."""
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
+    offline = ["--no-deps", "--ignore-installed", "--no-index", "--no-build-isolation", "-q"]
+    subprocess.run(
+        [*pip, "install", *offline, *args], check=True, capture_output=True, text=True, timeout=300
+    )
+
+
+def outside_env(**extra: str) -> dict[str, str]:
+    """This run's environment without PYTHONPATH (which may name a checkout), plus ``extra``."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    return {**env, **extra}

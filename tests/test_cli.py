@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
 import pytest
-from helpers import run_module
+from helpers import TINY_MODEL, run_module
+
+from clipdb.cli import random_weights_rerun
+from clipdb.db import Database
 
 COMMANDS = ("ingest", "search", "embed", "serve", "db", "dupes")
 
@@ -71,3 +75,30 @@ def test_device_and_precision_are_validated_the_same_everywhere(command: str) ->
             result = run_module(f"clipdb.{command}", flag, value)
         assert result.returncode == 2, (command, flag, result.stderr)
         assert f"argument {flag}: invalid choice: '{value}'" in result.stderr
+
+
+def test_random_weights_rerun_drops_the_commands_own_pretrained() -> None:
+    argv = ["a b.jpg", "--pretrained", "openai", "--pretrained=x", "-k", "3"]
+    assert random_weights_rerun("clipdb search", argv) == (
+        "CLIPDB_PRETRAINED=none clipdb search 'a b.jpg' -k 3"
+    )
+    assert random_weights_rerun("python -m clipdb.serve", []) == (
+        "CLIPDB_PRETRAINED=none python -m clipdb.serve"
+    )
+
+
+@pytest.mark.slow
+def test_weights_out_of_reach_end_with_a_rerun_line_that_works(database: Database) -> None:
+    """No weights to be had (the tiny model has no standard ones, like an offline hub): one
+    line, naming CLIPDB_PRETRAINED=none and the exact command to run again; that line runs."""
+    result = run_module("clipdb", "embed", "--text", "a red car", "--model", TINY_MODEL)
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: open_clip has no standard weights for clipdb-tiny;")
+    assert "CLIPDB_PRETRAINED=none" in line.split("; rerun: ")[0]
+    rerun = shlex.split(line.split("; rerun: ")[1])
+    command = ["clipdb", "embed", "--text", "a red car", "--model", TINY_MODEL]
+    assert rerun == ["CLIPDB_PRETRAINED=none", *command]
+    again = run_module("clipdb", *rerun[2:], env={"CLIPDB_PRETRAINED": "none"})
+    assert again.returncode == 0, again.stderr
+    assert len(again.stdout.strip("[]\n").split(",")) == 32

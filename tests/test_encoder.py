@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, run_module
 from PIL import Image
 
+from clipdb.db import Database
 from clipdb.encoder import load_encoder, resolve_model_spec
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.models import STANDARD_WEIGHTS, quick_model_spec
@@ -92,3 +93,21 @@ def test_quick_identities_agree_with_open_clip() -> None:
         assert quick == resolve_model_spec(architecture, None)
     assert quick_model_spec("ViT-B/16", "none") == resolve_model_spec("ViT-B-16", "none")
     assert quick_model_spec("coca_ViT-B-32", None) is None  # only open_clip knows
+
+
+@pytest.mark.slow
+def test_standard_weights_offline_say_how_to_run_with_random_ones(
+    database: Database, tmp_path: Path
+) -> None:
+    """No network and an empty hub cache: one line that names CLIPDB_PRETRAINED=none and the
+    command to run again, without the --pretrained that would beat the variable."""
+    args = ["--text", "a red car", "--model", "ViT-B-32", "--pretrained", "openai"]
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = run_module("clipdb", "embed", *args, "--backend", "torch", env=offline)
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert "'openai' for ViT-B-32 are not in the local cache and could not be downloaded" in line
+    assert line.endswith(
+        "or CLIPDB_PRETRAINED=none; rerun: CLIPDB_PRETRAINED=none clipdb embed"
+        " --text 'a red car' --model ViT-B-32 --backend torch"
+    )

@@ -37,7 +37,7 @@ from clipdb.errors import UsageError
 
 TIERS = ("exact", "near", "similar")
 DEFAULT_TIERS = ("exact", "near")
-# Chosen from the labelled set in BENCHMARKS.md ("Duplicates: near tier quality").
+# Chosen from the labelled set in BENCHMARKS.md ("Duplicates and metadata").
 DEFAULT_NEAR_DISTANCE = 4
 MAX_NEAR_DISTANCE = 8  # the banded index answers up to 8 (clipdb.duplicates)
 # Cannot be measured with random weights (see BENCHMARKS.md): a conservative cut for real CLIP.
