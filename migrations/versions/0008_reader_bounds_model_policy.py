@@ -280,6 +280,15 @@ def _replaced(sql: str, old: str, new: str) -> str:
     return sql.replace(old, new)
 
 
+# search_model's messages that printed <NULL> for a NULL argument: (argument, what to print).
+NOT_NULL_MESSAGES = (
+    ("k", "coalesce(k::text, 'NULL')"),
+    ("skip", "coalesce(skip::text, 'NULL')"),
+    ("sort", "coalesce(quote_literal(left(sort, 40)), 'NULL')"),
+    ("p_model_id", "coalesce(p_model_id::text, 'NULL')"),
+)
+
+
 def _search_model(metadata: Any, *, checked: bool) -> str:
     """0006's search_model, with this revision's argument checks when ``checked``."""
     sql = metadata._sql(metadata.SEARCH_MODEL).replace(
@@ -291,7 +300,19 @@ def _search_model(metadata: Any, *, checked: bool) -> str:
         sql, "BEGIN\n    IF k IS NULL", "BEGIN\n" + SEARCH_MODEL_CHECKS + "    IF k IS NULL"
     )
     sql = _replaced(sql, "OR near_km <= 0)", f"OR NOT (near_km > 0 AND near_km <= {MAX_NEAR_KM}))")
-    return _replaced(sql, "km above 0'", f"km above 0 and at most {MAX_NEAR_KM}'")
+    sql = _replaced(sql, "km above 0'", f"km above 0 and at most {MAX_NEAR_KM}'")
+    for value, shown in NOT_NULL_MESSAGES:
+        sql = _replaced(sql, f"%', {value};", f"%', {shown};")
+    return sql
+
+
+def _similar_by_id(metadata: Any) -> str:
+    """0006's clipdb.similar(image_id bigint, ...), its message without <NULL>."""
+    functions = metadata._sql(metadata.FUNCTIONS)
+    start = functions.index("CREATE FUNCTION clipdb.similar(\n    image_id bigint")
+    end = functions.index("$fn$;", start) + len("$fn$;")
+    sql = functions[start:end].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
+    return _replaced(sql, "%', image_id;", "%', coalesce(image_id::text, 'NULL');")
 
 
 def _duplicates(phash: Any, *, checked: bool) -> str:
@@ -341,6 +362,7 @@ def upgrade() -> None:
     op.execute(CHOOSE_MODEL)
     op.execute(_search_model(metadata, checked=True))
     op.execute(metadata._sql(SEARCH))
+    op.execute(_similar_by_id(metadata))
     op.execute(BOUNDED_HELPERS)
     op.execute(_duplicates(phash, checked=True))
     op.execute(GRANT)
