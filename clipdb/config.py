@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
+from clipdb.errors import UsageError
 from clipdb.models import canonical_model_name
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -19,6 +21,11 @@ DEFAULT_EF_SEARCH = 320
 # The most results one search returns, the same in the CLI, Python, HTTP and SQL. Beyond
 # pgvector's ef_search maximum (1000) the HNSW scan continues iteratively until k rows came.
 MAX_RESULTS = 10_000
+
+# How long ingest lets another session hold up its index DDL (or hold its ingest lock without
+# being an ingest) before it names that session, and ends it when it is clipdb_reader's. 30 s
+# is the reader's statement timeout: a single reader statement within it is never ended.
+DEFAULT_LOCK_WAIT_S = 30.0
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # int8: OpenVINO weights only
@@ -36,6 +43,20 @@ def default_home() -> Path:
     if os.geteuid() == 0 and not (user_dir / "pgdata").exists():
         return ROOT_DEFAULT_HOME
     return user_dir
+
+
+def lock_wait_seconds() -> float:
+    """CLIPDB_LOCK_WAIT (seconds, more than 0), else :data:`DEFAULT_LOCK_WAIT_S`."""
+    value = os.environ.get("CLIPDB_LOCK_WAIT") or ""
+    if not value:
+        return DEFAULT_LOCK_WAIT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds <= 86_400):
+        raise UsageError(f"CLIPDB_LOCK_WAIT={value!r}: use seconds, more than 0 (e.g. 30)")
+    return seconds
 
 
 @dataclass(frozen=True)

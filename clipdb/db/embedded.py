@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clipdb.db import embedded_access as access
 from clipdb.db import safe_dir
@@ -265,6 +266,16 @@ def _ensure_database(server: EmbeddedServer) -> None:
         ).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+
+def restrict_temporary(conn: Any) -> None:
+    """Take TEMPORARY on the embedded database from PUBLIC (PostgreSQL grants it by default):
+    clipdb_reader could otherwise write temporary tables of any size. The superuser that
+    clipdb writes as needs no grant. Run by every schema upgrade of the embedded database."""
+    from psycopg import sql
+
+    statement = sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC")
+    conn.execute(statement.format(sql.Identifier(conn.info.dbname)))
 
 
 def stop_server(home: Path) -> bool:

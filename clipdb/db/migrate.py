@@ -153,6 +153,10 @@ def upgrade(database: Database, revision: str = "head", *, implicit: bool = Fals
             )
         _check_pgvector(conn, database.url)
         _migrate(database, conn, "upgrade", revision, known)
+        if database.embedded_home is not None:
+            from clipdb.db.embedded import restrict_temporary
+
+            restrict_temporary(conn)  # a server of your own: README says how
     return revision if revision != "head" else head
 
 

@@ -17,8 +17,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from clipdb import files
-from clipdb.config import Settings
+from clipdb.config import Settings, lock_wait_seconds
 from clipdb.db import Database, open_database, require_write_access
+from clipdb.db.ingest_lock import ingest_lock
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
 from clipdb.ingest.bulk import index_window
@@ -155,8 +156,6 @@ class Ingester:
     # --- one pass -------------------------------------------------------------------------
 
     def run(self) -> IngestSummary:
-        from clipdb.ingest.pipeline import encode_and_write
-
         if not self._roots_checked:  # --watch: a root that vanishes later is offline, kept
             self._check_roots()
             self._roots_checked = True
@@ -165,6 +164,16 @@ class Ingester:
 
             require_ray()  # before any work: one line saying how to install it
         require_write_access(self.database)
+        wait_s = lock_wait_seconds()
+        spec = self._model_spec()
+        # Another ingest of a root with this model runs first: this plan then sees its rows.
+        label = f"{spec.architecture}/{spec.pretrained}"
+        with ingest_lock(self.database, label, self.roots, wait_s=wait_s):
+            return self._run(wait_s)
+
+    def _run(self, wait_s: float) -> IngestSummary:
+        from clipdb.ingest.pipeline import encode_and_write
+
         start = time.perf_counter()
         summary = IngestSummary()
         skipped: Counter[str] = Counter()
@@ -230,7 +239,7 @@ class Ingester:
 
                 planned_new = len(plan.to_encode) - len(plan.changed)
                 try:
-                    with index_window(self.database, model, planned_new):
+                    with self._index_window(model, planned_new, wait_s):
                         if self.options.engine == "ray":
                             encoder.encode_and_write(
                                 self.database, model, plan.to_encode, stats,
@@ -253,7 +262,7 @@ class Ingester:
                     if self.options.engine == "ray":
                         encoder.close()  # also when the run fails before its first batch
             elif model is not None:
-                with index_window(self.database, model, 0):
+                with self._index_window(model, 0, wait_s):
                     pass  # heals an index an interrupted bulk run left missing
             if model is not None and not plan.to_encode:
                 self._finish(conn, model, seen, known, still_bad, new_skips, summary)
@@ -289,6 +298,12 @@ class Ingester:
             self._offline_roots = offline  # back online: say so again if it goes
         retried = [path for path in known if path not in still_bad]
         remember_skips(conn, model, self.roots, seen, retried, new_skips)
+
+    def _index_window(self, model: Model, planned_new: int, wait_s: float) -> Any:
+        terminate = self.options.terminate_blockers
+        return index_window(
+            self.database, model, planned_new, wait_s=wait_s, terminate_blockers=terminate
+        )
 
     def _workers(self) -> int:
         return default_workers() if self.options.workers is None else self.options.workers

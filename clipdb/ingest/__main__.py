@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_read_url_argument(parser)
     parser.add_argument(
+        "--terminate-blockers",
+        action="store_true",
+        help="end sessions of any role that hold up an index build for longer than "
+        "CLIPDB_LOCK_WAIT seconds (default 30; clipdb_reader sessions are ended without it)",
+    )
+    parser.add_argument(
         "--strict",
         action="store_true",
         help="exit 1 if any file was skipped (the good files are still indexed and committed)",
@@ -155,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray_address=args.ray_address,
             gpus_per_worker=args.gpus_per_worker,
             decode=args.decode,
+            terminate_blockers=args.terminate_blockers,
         )
 
         def report(summary: IngestSummary) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from clipdb.db import Database
+from clipdb.db.blockers import watched
 from clipdb.db.model_index import build_model_index, drop_model_index, model_index_state
 from clipdb.db.registry import Model
 
@@ -37,9 +38,20 @@ def use_bulk(planned_new: int, existing_rows: int) -> bool:
 
 
 @contextmanager
-def index_window(database: Database, model: Model, planned_new: int) -> Iterator[bool]:
+def index_window(
+    database: Database,
+    model: Model,
+    planned_new: int,
+    *,
+    wait_s: float,
+    terminate_blockers: bool = False,
+) -> Iterator[bool]:
     """Around a run's writes: drop the model's index first when the run is big enough, build
-    it at the end (also when an earlier run left it missing). Yields whether bulk is on."""
+    it at the end (also when an earlier run left it missing). Yields whether bulk is on.
+
+    The DDL waits for other sessions' snapshots and locks: after ``wait_s`` seconds those are
+    named on stderr, and ended when they are clipdb_reader's (any role's with
+    ``terminate_blockers``); see clipdb.db.blockers."""
     with database.connect(autocommit=True) as conn:
         valid, rows = model_index_state(conn, model)
         bulk = use_bulk(planned_new, rows)
@@ -50,8 +62,14 @@ def index_window(database: Database, model: Model, planned_new: int) -> Iterator
                 file=sys.stderr,
                 flush=True,
             )
-            drop_model_index(conn, model)
+            what = f"dropping index {model.index_name}"
+            with watched(database, conn, what, wait_s=wait_s, terminate_others=terminate_blockers):
+                drop_model_index(conn, model)
     yield bulk
     if bulk or not valid:
-        with database.connect(autocommit=True) as conn:
+        what = f"building index {model.index_name}"
+        with (
+            database.connect(autocommit=True) as conn,
+            watched(database, conn, what, wait_s=wait_s, terminate_others=terminate_blockers),
+        ):
             build_model_index(conn, model)

@@ -38,6 +38,9 @@ class IngestOptions:
     ray_address: str | None = None  # None: the running ray.init(), else a new local cluster
     gpus_per_worker: float = 0.0  # > 0: one encoder per that many GPUs, else per CPU slot
     decode: str = "auto"  # where JPEGs decode: clipdb.device_decode.DECODE_MODES
+    # End any role's sessions that hold up the index DDL past CLIPDB_LOCK_WAIT (clipdb_reader's
+    # are ended without it): clipdb.db.blockers.
+    terminate_blockers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
