@@ -295,6 +295,7 @@ def _hits(results: Sequence[dict[str, Any]]) -> list[Hit]:
             camera=r.get("camera"),
             lat=r.get("lat"),
             lon=r.get("lon"),
+            taken_at_naive=bool(r.get("taken_at_naive", False)),
         )
         for r in results
     ]
