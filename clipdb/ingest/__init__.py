@@ -196,9 +196,10 @@ class Ingester:
             # Known-bad files that have not changed are reported, not retried: a tree with a
             # few bad files must not load the model on every run.
             known, still_bad = known_skips(conn, model, stats)
+            summary.known_bad = len(still_bad)
             for path, reason in still_bad.items():
                 skipped[reason] += 1
-                if self.known_bad is None or path not in self.known_bad:
+                if self.options.verbose and (self.known_bad is None or path not in self.known_bad):
                     self.on_skip(path, reason)
                 if self.known_bad is not None:
                     self.known_bad[path] = (*known[path][:2], reason)

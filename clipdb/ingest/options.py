@@ -34,6 +34,9 @@ class IngestOptions:
     max_pixels: int | None = None
     progress: bool = True
     on_skip: SkipCallback | None = None  # default: "skipping <path>: <reason>" on stderr
+    # Files skipped by an earlier run and unchanged since: through on_skip one by one too
+    # (else only counted, IngestSummary.known_bad: a re-run does not repeat the same lines).
+    verbose: bool = False
     engine: str = "local"  # "ray": decode + encode on a Ray cluster (clipdb.ingest.ray_engine)
     ray_address: str | None = None  # None: the running ray.init(), else a new local cluster
     gpus_per_worker: float = 0.0  # > 0: one encoder per that many GPUs, else per CPU slot
@@ -79,6 +82,7 @@ class IngestSummary:
     seconds: float = 0.0
     images_per_s: float = 0.0
     metadata_read: int = 0  # rows that got photo metadata without re-encoding (backfill)
+    known_bad: int = 0  # of skipped: files skipped before, unchanged, not retried
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
