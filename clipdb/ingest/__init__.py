@@ -25,6 +25,7 @@ from clipdb.ingest.bulk import index_window
 from clipdb.ingest.options import ENGINES as ENGINES
 from clipdb.ingest.options import IngestOptions as IngestOptions
 from clipdb.ingest.options import IngestSummary as IngestSummary
+from clipdb.ingest.options import images_per_s
 from clipdb.ingest.phash_backfill import backfill_phashes
 from clipdb.ingest.plan import (
     SkipCallback,
@@ -236,7 +237,7 @@ class Ingester:
                             encoder.encode_and_write(
                                 self.database, model, plan.to_encode, stats,
                                 batch_size=self.options.batch_size, progress=self.options.progress,
-                                on_skip=skip, on_written=written,
+                                on_skip=skip, on_written=written, started=start,
                             )  # fmt: skip
                         else:
                             encode_and_write(
@@ -249,6 +250,7 @@ class Ingester:
                                 progress=self.options.progress,
                                 on_skip=skip,
                                 on_written=written,
+                                started=start,
                             )  # fmt: skip
                 finally:
                     if self.options.engine == "ray":
@@ -265,8 +267,7 @@ class Ingester:
                 self._finish(conn, model, seen, known, still_bad, new_skips, summary)
         summary.skipped = dict(skipped)
         summary.seconds = round(time.perf_counter() - start, 3)
-        encoded = summary.new + summary.updated
-        summary.images_per_s = round(encoded / summary.seconds, 2) if summary.seconds else 0.0
+        summary.images_per_s = images_per_s(summary.new + summary.updated, summary.seconds)
         return summary
 
     def _finish(

@@ -68,6 +68,16 @@ class IngestOptions:
             )
 
 
+def images_per_s(images: int, seconds: float) -> float:
+    """The one ingest rate, shown live by the progress bar and reported by the summary:
+    images encoded (new or updated rows) per second since the pass began."""
+    return round(images / seconds, 2) if images and seconds > 0 else 0.0
+
+
+def rate_text(rate: float) -> str:
+    return f"{rate:.1f} images/s"
+
+
 @dataclass
 class IngestSummary:
     """What one ingest pass did. ``--json`` prints exactly these keys."""
@@ -93,6 +103,7 @@ class IngestSummary:
         return (
             f"found {self.found}, new {self.new}, updated {self.updated}, moved {self.moved}, "
             f"unchanged {self.unchanged}, skipped {total}{f' ({reasons})' if reasons else ''}, "
-            f"pruned {self.pruned}, {self.seconds:.2f} s, {self.images_per_s:.1f} images/s"
+            f"pruned {self.pruned}, {self.seconds:.2f} s"
+            + (f", {rate_text(self.images_per_s)}" if self.new + self.updated else "")
             + (f", metadata read {self.metadata_read}" if self.metadata_read else "")
         )
