@@ -41,10 +41,30 @@ class CommandParser(argparse.ArgumentParser):
 
     - A word starting like a negative number is a value: ``--near -33.87,151.21,25``,
       ``--within -1`` (argparse alone takes it for an option, or refuses it whenever the
-      parser has a digit option such as ``-0``, and says "expected one argument").
+      parser has a digit option such as ``-0``, and says "expected one argument"); so is
+      one of an option's choices that starts with a dash (``--sort -date``).
     - A usage error is two lines, ``PROG: error: ...`` and ``see PROG --help``, not the
       whole usage block before the one useful line.
     """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # A choice spelled with a leading dash (--sort -date) is that option's value.
+        words: list[str] = []
+        for word in sys.argv[1:] if args is None else args:
+            action = self._option_string_actions.get(words[-1]) if words else None
+            if (
+                action is not None
+                and words[-1].startswith("--")
+                and word.startswith("-")
+                and action.choices is not None
+                and word in action.choices
+            ):
+                words[-1] = f"{words[-1]}={word}"
+            else:
+                words.append(word)
+        return super().parse_known_args(words, namespace)
 
     def _parse_optional(self, arg_string: str) -> Any:
         if arg_string not in self._option_string_actions and _NEGATIVE_NUMBER.match(arg_string):

@@ -85,6 +85,7 @@ def test_negative_numbers_are_option_values() -> None:
     )
     assert (args.near, args.threshold, args.weights) == ("-33.87,151.21,25", -0.5, "-1,1")
     assert dupes_parser().parse_args(["--similar-threshold", "-.5"]).similar_threshold == -0.5
+    assert search_parser().parse_args(["x.jpg", "--sort", "-date", "-k", "3"]).sort == "-date"
 
 
 @pytest.mark.parametrize(

@@ -335,20 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no results", file=sys.stderr)
         return 0
 
-    return run_command(build_parser(), sort_values_joined(argv), body)
-
-
-def sort_values_joined(argv: Sequence[str] | None) -> list[str]:
-    """``--sort -date`` as ``--sort=-date``: argparse takes a value starting with '-' for an
-    option, and ``-date`` is the contract's spelling of newest first."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    joined: list[str] = []
-    for arg in args:
-        if joined and joined[-1] == "--sort" and arg in SORTS:
-            joined[-1] = f"--sort={arg}"
-        else:
-            joined.append(arg)
-    return joined
+    return run_command(build_parser(), argv, body)
 
 
 if __name__ == "__main__":
