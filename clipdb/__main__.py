@@ -17,7 +17,7 @@ COMMANDS = {
     "search": "find similar images by image, text or an indexed image",
     "embed": "print the query embedding of an image or text (for SQL)",
     "serve": "web page and JSON API on 127.0.0.1",
-    "db": "the database: url, status, stop, upgrade",
+    "db": "the database: url, status, stop, upgrade, replicate, promote",
     "dupes": "duplicate groups (exact, near, similar) and a script to move them",
 }
 
@@ -42,6 +42,9 @@ def help_text() -> str:
         '  clipdb search --text "a red car" -k 10',
         "  clipdb serve",
         "  clipdb db status",
+        "",
+        "exit codes: 0 ok, 1 runtime error, 2 usage error, 130 interrupted (Ctrl-C),",
+        "141 the reader closed the output pipe (| head): output stops quietly.",
     ]
     return "\n".join(lines)
 

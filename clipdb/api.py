@@ -17,13 +17,14 @@ class is a thin facade: the work is done by :mod:`clipdb.ingest`, :mod:`clipdb.s
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -31,7 +32,7 @@ from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_MODEL, Settings
 from clipdb.db import Database, open_database
 from clipdb.db.queries import Hit
 from clipdb.db.registry import Model
-from clipdb.errors import UsageError
+from clipdb.errors import PYTHON, ClipdbError, UsageError
 from clipdb.export import export_index, import_index
 from clipdb.filters import Filters, Near
 from clipdb.search import (
@@ -51,6 +52,38 @@ if TYPE_CHECKING:
     from clipdb.encoder import Encoder
 
 
+_Callable = TypeVar("_Callable", bound=Callable[..., Any])
+_T = TypeVar("_T")
+
+
+def _python_names(function: _Callable) -> _Callable:
+    """Errors raised through ``function`` name settings as ClipDB's arguments
+    (``pretrained='none'``), not as the CLI's flags (``--pretrained none``)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except ClipdbError as err:
+            err.surface = PYTHON
+            raise
+
+    return cast(_Callable, wrapper)
+
+
+def _speaks_python(cls: type[_T]) -> type[_T]:
+    """:func:`_python_names` on ``__init__`` and every public method and property of ``cls``."""
+    for name, member in list(vars(cls).items()):
+        if name.startswith("_") and name != "__init__":
+            continue
+        if isinstance(member, property) and member.fget is not None:
+            setattr(cls, name, property(_python_names(member.fget), member.fset, member.fdel))
+        elif callable(member):
+            setattr(cls, name, _python_names(member))
+    return cls
+
+
+@_speaks_python
 class ClipDB:
     """Image retrieval with CLIP, the method names of the original ``CLIPImageRetrieval``."""
 
@@ -295,6 +328,7 @@ def _hits(results: Sequence[dict[str, Any]]) -> list[Hit]:
             camera=r.get("camera"),
             lat=r.get("lat"),
             lon=r.get("lon"),
+            taken_at_naive=bool(r.get("taken_at_naive", False)),
         )
         for r in results
     ]

@@ -1,22 +1,84 @@
 """The CLI kit every command shares: parse, run, map errors to exit codes, shared validators.
 
 Exit codes: 0 ok, 1 runtime error (one line on stderr, no traceback), 2 usage error, 130 on
-Ctrl-C. Nothing here imports torch, open_clip or FastAPI, so ``--help`` and argument errors of
-every command answer at once.
+Ctrl-C, 141 (quietly) when the reader closes the pipe early (``| head``). Nothing here imports
+torch, open_clip or FastAPI, so ``--help`` and argument errors of every command answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from clipdb.config import BACKENDS, DEVICES, PRECISIONS
 from clipdb.errors import ClipdbError, UsageError, WeightsUnavailable, disk_full, first_line
 
-__all__ = ["first_line", "run_command", "positive_int", "non_negative_int", "similarity_value"]
+__all__ = [
+    "CommandParser",
+    "first_line",
+    "run_command",
+    "positive_int",
+    "non_negative_int",
+    "similarity_value",
+]
+
+# A word that starts like a negative number (-1, -.5, -33.87,151.21,25): a value, never an
+# option, wherever it stands.
+_NEGATIVE_NUMBER = re.compile(r"^-\.?\d")
+
+# What a command that ends because its reader closed the pipe exits with: 128 + SIGPIPE, as a
+# shell reports any Unix tool stopped by that signal (`yes | head`).
+BROKEN_PIPE = 141
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every command (and of ``db``'s subcommands).
+
+    - A word starting like a negative number is a value: ``--near -33.87,151.21,25``,
+      ``--within -1`` (argparse alone takes it for an option, or refuses it whenever the
+      parser has a digit option such as ``-0``, and says "expected one argument"); so is
+      one of an option's choices that starts with a dash (``--sort -date``).
+    - A usage error is two lines, ``PROG: error: ...`` and ``see PROG --help``, not the
+      whole usage block before the one useful line.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # A choice spelled with a leading dash (--sort -date) is that option's value.
+        words: list[str] = []
+        for word in sys.argv[1:] if args is None else args:
+            action = self._option_string_actions.get(words[-1]) if words else None
+            if (
+                action is not None
+                and words[-1].startswith("--")
+                and word.startswith("-")
+                and action.choices is not None
+                and word in action.choices
+            ):
+                words[-1] = f"{words[-1]}={word}"
+            else:
+                words.append(word)
+        return super().parse_known_args(words, namespace)
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        if arg_string not in self._option_string_actions and _NEGATIVE_NUMBER.match(arg_string):
+            return None  # a positional word: the value of the option before it
+        return super()._parse_optional(arg_string)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, usage_error(self.prog, message))
+
+
+def usage_error(prog: str, message: str) -> str:
+    """The two lines every usage error prints (argparse's and clipdb's own)."""
+    return f"{prog}: error: {message}\nsee {prog} --help\n"
 
 
 def run_command(
@@ -34,10 +96,13 @@ def run_command(
     import psycopg
 
     try:
-        return body(args)
+        code = body(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except UsageError as err:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.stderr.write(usage_error(getattr(args, "command_prog", parser.prog), str(err)))
         return 2
     except WeightsUnavailable as err:  # offline, most often: say how to try it anyway
         rerun = random_weights_rerun(parser.prog, sys.argv[1:] if argv is None else argv)
@@ -53,6 +118,8 @@ def run_command(
         print(f"error: database: {first_line(err)}", file=sys.stderr)
         return 1
     except OSError as err:
+        if err.errno == errno.EPIPE:
+            return _closed_pipe()
         if err.errno != errno.ENOSPC:
             raise
         print(f"error: {disk_full(str(err.filename or 'a file'), err)}", file=sys.stderr)
@@ -75,6 +142,18 @@ def random_weights_rerun(prog: str, argv: Sequence[str]) -> str:
         elif not arg.startswith("--pretrained="):
             kept.append(arg)
     return " ".join(["CLIPDB_PRETRAINED=none", prog, shlex.join(kept)]).rstrip()
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``| head``): stop quietly. stdout now points at /dev/null so
+    that the interpreter's last flush of what is still buffered cannot fail noisily."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (stdout replaced in-process)
+        pass
+    return BROKEN_PIPE
 
 
 def positive_int(value: str) -> int:
@@ -168,7 +247,7 @@ invoked_as = "python -m clipdb."
 
 def command_parser(name: str, description: str, examples: str) -> argparse.ArgumentParser:
     """A command's parser, named as it was run; examples after the options."""
-    return argparse.ArgumentParser(
+    return CommandParser(
         prog=f"{invoked_as}{name}",
         description=description,
         epilog=examples,

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from clipdb.config import BACKENDS, DEVICES, PRECISIONS
-from clipdb.errors import ClipdbError, UsageError, WeightsUnavailable
+from clipdb.errors import ClipdbError, Option, UsageError, WeightsUnavailable
 from clipdb.models import (
     RANDOM_WEIGHTS,
     ModelSpec,
@@ -50,8 +50,9 @@ __all__ = [
 HUB_HOST = ("huggingface.co", 443)
 # Where weights cannot be had: how to try everything anyway (the CLI adds the exact rerun line).
 RANDOM_WEIGHTS_HINT = (
-    "for seeded random weights (meaningless results, for a trial run) --pretrained none "
-    "or CLIPDB_PRETRAINED=none"
+    "for seeded random weights (meaningless results, for a trial run) ",
+    Option("pretrained", "none"),
+    " or CLIPDB_PRETRAINED=none",
 )
 
 
@@ -80,8 +81,10 @@ def default_pretrained(architecture: str) -> str:
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     if not tags:
         raise WeightsUnavailable(
-            f"open_clip has no standard weights for {architecture}; "
-            f"pass --pretrained FILE (a local checkpoint) or {RANDOM_WEIGHTS_HINT}"
+            f"open_clip has no standard weights for {architecture}; pass ",
+            Option("pretrained", "FILE", placeholder=True),
+            " (a local checkpoint) or ",
+            *RANDOM_WEIGHTS_HINT,
         )
     return "openai" if "openai" in tags else tags[0]
 
@@ -123,9 +126,9 @@ def pick_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ClipdbError("--device cuda: no CUDA GPU is available")
+        raise ClipdbError(Option("device", "cuda"), ": no CUDA GPU is available")
     if device == "mps" and not torch.backends.mps.is_available():
-        raise ClipdbError("--device mps: Apple MPS is not available")
+        raise ClipdbError(Option("device", "mps"), ": Apple MPS is not available")
     return torch.device(device)
 
 
@@ -142,7 +145,12 @@ def pick_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "int8":
-        raise UsageError("--precision int8 needs --backend openvino (or auto on CPU)")
+        raise UsageError(
+            Option("precision", "int8"),
+            " needs ",
+            Option("backend", "openvino"),
+            " (or auto on CPU)",
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -244,9 +252,13 @@ def load_encoder(
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if backend == "openvino" and device in ("cuda", "mps"):
-        raise UsageError(f"--backend openvino runs on the CPU; it cannot use --device {device}")
+        raise UsageError(
+            Option("backend", "openvino"),
+            " runs on the CPU; it cannot use ",
+            Option("device", device),
+        )
     if backend == "torch" and precision == "int8":
-        raise UsageError("--precision int8 needs --backend openvino")
+        raise UsageError(Option("precision", "int8"), " needs ", Option("backend", "openvino"))
     if backend == "auto":
         cpu = device == "cpu" or (device == "auto" and not _accelerator_likely())
         backend = "openvino" if cpu or pick_device(device).type == "cpu" else "torch"
@@ -316,6 +328,12 @@ def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
                         spec.architecture, pretrained=source
                     )
             except Exception as err:  # open_clip raises RuntimeError, OSError, KeyError...
+                hint = (
+                    "pass a local checkpoint with ",
+                    Option("pretrained", "FILE", placeholder=True),
+                    ", or ",
+                    *RANDOM_WEIGHTS_HINT,
+                )
                 if spec.checkpoint:
                     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
                     raise ClipdbError(
@@ -323,8 +341,8 @@ def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
                     ) from None
                 raise WeightsUnavailable(
                     f"weights {spec.pretrained!r} for {spec.architecture} are not in the local "
-                    "cache and could not be downloaded (no network access to the model hub?); "
-                    f"pass a local checkpoint with --pretrained FILE, or {RANDOM_WEIGHTS_HINT}"
+                    "cache and could not be downloaded (no network access to the model hub?); ",
+                    *hint,
                 ) from None
     clip_model = clip_model.to(torch_device).eval()
     tokenizer = open_clip.get_tokenizer(spec.architecture)

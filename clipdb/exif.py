@@ -123,7 +123,8 @@ def _text(value: Any) -> str | None:
             value = value.decode("latin-1")
     if not isinstance(value, str):
         return None
-    text = "".join(ch for ch in value.replace("\x00", " ") if ch.isprintable()).strip()
+    # A NUL ends an EXIF string: what follows is padding or leftovers ("ION230\0F").
+    text = "".join(ch for ch in value.split("\x00", 1)[0] if ch.isprintable()).strip()
     text = " ".join(text.split())
     if not text or len(text) > MAX_TEXT:
         return None

@@ -245,6 +245,13 @@ def load(spec: ModelSpec, precision: str) -> OpenVinoEncoder:
         encoder = compile_cached(folder, spec, chosen)
         if encoder is not None:
             return encoder
+        # Minutes of silence otherwise (no progress bar exists for this, on a TTY or not).
+        print(
+            f"converting {spec.architecture} to OpenVINO {chosen} (once per model and "
+            "precision; seconds to a minute)",
+            file=sys.stderr,
+            flush=True,
+        )
         return _convert_and_load(folder, spec, chosen)
 
 

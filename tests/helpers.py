@@ -129,6 +129,23 @@ def run_module(
     )
 
 
+def run_into_closed_pipe(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m module args | head`` where head has already gone: the read end of stdout
+    is closed before the command starts, so its first write meets a broken pipe."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+
+
 def unit_vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(count, dim)).astype(np.float32)

@@ -167,3 +167,23 @@ def test_errors_are_clipdb_errors(database, tmp_path) -> None:
     with pytest.raises(ClipdbError, match="does not exist"):
         db.search_similar_images(tmp_path / "nope.jpg")
     assert db._encoder is None  # nothing was loaded for queries that cannot run
+
+
+def test_errors_name_clipdbs_arguments_not_cli_flags() -> None:
+    from clipdb.encoder import load_encoder
+    from clipdb.errors import UsageError
+
+    with pytest.raises(UsageError) as usage:
+        clipdb.ClipDB(precision="int8", backend="torch").extract_image_features("x.jpg")
+    assert str(usage.value) == "precision='int8' needs backend='openvino'"
+    with pytest.raises(UsageError) as cli:  # the same error met by the CLI
+        load_encoder(TINY_MODEL, "none", precision="int8", backend="torch")
+    assert str(cli.value) == "--precision int8 needs --backend openvino"
+    assert str(pickle.loads(pickle.dumps(usage.value))) == str(usage.value)
+
+    with pytest.raises(ClipdbError) as weights:
+        clipdb.ClipDB(model_name=TINY_MODEL).extract_image_features("x.jpg")
+    assert str(weights.value) == (
+        f"open_clip has no standard weights for {TINY_MODEL}; "
+        "pass pretrained=FILE (a local checkpoint) or pretrained='none'"
+    )

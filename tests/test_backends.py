@@ -46,10 +46,14 @@ def test_openvino_matches_torch_fp32(tiny_encoder, tmp_path):
 
 def test_ir_cache_reused_and_corrupt_bin_rebuilt(cache_dir, capsys):
     before = ovc.conversions
+    capsys.readouterr()
     load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
     assert ovc.conversions == before + 1
+    converting = f"converting {TINY_MODEL} to OpenVINO fp32 (once per model and precision; "
+    assert capsys.readouterr().err.count(converting) == 1  # not minutes of silence
     load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="openvino")
     assert ovc.conversions == before + 1  # read from the cache, not converted again
+    assert converting not in capsys.readouterr().err
     (folder,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
     capsys.readouterr()
     with (folder / "image.bin").open("r+b") as handle:

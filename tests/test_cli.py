@@ -102,3 +102,85 @@ def test_weights_out_of_reach_end_with_a_rerun_line_that_works(database: Databas
     again = run_module("clipdb", *rerun[2:], env={"CLIPDB_PRETRAINED": "none"})
     assert again.returncode == 0, again.stderr
     assert len(again.stdout.strip("[]\n").split(",")) == 32
+
+
+# --- negative numbers, usage errors, closed pipes (the CLI kit: clipdb.cli) ----------------
+
+
+def test_negative_numbers_are_option_values() -> None:
+    from clipdb.dupes.__main__ import build_parser as dupes_parser
+    from clipdb.search.__main__ import build_parser as search_parser
+
+    args = search_parser().parse_args(
+        ["x.jpg", "--near", "-33.87,151.21,25", "--threshold", "-0.5", "--weights", "-1,1"]
+    )
+    assert (args.near, args.threshold, args.weights) == ("-33.87,151.21,25", -0.5, "-1,1")
+    assert dupes_parser().parse_args(["--similar-threshold", "-.5"]).similar_threshold == -0.5
+    assert search_parser().parse_args(["x.jpg", "--sort", "-date", "-k", "3"]).sort == "-date"
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "message"),
+    [
+        ("search", ["x.jpg", "--within", "-1"], "argument --within: must be from 0 to 2, got '-1'"),
+        (
+            "search",
+            ["x.jpg", "--offset", "-3"],
+            "argument --offset: must be from 0 to 100000, got '-3'",
+        ),
+        ("search", ["x.jpg", "-k", "-5"], "argument -k/--top: expected 1 to 10000, got '-5'"),
+        (
+            "ingest",
+            ["x", "--batch-size", "-2"],
+            "argument --batch-size: expected a positive integer, got '-2'",
+        ),
+        (
+            "dupes",
+            ["--similar-threshold", "-2"],
+            "argument --similar-threshold: a cosine similarity is in [-1, 1], got '-2'",
+        ),
+        (
+            "serve",
+            ["--max-upload-mb", "-1"],
+            "argument --max-upload-mb: expected a positive number, got '-1'",
+        ),
+    ],
+)
+def test_a_negative_value_gets_its_option_message(command, argv, message, capsys) -> None:
+    import importlib
+
+    main = importlib.import_module(f"clipdb.{command}.__main__").main
+    assert main(argv) == 2
+    prog = f"python -m clipdb.{command}"
+    assert capsys.readouterr().err == f"{prog}: error: {message}\nsee {prog} --help\n"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_usage_error_is_one_line_and_where_to_look(command: str) -> None:
+    result = run_module("clipdb", command, "--no-such-flag")
+    assert result.returncode == 2
+    first, second = result.stderr.splitlines()  # no usage block before them
+    assert first.startswith(f"clipdb {command}: error: ")
+    assert second == f"see clipdb {command} --help"
+
+
+def test_help_lists_every_db_action_and_the_exit_codes() -> None:
+    result = run_module("clipdb", "--help")
+    assert "url, status, stop, upgrade, replicate, promote" in result.stdout
+    assert "130 interrupted (Ctrl-C)" in result.stdout
+
+
+@pytest.mark.parametrize("action", ["url", "status", "stop", "upgrade", "replicate", "promote"])
+def test_each_db_action_has_its_own_help(action: str) -> None:
+    result = run_module("clipdb", "db", action, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: clipdb db {action} ")
+    assert ("--to DIR" in result.stdout) == (action == "replicate")
+    assert ("--json" in result.stdout) == (action == "status")
+
+
+def test_db_examples_search_by_text() -> None:
+    from clipdb.db.__main__ import EXAMPLES
+
+    assert "clipdb search --text " in EXAMPLES
+    assert 'clipdb search "' not in EXAMPLES

@@ -374,3 +374,25 @@ def test_keep_best_prefers_more_exif_fields_when_pixels_and_bytes_tie(
     assert fields == {str(rich): 2, str(bare): 0}  # date and camera
     [group] = result.groups
     assert group.kept.image_path == str(rich)
+
+
+@pytest.mark.parametrize("output", [["--json"], ["--csv"], []])
+def test_a_closed_pipe_ends_quietly(database, tiny_encoder, tmp_path, output):
+    from helpers import run_into_closed_pipe
+
+    make_library(tmp_path / "lib")
+    run_ingest(database, tiny_encoder, tmp_path / "lib")
+    done = run_into_closed_pipe("clipdb.dupes", *output, *MODEL_ARGS)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_help_says_the_keep_rule_of_the_readme():
+    from clipdb.dupes import __main__ as cli
+
+    rule = (
+        "most pixels, then most bytes, then most EXIF fields (date, camera, lens, place), "
+        "then the shortest path"
+    )
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert rule in " ".join(cli.EXAMPLES.split())
+    assert rule in " ".join(readme.split())

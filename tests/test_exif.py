@@ -213,3 +213,8 @@ def test_backfill_reads_metadata_without_reencoding(database, tiny_encoder, tmp_
         assert after[path][2] == "Canon EOS R5" and after[path][6] == 1
     again = ingester.run()
     assert again.metadata_read == 0  # read once
+
+
+def test_a_nul_ends_an_exif_string(tmp_path: Path) -> None:
+    meta = read_metadata(str(photo(tmp_path / "a.jpg", make="ION", model=b"ION230\x00F")))
+    assert meta.camera == "ION230"

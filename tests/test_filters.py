@@ -218,3 +218,27 @@ def test_sql_functions_take_the_same_filters(database: Database) -> None:
             "SELECT similarity FROM clipdb.search(%s, 50, within => 0.2)", (vectors[2],)
         ).fetchall()
         assert within and min(r[0] for r in within) >= 1 - 0.2 - 1e-6
+
+
+def test_a_naive_date_says_so_in_json_and_the_table_says_utc(database: Database) -> None:
+    """A camera clock without a time zone is stored as if UTC: JSON adds taken_at_naive
+    (taken_at itself is unchanged) and the table marks it; the column says UTC."""
+    from clipdb.search.output import format_table
+
+    with database.connect() as conn:
+        model, vectors, paths = insert_rows(conn, TINY_MODEL, DIM, 2)
+        conn.execute(
+            "UPDATE clipdb.images SET taken_at = %s, taken_at_naive = (path = %s)",
+            (START, paths[0]),
+        )
+        conn.commit()
+        hits = search_vector(conn, model, vectors[0], 2)
+    assert [(h.image_path, h.to_dict()["taken_at_naive"]) for h in hits] == [
+        (paths[0], True),
+        (paths[1], False),
+    ]
+    assert hits[0].to_dict()["taken_at"] == START.isoformat()
+    header, first, second = format_table(hits).splitlines()
+    assert header.startswith("rank  similarity  taken_at (UTC)     camera")
+    assert f"  {START:%Y-%m-%d %H:%M}*  " in first
+    assert f"  {START:%Y-%m-%d %H:%M}   " in second

@@ -26,7 +26,7 @@ from clipdb.ingest.__main__ import main
 
 SUMMARY_KEYS = [
     "found", "new", "updated", "moved", "unchanged", "skipped", "pruned", "seconds", "images_per_s",
-    "metadata_read",
+    "metadata_read", "known_bad",
 ]  # fmt: skip
 # Fast decode path (JPEG draft at >= 2x the input size) vs full decode, as a cosine distance.
 DRAFT_TOLERANCE = 1e-4
@@ -377,7 +377,28 @@ def test_cli_json_summary_and_text_summary(database, image_factory, tmp_path, ca
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("found 3, new 0, updated 0, moved 0, unchanged 3, skipped 0, pruned 0, ")
-    assert out.endswith(" images/s\n")
+    assert out.endswith(" s\n") and "images/s" not in out  # nothing encoded: no rate
+
+
+def test_the_bar_is_labelled_and_shows_the_summarys_rate(monkeypatch) -> None:
+    import io
+    import time
+
+    from clipdb.ingest.options import images_per_s, rate_text
+    from clipdb.ingest.pipeline import EncodingBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    bar = EncodingBar(2000, True, started=time.perf_counter() - 1000)
+    bar.update(1000, written=1000)
+    bar.close()
+    assert images_per_s(1000, 1000.0) == 1.0
+    assert screen.getvalue().rstrip().endswith(f", {rate_text(1.0)}]")
+    assert "encoding:  50%|" in screen.getvalue()
 
 
 def test_cli_usage_errors_exit_2(database, tmp_path, capsys):

@@ -219,7 +219,7 @@ def skipped_rows(database) -> dict[str, str]:
         return dict(conn.execute("SELECT path, reason FROM clipdb.skipped_files").fetchall())
 
 
-def test_a_rerun_with_known_bad_files_loads_no_model_and_reports_the_same_skips(
+def test_a_rerun_with_known_bad_files_loads_no_model_and_counts_the_same_skips(
     database, tiny_encoder, tmp_path, monkeypatch
 ):
     import numpy as np
@@ -244,7 +244,18 @@ def test_a_rerun_with_known_bad_files_loads_no_model_and_reports_the_same_skips(
     again = ingest([str(tmp_path)], database=database, model=TINY_MODEL, pretrained="none",
                    workers=0, progress=False, on_skip=lambda p, r: skips.append(p))  # fmt: skip
     assert (again.unchanged, again.new, again.skipped) == (24, 0, first.skipped)
-    assert len(skips) == 5
+    assert (again.known_bad, skips) == (5, [])  # counted, not reported again
+    listed = ingest(
+        [str(tmp_path)],
+        database=database,
+        model=TINY_MODEL,
+        pretrained="none",
+        workers=0,
+        progress=False,
+        verbose=True,
+        on_skip=lambda p, r: skips.append(p),
+    )
+    assert (listed.known_bad, len(skips)) == (5, 5)
 
     # A bad file that changes (still bad) is retried, still without loading a model.
     (tmp_path / "text.jpg").write_text("still not a picture")
@@ -261,6 +272,58 @@ def test_a_rerun_with_known_bad_files_loads_no_model_and_reports_the_same_skips(
     assert sorted(skipped_rows(database)) == sorted(
         str(tmp_path / name) for name in ("random.png", "text.jpg", "fuzzed.png")
     )
+
+
+def test_a_rerun_says_once_how_many_known_bad_files_and_verbose_lists_them(
+    database, tiny_encoder, tmp_path, capsys
+):
+    from helpers import TINY_MODEL
+
+    from clipdb.ingest.__main__ import main
+
+    make_images(tmp_path, 2, size=(40, 30))
+    (tmp_path / "a.jpg").write_text("not a picture")
+    (tmp_path / "b.png").write_bytes(b"")
+    run([tmp_path], database, tiny_encoder)
+    flags = [str(tmp_path), "--model", TINY_MODEL, "--pretrained", "none", "--workers", "0"]
+    capsys.readouterr()
+    assert main(flags) == 0
+    err = capsys.readouterr().err
+    assert err == "2 known bad files, unchanged; --verbose lists them\n"
+    assert main([*flags, "--verbose"]) == 0
+    assert sorted(capsys.readouterr().err.splitlines()) == [
+        f"skipping {tmp_path / 'a.jpg'}: not an image",
+        f"skipping {tmp_path / 'b.png'}: empty file",
+    ]
+
+
+def test_watch_does_not_repeat_known_bad_files(database, tiny_encoder, tmp_path):
+    import threading
+
+    from clipdb.ingest import watch
+
+    make_images(tmp_path, 1, size=(40, 30))
+    (tmp_path / "a.jpg").write_text("not a picture")
+    run([tmp_path], database, tiny_encoder)
+    stop, passes, skips = threading.Event(), [], []
+
+    def on_pass(summary):
+        passes.append(summary.known_bad)
+        if len(passes) == 3:
+            stop.set()
+
+    watch(
+        [tmp_path],
+        database=database,
+        encoder=tiny_encoder,
+        interval=0,
+        stop=stop,
+        workers=0,
+        progress=False,
+        on_pass=on_pass,
+        on_skip=lambda p, r: skips.append(p),
+    )
+    assert (passes, skips) == ([1, 0, 0], [])
 
 
 def test_a_full_disk_is_one_line_that_says_so_and_where(database, tmp_path, monkeypatch, capsys):

@@ -190,7 +190,6 @@ def _png_size(path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["{missing}", *TINY], "error: query image {missing} does not exist\n"),
         (["{broken}", *TINY], "error: cannot read image {broken}: "),
         (["--like", "{missing}"], "error: {missing} is not indexed\n"),
         (["--like", "{missing}", *TINY], "error: {missing} is not indexed with model clipdb-tiny"),
@@ -238,9 +237,9 @@ def test_empty_database(database, tmp_path, capsys) -> None:
 )
 def test_bad_flag_combinations_exit_2_with_usage(args, capsys) -> None:
     assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("usage: python -m clipdb.search")
-    assert "error:" in err
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("python -m clipdb.search: error: ")
+    assert lines[1] == "see python -m clipdb.search --help"
 
 
 def test_like_imports_no_torch(indexed) -> None:
@@ -274,8 +273,11 @@ def test_end_to_end_after_ingest(database, tiny_encoder, tmp_path) -> None:
     assert results[0]["similarity"] >= 0.999
     assert _png_size(plot) == viz.figure_pixels(2, with_query_image=True)
     bad = run_module("clipdb.search", str(tmp_path / "nope.jpg"), *TINY)
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert bad.stderr.splitlines() == [f"error: query image {tmp_path / 'nope.jpg'} does not exist"]
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.splitlines() == [
+        f"python -m clipdb.search: error: query image {tmp_path / 'nope.jpg'} does not exist",
+        "see python -m clipdb.search --help",
+    ]
 
 
 def test_like_still_migrates_a_database_without_schema(empty_database, monkeypatch, capsys) -> None:
@@ -285,3 +287,25 @@ def test_like_still_migrates_a_database_without_schema(empty_database, monkeypat
     assert main(["--like", "/nowhere.jpg"]) == 1
     assert "no indexed images" in capsys.readouterr().err
     assert current_revision_of(empty_database) == head_from_files() == "0008"
+
+
+@pytest.mark.parametrize("output", [["--json"], [], ["--paths"]])
+def test_a_closed_pipe_ends_quietly(indexed, output) -> None:
+    from helpers import run_into_closed_pipe
+
+    done = run_into_closed_pipe("clipdb.search", "--like", str(indexed[0]), *output)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("a dog", "no image file 'a dog'; to search by text use --text 'a dog'"),
+        ("sunset", "no image file 'sunset'; to search by text use --text sunset"),
+        ("gone.jpg", "query image gone.jpg does not exist"),
+    ],
+)
+def test_a_missing_query_image_is_a_usage_error(query, message, capsys) -> None:
+    assert main([query]) == 2
+    prog = "python -m clipdb.search"
+    assert capsys.readouterr().err == f"{prog}: error: {message}\nsee {prog} --help\n"

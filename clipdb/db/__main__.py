@@ -33,42 +33,85 @@ examples:
   clipdb db status --json       # the same as one JSON object
   clipdb db stop                # stop the embedded server
   clipdb db replicate --to ~/clipdb-standby          # a streaming standby of this database
-  clipdb search "a cat" --read-database-url "$(CLIPDB_HOME=~/clipdb-standby clipdb db url)"
+  clipdb search --text "a cat" --read-database-url "$(CLIPDB_HOME=~/clipdb-standby clipdb db url)"
   CLIPDB_HOME=~/clipdb-standby clipdb db status     # role standby, replay lag
   CLIPDB_HOME=~/clipdb-standby clipdb db promote    # make it a primary
   CLIPDB_DATABASE_URL=postgresql://clipdb:clipdb@localhost:5432/clipdb clipdb db upgrade
+
+Run 'clipdb db ACTION --help' for one action's options.
 """
+
+# action -> (one line for the list, its own description and examples)
+ACTIONS = {
+    "url": (
+        "print a connection URL (starting the embedded server if needed)",
+        'examples:\n  clipdb db url\n  psql "$(clipdb db url)"\n',
+    ),
+    "status": (
+        "server, role, replica lag, schema, counts and indexes",
+        "examples:\n  clipdb db status\n  clipdb db status --json\n",
+    ),
+    "stop": ("stop the embedded server", "example:\n  clipdb db stop\n"),
+    "upgrade": (
+        "migrate the schema to the latest revision",
+        "example:\n  CLIPDB_DATABASE_URL=postgresql://clipdb:clipdb@localhost:5432/clipdb "
+        "clipdb db upgrade\n",
+    ),
+    "replicate": (
+        "make a streaming standby in --to DIR",
+        "examples:\n  clipdb db replicate --to ~/clipdb-standby\n"
+        '  clipdb search --text "a cat" --read-database-url '
+        '"$(CLIPDB_HOME=~/clipdb-standby clipdb db url)"\n',
+    ),
+    "promote": (
+        "make this standby a primary",
+        "example:\n  CLIPDB_HOME=~/clipdb-standby clipdb db promote\n",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(
         "db", "Manage clipdb's database: the embedded server or the one you point it at.", EXAMPLES
     )
-    parser.add_argument(
-        "action",
-        choices=["url", "status", "stop", "upgrade", "replicate", "promote"],
-        help="url: print a connection URL (starting the embedded server if needed); "
-        "status: server, role, replica lag, schema, counts and indexes; stop: stop the "
-        "embedded server; upgrade: migrate the schema to the latest revision; replicate: "
-        "make a streaming standby in --to DIR; promote: make this standby a primary",
+    add_common_arguments(parser, with_model=False)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True, title="actions")
+    subparsers = {}
+    for name, (what, examples) in ACTIONS.items():
+        # Defaults suppressed: --database-url given before the action is not reset by the
+        # action's own (absent) --database-url.
+        sub = actions.add_parser(
+            name,
+            help=what,
+            description=what[0].upper() + what[1:] + ".",
+            epilog=examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            argument_default=argparse.SUPPRESS,
+        )
+        sub.set_defaults(command_prog=sub.prog)
+        add_common_arguments(sub, with_model=False)
+        subparsers[name] = sub
+    subparsers["status"].add_argument(
+        "--json", action="store_true", default=False, help="print it as one JSON object"
     )
-    parser.add_argument(
-        "--to", metavar="DIR", help="replicate: the new standby's CLIPDB_HOME (new or empty)"
+    replicate = subparsers["replicate"]
+    replicate.add_argument(
+        "--to", metavar="DIR", required=True, help="the new standby's CLIPDB_HOME (new or empty)"
     )
-    parser.add_argument(
+    replicate.add_argument(
         "--from",
         dest="source",
         metavar="URL",
-        help="replicate: the primary (a role with REPLICATION; default: this database)",
+        default=None,
+        help="the primary (a role with REPLICATION; default: this database)",
     )
-    parser.add_argument(
+    replicate.add_argument(
         "--sync",
         action="store_true",
-        help="replicate: commits on the primary wait until this standby has applied them "
+        default=False,
+        help="commits on the primary wait until this standby has applied them "
         "(synchronous_commit=remote_apply; if the standby is down, commits wait)",
     )
-    parser.add_argument("--json", action="store_true", help="status: print it as one JSON object")
-    add_common_arguments(parser, with_model=False)
     return parser
 
 
@@ -82,8 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print("stopped" if stop_server(settings.home) else "not running")
             return 0
-        if args.to is not None and args.action != "replicate":
-            raise UsageError("--to applies to replicate only")
         if args.action == "replicate":
             return replicate_command(args, settings)
         if args.action == "upgrade":
@@ -110,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def replicate_command(args: argparse.Namespace, settings: Settings) -> int:
     if not args.to:
-        raise UsageError("replicate needs --to DIR (the standby's CLIPDB_HOME)")
+        raise UsageError("--to needs a folder (the standby's CLIPDB_HOME)")
     source = Database(url=libpq_url(args.source)) if args.source else resolve_database(settings)
     server = replicate(source, Path(args.to), sync=args.sync)
     print(f"standby in {printable(str(server.home))}, streaming from {server_address(source.url)}")

@@ -40,6 +40,8 @@ class Hit:
     camera: str | None = None
     lat: float | None = None
     lon: float | None = None
+    # taken_at is the camera's wall clock stored as if UTC (EXIF without OffsetTimeOriginal).
+    taken_at_naive: bool = False
 
     @property
     def filename(self) -> str:
@@ -51,7 +53,8 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"rank", "image_path", "similarity", "filename"}`` (+ ``image_id``, and
-        ``taken_at`` (ISO 8601), ``camera``, ``lat``, ``lon``: null when unknown)."""
+        ``taken_at`` (ISO 8601), ``camera``, ``lat``, ``lon``: null when unknown;
+        ``taken_at_naive``: true when taken_at is a wall clock of unknown time zone)."""
         data = asdict(self)
         data["filename"] = self.filename
         data["taken_at"] = self.taken_at.isoformat() if self.taken_at is not None else None
@@ -100,8 +103,9 @@ def topk_sql(
         filters.append(f"({_METADATA_FILTER})")
     order = f"{exact}, id" if exact_scan else indexed
     return (
-        f"SELECT id, path, 1 - distance, taken_at, camera, lat, lon FROM ("
-        f"SELECT id, path, {exact} AS distance, taken_at, camera, lat, lon FROM clipdb.images "
+        f"SELECT id, path, 1 - distance, taken_at, camera, lat, lon, taken_at_naive FROM ("
+        f"SELECT id, path, {exact} AS distance, taken_at, camera, lat, lon, taken_at_naive "
+        f"FROM clipdb.images "
         f"WHERE {' AND '.join(filters)} ORDER BY {order} LIMIT %(k)s"
         f") nearest ORDER BY distance, id"
     )
@@ -173,8 +177,8 @@ def search_vector(
             ).fetchall()
     return arrange(
         [
-            Hit(rank, path, float(similarity), image_id, taken_at, camera, lat, lon)
-            for rank, (image_id, path, similarity, taken_at, camera, lat, lon) in enumerate(
+            Hit(rank, path, float(similarity), image_id, taken_at, camera, lat, lon, naive)
+            for rank, (image_id, path, similarity, taken_at, camera, lat, lon, naive) in enumerate(
                 rows, start=1
             )
         ],

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from clipdb.cli import command_parser, run_command
+from clipdb.cli import command_parser, run_command, similarity_value
 from clipdb.config import Settings, add_common_arguments
 from clipdb.db import open_database
 from clipdb.dupes import (
@@ -30,7 +30,8 @@ EXAMPLES = f"""\
 tiers: exact = same bytes (sha256); near = perceptual hash within --near-distance bits
 (re-encoded, resized, converted copies); similar = CLIP cosine >= --similar-threshold (the same
 scene, another shot). Each image is in at most one group, in its strongest tier. Kept image:
-most pixels, then most bytes, then the shortest path.
+most pixels, then most bytes, then most EXIF fields (date, camera, lens, place), then the
+shortest path.
 
 examples:
   clipdb dupes                               # every group of the model's images
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--similar-threshold",
-        type=float,
+        type=similarity_value,
         default=DEFAULT_SIMILAR_THRESHOLD,
         metavar="S",
         help=f"similar tier: cosine similarity (default {DEFAULT_SIMILAR_THRESHOLD})",

@@ -26,6 +26,7 @@ from clipdb.ingest.bulk import index_window
 from clipdb.ingest.options import ENGINES as ENGINES
 from clipdb.ingest.options import IngestOptions as IngestOptions
 from clipdb.ingest.options import IngestSummary as IngestSummary
+from clipdb.ingest.options import images_per_s
 from clipdb.ingest.phash_backfill import backfill_phashes
 from clipdb.ingest.plan import (
     SkipCallback,
@@ -205,9 +206,10 @@ class Ingester:
             # Known-bad files that have not changed are reported, not retried: a tree with a
             # few bad files must not load the model on every run.
             known, still_bad = known_skips(conn, model, stats)
+            summary.known_bad = len(still_bad)
             for path, reason in still_bad.items():
                 skipped[reason] += 1
-                if self.known_bad is None or path not in self.known_bad:
+                if self.options.verbose and (self.known_bad is None or path not in self.known_bad):
                     self.on_skip(path, reason)
                 if self.known_bad is not None:
                     self.known_bad[path] = (*known[path][:2], reason)
@@ -244,7 +246,7 @@ class Ingester:
                             encoder.encode_and_write(
                                 self.database, model, plan.to_encode, stats,
                                 batch_size=self.options.batch_size, progress=self.options.progress,
-                                on_skip=skip, on_written=written,
+                                on_skip=skip, on_written=written, started=start,
                             )  # fmt: skip
                         else:
                             encode_and_write(
@@ -257,6 +259,7 @@ class Ingester:
                                 progress=self.options.progress,
                                 on_skip=skip,
                                 on_written=written,
+                                started=start,
                             )  # fmt: skip
                 finally:
                     if self.options.engine == "ray":
@@ -273,8 +276,7 @@ class Ingester:
                 self._finish(conn, model, seen, known, still_bad, new_skips, summary)
         summary.skipped = dict(skipped)
         summary.seconds = round(time.perf_counter() - start, 3)
-        encoded = summary.new + summary.updated
-        summary.images_per_s = round(encoded / summary.seconds, 2) if summary.seconds else 0.0
+        summary.images_per_s = images_per_s(summary.new + summary.updated, summary.seconds)
         return summary
 
     def _finish(

@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also list files skipped by an earlier run and unchanged since (default: one "
+        "line counts them)",
+    )
+    parser.add_argument(
         "--engine",
         choices=ENGINES,
         default="local",
@@ -162,10 +168,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             gpus_per_worker=args.gpus_per_worker,
             decode=args.decode,
             terminate_blockers=args.terminate_blockers,
+            verbose=args.verbose,
         )
 
         def report(summary: IngestSummary) -> None:
             print(json.dumps(summary.to_dict()) if args.json else summary.format(), flush=True)
+            if summary.known_bad and not args.verbose:
+                files = "file" if summary.known_bad == 1 else "files"
+                print(
+                    f"{summary.known_bad} known bad {files}, unchanged; --verbose lists them",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         if args.watch:
             roots = ", ".join(printable(os.path.abspath(p)) for p in args.paths)

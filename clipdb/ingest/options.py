@@ -34,6 +34,9 @@ class IngestOptions:
     max_pixels: int | None = None
     progress: bool = True
     on_skip: SkipCallback | None = None  # default: "skipping <path>: <reason>" on stderr
+    # Files skipped by an earlier run and unchanged since: through on_skip one by one too
+    # (else only counted, IngestSummary.known_bad: a re-run does not repeat the same lines).
+    verbose: bool = False
     engine: str = "local"  # "ray": decode + encode on a Ray cluster (clipdb.ingest.ray_engine)
     ray_address: str | None = None  # None: the running ray.init(), else a new local cluster
     gpus_per_worker: float = 0.0  # > 0: one encoder per that many GPUs, else per CPU slot
@@ -68,6 +71,16 @@ class IngestOptions:
             )
 
 
+def images_per_s(images: int, seconds: float) -> float:
+    """The one ingest rate, shown live by the progress bar and reported by the summary:
+    images encoded (new or updated rows) per second since the pass began."""
+    return round(images / seconds, 2) if images and seconds > 0 else 0.0
+
+
+def rate_text(rate: float) -> str:
+    return f"{rate:.1f} images/s"
+
+
 @dataclass
 class IngestSummary:
     """What one ingest pass did. ``--json`` prints exactly these keys."""
@@ -82,6 +95,7 @@ class IngestSummary:
     seconds: float = 0.0
     images_per_s: float = 0.0
     metadata_read: int = 0  # rows that got photo metadata without re-encoding (backfill)
+    known_bad: int = 0  # of skipped: files skipped before, unchanged, not retried
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +106,7 @@ class IngestSummary:
         return (
             f"found {self.found}, new {self.new}, updated {self.updated}, moved {self.moved}, "
             f"unchanged {self.unchanged}, skipped {total}{f' ({reasons})' if reasons else ''}, "
-            f"pruned {self.pruned}, {self.seconds:.2f} s, {self.images_per_s:.1f} images/s"
+            f"pruned {self.pruned}, {self.seconds:.2f} s"
+            + (f", {rate_text(self.images_per_s)}" if self.new + self.updated else "")
             + (f", metadata read {self.metadata_read}" if self.metadata_read else "")
         )

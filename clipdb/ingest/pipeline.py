@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -13,6 +14,7 @@ from clipdb import decode, device_decode, files
 from clipdb.db import Database
 from clipdb.db.registry import Model
 from clipdb.db.store import ImageRecord
+from clipdb.ingest.options import images_per_s, rate_text
 from clipdb.ingest.writer import BatchWriter
 
 MIN_FILES_FOR_POOL = 16  # fewer files decode faster here than a pool starts
@@ -102,17 +104,37 @@ def decoded_images(
             threads.shutdown(wait=False, cancel_futures=True)
 
 
-def progress_bar(total: int, progress: bool) -> Any:
-    """The ingest progress bar on stderr (off without ``progress``; tqdm hides it off a tty)."""
-    from tqdm import tqdm
+class EncodingBar:
+    """The ingest progress bar on stderr, labelled "encoding" (off without ``progress``; tqdm
+    hides it off a tty). Its rate is the summary's (:func:`images_per_s`: rows written since
+    the pass began), not tqdm's own count of files handled since the bar appeared."""
 
-    return tqdm(
-        total=total,
-        unit="img",
-        file=sys.stderr,
-        disable=None if progress else True,
-        dynamic_ncols=True,
-    )
+    def __init__(self, total: int, progress: bool, started: float | None) -> None:
+        from tqdm import tqdm
+
+        self.started = time.perf_counter() if started is None else started
+        self.written = 0
+        self.bar = tqdm(
+            total=total,
+            desc="encoding",
+            unit="img",
+            file=sys.stderr,
+            disable=None if progress else True,
+            dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+            "[{elapsed}<{remaining}, {postfix}]",
+            postfix=rate_text(0.0),
+        )
+
+    def update(self, handled: int, written: int = 0) -> None:
+        """``handled`` files done, ``written`` of them as rows."""
+        self.written += written
+        rate = images_per_s(self.written, time.perf_counter() - self.started)
+        self.bar.set_postfix_str(rate_text(rate), refresh=False)
+        self.bar.update(handled)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def encode_and_write(
@@ -129,12 +151,14 @@ def encode_and_write(
     on_skip: Callable[[str, str], None],
     on_written: Callable[[str], None],
     decode_mode: str = "auto",
+    started: float | None = None,
 ) -> None:
-    """Decode, encode and commit ``paths``; ``on_written(path)`` for each row handed over."""
+    """Decode, encode and commit ``paths``; ``on_written(path)`` for each row handed over.
+    ``started``: when the pass began (time.perf_counter), the origin of the bar's rate."""
     pipeline = encoder.pixel_pipeline
     on_device = device_decode.DeviceDecoder.for_encoder(encoder, decode_mode, max_pixels)
     writer = BatchWriter(database, model)
-    bar = progress_bar(len(paths), progress)
+    bar = EncodingBar(len(paths), progress, started)
     batch: list[decode.Decoded] = []
 
     # One batch in flight on CUDA: the next batch is gathered and decoded while the GPU
@@ -172,7 +196,7 @@ def encode_and_write(
             )
             on_written(item.path)
         writer.put(records)
-        bar.update(len(kept))
+        bar.update(len(kept), written=len(records))
 
     images = decoded_images(
         paths,

@@ -237,11 +237,12 @@ class RayEncoders:
         progress: bool,
         on_skip: Callable[[str, str], None],
         on_written: Callable[[str], None],
+        started: float | None = None,
     ) -> None:
         """Decode + encode ``paths`` on the actors; commit here as they come back."""
         from ray.util import ActorPool
 
-        from clipdb.ingest.pipeline import progress_bar
+        from clipdb.ingest.pipeline import EncodingBar
 
         batches = [
             [
@@ -251,7 +252,7 @@ class RayEncoders:
             for i in range(0, len(paths), batch_size)
         ]
         writer = BatchWriter(database, model)
-        bar = progress_bar(len(paths), progress)
+        bar = EncodingBar(len(paths), progress, started)
         handed = 0
         failure: BaseException | None = None
         try:
@@ -280,7 +281,7 @@ class RayEncoders:
                     on_written(path)
                 writer.put(records)
                 handed += len(records)
-                bar.update(len(result["skipped"]) + len(records))
+                bar.update(len(result["skipped"]) + len(records), written=len(records))
         except self.ray.exceptions.RayError as err:
             failure = err
         finally:

@@ -20,7 +20,7 @@ import psycopg
 from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, MAX_RESULTS, Settings
 from clipdb.db.queries import Hit, arrange, check_result_count, search_vector
 from clipdb.db.registry import Model, image_counts, models_indexing, models_with_rows
-from clipdb.errors import ClipdbError, UsageError
+from clipdb.errors import ClipdbError, Option, UsageError
 from clipdb.filters import NO_FILTERS, Filters
 from clipdb.models import quick_model_spec
 
@@ -195,7 +195,8 @@ def _no_model_error(
     available = ", ".join(f"{m} [{n} images]" for m, n in counts)
     if several:
         return ClipdbError(
-            f"several weights of {architecture} are indexed ({available}); pass --pretrained"
+            f"several weights of {architecture} are indexed ({available}); pass ",
+            Option("pretrained"),
         )
     if not available:
         return ClipdbError("the database has no indexed images yet; run clipdb ingest")
@@ -280,13 +281,17 @@ def load_model_encoder(
 
     pretrained = settings.pretrained if model.pretrained.startswith("file:") else model.pretrained
     if pretrained is None:
-        raise ClipdbError(f"{model} was made from a checkpoint file; pass it with --pretrained")
+        raise ClipdbError(
+            f"{model} was made from a checkpoint file; pass it with ", Option("pretrained")
+        )
     # Encoder or OpenVinoEncoder: the same surface (architecture, dim, encode_*).
     encoder: Encoder = load_encoder(
         model.architecture, pretrained, device=device, precision=precision, backend=backend
     )
     if (encoder.architecture, encoder.pretrained) != (model.architecture, model.pretrained):
-        raise ClipdbError(f"--pretrained {settings.pretrained} is not the checkpoint of {model}")
+        raise ClipdbError(
+            Option("pretrained", str(settings.pretrained)), f" is not the checkpoint of {model}"
+        )
     return encoder
 
 

@@ -167,6 +167,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("give a QUERY_IMAGE or --like, not both")
     if args.query_image is None and args.like is None and args.text is None:
         raise UsageError("give a QUERY_IMAGE, --text, --like or --batch")
+    if args.query_image is not None:
+        check_query_image(args.query_image)
     if args.null and not args.paths:
         raise UsageError("--null goes with --paths")
     if args.text is not None and not args.text.strip():
@@ -175,6 +177,23 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("--minus is empty; give words to push away from")
     if args.weights is not None:
         Weights.parse(args.weights)
+
+
+def check_query_image(query: str) -> None:
+    """A QUERY_IMAGE that is not there is a usage error; one that reads like words (spaces,
+    no image extension) was most likely meant for --text, so the line says so."""
+    import shlex
+
+    from clipdb.files import is_image_name
+
+    if os.path.lexists(query):
+        return
+    shown = printable(query)
+    if " " in query or not is_image_name(query):
+        raise UsageError(
+            f"no image file {shown!r}; to search by text use --text {shlex.quote(shown)}"
+        )
+    raise UsageError(f"query image {shown} does not exist")
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -316,20 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no results", file=sys.stderr)
         return 0
 
-    return run_command(build_parser(), sort_values_joined(argv), body)
-
-
-def sort_values_joined(argv: Sequence[str] | None) -> list[str]:
-    """``--sort -date`` as ``--sort=-date``: argparse takes a value starting with '-' for an
-    option, and ``-date`` is the contract's spelling of newest first."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    joined: list[str] = []
-    for arg in args:
-        if joined and joined[-1] == "--sort" and arg in SORTS:
-            joined[-1] = f"--sort={arg}"
-        else:
-            joined.append(arg)
-    return joined
+    return run_command(build_parser(), argv, body)
 
 
 if __name__ == "__main__":

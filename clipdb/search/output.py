@@ -11,7 +11,7 @@ from clipdb.terminal import exact_bytes, printable
 
 
 def format_table(hits: Sequence[Hit]) -> str:
-    """``rank  similarity  path`` with aligned columns; ``taken_at``, ``camera`` and
+    """``rank  similarity  path`` with aligned columns; ``taken_at (UTC)``, ``camera`` and
     ``place`` columns too when some hit has photo metadata."""
     if any(hit.has_metadata for hit in hits):
         return _metadata_table(hits)
@@ -43,7 +43,10 @@ def null_separated_paths(hits: Sequence[Hit]) -> bytes:
 
 def _metadata_table(hits: Sequence[Hit]) -> str:
     def when(hit: Hit) -> str:
-        return hit.taken_at.strftime("%Y-%m-%d %H:%M") if hit.taken_at is not None else "-"
+        if hit.taken_at is None:
+            return "-"
+        # A camera clock without a time zone is shown as it was recorded, marked "*".
+        return hit.taken_at.strftime("%Y-%m-%d %H:%M") + ("*" if hit.taken_at_naive else "")
 
     def place(hit: Hit) -> str:
         return (
@@ -53,11 +56,11 @@ def _metadata_table(hits: Sequence[Hit]) -> str:
     cameras = [printable(hit.camera or "-") for hit in hits]
     width = max(6, *(len(c) for c in cameras))
     lines = [
-        f"{'rank':>4}  {'similarity':>10}  {'taken_at':<16}  {'camera':<{width}}  "
+        f"{'rank':>4}  {'similarity':>10}  {'taken_at (UTC)':<17}  {'camera':<{width}}  "
         f"{'place':<19}  path"
     ]
     lines += [
-        f"{hit.rank:>4}  {hit.similarity:>10.4f}  {when(hit):<16}  {camera:<{width}}  "
+        f"{hit.rank:>4}  {hit.similarity:>10.4f}  {when(hit):<17}  {camera:<{width}}  "
         f"{place(hit):<19}  {printable(hit.image_path)}"
         for hit, camera in zip(hits, cameras, strict=True)
     ]
