@@ -17,10 +17,11 @@ import numpy as np
 import psycopg
 
 from clipdb.config import MAX_RESULTS
+from clipdb.db.paths import PATH_KEY, key, prefix_range
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.exif import METADATA_VERSION
-from clipdb.files import display, fs_path
+from clipdb.files import fs_path
 from clipdb.filters import NO_FILTERS, Filters
 
 EF_SEARCH_MAX = 1000  # pgvector refuses a larger hnsw.ef_search
@@ -93,7 +94,8 @@ def topk_sql(
     indexed = f"embedding::halfvec({dim}) <=> %(query)s::vector({dim})::halfvec({dim})"
     filters = [f"model_id = {model_id}"]
     if under:
-        filters.append("starts_with(path, %(under)s)")
+        # By exact name bytes: a display form can be spelled by another name too.
+        filters.append(f"{PATH_KEY} >= %(under_low)s AND {PATH_KEY} < %(under_high)s")
     if threshold:
         filters.append(f"({exact}) <= %(max_distance)s")
     if metadata:
@@ -138,7 +140,7 @@ def search_vector(
     wanted = k + filters.offset
     params: dict[str, Any] = {"query": vector, "k": wanted, **filters.sql_params()}
     if under is not None:
-        params["under"] = display(under_prefix(under))  # as stored: non-UTF-8 bytes escaped
+        params["under_low"], params["under_high"] = prefix_range(key(under_prefix(under)))
     if threshold is not None:
         params["max_distance"] = 1.0 - float(threshold)
     narrows = filters.narrows
@@ -218,8 +220,8 @@ def indexed_embedding(conn: psycopg.Connection[Any], model: Model, path_or_id: s
         found = embedding_by_id(conn, model, int(path_or_id))
     if found is None:
         row = conn.execute(
-            "SELECT embedding FROM clipdb.images WHERE model_id = %s AND path = %s",
-            (model.model_id, display(os.path.abspath(path_or_id))),
+            f"SELECT embedding FROM clipdb.images WHERE model_id = %s AND {PATH_KEY} = %s",
+            (model.model_id, key(os.path.abspath(path_or_id))),
         ).fetchone()
         found = as_array(row[0]) if row else None
     if found is None:
@@ -245,10 +247,10 @@ def as_array(value: Any) -> np.ndarray:
 
 def indexed_path(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -> str | None:
     """The stored path of an indexed image given by path or row id (an id wins)."""
-    absolute = display(os.path.abspath(path_or_id))
+    absolute = key(os.path.abspath(path_or_id))
     row_id = int(path_or_id) if path_or_id.isdigit() else None
     row = conn.execute(
-        "SELECT path FROM clipdb.images WHERE model_id = %s AND (id = %s OR path = %s) "
+        f"SELECT path FROM clipdb.images WHERE model_id = %s AND (id = %s OR {PATH_KEY} = %s) "
         "ORDER BY (id = %s) DESC LIMIT 1",
         (model.model_id, row_id, absolute, row_id),
     ).fetchone()
@@ -298,8 +300,8 @@ def file_rows(conn: psycopg.Connection[Any], model: Model, paths: list[str]) -> 
         for row_id, path, path_bytes, size, mtime_ns, sha, current, hashed in conn.execute(
             "SELECT id, path, path_bytes, size, mtime_ns, sha256, "
             "coalesce(metadata_version >= %s, false), phash IS NOT NULL FROM clipdb.images "
-            f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
-            (METADATA_VERSION, [display(p) for p in paths[offset : offset + ID_CHUNK]]),
+            f"WHERE model_id = {int(model.model_id)} AND {PATH_KEY} = ANY(%s)",
+            (METADATA_VERSION, [key(p) for p in paths[offset : offset + ID_CHUNK]]),
         ):
             found[fs_path(path, path_bytes)] = FileRow(
                 int(row_id), size, mtime_ns, bytes(sha), bool(current), bool(hashed)
@@ -326,13 +328,19 @@ def rows_by_sha256(
     return found
 
 
+def _at_or_under(root: str) -> tuple[str, tuple[bytes, bytes, bytes]]:
+    """SQL (and its parameters) for rows of ``root`` itself or under it, by exact bytes."""
+    sql = f"({PATH_KEY} = %s OR ({PATH_KEY} >= %s AND {PATH_KEY} < %s))"
+    return sql, (key(root), *prefix_range(key(os.path.join(root, ""))))
+
+
 def rows_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[tuple[int, str]]:
     """(row id, file system path) of this model's rows for ``root`` itself or under it."""
-    text = display(root)
+    where, params = _at_or_under(root)
     rows = conn.execute(
         f"SELECT id, path, path_bytes FROM clipdb.images WHERE model_id = {int(model.model_id)} "
-        "AND (path = %s OR starts_with(path, %s))",
-        (text, os.path.join(text, "")),
+        f"AND {where}",
+        params,
     ).fetchall()
     return [(row_id, fs_path(path, path_bytes)) for row_id, path, path_bytes in rows]
 
@@ -353,8 +361,8 @@ def skipped_files(
     for offset in range(0, len(paths), ID_CHUNK):
         for path, path_bytes, size, mtime_ns, reason in conn.execute(
             f"SELECT path, path_bytes, size, mtime_ns, reason FROM clipdb.skipped_files "
-            f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
-            ([display(p) for p in paths[offset : offset + ID_CHUNK]],),
+            f"WHERE model_id = {int(model.model_id)} AND {PATH_KEY} = ANY(%s)",
+            ([key(p) for p in paths[offset : offset + ID_CHUNK]],),
         ):
             found[fs_path(path, path_bytes)] = (size, mtime_ns, reason)
     return found
@@ -362,10 +370,10 @@ def skipped_files(
 
 def skipped_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[str]:
     """File system paths of this model's skipped files at or under ``root``."""
-    text = display(root)
+    where, params = _at_or_under(root)
     rows = conn.execute(
         f"SELECT path, path_bytes FROM clipdb.skipped_files "
-        f"WHERE model_id = {int(model.model_id)} AND (path = %s OR starts_with(path, %s))",
-        (text, os.path.join(text, "")),
+        f"WHERE model_id = {int(model.model_id)} AND {where}",
+        params,
     ).fetchall()
     return [fs_path(path, path_bytes) for path, path_bytes in rows]
