@@ -1,6 +1,6 @@
 """A file's identity is the exact bytes of its name: a UTF-8 name that spells another name's
 display form (``a\\xff.png``, a backslash then "xff", beside ``a<0xFF>.png``) is another file
-in ingest, re-runs, moves, prune, ``--like``, ``--under`` and skipped files."""
+in ingest, re-runs, moves, prune, ``--like``, ``--under``, skipped files and the export."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from helpers import TINY_MODEL, make_images
 
 from clipdb.db import Database
+from clipdb.db.registry import list_models
+from clipdb.export import export_index, import_index
 from clipdb.ingest import IngestSummary, ingest
 from clipdb.search.__main__ import main as search_main
 
@@ -101,3 +103,20 @@ def test_look_alike_bad_files_are_two_remembered_skips(database, tiny_encoder, t
     assert sorted(rows(database, "skipped_files")) == sorted(
         [os.fsencode(literal), os.fsencode(raw)]
     )
+
+
+def test_export_keeps_exact_names_and_import_restores_them(database, tiny_encoder, tmp_path):
+    (picture,) = pictures(tmp_path, 1)
+    # Not UTF-8: an export once held only its display form, imported as another name.
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9.jpg"
+    Path(os.fsdecode(raw)).write_bytes(picture)
+    run([os.fsdecode(raw)], database, tiny_encoder)
+    assert list(rows(database)) == [raw]
+    with database.connect() as conn:
+        (model,) = list_models(conn)
+        export_index(conn, model, tmp_path / "export.npz")
+        conn.execute("DELETE FROM clipdb.images")
+        conn.commit()
+        import_index(conn, tmp_path / "export.npz")
+        conn.commit()
+    assert list(rows(database)) == [raw]

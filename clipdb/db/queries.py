@@ -346,11 +346,15 @@ def rows_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[t
 
 
 def export_rows(conn: psycopg.Connection[Any], model: Model) -> list[tuple[Any, ...]]:
-    """(path, sha256, size, mtime_ns, width, height, embedding) of every row, by path."""
-    return conn.execute(
-        "SELECT path, sha256, size, mtime_ns, width, height, embedding FROM clipdb.images "
-        f"WHERE model_id = {int(model.model_id)} ORDER BY path"
-    ).fetchall()
+    """(file system path, sha256, size, mtime_ns, width, height, embedding) of every row,
+    ordered by the exact bytes of the name."""
+    return [
+        (fs_path(path, raw), *rest)
+        for path, raw, *rest in conn.execute(
+            "SELECT path, path_bytes, sha256, size, mtime_ns, width, height, embedding "
+            f"FROM clipdb.images WHERE model_id = {int(model.model_id)} ORDER BY {PATH_KEY}"
+        )
+    ]
 
 
 def skipped_files(
