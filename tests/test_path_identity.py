@@ -11,7 +11,7 @@ from pathlib import Path
 from helpers import TINY_MODEL, make_images
 
 from clipdb.db import Database
-from clipdb.db.registry import list_models
+from clipdb.db.registry import list_models, register_model
 from clipdb.export import export_index, import_index
 from clipdb.ingest import IngestSummary, ingest
 from clipdb.search.__main__ import main as search_main
@@ -120,3 +120,34 @@ def test_export_keeps_exact_names_and_import_restores_them(database, tiny_encode
         import_index(conn, tmp_path / "export.npz")
         conn.commit()
     assert list(rows(database)) == [raw]
+
+
+def test_rows_from_before_the_key_keep_their_identity_and_downgrade_keeps_one_look_alike(
+    empty_database,
+):
+    from clipdb.db.migrate import downgrade, upgrade
+    from clipdb.db.queries import file_rows
+
+    upgrade(empty_database, "0007")
+    raw = b"/lib/caf\xe9.png"
+    with empty_database.connect() as conn:
+        model = register_model(conn, "m", "none", 4)
+        insert = (
+            "INSERT INTO clipdb.images (model_id, path, path_bytes, sha256, size, mtime_ns,"
+            " width, height, embedding) VALUES (%s, %s, %s, %s, 1, 1, 1, 1, '[1,0,0,0]')"
+        )
+        conn.execute(insert, (model.model_id, "/lib/ok.png", None, bytes(32)))
+        conn.execute(insert, (model.model_id, "/lib/caf\\xe9.png", raw, bytes(32)))
+        conn.commit()
+    upgrade(empty_database)
+    literal = "/lib/caf\\xe9.png"  # a UTF-8 name spelling the other's display form
+    with empty_database.connect() as conn:
+        found = file_rows(conn, model, ["/lib/ok.png", os.fsdecode(raw), literal])
+        assert sorted(found) == sorted(["/lib/ok.png", os.fsdecode(raw)])
+        conn.execute(insert, (model.model_id, literal, None, bytes(32)))
+        conn.commit()
+    assert sorted(rows(empty_database)) == sorted([b"/lib/ok.png", raw, literal.encode()])
+    downgrade(empty_database, "0007")  # the old key holds one of the look-alikes
+    with empty_database.connect() as conn:
+        (count,) = conn.execute("SELECT count(*) FROM clipdb.images").fetchone()
+    assert count == 2
