@@ -151,3 +151,13 @@ def test_rows_from_before_the_key_keep_their_identity_and_downgrade_keeps_one_lo
     with empty_database.connect() as conn:
         (count,) = conn.execute("SELECT count(*) FROM clipdb.images").fetchone()
     assert count == 2
+
+
+def test_paths_null_gives_each_look_alike_its_own_bytes(
+    database, tiny_encoder, tmp_path, capfdbinary
+):
+    literal, raw = look_alikes(tmp_path / "lib", pictures(tmp_path, 2))
+    run([tmp_path / "lib"], database, tiny_encoder)
+    for name in (literal, raw):
+        assert search_main(["--like", name, "-k", "1", "--paths", "--null", *TINY]) == 0
+        assert capfdbinary.readouterr().out == os.fsencode(name) + b"\0"

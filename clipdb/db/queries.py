@@ -9,7 +9,7 @@ partial HNSW index (see migrations/versions/0001_initial.py).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -41,6 +41,14 @@ class Hit:
     camera: str | None = None
     lat: float | None = None
     lon: float | None = None
+    # The exact name bytes when the name is not UTF-8 (image_path is then a display form, which
+    # another name can spell too); never in to_dict().
+    path_bytes: bytes | None = field(default=None, repr=False)
+
+    @property
+    def file_path(self) -> str:
+        """The path as the file system knows it (what ``--paths --null`` prints)."""
+        return fs_path(self.image_path, self.path_bytes)
 
     @property
     def filename(self) -> str:
@@ -54,6 +62,7 @@ class Hit:
         """``{"rank", "image_path", "similarity", "filename"}`` (+ ``image_id``, and
         ``taken_at`` (ISO 8601), ``camera``, ``lat``, ``lon``: null when unknown)."""
         data = asdict(self)
+        del data["path_bytes"]
         data["filename"] = self.filename
         data["taken_at"] = self.taken_at.isoformat() if self.taken_at is not None else None
         return data
@@ -102,8 +111,9 @@ def topk_sql(
         filters.append(f"({_METADATA_FILTER})")
     order = f"{exact}, id" if exact_scan else indexed
     return (
-        f"SELECT id, path, 1 - distance, taken_at, camera, lat, lon FROM ("
-        f"SELECT id, path, {exact} AS distance, taken_at, camera, lat, lon FROM clipdb.images "
+        f"SELECT id, path, 1 - distance, taken_at, camera, lat, lon, path_bytes FROM ("
+        f"SELECT id, path, {exact} AS distance, taken_at, camera, lat, lon, path_bytes "
+        "FROM clipdb.images "
         f"WHERE {' AND '.join(filters)} ORDER BY {order} LIMIT %(k)s"
         f") nearest ORDER BY distance, id"
     )
@@ -175,8 +185,18 @@ def search_vector(
             ).fetchall()
     return arrange(
         [
-            Hit(rank, path, float(similarity), image_id, taken_at, camera, lat, lon)
-            for rank, (image_id, path, similarity, taken_at, camera, lat, lon) in enumerate(
+            Hit(
+                rank,
+                path,
+                float(similarity),
+                image_id,
+                taken_at,
+                camera,
+                lat,
+                lon,
+                raw and bytes(raw),
+            )
+            for rank, (image_id, path, similarity, taken_at, camera, lat, lon, raw) in enumerate(
                 rows, start=1
             )
         ],
