@@ -1,6 +1,9 @@
 """Portable export/import of one model's rows: a checksummed ``.npz`` of plain arrays.
 
 Loaded with ``allow_pickle=False`` only, so a file a user hands us can never run code.
+Format version 2 adds ``path_bytes``, each file's exact name bytes (``paths`` holds display
+forms, in which a name that is not UTF-8 and a UTF-8 name can look alike); version 1 files,
+which have only ``paths``, are still read.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from clipdb.db.queries import as_array, export_rows
 from clipdb.db.registry import Model, register_model
 from clipdb.db.store import ImageRecord, upsert_images
 from clipdb.errors import ClipdbError, first_line
+from clipdb.files import MAX_FILE_BYTES, display
 
 INDEX_FORMAT = "clipdb-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # Arrays covered by the checksum, in this order.
 _INDEX_ARRAYS = (
     "format",
@@ -42,11 +46,13 @@ _INDEX_ARRAYS = (
     "width",
     "height",
 )
+# Arrays of format version 2 on, covered by the checksum after the ones above.
+_V2_ARRAYS = ("path_bytes",)
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
-    for name in _INDEX_ARRAYS:
+    for name in (*_INDEX_ARRAYS, *(n for n in _V2_ARRAYS if n in arrays)):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
         digest.update(array.data)  # the buffer itself (== tobytes()), never a copy
@@ -57,7 +63,7 @@ def export_index(
     conn: psycopg.Connection[Any], model: Model, index_path: str | os.PathLike[str]
 ) -> Path:
     """Write ``model``'s rows to ``index_path`` (.npz, plain arrays + sha256 checksum)."""
-    rows = export_rows(conn, model)
+    rows = export_rows(conn, model)  # paths as the file system knows them
     embeddings = np.zeros((len(rows), model.dim), dtype=np.float32)
     for position, row in enumerate(rows):
         embeddings[position] = as_array(row[6])
@@ -67,7 +73,7 @@ def export_index(
         "architecture": np.array(model.architecture),
         "pretrained": np.array(model.pretrained),
         "dim": np.array(model.dim, dtype=np.int64),
-        "paths": np.array([row[0] for row in rows], dtype=str).reshape(len(rows)),
+        "paths": np.array([display(row[0]) for row in rows], dtype=str).reshape(len(rows)),
         "embeddings": embeddings,
         "sha256": np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.uint8)
         .reshape(len(rows), 32)
@@ -77,6 +83,10 @@ def export_index(
         "width": np.array([row[4] for row in rows], dtype=np.int32),
         "height": np.array([row[5] for row in rows], dtype=np.int32),
     }
+    # Exact bytes: numpy's "S" strings drop trailing NULs only, and no file name holds a NUL.
+    arrays["path_bytes"] = np.array([os.fsencode(row[0]) for row in rows], dtype=np.bytes_).reshape(
+        len(rows)
+    )
     arrays["checksum"] = np.array(_checksum(arrays))
     path = Path(index_path)
     partial = path.with_name(path.name + ".partial")
@@ -106,6 +116,7 @@ _SPEC: dict[str, tuple[str, tuple[str | int, ...]]] = {
     "width": ("<i4", ("rows",)),
     "height": ("<i4", ("rows",)),
     "checksum": ("U", ()),
+    "path_bytes": ("S", ("rows",)),  # version 2 on
 }
 MAX_TEXT_CHARS = 4096  # PATH_MAX: longer paths (or model tags) are not real ones
 # The arrays may need at most this many times the file's own size in memory (plus 1 MiB):
@@ -151,10 +162,12 @@ def _header(archive: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dt
         raise _Refused("is not a clipdb index file") from None
     shape, fortran, dtype, offset = _declared(archive, info)
     kind, _ = _SPEC[name]
-    if (dtype.str[:2] != "<U" if kind == "U" else dtype.str != kind) or fortran:
+    strings = {"U": "<U", "S": "|S"}.get(kind)
+    if (dtype.str[:2] != strings if strings else dtype.str != kind) or fortran:
         raise _Refused(f"has array {name} of type {dtype.str}{' (Fortran order)' * fortran}")
-    if kind == "U" and dtype.itemsize // 4 > MAX_TEXT_CHARS:
-        raise _Refused(f"has array {name} of strings up to {dtype.itemsize // 4} characters long")
+    length = dtype.itemsize // 4 if kind == "U" else dtype.itemsize
+    if strings and length > MAX_TEXT_CHARS:
+        raise _Refused(f"has array {name} of strings up to {length} characters long")
     data = dtype.itemsize * math.prod(shape)
     if offset + data != info.file_size:  # np.save writes exactly header + data
         raise _Refused(f"has array {name} whose header does not match its size")
@@ -178,7 +191,12 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist()[: len(_SPEC) + 1]:  # say "pickled" for any object array
             _declared(archive, info)
-        headers = {name: _header(archive, name) for name in _SPEC}
+        members = set(archive.namelist())
+        headers = {
+            name: _header(archive, name)
+            for name in _SPEC
+            if name not in _V2_ARRAYS or f"{name}.npy" in members
+        }
         total = sum(size for _, _, size in headers.values())
         if total > MAX_EXPANSION * disk_size + (1 << 20):
             raise _Refused(
@@ -199,12 +217,16 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         dim = int(arrays["dim"])
         if version < 1 or not 1 <= dim <= MAX_DIM:
             raise _Refused(f"declares version {version} and dimension {dim}")
+        if (version >= 2) != all(name in headers for name in _V2_ARRAYS):
+            raise _Refused(f"does not hold the arrays of index format version {version}")
         rows = headers["paths"][0][0] if headers["paths"][0] else -1
         for name, (_, wanted) in _SPEC.items():
+            if name not in headers:
+                continue
             expected = tuple({"rows": rows, "dim": dim}.get(str(n), n) for n in wanted)
             if headers[name][0] != expected:
                 raise _Refused("has inconsistent array shapes")
-        for name in _SPEC:
+        for name in headers:
             if name not in arrays:
                 arrays[name] = _load(archive, name)
     return arrays
@@ -213,7 +235,8 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 def read_index(index_path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The arrays of an export, checked before any row is trusted: exact dtypes and shapes
     (from the headers, before the data is read, in memory bounded by the file's size), the
-    checksum, then every row (a usable path, a unit-norm finite embedding, sane sizes)."""
+    checksum, then every row (a usable path, a unit-norm finite embedding, sane sizes and
+    times)."""
     path = Path(index_path)
     try:
         arrays = _read_arrays(path)
@@ -275,11 +298,10 @@ def _check_rows(arrays: dict[str, np.ndarray]) -> None:
         )
     _text(arrays["pretrained"], "pretrained tag")
     seen: set[str] = set()
-    for row, value in enumerate(arrays["paths"]):
-        text = _text(value, f"path in row {row}")
-        if not os.path.isabs(text) or text in seen:
-            raise _Refused(f"has row {row} with path {text!r}, relative or seen before")
-        seen.add(text)
+    for row, path in enumerate(file_paths(arrays)):
+        if not os.path.isabs(path) or path in seen:
+            raise _Refused(f"has row {row} with path {display(path)!r}, relative or seen before")
+        seen.add(path)
 
     def first(bad: np.ndarray, what: str) -> None:
         if bad.any():
@@ -287,6 +309,10 @@ def _check_rows(arrays: dict[str, np.ndarray]) -> None:
             raise _Refused(f"has row {row} ({str(arrays['paths'][row])!r}) with {what}")
 
     first(arrays["size"] < 0, "a negative size")
+    first(
+        arrays["size"] > MAX_FILE_BYTES, f"a size over {MAX_FILE_BYTES} bytes, which no image has"
+    )
+    first(arrays["mtime_ns"] < 0, "a modification time before 1970 (negative mtime_ns)")
     first((arrays["width"] <= 0) | (arrays["height"] <= 0), "a width or height below 1")
     embeddings = arrays["embeddings"]
     first(~np.isfinite(embeddings).all(axis=1), "a non-finite embedding")
@@ -298,6 +324,20 @@ def _check_rows(arrays: dict[str, np.ndarray]) -> None:
     )
 
 
+def file_paths(arrays: dict[str, np.ndarray]) -> list[str]:
+    """Each row's path as the file system knows it: from its exact bytes (version 2), which
+    must match its display form in ``paths``; a version 1 file has only ``paths``."""
+    if "path_bytes" not in arrays:
+        return [_text(value, f"path in row {row}") for row, value in enumerate(arrays["paths"])]
+    found = []
+    for row, (raw, shown) in enumerate(zip(arrays["path_bytes"], arrays["paths"], strict=True)):
+        path = os.fsdecode(bytes(raw))
+        if not raw or b"\0" in bytes(raw) or display(path) != str(shown):
+            raise _Refused(f"has row {row} whose path bytes are empty or do not match its path")
+        found.append(path)
+    return found
+
+
 def import_index(
     conn: psycopg.Connection[Any], index_path: str | os.PathLike[str]
 ) -> tuple[Model, int]:
@@ -305,9 +345,10 @@ def import_index(
     the database refuses leaves nothing imported. The rows are marked imported, so ingest
     never re-points one onto another file that happens to have the hash it claims."""
     arrays = read_index(index_path)
+    paths = file_paths(arrays)
     records = [
         ImageRecord(
-            path=str(arrays["paths"][i]),
+            path=paths[i],
             sha256=arrays["sha256"][i].tobytes(),
             size=int(arrays["size"][i]),
             mtime_ns=int(arrays["mtime_ns"][i]),

@@ -19,6 +19,7 @@ from clipdb.db import Database, database_status, migrate
 from clipdb.db.__main__ import main as db_main
 from clipdb.db.embedded import ensure_server, running_server, stop_server
 from clipdb.db.migrate import current_revision, downgrade, upgrade
+from clipdb.db.paths import prefix_range
 from clipdb.db.queries import search_vector, topk_sql
 from clipdb.errors import ClipdbError
 
@@ -255,7 +256,8 @@ def _generic_sql(sql: str) -> str:
     return (
         sql.replace("%(query)s", "$1")
         .replace("%(k)s", "$2")
-        .replace("%(under)s", "$3")
+        .replace("%(under_low)s", "$3")
+        .replace("%(under_high)s", "$5")
         .replace("%(max_distance)s", "$4")
     )
 
@@ -282,7 +284,9 @@ def test_every_search_uses_its_models_hnsw_index(database: Database, filters: di
             filters = {"under": f"/m{number}"}
         sql = topk_sql(model, under="under" in filters, threshold="threshold" in filters)
         query = unit_vectors(1, model.dim, seed=9)[0]
-        params = {"query": query, "k": 10, "under": f"/m{number}/", "max_distance": 0.9}
+        low, high = prefix_range(f"/m{number}/".encode())
+        params = {"query": query, "k": 10, "under_low": low, "under_high": high}
+        params["max_distance"] = 0.9
         with database.connect(autocommit=True) as conn:
             plan = _plan(conn, "EXPLAIN " + sql, params)
             assert f"Index Scan using {model.index_name}" in plan, plan

@@ -78,6 +78,24 @@ CRAFTED = {
     ),
     "zero width": ({"width": _with_row("width", 0, 0)}, "width or height below 1"),
     "negative size": ({"size": _with_row("size", 0, -1)}, "negative size"),
+    "size 2**62": (
+        {"size": _with_row("size", 1, 2**62)},
+        "row 1 ('/nowhere/img_1.jpg') with a size over",
+    ),
+    "mtime_ns -1": ({"mtime_ns": _with_row("mtime_ns", 2, -1)}, "negative mtime_ns"),
+    "path bytes naming another file": (
+        {
+            "version": np.array(2, dtype=np.int64),
+            "path_bytes": np.array(
+                [b"/nowhere/img_0.jpg", b"/elsewhere.jpg", b"/nowhere/img_2.jpg"]
+            ),
+        },
+        "row 1 whose path bytes are empty or do not match its path",
+    ),
+    "version 2 without path bytes": (
+        {"version": np.array(2, dtype=np.int64)},
+        "arrays of index format version 2",
+    ),
     "NUL in a path": ({"paths": np.array(["/a", "/b\0c", "/d"])}, "NUL"),
     "relative path": ({"paths": np.array(["/a", "b.jpg", "/d"])}, "relative or seen before"),
     "duplicate path": ({"paths": np.array(["/a", "/b", "/a"])}, "relative or seen before"),

@@ -7,15 +7,17 @@ image's k nearest neighbours (one LATERAL index scan per image), never all pairs
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from clipdb.db.paths import PATH_KEY, key, prefix_range
 from clipdb.db.queries import ID_CHUNK
 from clipdb.db.registry import Model
-from clipdb.files import display, fs_path
+from clipdb.files import fs_path
 
 # (first bit, width) of the pHash bands with a B-tree index each (migrations/versions/0007).
 PHASH_BANDS = ((1, 22), (23, 21), (44, 21))
@@ -49,12 +51,13 @@ def dupe_rows(
     params: tuple[Any, ...] = ()
     if prefixes is not None:
         # A root itself (a file) or anything below it (a directory).
+        # By exact name bytes (a display form can be spelled by another name too).
         sql += (
-            " AND (path = ANY(%s) OR EXISTS "
-            "(SELECT FROM unnest(%s::text[]) r(p) WHERE starts_with(path, r.p)))"
+            f" AND ({PATH_KEY} = ANY(%s) OR EXISTS (SELECT FROM unnest(%s::bytea[], %s::bytea[])"
+            f" r(low, high) WHERE {PATH_KEY} >= r.low AND {PATH_KEY} < r.high))"
         )
-        roots = [display(p) for p in prefixes]
-        params = (roots, [r.rstrip("/") + "/" for r in roots])
+        ranges = [prefix_range(key(p.rstrip("/") + "/")) for p in prefixes]
+        params = ([key(p) for p in prefixes], [r[0] for r in ranges], [r[1] for r in ranges])
     return [
         DupeRow(row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value, exif)
         for row_id, path, raw, sha, size, mtime, width, height, value, exif in conn.execute(
@@ -124,13 +127,24 @@ def similarities(
 def indexed_trees(conn: psycopg.Connection[Any], model: Model) -> list[str]:
     """The directories directly holding this model's images (a ``--move-to`` inside one of
     them would put moved files back into the index)."""
-    return [
-        fs_path(directory, None)
+    model_id = int(model.model_id)
+    found = {
+        directory
         for (directory,) in conn.execute(
             "SELECT DISTINCT regexp_replace(path, '/[^/]*$', '') FROM clipdb.images "
-            f"WHERE model_id = {int(model.model_id)}"
+            f"WHERE model_id = {model_id} AND path_bytes IS NULL"
         )
-    ]
+    }
+    # A name that is not UTF-8 has only a display form in path: its directory comes from the
+    # exact bytes, split here (PostgreSQL has no regexp over bytea).
+    found.update(
+        os.path.dirname(fs_path("", raw))
+        for (raw,) in conn.execute(
+            f"SELECT path_bytes FROM clipdb.images WHERE model_id = {model_id} "
+            "AND path_bytes IS NOT NULL"
+        )
+    )
+    return sorted(found)
 
 
 def neighbour_pairs(

@@ -9,7 +9,7 @@ partial HNSW index (see migrations/versions/0001_initial.py).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -17,10 +17,11 @@ import numpy as np
 import psycopg
 
 from clipdb.config import MAX_RESULTS
+from clipdb.db.paths import PATH_KEY, key, prefix_range
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.exif import METADATA_VERSION
-from clipdb.files import display, fs_path
+from clipdb.files import fs_path
 from clipdb.filters import NO_FILTERS, Filters
 
 EF_SEARCH_MAX = 1000  # pgvector refuses a larger hnsw.ef_search
@@ -42,6 +43,14 @@ class Hit:
     lon: float | None = None
     # taken_at is the camera's wall clock stored as if UTC (EXIF without OffsetTimeOriginal).
     taken_at_naive: bool = False
+    # The exact name bytes when the name is not UTF-8 (image_path is then a display form, which
+    # another name can spell too); never in to_dict().
+    path_bytes: bytes | None = field(default=None, repr=False)
+
+    @property
+    def file_path(self) -> str:
+        """The path as the file system knows it (what ``--paths --null`` prints)."""
+        return fs_path(self.image_path, self.path_bytes)
 
     @property
     def filename(self) -> str:
@@ -56,6 +65,7 @@ class Hit:
         ``taken_at`` (ISO 8601), ``camera``, ``lat``, ``lon``: null when unknown;
         ``taken_at_naive``: true when taken_at is a wall clock of unknown time zone)."""
         data = asdict(self)
+        del data["path_bytes"]
         data["filename"] = self.filename
         data["taken_at"] = self.taken_at.isoformat() if self.taken_at is not None else None
         return data
@@ -96,16 +106,17 @@ def topk_sql(
     indexed = f"embedding::halfvec({dim}) <=> %(query)s::vector({dim})::halfvec({dim})"
     filters = [f"model_id = {model_id}"]
     if under:
-        filters.append("starts_with(path, %(under)s)")
+        # By exact name bytes: a display form can be spelled by another name too.
+        filters.append(f"{PATH_KEY} >= %(under_low)s AND {PATH_KEY} < %(under_high)s")
     if threshold:
         filters.append(f"({exact}) <= %(max_distance)s")
     if metadata:
         filters.append(f"({_METADATA_FILTER})")
     order = f"{exact}, id" if exact_scan else indexed
     return (
-        f"SELECT id, path, 1 - distance, taken_at, camera, lat, lon, taken_at_naive FROM ("
-        f"SELECT id, path, {exact} AS distance, taken_at, camera, lat, lon, taken_at_naive "
-        f"FROM clipdb.images "
+        f"SELECT id, path, 1 - distance, taken_at, camera, lat, lon, taken_at_naive, path_bytes "
+        f"FROM (SELECT id, path, {exact} AS distance, taken_at, camera, lat, lon, "
+        "taken_at_naive, path_bytes FROM clipdb.images "
         f"WHERE {' AND '.join(filters)} ORDER BY {order} LIMIT %(k)s"
         f") nearest ORDER BY distance, id"
     )
@@ -142,7 +153,7 @@ def search_vector(
     wanted = k + filters.offset
     params: dict[str, Any] = {"query": vector, "k": wanted, **filters.sql_params()}
     if under is not None:
-        params["under"] = display(under_prefix(under))  # as stored: non-UTF-8 bytes escaped
+        params["under_low"], params["under_high"] = prefix_range(key(under_prefix(under)))
     if threshold is not None:
         params["max_distance"] = 1.0 - float(threshold)
     narrows = filters.narrows
@@ -176,12 +187,7 @@ def search_vector(
                 topk_sql(model, **flags, exact_scan=True), params, prepare=False
             ).fetchall()
     return arrange(
-        [
-            Hit(rank, path, float(similarity), image_id, taken_at, camera, lat, lon, naive)
-            for rank, (image_id, path, similarity, taken_at, camera, lat, lon, naive) in enumerate(
-                rows, start=1
-            )
-        ],
+        [_hit(rank, row) for rank, row in enumerate(rows, start=1)],
         k,
         filters,
     )
@@ -209,6 +215,23 @@ def arrange(hits: list[Hit], k: int, filters: Filters) -> list[Hit]:
     return [replace(hit, rank=rank) for rank, hit in enumerate(page, start=filters.offset + 1)]
 
 
+def _hit(rank: int, row: tuple[Any, ...]) -> Hit:
+    """A result row of topk_sql's SELECT as a Hit."""
+    image_id, path, similarity, taken_at, camera, lat, lon, naive, raw = row
+    return Hit(
+        rank,
+        path,
+        float(similarity),
+        image_id,
+        taken_at,
+        camera,
+        lat,
+        lon,
+        naive,
+        raw and bytes(raw),
+    )
+
+
 def check_result_count(k: int) -> None:
     """The one result limit: 1..MAX_RESULTS, everywhere."""
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RESULTS:
@@ -222,8 +245,8 @@ def indexed_embedding(conn: psycopg.Connection[Any], model: Model, path_or_id: s
         found = embedding_by_id(conn, model, int(path_or_id))
     if found is None:
         row = conn.execute(
-            "SELECT embedding FROM clipdb.images WHERE model_id = %s AND path = %s",
-            (model.model_id, display(os.path.abspath(path_or_id))),
+            f"SELECT embedding FROM clipdb.images WHERE model_id = %s AND {PATH_KEY} = %s",
+            (model.model_id, key(os.path.abspath(path_or_id))),
         ).fetchone()
         found = as_array(row[0]) if row else None
     if found is None:
@@ -249,10 +272,10 @@ def as_array(value: Any) -> np.ndarray:
 
 def indexed_path(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -> str | None:
     """The stored path of an indexed image given by path or row id (an id wins)."""
-    absolute = display(os.path.abspath(path_or_id))
+    absolute = key(os.path.abspath(path_or_id))
     row_id = int(path_or_id) if path_or_id.isdigit() else None
     row = conn.execute(
-        "SELECT path FROM clipdb.images WHERE model_id = %s AND (id = %s OR path = %s) "
+        f"SELECT path FROM clipdb.images WHERE model_id = %s AND (id = %s OR {PATH_KEY} = %s) "
         "ORDER BY (id = %s) DESC LIMIT 1",
         (model.model_id, row_id, absolute, row_id),
     ).fetchone()
@@ -302,8 +325,8 @@ def file_rows(conn: psycopg.Connection[Any], model: Model, paths: list[str]) -> 
         for row_id, path, path_bytes, size, mtime_ns, sha, current, hashed in conn.execute(
             "SELECT id, path, path_bytes, size, mtime_ns, sha256, "
             "coalesce(metadata_version >= %s, false), phash IS NOT NULL FROM clipdb.images "
-            f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
-            (METADATA_VERSION, [display(p) for p in paths[offset : offset + ID_CHUNK]]),
+            f"WHERE model_id = {int(model.model_id)} AND {PATH_KEY} = ANY(%s)",
+            (METADATA_VERSION, [key(p) for p in paths[offset : offset + ID_CHUNK]]),
         ):
             found[fs_path(path, path_bytes)] = FileRow(
                 int(row_id), size, mtime_ns, bytes(sha), bool(current), bool(hashed)
@@ -330,23 +353,33 @@ def rows_by_sha256(
     return found
 
 
+def _at_or_under(root: str) -> tuple[str, tuple[bytes, bytes, bytes]]:
+    """SQL (and its parameters) for rows of ``root`` itself or under it, by exact bytes."""
+    sql = f"({PATH_KEY} = %s OR ({PATH_KEY} >= %s AND {PATH_KEY} < %s))"
+    return sql, (key(root), *prefix_range(key(os.path.join(root, ""))))
+
+
 def rows_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[tuple[int, str]]:
     """(row id, file system path) of this model's rows for ``root`` itself or under it."""
-    text = display(root)
+    where, params = _at_or_under(root)
     rows = conn.execute(
         f"SELECT id, path, path_bytes FROM clipdb.images WHERE model_id = {int(model.model_id)} "
-        "AND (path = %s OR starts_with(path, %s))",
-        (text, os.path.join(text, "")),
+        f"AND {where}",
+        params,
     ).fetchall()
     return [(row_id, fs_path(path, path_bytes)) for row_id, path, path_bytes in rows]
 
 
 def export_rows(conn: psycopg.Connection[Any], model: Model) -> list[tuple[Any, ...]]:
-    """(path, sha256, size, mtime_ns, width, height, embedding) of every row, by path."""
-    return conn.execute(
-        "SELECT path, sha256, size, mtime_ns, width, height, embedding FROM clipdb.images "
-        f"WHERE model_id = {int(model.model_id)} ORDER BY path"
-    ).fetchall()
+    """(file system path, sha256, size, mtime_ns, width, height, embedding) of every row,
+    ordered by the exact bytes of the name."""
+    return [
+        (fs_path(path, raw), *rest)
+        for path, raw, *rest in conn.execute(
+            "SELECT path, path_bytes, sha256, size, mtime_ns, width, height, embedding "
+            f"FROM clipdb.images WHERE model_id = {int(model.model_id)} ORDER BY {PATH_KEY}"
+        )
+    ]
 
 
 def skipped_files(
@@ -357,8 +390,8 @@ def skipped_files(
     for offset in range(0, len(paths), ID_CHUNK):
         for path, path_bytes, size, mtime_ns, reason in conn.execute(
             f"SELECT path, path_bytes, size, mtime_ns, reason FROM clipdb.skipped_files "
-            f"WHERE model_id = {int(model.model_id)} AND path = ANY(%s)",
-            ([display(p) for p in paths[offset : offset + ID_CHUNK]],),
+            f"WHERE model_id = {int(model.model_id)} AND {PATH_KEY} = ANY(%s)",
+            ([key(p) for p in paths[offset : offset + ID_CHUNK]],),
         ):
             found[fs_path(path, path_bytes)] = (size, mtime_ns, reason)
     return found
@@ -366,10 +399,10 @@ def skipped_files(
 
 def skipped_under(conn: psycopg.Connection[Any], model: Model, root: str) -> list[str]:
     """File system paths of this model's skipped files at or under ``root``."""
-    text = display(root)
+    where, params = _at_or_under(root)
     rows = conn.execute(
         f"SELECT path, path_bytes FROM clipdb.skipped_files "
-        f"WHERE model_id = {int(model.model_id)} AND (path = %s OR starts_with(path, %s))",
-        (text, os.path.join(text, "")),
+        f"WHERE model_id = {int(model.model_id)} AND {where}",
+        params,
     ).fetchall()
     return [fs_path(path, path_bytes) for path, path_bytes in rows]

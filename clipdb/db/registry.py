@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from clipdb.files import display
+from clipdb.db.paths import PATH_KEY, key
 
 _COLUMNS = "m.id, m.architecture, m.pretrained, m.dim"
 
@@ -80,8 +80,8 @@ def models_indexing(conn: psycopg.Connection[Any], path_or_id: str) -> set[int]:
     """Ids of the models under which an image (absolute/relative path, or row id) is indexed."""
     row_id = int(path_or_id) if path_or_id.isdigit() else None
     rows = conn.execute(
-        "SELECT DISTINCT model_id FROM clipdb.images WHERE path = %s OR id = %s",
-        (display(os.path.abspath(path_or_id)), row_id),
+        f"SELECT DISTINCT model_id FROM clipdb.images WHERE {PATH_KEY} = %s OR id = %s",
+        (key(os.path.abspath(path_or_id)), row_id),
     ).fetchall()
     return {row[0] for row in rows}
 

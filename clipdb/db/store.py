@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from clipdb.db.paths import PATH_KEY, key
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError
 from clipdb.exif import METADATA_VERSION, PhotoMetadata
@@ -142,7 +143,8 @@ def upsert_images(
     *,
     imported: bool = False,
 ) -> int:
-    """Insert or replace rows by (model, path); concurrent writers never duplicate a path.
+    """Insert or replace rows by (model, exact name bytes); concurrent writers never duplicate
+    a file, and two files whose names share a display form stay two rows.
 
     ``imported`` marks rows an ``.npz`` import wrote (``source = 'import'``): ingest never
     re-points those onto another file (see :func:`clipdb.db.queries.rows_by_sha256`).
@@ -164,8 +166,9 @@ def upsert_images(
     conn.execute(
         f"""
         INSERT INTO clipdb.images (model_id, source, {_COLUMNS}, phash)
-        SELECT DISTINCT ON (path) {model_id}, %s, {_COLUMNS}, phash::bit(64) FROM clipdb_incoming
-        ON CONFLICT (model_id, path) DO UPDATE SET
+        SELECT DISTINCT ON ({PATH_KEY}) {model_id}, %s, {_COLUMNS}, phash::bit(64)
+        FROM clipdb_incoming
+        ON CONFLICT (model_id, ({PATH_KEY})) DO UPDATE SET
             sha256 = EXCLUDED.sha256, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns,
             width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding,
             path_bytes = EXCLUDED.path_bytes, source = EXCLUDED.source, updated_at = now(),
@@ -186,8 +189,8 @@ def refresh_identity(
     """A file was touched but its content (sha256) is unchanged: record its new size/mtime."""
     conn.execute(
         f"UPDATE clipdb.images SET size = %s, mtime_ns = %s, updated_at = now() "
-        f"WHERE model_id = {int(model.model_id)} AND path = %s",
-        (size, mtime_ns, db_path(path)[0]),
+        f"WHERE model_id = {int(model.model_id)} AND {PATH_KEY} = %s",
+        (size, mtime_ns, key(path)),
     )
 
 
@@ -202,9 +205,9 @@ def set_phashes(
     with conn.cursor() as cur:
         cur.executemany(
             f"UPDATE clipdb.images SET phash = %s::bigint::bit(64) "
-            f"WHERE model_id = {int(model.model_id)} AND path = %s AND size = %s "
+            f"WHERE model_id = {int(model.model_id)} AND {PATH_KEY} = %s AND size = %s "
             "AND mtime_ns = %s",
-            [(phash, db_path(path)[0], size, mtime_ns) for path, size, mtime_ns, phash in hashes],
+            [(phash, key(path), size, mtime_ns) for path, size, mtime_ns, phash in hashes],
         )
     return len(hashes)
 
@@ -325,7 +328,7 @@ def record_skips(
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO clipdb.skipped_files (model_id, path, path_bytes, size, mtime_ns, reason)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (model_id, path) DO UPDATE SET"
+            f" VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (model_id, ({PATH_KEY})) DO UPDATE SET"
             " path_bytes = EXCLUDED.path_bytes, size = EXCLUDED.size,"
             " mtime_ns = EXCLUDED.mtime_ns, reason = EXCLUDED.reason, skipped_at = now()",
             [
@@ -341,7 +344,7 @@ def forget_skips(conn: psycopg.Connection[Any], model: Model, paths: Sequence[st
         return 0
     cursor = conn.execute(
         f"DELETE FROM clipdb.skipped_files WHERE model_id = {int(model.model_id)} "
-        "AND path = ANY(%s)",
-        ([db_path(path)[0] for path in paths],),
+        f"AND {PATH_KEY} = ANY(%s)",
+        ([key(path) for path in paths],),
     )
     return cursor.rowcount

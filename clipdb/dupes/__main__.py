@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         "near groups, similar too when --tier names it); clipdb moves nothing itself",
     )
     parser.add_argument("--move-to", metavar="DIR", help="where the script moves duplicates")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --script FILE (a regular file; never a link) with a new one",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -141,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
         if (args.script is None) != (args.move_to is None):
             raise UsageError("--script and --move-to go together")
+        if args.force and args.script is None:
+            raise UsageError("--force goes with --script")
+        if args.script is not None:
+            from clipdb.dupes.script import check_script
+
+            check_script(args.script, args.force)  # before any work: a refusal costs nothing
         tiers = parse_tiers(args.tier) if args.tier else TIERS
         settings = Settings.from_args(args)
         database = open_database(settings)
@@ -163,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             indexed = [*trees, *(args.paths or [])] + ([common_root(acting)] if acting else [])
             target = check_move_to(args.move_to, indexed)
-            moves = write_script(args.script, acting, target)
+            moves = write_script(args.script, acting, target, force=args.force)
             print(
                 f"wrote {printable(display(args.script))}: {moves} moves into "
                 f"{printable(display(target))}; read it, then run it with sh",

@@ -65,10 +65,12 @@ def collapse_hits(
     for rank, image_id in enumerate(chosen, 1):
         if image_id in by_id:
             hit = by_id[image_id]
-            out.append(Hit(rank, hit.image_path, hit.similarity, image_id))
+            out.append(
+                Hit(rank, hit.image_path, hit.similarity, image_id, path_bytes=hit.path_bytes)
+            )
         else:
-            from clipdb.files import display
+            from clipdb.files import db_path
 
-            path = display(rows[image_id].path)
-            out.append(Hit(rank, path, similarity[image_id], image_id))
+            path, raw = db_path(rows[image_id].path)
+            out.append(Hit(rank, path, similarity[image_id], image_id, path_bytes=raw))
     return out

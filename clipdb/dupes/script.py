@@ -7,16 +7,24 @@ target exists (``mv -n`` is not POSIX, so it tests first), and never deletes. Na
 as their exact bytes inside single quotes (a quote becomes ``'\\''``), which sh takes literally
 whatever they hold: spaces, ``$``, backslashes, newlines, bytes that are not UTF-8. Comments
 carry only escaped display forms, so no name can end a comment line.
+
+The script file is always a new one of the caller's (mode 0755): a file or link already at
+that name, which someone else may have put there to have a line of theirs run, is refused;
+``--force`` replaces a regular file by renaming a fresh one over it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import secrets
+import stat
 import time
 from collections.abc import Sequence
 
 from clipdb.dupes import Group
-from clipdb.errors import UsageError
+from clipdb.errors import ClipdbError, UsageError, disk_full
 from clipdb.files import display
 from clipdb.terminal import printable
 
@@ -117,12 +125,73 @@ def script_bytes(groups: Sequence[Group], move_to: str) -> bytes:
     return b"".join(parts)
 
 
-def write_script(path: str, groups: Sequence[Group], move_to: str) -> int:
-    """Write the script to ``path`` (mode 0755); returns how many moves it holds."""
-    if os.path.isdir(path):
-        raise UsageError(f"--script {printable(display(path))} is a directory")
+def check_script(path: str, force: bool) -> None:
+    """Refuse a ``--script`` name clipdb must not write (before any work): a directory, a
+    link, something that is not a regular file, or, without ``force``, any existing file."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    except OSError as err:
+        raise ClipdbError(f"cannot write --script {_shown(path)}: {err.strerror}") from None
+    if info is None:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ClipdbError(f"cannot write --script {_shown(path)}: no folder {_shown(folder)}")
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"--script {_shown(path)} is a directory")
+    if stat.S_ISLNK(info.st_mode):
+        raise ClipdbError(
+            f"--script {_shown(path)} is a symbolic link; clipdb never writes through one"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise ClipdbError(f"--script {_shown(path)} exists and is not a regular file")
+    if not force:
+        raise ClipdbError(f"--script {_shown(path)} exists; pass --force to replace it")
+
+
+def write_script(path: str, groups: Sequence[Group], move_to: str, *, force: bool = False) -> int:
+    """Write the script to ``path`` as a new file of the caller's, mode 0755; returns how many
+    moves it holds.
+
+    The file is always a new inode: created exclusively, never through a link, so a file
+    another user made at that name (writable by them, to append a command to what the caller
+    later runs) is never filled in. With ``force`` an existing regular file is replaced by a
+    rename of a private temporary file from the same directory (atomic; the rename replaces
+    the name, whatever was swapped in meanwhile, and writes into nothing).
+    """
+    check_script(path, force)
     data = script_bytes(groups, move_to)
-    with open(path, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o755)
+    exists = os.path.lexists(path)
+    target = _temporary(path) if exists else path
+    try:
+        fd = os.open(
+            target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o700
+        )
+    except FileExistsError:
+        raise ClipdbError(f"--script {_shown(path)} exists; pass --force to replace it") from None
+    except OSError as err:
+        raise ClipdbError(f"cannot write --script {_shown(path)}: {err.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            os.fchmod(handle.fileno(), 0o755)  # not the umask's say: readable, never others'
+        if exists:
+            os.rename(target, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(target)  # ours: made above with O_EXCL
+        if err.errno == errno.ENOSPC:
+            raise disk_full(f"writing --script {_shown(path)}", err) from None
+        raise ClipdbError(f"cannot write --script {_shown(path)}: {err.strerror}") from None
     return sum(1 for g in groups for m in g.images if not m.keep)
+
+
+def _temporary(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+
+
+def _shown(path: str) -> str:
+    return printable(display(path))

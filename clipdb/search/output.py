@@ -38,7 +38,7 @@ def format_paths(hits: Sequence[Hit]) -> str:
 
 def null_separated_paths(hits: Sequence[Hit]) -> bytes:
     """Exact path bytes, each followed by NUL (``--paths --null``, for ``xargs -0``)."""
-    return b"".join(exact_bytes(hit.image_path) + b"\0" for hit in hits)
+    return b"".join(exact_bytes(hit.file_path) + b"\0" for hit in hits)
 
 
 def _metadata_table(hits: Sequence[Hit]) -> str:
