@@ -83,6 +83,7 @@ OUT_OF_RANGE = [
     (f"SELECT * FROM clipdb.search({QUERY}, 5, model => repeat('x', 201))", "at most 200"),
     ("SELECT * FROM clipdb.similar(repeat('x', 40000), 5)", "at most 32768 characters"),
     ("SELECT * FROM clipdb.similar(NULL::text, 5)", "the image path is NULL"),
+    ("SELECT clipdb.path_key(repeat('x', 40000), NULL)", "at most 32768 bytes"),
     (
         "SELECT * FROM clipdb.similar((SELECT min(id) FROM clipdb.images), 20000)",
         "number of results must be 1",

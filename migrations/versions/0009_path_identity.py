@@ -32,6 +32,10 @@ UPGRADE_SQL = r"""
 CREATE FUNCTION clipdb.path_key(p_path text, p_path_bytes bytea)
 RETURNS bytea LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
 BEGIN
+    -- Bounded like every function the reader may call (no file system has longer names).
+    IF octet_length(p_path) > 32768 OR octet_length(p_path_bytes) > 32768 THEN
+        RAISE EXCEPTION 'a path must be at most 32768 bytes';
+    END IF;
     RETURN coalesce(p_path_bytes, convert_to(p_path, 'UTF8'));
 END
 $fn$;
