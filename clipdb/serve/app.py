@@ -163,6 +163,11 @@ def create_app(
     def index_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        # The page links /static/favicon.svg; this answers clients that ask the old place.
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
     @app.post("/api/search", summary="Search by an uploaded image and/or a text")
     def search_upload(
         image: Annotated[UploadFile | None, File(description="query image")] = None,
