@@ -61,6 +61,21 @@ def test_an_exhausted_pool_is_busy_and_the_pool_stays(
         assert http.get("/api/health").json()["status"] == "ok"
 
 
+def test_duplicate_scans_leave_connections_to_searches(
+    database: Database, tiny_encoder: Any, ids: dict
+):
+    app = create_app(database, encoder=tiny_encoder, pool_size=2, pool_timeout_s=0.5)
+    service = app.state.service
+    assert service.scan_slots.count == 1  # half the pool
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        with service.scan_slots.held():  # a long scan is running
+            busy = http.get("/api/duplicates", params={"tier": "similar"})
+            assert http.get("/api/search", params={"text": "x"}).status_code == 200
+        assert busy.status_code == 503 and "busy" in busy.json()["detail"]
+        assert busy.headers["retry-after"] == "2"
+        assert http.get("/api/duplicates", params={"tier": "similar"}).status_code == 200
+
+
 def test_a_statement_past_the_timeout_is_504_and_frees_its_connection(
     database: Database, tiny_encoder: Any, ids: dict
 ):
