@@ -17,7 +17,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchutil import fresh_database  # noqa: E402
+from benchutil import free_port, fresh_database, wait_until_serving  # noqa: E402
 
 from clipdb.db import Database  # noqa: E402
 from clipdb.db.registry import register_model  # noqa: E402
@@ -116,25 +115,12 @@ class Sampler:
         self._thread.join()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def measure(command: list[str], env: dict[str, str], url: str, args: Any) -> dict[str, Any]:
     upload = big_png(args.megapixels)
     log(f"upload: {len(upload) / 1e6:.1f} MB PNG of {args.megapixels:g} MP")
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        while True:
-            try:
-                httpx.get(f"{url}/api/health", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if process.poll() is not None:
-                    raise SystemExit(f"server exited: {process.communicate()[1]}") from None
-                time.sleep(0.2)
+        wait_until_serving(process, url)
         small = io.BytesIO()
         Image.new("RGB", (320, 240), (200, 30, 30)).save(small, "PNG")
         files = {"image": ("warm.png", small.getvalue(), "image/png")}
