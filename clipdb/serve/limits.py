@@ -49,14 +49,11 @@ def decode_upload(
     try:
         with decode.opened_image(data, max_pixels) as opened:
             orientation = opened.getexif().get(decode.ORIENTATION_TAG, 1)
-            if opened.format == "JPEG":
+            jpeg = opened.format == "JPEG"
+            if jpeg:
                 opened.draft(opened.mode, (small_side, small_side))
             opened.load()  # first frame of animations
-            image = (
-                opened
-                if opened.format == "JPEG"
-                else shrink(opened, min(opened.size) // small_side)
-            )
+            image = opened if jpeg else shrink(opened, min(opened.size) // small_side)
             if orientation in EXIF_TRANSPOSE:
                 image = image.transpose(EXIF_TRANSPOSE[orientation])
             return decode.to_rgb(image)
@@ -76,6 +73,24 @@ class Busy(ClipdbError):
     """No slot or connection came free in time (HTTP 503 with Retry-After)."""
 
 
+class InUse:
+    """How many holders are inside ``with counter.held()`` right now (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.count -= 1
+
+
 class Slots:
     """At most ``count`` holders at once; another waits up to ``wait_s``, then gets Busy.
 
@@ -88,24 +103,20 @@ class Slots:
         self.count, self.wait_s, self._busy = count, wait_s, busy
         self._on_release = on_release
         self._free = threading.BoundedSemaphore(count)
-        self._lock = threading.Lock()
-        self._in_use = 0
+        self._in_use = InUse()
 
     @property
     def in_use(self) -> int:
-        return self._in_use
+        return self._in_use.count
 
     @contextmanager
     def held(self) -> Iterator[None]:
         if not self._free.acquire(timeout=self.wait_s):
             raise Busy(self._busy)
-        with self._lock:
-            self._in_use += 1
         try:
-            yield
+            with self._in_use.held():
+                yield
         finally:
-            with self._lock:
-                self._in_use -= 1
             self._free.release()
             if self._on_release is not None:
                 self._on_release()

@@ -25,7 +25,7 @@ import psycopg
 from clipdb.config import STATEMENT_TIMEOUT_ENV
 from clipdb.db import Database, libpq_url
 from clipdb.errors import ClipdbError, first_line
-from clipdb.serve.limits import Busy
+from clipdb.serve.limits import Busy, InUse
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -61,7 +61,7 @@ class ServerPool:
         self._database = database
         self._pool: ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
-        self._in_use = 0  # connections handed out and not yet returned
+        self._in_use = InUse()  # connections handed out and not yet returned
         self._down_since: float | None = None  # set while the database is unreachable
         self._probing = threading.Lock()  # while down: one reconnection try at a time
 
@@ -77,7 +77,7 @@ class ServerPool:
             self._try_reconnect()
         pool = self._open()
         try:
-            with pool.connection(timeout=self.wait_s) as conn, self._counted():
+            with pool.connection(timeout=self.wait_s) as conn, self._in_use.held():
                 try:
                     yield conn
                 except psycopg.errors.QueryCanceled as err:
@@ -97,32 +97,21 @@ class ServerPool:
                 raise self._down_error() from None
             raise ClipdbError("the server is shutting down") from None
 
-    @contextmanager
-    def _counted(self) -> Iterator[None]:
-        with self._lock:
-            self._in_use += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_use -= 1
-
     def _no_connection(self) -> ClipdbError:
         """Why the pool gave no connection in time: busy, unless the database is away."""
-        with self._lock:
-            all_taken = self._in_use >= self.size
-        if not all_taken:
-            # The pool had room but made no connection: ask the database directly. Only a
-            # failed connection counts as down; a pool that was merely slow to grow is busy.
-            try:
-                self._probe()
-            except psycopg.Error as err:
-                self._mark_down(first_line(err))
-                return self._down_error()
-        return Busy(
-            f"the server is busy: all {self.size} database connections are in use by other "
-            "requests; retry in a moment"
-        )
+        if self._in_use.count >= self.size:
+            return Busy(
+                f"the server is busy: all {self.size} database connections are in use by other "
+                "requests; retry in a moment"
+            )
+        # The pool had room but made no connection: ask the database directly. Only a failed
+        # connection counts as down; a pool that was merely slow to grow is busy.
+        try:
+            self._probe()
+        except psycopg.Error as err:
+            self._mark_down(first_line(err))
+            return self._down_error()
+        return Busy("the server is busy: no database connection came free in time; retry soon")
 
     def _timeout_error(self) -> QueryTimeout:
         return QueryTimeout(
