@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchutil import fresh_database  # noqa: E402
+from benchutil import free_port, fresh_database, wait_until_serving  # noqa: E402
 
 from clipdb.db import Database  # noqa: E402
 from clipdb.db.registry import register_model  # noqa: E402
@@ -91,12 +90,6 @@ def fill(database: Database, pictures_dir: Path, rows: int, dim: int) -> None:
         model = register_model(conn, "ViT-B-32", "none", dim)
         bulk_load(conn, model, records)
         conn.commit()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_timing(response: httpx.Response) -> dict[str, float]:
@@ -156,14 +149,7 @@ def measure(command: list[str], url: str, args: argparse.Namespace) -> dict[str,
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         started = time.perf_counter()
-        while True:
-            try:
-                httpx.get(f"{url}/api/health", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if process.poll() is not None:
-                    raise SystemExit(f"server exited: {process.communicate()[1]}") from None
-                time.sleep(0.2)
+        wait_until_serving(process, url)
         startup_s = time.perf_counter() - started
         upload = io.BytesIO()
         picture(12345, (640, 480)).save(upload, "JPEG", quality=90)

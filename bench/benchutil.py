@@ -1,8 +1,12 @@
-"""What the benchmark scripts share: a fresh, migrated database on the embedded server."""
+"""What the benchmark scripts share: a fresh, migrated database on the embedded server, and
+a ``clipdb serve`` process to wait for."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,3 +31,24 @@ def fresh_database(home_or_server: Path | str | EmbeddedServer, name: str) -> Da
     database = Database(url=server.url(database=name))
     upgrade(database)
     return database
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(process: subprocess.Popen[str], url: str) -> None:
+    """Return once the server at ``url`` answers /api/health; exit with its stderr if the
+    process ended first (``process`` was started with ``stderr=PIPE``)."""
+    import httpx
+
+    while True:
+        try:
+            httpx.get(f"{url}/api/health", timeout=2).raise_for_status()
+            return
+        except httpx.HTTPError:
+            if process.poll() is not None:
+                raise SystemExit(f"server exited: {process.communicate()[1]}") from None
+            time.sleep(0.2)

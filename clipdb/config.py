@@ -34,6 +34,11 @@ BACKENDS = ("auto", "torch", "openvino")
 # As root the embedded server runs as another user, who cannot enter /root (0700), and clipdb
 # will not loosen it; /var/lib is open to pass through.
 ROOT_DEFAULT_HOME = Path("/var/lib/clipdb")
+# The web server's limit on each database statement: a request that would hold a pooled
+# connection longer (say a duplicates scan of a big library) is cancelled and answered 504,
+# so a few of them cannot keep every connection from the searches. 0: no limit.
+DEFAULT_STATEMENT_TIMEOUT_S = 30.0
+STATEMENT_TIMEOUT_ENV = "CLIPDB_SERVE_STATEMENT_TIMEOUT"
 
 
 def default_home() -> Path:
@@ -99,6 +104,24 @@ class Settings:
             pretrained=getattr(args, "pretrained", None),
             read_database_url=getattr(args, "read_database_url", None),
         )
+
+
+def statement_timeout_s(value: float | None = None) -> float:
+    """The server's statement timeout in seconds: ``value`` (a flag), else
+    CLIPDB_SERVE_STATEMENT_TIMEOUT, else the default; 0 means none. UsageError when the
+    environment holds no number >= 0."""
+    if value is not None:
+        return value
+    text = os.environ.get(STATEMENT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_STATEMENT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise UsageError(f"{STATEMENT_TIMEOUT_ENV} must be seconds >= 0 (0: none), got {text!r}")
+    return seconds
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, with_model: bool = True) -> None:

@@ -40,7 +40,7 @@ def make_thumbnail(source: str | bytes, size: int, *, max_pixels: int | None = N
         if opened.format == "JPEG":
             opened.draft(opened.mode, (size, size))
         opened.load()  # first frame of animations
-        image = _shrink(opened, max(1, max(opened.size) // (2 * size)))
+        image = shrink(opened, max(1, max(opened.size) // (2 * size)))
         if orientation in EXIF_TRANSPOSE:
             image = image.transpose(EXIF_TRANSPOSE[orientation])
         image = to_rgb(image)
@@ -50,7 +50,7 @@ def make_thumbnail(source: str | bytes, size: int, *, max_pixels: int | None = N
     return output.getvalue()
 
 
-def _shrink(image: Image.Image, factor: int) -> Image.Image:
+def shrink(image: Image.Image, factor: int) -> Image.Image:
     """``image`` made ``factor`` times smaller (box filter), keeping its mode where it can."""
     if factor < 2:
         return image

@@ -95,7 +95,8 @@ def test_upload_then_more_like_this(database: Database, tiny_encoder: Any, tmp_p
 def test_page_fits_a_390_px_phone(database: Database, tiny_encoder: Any, tmp_path: Path):
     from playwright.sync_api import sync_playwright
 
-    index_images(database, tiny_encoder, make_images(tmp_path / "p", 4))
+    [wide] = make_images(tmp_path / "wide", 1, size=(640, 200), seed=3)
+    ids = index_images(database, tiny_encoder, [*make_images(tmp_path / "p", 4), wide])
     with (
         running(create_app(database, encoder=tiny_encoder)) as url,
         sync_playwright() as playwright,
@@ -107,6 +108,20 @@ def test_page_fits_a_390_px_phone(database: Database, tiny_encoder: Any, tmp_pat
             page.fill("#text-input", "a red circle")
             page.click("#search-button")
             page.wait_for_selector("#results .result")
+            # More like the wide picture: its thumbnail, in the drop zone, fits inside it whole.
+            page.click(f"#results .result[data-image-id='{ids[str(wide.resolve())]}']")
+            page.wait_for_function(
+                "() => { const p = document.getElementById('query-preview');"
+                " return !p.hidden && p.complete && p.naturalWidth > 0; }"
+            )
+            zone = page.locator("#drop-zone").bounding_box()
+            assert zone is not None
+            for selector in ("#query-preview", "#drop-hint"):
+                box = page.locator(selector).bounding_box()
+                assert box is not None
+                assert (
+                    zone["x"] <= box["x"] and box["x"] + box["width"] <= zone["x"] + zone["width"]
+                ), (selector, box, zone)
             assert page.evaluate("document.documentElement.scrollWidth") <= 390
             for selector in (
                 "#search-button",
@@ -126,6 +141,78 @@ def test_page_fits_a_390_px_phone(database: Database, tiny_encoder: Any, tmp_pat
             page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_cards_show_folders_and_the_page_its_weights(
+    database: Database, tiny_encoder: Any, tmp_path: Path
+):
+    """Two ihc.png from two folders are told apart by their folder, in the results and in the
+    duplicates view; random weights show a badge; the favicon is served (no 404 at all)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    [picture] = make_images(tmp_path / "src", 1, size=(160, 120), fmt="PNG", seed=2)
+    copies = []
+    for folder in ("holiday", "work"):
+        (tmp_path / "pictures" / folder).mkdir(parents=True)
+        copies.append(tmp_path / "pictures" / folder / "ihc.png")
+        copies[-1].write_bytes(picture.read_bytes())
+    others = make_images(tmp_path / "pictures" / "other", 3, seed=4)
+    index_images(database, tiny_encoder, [*copies, *others])
+
+    with (
+        running(create_app(database, encoder=tiny_encoder)) as url,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+            page.on("response", lambda r: r.status >= 400 and problems.append(r.url))
+            page.goto(url)
+            expect(page.locator("#weights-badge")).to_be_visible()
+            expect(page.locator("#weights-badge")).to_have_text(
+                "test weights: results are meaningless"
+            )
+            expect(page.locator("#model")).to_contain_text("clipdb-tiny")
+            assert "(none)" not in page.locator("#model").inner_text()
+            assert page.locator("label:has(#k-input)").inner_text().strip() == "results"
+
+            page.fill("#text-input", "a photo")
+            page.click("#search-button")
+            expect(page.locator("#results .result")).to_have_count(5)
+            same_name = page.locator("#results .result:has(.filename:text-matches('ihc.png$'))")
+            expect(same_name).to_have_count(2)
+            shown = {
+                card.locator(".folder").get_attribute("title"): card.locator(".folder").inner_text()
+                for card in same_name.all()
+            }
+            assert set(shown) == {str(path.resolve()) for path in copies}  # full path as title
+            for path, folder in shown.items():
+                # Shortened from the left: the end of the folder is what tells them apart.
+                assert folder.startswith("…/") and folder.endswith(
+                    "/pictures/" + Path(path).parent.name
+                ), folder
+
+            page.click("#dupes-button")
+            group = page.locator(".dupe-group")
+            expect(group).to_have_count(1)
+            kept = group.locator(".dupe.keep .folder")
+            other = group.locator(".dupe:not(.keep) .folder")
+            expect(kept).to_have_count(1)
+            assert kept.inner_text() != other.inner_text()
+            assert {kept.get_attribute("title"), other.get_attribute("title")} == set(shown)
+
+            icon = page.locator("link[rel=icon]").get_attribute("href")
+            assert icon == "/static/favicon.svg"
+            for path in (icon, "/favicon.ico"):
+                answer = page.request.get(url + path)
+                assert answer.ok and answer.headers["content-type"] == "image/svg+xml", path
+            page.reload()  # once more, to let a favicon request fail if it were to
+            expect(page.locator("#weights-badge")).to_be_visible()
+        finally:
+            browser.close()
+    assert problems == []
 
 
 def test_api_docs_render_offline(database: Database, tiny_encoder: Any):

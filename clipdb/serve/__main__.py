@@ -7,8 +7,21 @@ import os
 import sys
 from collections.abc import Sequence
 
-from clipdb.cli import add_encoder_arguments, command_parser, positive_float, run_command
-from clipdb.config import Settings, add_common_arguments, add_read_url_argument
+from clipdb.cli import (
+    add_encoder_arguments,
+    command_parser,
+    non_negative_float,
+    positive_float,
+    run_command,
+)
+from clipdb.config import (
+    DEFAULT_STATEMENT_TIMEOUT_S,
+    STATEMENT_TIMEOUT_ENV,
+    Settings,
+    add_common_arguments,
+    add_read_url_argument,
+    statement_timeout_s,
+)
 from clipdb.errors import ClipdbError
 from clipdb.serve import DEFAULT_HOST, DEFAULT_PORT
 from clipdb.serve.limits import DEFAULT_MAX_UPLOAD_MB
@@ -64,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest upload in MB; larger ones get HTTP 413 (default {DEFAULT_MAX_UPLOAD_MB})",
     )
     parser.add_argument(
+        "--statement-timeout",
+        type=non_negative_float,
+        metavar="SECONDS",
+        help="cancel any database statement of a request after this long and answer HTTP 504, "
+        f"so slow requests cannot hold every connection (env {STATEMENT_TIMEOUT_ENV}; "
+        f"default {DEFAULT_STATEMENT_TIMEOUT_S:g}; 0: no limit)",
+    )
+    parser.add_argument(
         "--lazy", action="store_true", help="load the model on the first query, not at start"
     )
     return parser
@@ -84,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clipdb.encoder import resolve_model_spec
 
         resolve_model_spec(settings.model, settings.pretrained)  # a typo is a usage error
+        statement_timeout = statement_timeout_s(args.statement_timeout)  # so is a bad env value
         # Bind before loading the model: a busy port fails at once, in one line, exit 1.
         sock = listen(args.host, args.port)
         app = create_app(
@@ -92,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             precision=args.precision,
             backend=args.backend,
             max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+            statement_timeout=statement_timeout,
             preload=False,
             allowed_hosts=allowed_hosts(args),
         )

@@ -1,25 +1,23 @@
 """The web app: the search page and the JSON API, a thin layer over :class:`SearchService`.
 
 Endpoints are plain ``def`` functions, so FastAPI runs them in its thread pool and the event
-loop stays free while a query is encoded. Thumbnails are served by row id only: the path comes
-from ``clipdb.images``, never from the request, so the server cannot be used to read arbitrary
-files. FastAPI is imported here only, so ``clipdb serve --help`` does not pay for it.
+loop stays free while a query is encoded. Indexed files are served by row id only
+(:mod:`clipdb.serve.images`). FastAPI is imported by this module and those it imports only, so
+``clipdb serve --help`` does not pay for it.
 """
 
 from __future__ import annotations
 
-import mimetypes
-import os
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import psycopg
 from fastapi import (
     Depends,
@@ -28,13 +26,11 @@ from fastapi import (
     Form,
     HTTPException,
     Query,
-    Request,
     Response,
     UploadFile,
 )
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from clipdb.config import DEFAULT_TOP_K, Settings
@@ -44,6 +40,8 @@ from clipdb.errors import ClipdbError, first_line
 from clipdb.filters import NO_FILTERS, Filters
 from clipdb.models import canonical_model_name
 from clipdb.serve.docs import mount_offline_docs
+from clipdb.serve.handlers import add_error_handlers
+from clipdb.serve.images import add_image_routes
 from clipdb.serve.limits import (
     BODY_TIMEOUT_S,
     DEFAULT_MAX_PIXELS,
@@ -56,9 +54,11 @@ from clipdb.serve.limits import (
     BodyLimitMiddleware,
     too_large_message,
 )
+from clipdb.serve.origin import SameOriginMiddleware
 from clipdb.serve.params import form_filters, query_filters
+from clipdb.serve.pool import POOL_TIMEOUT_S
 from clipdb.serve.server import running
-from clipdb.serve.service import THUMBNAIL_SIZE, Busy, DatabaseDown, FileChanged, SearchService
+from clipdb.serve.service import SearchService
 
 __all__ = ["LOCAL_HOSTS", "create_app", "running"]
 
@@ -85,6 +85,8 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
     pool_size: int = 8,
+    pool_timeout_s: float = POOL_TIMEOUT_S,
+    statement_timeout: float | None = None,
     preload: bool = True,
     allowed_hosts: Sequence[str] = (),
     body_timeout_s: float = BODY_TIMEOUT_S,
@@ -93,6 +95,8 @@ def create_app(
     """The web app. ``preload`` loads the model in the background as the server starts.
 
     ``allowed_hosts`` are Host header names accepted besides :data:`LOCAL_HOSTS` ("*": any).
+    ``statement_timeout`` (seconds, 0: none) limits each database statement; None takes
+    CLIPDB_SERVE_STATEMENT_TIMEOUT or the default (:func:`clipdb.config.statement_timeout_s`).
     Building it does no I/O: the database opens on the first request (or the preload).
     """
     if isinstance(settings_or_database, Settings):
@@ -114,6 +118,8 @@ def create_app(
         precision=precision,
         backend=backend,
         pool_size=pool_size,
+        pool_timeout_s=pool_timeout_s,
+        statement_timeout=statement_timeout,
         max_pixels=max_pixels,
         max_upload_pixels=max_upload_pixels,
     )
@@ -141,6 +147,8 @@ def create_app(
         message=too_large_message(max_upload_bytes),
         timeout_s=body_timeout_s,
     )
+    # Before the body is read: a POST from another site is refused unread.
+    app.add_middleware(SameOriginMiddleware)
     # Added last, so it runs first: a foreign Host gets nothing else, not even a body read.
     app.add_middleware(
         TrustedHostMiddleware,
@@ -149,26 +157,16 @@ def create_app(
     )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.exception_handler(ClipdbError)
-    def clipdb_error(request: Request, err: ClipdbError) -> JSONResponse:
-        # Nothing indexed for this model yet, database down, weights missing: not the client.
-        retry = {"Retry-After": "2"} if isinstance(err, (DatabaseDown, Busy)) else None
-        return JSONResponse({"detail": str(err)}, status_code=503, headers=retry)
-
-    @app.exception_handler(psycopg.OperationalError)
-    def database_error(request: Request, err: psycopg.OperationalError) -> JSONResponse:
-        # The service turns a lost connection into DatabaseDown; anything else (a statement
-        # timeout) is still the database's trouble, not the client's: one line, no traceback.
-        return JSONResponse({"detail": f"database: {first_line(err)}"}, status_code=503)
-
-    @app.exception_handler(psycopg.DataError)
-    def bad_value(request: Request, err: psycopg.DataError) -> JSONResponse:
-        # A value PostgreSQL cannot hold (a NUL byte in `under`): the client's input, not a 500.
-        return JSONResponse({"detail": f"invalid input: {first_line(err)}"}, status_code=400)
+    add_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
     def index_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        # The page links /static/favicon.svg; this answers clients that ask the old place.
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
     @app.post("/api/search", summary="Search by an uploaded image and/or a text")
     def search_upload(
@@ -190,23 +188,35 @@ def create_app(
 
         With both an image and a text, the query is the normalised mean of their embeddings.
         """
-        started = time.perf_counter()
-        query_image = _uploaded_image(image)
-        return _run_search(
-            query_image, (text or "").strip() or None, k, threshold, under, started, filters,
-            hide_duplicates=hide_duplicates,
-        )  # fmt: skip
+        encoded = _encode(image, (text or "").strip() or None)
+        if encoded is None:
+            raise HTTPException(400, "give a query: an image, a text, or both")
+        vector, phases = encoded
+        return _search(vector, phases, k, threshold, under, filters, hide_duplicates)
 
-    def _uploaded_image(image: UploadFile | None) -> Image.Image | None:
+    def _encode(
+        image: UploadFile | None, text: str | None
+    ) -> tuple[np.ndarray, dict[str, float]] | None:
+        """The query vector of an upload and/or a text (None without either), and the seconds
+        spent decoding (waiting for a decode slot included) and encoding."""
+        started = time.perf_counter()
         if image is None or not (image.filename or image.size):
-            return None
-        data = image.file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, too_large_message(max_upload_bytes))
+            if text is None:
+                return None
+            vector = service.encode_query(None, text)
+            return vector, {"decode": 0.0, "encode": time.perf_counter() - started}
+
+        def read() -> bytes:
+            data = image.file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, too_large_message(max_upload_bytes))
+            return data
+
         try:
-            return service.decode_upload(data)
+            vector, decode_s = service.encode_upload(read, text)
         except BadUpload as err:
             raise HTTPException(400, str(err)) from None
+        return vector, {"decode": decode_s, "encode": time.perf_counter() - started - decode_s}
 
     @app.post("/api/embed", summary="The query embedding of an image and/or a text")
     def embed(
@@ -216,11 +226,10 @@ def create_app(
         """``{"architecture", "pretrained", "dim", "vector"}``: the L2-normalised vector a
         search with the same inputs would use (image + text: their normalised mean), for
         ``clipdb.search(vector, ...)`` in SQL or another app. The model is the served one."""
-        query_image = _uploaded_image(image)
-        query_text = (text or "").strip() or None
-        if query_image is None and query_text is None:
+        encoded = _encode(image, (text or "").strip() or None)
+        if encoded is None:
             raise HTTPException(422, "give an image, a non-empty text, or both")
-        vector = service.encode_query(query_image, query_text)
+        vector = encoded[0]
         model = service.model()
         return JSONResponse(
             {
@@ -241,38 +250,32 @@ def create_app(
         filters: Annotated[Filters, Depends(query_filters)] = NO_FILTERS,
     ) -> Response:
         """Results as a list of ``{rank, image_path, similarity, filename, image_id}``."""
-        return _run_search(
-            None, text.strip() or None, k, threshold, under, time.perf_counter(), filters,
-            hide_duplicates=hide_duplicates,
-        )  # fmt: skip
+        encoded = _encode(None, text.strip() or None)
+        if encoded is None:
+            raise HTTPException(400, "give a query: an image, a text, or both")
+        vector, phases = encoded
+        return _search(vector, phases, k, threshold, under, filters, hide_duplicates)
 
-    def _run_search(
-        image: Image.Image | None,
-        text: str | None,
+    def _search(
+        vector: np.ndarray,
+        phases: dict[str, float],
         k: int,
         threshold: float | None,
         under: str | None,
-        started: float,
-        filters: Filters = NO_FILTERS,
-        *,
-        hide_duplicates: bool = False,
+        filters: Filters,
+        hide_duplicates: bool,
     ) -> Response:
-        if image is None and text is None:
-            raise HTTPException(400, "give a query: an image, a text, or both")
-        decoded = time.perf_counter()
-        vector = service.encode_query(image, text)
-        encoded = time.perf_counter()
+        started = time.perf_counter()
         hits = service.search(
-            vector, k, threshold=threshold, under=under or None, filters=filters,
+            vector,
+            k,
+            threshold=threshold,
+            under=under or None,
+            filters=filters,
             hide_duplicates=hide_duplicates,
-        )  # fmt: skip
-        finished = time.perf_counter()
-        return JSONResponse(
-            [hit.to_dict() for hit in hits],
-            headers=_server_timing(
-                decode=decoded - started, encode=encoded - decoded, db=finished - encoded
-            ),
         )
+        phases["db"] = time.perf_counter() - started
+        return JSONResponse([hit.to_dict() for hit in hits], headers=_server_timing(**phases))
 
     @app.get("/api/duplicates", summary="Duplicate groups (exact, near, similar)")
     def duplicates(
@@ -312,57 +315,7 @@ def create_app(
             headers=_server_timing(db=time.perf_counter() - started),
         )
 
-    @app.get(
-        "/api/images/{image_id}/thumbnail",
-        summary="JPEG thumbnail of an indexed image",
-        response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}}, 404: {}, 410: {}},
-    )
-    def thumbnail(
-        image_id: int, size: Annotated[int, Query(ge=16, le=1024)] = THUMBNAIL_SIZE
-    ) -> Response:
-        """Sizes are rounded to the nearest of 128, 256 and 512 pixels (the longer side).
-
-        404 when the row or its file is gone, 410 when the file is no longer the indexed one
-        (another size, mtime or content, or not a regular file any more).
-        """
-        try:
-            data = service.thumbnail(image_id, size)
-        except FileChanged as err:
-            raise HTTPException(410, str(err)) from None
-        except LookupError as err:
-            raise HTTPException(404, str(err)) from None
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
-
-    @app.get(
-        "/api/images/{image_id}/file",
-        summary="The original file of an indexed image",
-        response_class=Response,
-        responses={200: {"content": {"image/*": {}}}, 404: {}, 410: {}},
-    )
-    def original(image_id: int) -> Response:
-        """The indexed file itself, only while it still is the file that was indexed (same
-        size, mtime and sha256; 410 otherwise, 404 when gone). There is no way to name a path."""
-        try:
-            data, name = service.original(image_id)
-        except FileChanged as err:
-            raise HTTPException(410, str(err)) from None
-        except LookupError as err:
-            raise HTTPException(404, str(err)) from None
-        media_type = mimetypes.guess_type(name)[0] or ""
-        if not media_type.startswith("image/") or media_type == "image/svg+xml":
-            media_type = "application/octet-stream"
-        quoted = urllib.parse.quote(os.fsencode(name), safe="")  # exact bytes, non-UTF-8 too
-        return Response(
-            data,
-            media_type=media_type,
-            headers={
-                "Content-Disposition": f"inline; filename*=UTF-8''{quoted}",
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "sandbox; default-src 'none'",
-                "Cache-Control": "max-age=300",
-            },
-        )
+    add_image_routes(app, service)
 
     @app.get("/api/health", summary="Liveness: database reachable, model state")
     def health() -> JSONResponse:

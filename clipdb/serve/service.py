@@ -7,58 +7,57 @@ the CLI answer the same flags with the same rows and the same ef_search rule.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
-import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
 
 from clipdb import decode, files
-from clipdb.config import DEFAULT_EF_SEARCH, Settings
-from clipdb.db import Database, database_status, libpq_url, open_database
+from clipdb.config import DEFAULT_EF_SEARCH, Settings, statement_timeout_s
+from clipdb.db import Database, database_status, open_database
 from clipdb.db import queries as db_queries
 from clipdb.db.registry import Model
-from clipdb.errors import ClipdbError, first_line
 from clipdb.filters import NO_FILTERS, Filters
+from clipdb.models import RANDOM_WEIGHTS
 from clipdb.search import SearchOptions, choose_model, combine_query, load_model_encoder, search
-from clipdb.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_PIXELS, decode_upload
+from clipdb.serve.limits import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_PIXELS,
+    Busy,
+    Slots,
+    decode_upload,
+)
+from clipdb.serve.pool import POOL_TIMEOUT_S, DatabaseDown, QueryTimeout, ServerPool
 from clipdb.thumbnail import make_thumbnail
 
 if TYPE_CHECKING:
     from PIL import Image
-    from psycopg_pool import ConnectionPool
 
     from clipdb.encoder import Encoder
+
+__all__ = ["Busy", "DatabaseDown", "FileChanged", "QueryTimeout", "SearchService"]
 
 THUMBNAIL_SIZE = 256
 # Thumbnails come in these sizes only (a request is rounded to the nearest), so varying
 # ?size= cannot bypass the cache and make every request a fresh full decode.
 THUMBNAIL_SIZES = (128, 256, 512)
 THUMBNAIL_CACHE_ENTRIES = 1024
-# A search holds a connection for milliseconds; waiting longer means the database is away.
-POOL_TIMEOUT_S = 3.0
 # A full-size decode can take hundreds of MB (a 9400x9400 PNG is 265 MB as RGB): at most
-# this many at once, whatever the number of requests; the others wait (then get 503).
+# this many at once, whatever the number of requests; the others wait (then get 503). An
+# upload keeps its slot until the encoder is done with it, so decoded images waiting for the
+# encoder are bounded too, not only those being decoded.
 DECODE_SLOTS = 2
 DECODE_WAIT_S = 15.0
-
-log = logging.getLogger("clipdb.serve")
-
-
-class DatabaseDown(ClipdbError):
-    """The database cannot be reached now (HTTP 503); the server retries on later requests."""
-
-
-class Busy(ClipdbError):
-    """Every decode slot stayed taken for DECODE_WAIT_S (HTTP 503)."""
 
 
 class FileChanged(LookupError):
@@ -86,25 +85,44 @@ class SearchService:
         precision: str = "auto",
         backend: str = "auto",
         pool_size: int = 8,
+        pool_timeout_s: float = POOL_TIMEOUT_S,
+        statement_timeout: float | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
     ) -> None:
         self.settings = settings
         self.max_pixels = max_pixels
         self.max_upload_pixels = max_upload_pixels
-        self.pool_size = pool_size
         self._database = database
         self._device, self._precision, self._backend = device, precision, backend
         self._encoder = encoder
-        self._pool: ConnectionPool[Any] | None = None
         self._model: Model | None = None
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
         self._thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE_ENTRIES)(self._render_thumbnail)
-        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
         self._rendering: dict[tuple[int, int], threading.Lock] = {}  # one decode per key
-        self._down_since: float | None = None  # set while the database is unreachable
-        self._probing = threading.Lock()  # while down: one reconnection try at a time
+        self.pool = ServerPool(
+            lambda: self.database,
+            pool_size,
+            wait_s=pool_timeout_s,
+            statement_timeout_s=statement_timeout_s(statement_timeout),
+        )
+        # After each decode the heap it freed is handed back at once: glibc keeps freed
+        # buffers in the decoding thread's arena, and with many threads a burst of big uploads
+        # would otherwise leave one full-size image per thread mapped (1.3 GB at 16 x 36 MP).
+        self.decode_slots = Slots(
+            DECODE_SLOTS,
+            DECODE_WAIT_S,
+            "the server is busy decoding other images; retry in a moment",
+            on_release=trim_heap,
+        )
+        # Scans over the whole library (duplicates) may hold at most half the connections, so
+        # a burst of them leaves the other half to searches.
+        self.scan_slots = Slots(
+            max(1, pool_size // 2),
+            pool_timeout_s,
+            "the server is busy with other duplicate scans; retry in a moment",
+        )
 
     @property
     def database(self) -> Database:
@@ -113,89 +131,9 @@ class SearchService:
                 self._database = open_database(self.settings, reads=True)
             return self._database
 
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled autocommit connection, checked before it is handed out.
-
-        While the database is down this raises :class:`DatabaseDown` at once (no pool wait);
-        the first request after it is back gets a fresh pool and succeeds.
-        """
-        from psycopg_pool import PoolClosed, PoolTimeout
-
-        if self._down_since is not None:
-            self._try_reconnect()
-        pool = self._open_pool()
-        try:
-            with pool.connection(timeout=POOL_TIMEOUT_S) as conn:
-                try:
-                    yield conn
-                except (psycopg.OperationalError, psycopg.InterfaceError) as err:
-                    if not (conn.broken or conn.closed):
-                        raise  # a statement timeout, say: the database itself is fine
-                    # The connection died under the query (server stopped or restarted).
-                    self._mark_down(first_line(err))
-                    raise self._down_error() from None
-        except PoolTimeout:
-            self._mark_down("no connection could be made in time")
-            raise self._down_error() from None
-        except PoolClosed:  # closed under us: the outage's dead pool, or the server stopping
-            if self._down_since is not None:
-                raise self._down_error() from None
-            raise ClipdbError("the server is shutting down") from None
-
-    def _down_error(self) -> DatabaseDown:
-        return DatabaseDown("the database is not reachable now; retry when it is back")
-
-    def _mark_down(self, reason: str) -> None:
-        with self._lock:
-            if self._down_since is not None:
-                return
-            self._down_since = time.monotonic()
-            # Its connections are dead and its reconnect back-off would outlast the outage:
-            # requests probe directly until the database answers, then get a fresh pool.
-            stale, self._pool = self._pool, None
-        if stale is not None:
-            threading.Thread(target=stale.close, daemon=True).start()
-        # One line per outage, not a traceback per request.
-        log.warning("database unreachable (%s); answering 503 until it is back", reason)
-
-    def _try_reconnect(self) -> None:
-        """While down: one direct connection try (others get 503 at once meanwhile)."""
-        url = libpq_url(self.database.url)
-        if not self._probing.acquire(blocking=False):
-            raise self._down_error()  # another request is trying right now
-        try:
-            psycopg.connect(url, connect_timeout=2, autocommit=True).close()
-        except psycopg.Error:
-            raise self._down_error() from None
-        finally:
-            self._probing.release()
-        with self._lock:
-            if self._down_since is None:
-                return  # a concurrent request saw it come back first
-            down_for = time.monotonic() - self._down_since
-            self._down_since = None
-        log.warning("database reachable again after %.1f s", down_for)
-
-    def _open_pool(self) -> ConnectionPool[Any]:
-        database = self.database
-        with self._lock:
-            if self._pool is None:
-                from pgvector.psycopg import register_vector
-                from psycopg_pool import ConnectionPool
-
-                self._pool = ConnectionPool(
-                    libpq_url(database.url),
-                    min_size=1,
-                    max_size=self.pool_size,
-                    kwargs={"autocommit": True, "connect_timeout": 10},
-                    configure=register_vector,
-                    check=ConnectionPool.check_connection,
-                    open=False,
-                    name="clipdb-serve",
-                )
-                self._pool.open()
-            return self._pool
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """A pooled autocommit connection (:meth:`ServerPool.connection`)."""
+        return self.pool.connection()
 
     @property
     def encoder_loaded(self) -> bool:
@@ -233,20 +171,24 @@ class SearchService:
         self.model()
         self.encoder()
 
-    @contextmanager
-    def decode_slot(self) -> Iterator[None]:
-        if not self._decode_slots.acquire(timeout=DECODE_WAIT_S):
-            raise Busy("the server is busy decoding other images; retry in a moment")
-        try:
-            yield
-        finally:
-            self._decode_slots.release()
+    def encode_upload(
+        self, read: Callable[[], bytes], text: str | None
+    ) -> tuple[np.ndarray, float]:
+        """The query vector of an uploaded image (and ``text``), its bytes from ``read``, and
+        the seconds until the image was decoded (waiting for a slot included).
 
-    def decode_upload(self, data: bytes) -> Image.Image:
-        """An uploaded query image, JPEGs draft-decoded at the size ingest uses."""
-        draft_size = max(self.encoder().image_size) * decode.DRAFT_MARGIN
-        with self.decode_slot():
-            return decode_upload(data, max_pixels=self.max_upload_pixels, draft_size=draft_size)
+        One decode slot is held from reading the bytes until the encoder is done with the
+        image: requests waiting for a slot keep their upload spooled, not decoded, so N
+        concurrent uploads hold at most DECODE_SLOTS images, whatever N is.
+        """
+        started = time.perf_counter()
+        small_side = max(self.encoder().image_size) * decode.DRAFT_MARGIN
+        with self.decode_slots.held():
+            image = decode_upload(read(), max_pixels=self.max_upload_pixels, small_side=small_side)
+            decoded = time.perf_counter() - started
+            vector = self.encode_query(image, text)
+            del image  # before the slot is released (and the heap trimmed)
+        return vector, decoded
 
     def encode_query(self, image: Image.Image | None, text: str | None) -> np.ndarray:
         encoder = self.encoder()
@@ -277,7 +219,7 @@ class SearchService:
         from clipdb.dupes import find_duplicates
 
         model = self.model()
-        with self.connection() as conn:
+        with self.scan_slots.held(), self.connection() as conn:
             result = find_duplicates(conn, model, tiers=tiers)
         return [group.to_dict() for group in result.groups]
 
@@ -325,7 +267,7 @@ class SearchService:
     ) -> bytes:
         # The file's bytes count against the slot too: many large files read at once is the
         # same memory problem as many decodes.
-        with self.decode_slot():
+        with self.decode_slots.held():
             data = _verified_bytes(image_id, path, file_size, mtime_ns, sha256)
             try:
                 return make_thumbnail(data, size, max_pixels=self.max_pixels)
@@ -340,7 +282,7 @@ class SearchService:
         if row is None:
             raise LookupError(f"no indexed image with id {image_id}")
         path, file_size, mtime_ns, sha256 = row
-        with self.decode_slot():
+        with self.decode_slots.held():
             data = _verified_bytes(image_id, path, file_size, mtime_ns, sha256)
         return data, os.path.basename(path)
 
@@ -352,6 +294,7 @@ class SearchService:
             "model_id": self._model.model_id if self._model else None,
             "encoder_loaded": self.encoder_loaded,
         }
+        serving["random_weights"] = serving["pretrained"] == RANDOM_WEIGHTS
         if self._encoder is not None:
             serving["device"] = str(self._encoder.device)
             serving["precision"] = self._encoder.precision
@@ -364,6 +307,7 @@ class SearchService:
             "schema_revision": status.revision,
             "models": [asdict(model) for model in status.models],
             "serving": serving,
+            "decode_slots": {"total": DECODE_SLOTS, "in_use": self.decode_slots.in_use},
             "thumbnail_cache": {
                 "entries": cache.currsize,
                 "hits": cache.hits,
@@ -372,9 +316,25 @@ class SearchService:
         }
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        self.pool.close()
+
+
+def trim_heap() -> None:
+    """Give freed heap back to the OS where the C library is glibc (malloc_trim); elsewhere
+    nothing. Freed decode buffers otherwise stay mapped in the threads' malloc arenas."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
 
 
 def _verified_bytes(image_id: int, path: str, size: int, mtime_ns: int, sha256: bytes) -> bytes:

@@ -46,6 +46,30 @@ function formatTaken(iso) {
   return when.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short", timeZone: "UTC" });
 }
 
+// The folder of an indexed path, shortened from the left to its last folders ("…/2021/trip"):
+// two files of one name in two folders must look different, and the end of a path tells them
+// apart. The full path is the element's title.
+const FOLDER_CHARS = 28;
+function folderLine(path) {
+  const folder = path.slice(0, Math.max(path.lastIndexOf("/"), 0)) || "/";
+  const line = document.createElement("span");
+  line.className = "folder";
+  line.title = path;
+  let shown = folder;
+  if (folder.length > FOLDER_CHARS) {
+    const parts = folder.split("/");
+    shown = parts.pop();
+    while (parts.length && shown.length + parts[parts.length - 1].length + 1 <= FOLDER_CHARS - 2) {
+      shown = `${parts.pop()}/${shown}`;
+    }
+    shown = shown.length > FOLDER_CHARS - 2 ? `…${shown.slice(-(FOLDER_CHARS - 1))}` : `…/${shown}`;
+  }
+  const text = document.createElement("bdi"); // left to right inside the right-to-left line
+  text.textContent = shown;
+  line.append(text);
+  return line;
+}
+
 function setStatus(message, isError = false) {
   statusLine.textContent = message;
   statusLine.classList.toggle("error", isError);
@@ -124,7 +148,7 @@ function render(hits) {
     open.textContent = "open";
     open.title = "open the original image";
     open.addEventListener("click", (event) => event.stopPropagation());
-    caption.append(similarity, open, name);
+    caption.append(similarity, open, name, folderLine(hit.image_path));
     if (hit.taken_at) {
       const taken = document.createElement("time");
       taken.className = "taken";
@@ -232,8 +256,10 @@ fetch("/api/stats")
     const serving = stats.serving;
     const model = stats.models.find((m) => m.model_id === serving.model_id);
     const count = model ? `, ${model.image_count} images` : "";
-    document.getElementById("model").textContent =
-      `${serving.architecture}${serving.pretrained ? ` (${serving.pretrained})` : ""}${count}`;
+    // Random weights have no tag worth showing ("none"): the badge says what they mean.
+    const weights = serving.pretrained && !serving.random_weights ? ` (${serving.pretrained})` : "";
+    document.getElementById("model").textContent = `${serving.architecture}${weights}${count}`;
+    document.getElementById("weights-badge").hidden = !serving.random_weights;
   })
   .catch(() => {});
 
@@ -260,6 +286,7 @@ function renderGroups(groups) {
         ? `${image.distance} bits` : image.similarity !== undefined
           ? image.similarity.toFixed(3) : "";
       caption.textContent = `${how} · ${image.width}×${image.height} · ${img.alt}`;
+      caption.append(folderLine(image.image_path));
       card.append(img, caption);
       box.append(card);
     }

@@ -1,0 +1,70 @@
+"""Routes that serve indexed files by row id: thumbnails and the originals.
+
+The path comes from ``clipdb.images``, never from the request, so the server cannot be used to
+read arbitrary files; a file is served only while it still is the one that was indexed.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import urllib.parse
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query, Response
+
+from clipdb.serve.service import THUMBNAIL_SIZE, FileChanged, SearchService
+
+
+def add_image_routes(app: FastAPI, service: SearchService) -> None:
+    @app.get(
+        "/api/images/{image_id}/thumbnail",
+        summary="JPEG thumbnail of an indexed image",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {}, 410: {}},
+    )
+    def thumbnail(
+        image_id: int, size: Annotated[int, Query(ge=16, le=1024)] = THUMBNAIL_SIZE
+    ) -> Response:
+        """Sizes are rounded to the nearest of 128, 256 and 512 pixels (the longer side).
+
+        404 when the row or its file is gone, 410 when the file is no longer the indexed one
+        (another size, mtime or content, or not a regular file any more).
+        """
+        try:
+            data = service.thumbnail(image_id, size)
+        except FileChanged as err:
+            raise HTTPException(410, str(err)) from None
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
+
+    @app.get(
+        "/api/images/{image_id}/file",
+        summary="The original file of an indexed image",
+        response_class=Response,
+        responses={200: {"content": {"image/*": {}}}, 404: {}, 410: {}},
+    )
+    def original(image_id: int) -> Response:
+        """The indexed file itself, only while it still is the file that was indexed (same
+        size, mtime and sha256; 410 otherwise, 404 when gone). There is no way to name a path."""
+        try:
+            data, name = service.original(image_id)
+        except FileChanged as err:
+            raise HTTPException(410, str(err)) from None
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from None
+        media_type = mimetypes.guess_type(name)[0] or ""
+        if not media_type.startswith("image/") or media_type == "image/svg+xml":
+            media_type = "application/octet-stream"
+        quoted = urllib.parse.quote(os.fsencode(name), safe="")  # exact bytes, non-UTF-8 too
+        return Response(
+            data,
+            media_type=media_type,
+            headers={
+                "Content-Disposition": f"inline; filename*=UTF-8''{quoted}",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "sandbox; default-src 'none'",
+                "Cache-Control": "max-age=300",
+            },
+        )
