@@ -185,5 +185,6 @@ def test_errors_name_clipdbs_arguments_not_cli_flags() -> None:
         clipdb.ClipDB(model_name=TINY_MODEL).extract_image_features("x.jpg")
     assert str(weights.value) == (
         f"open_clip has no standard weights for {TINY_MODEL}; "
-        "pass pretrained=FILE (a local checkpoint) or pretrained='none'"
+        "pass pretrained=FILE (a local checkpoint) or for seeded random weights "
+        "(meaningless results, for a trial run) pretrained='none' or CLIPDB_PRETRAINED=none"
     )

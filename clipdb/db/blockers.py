@@ -109,7 +109,7 @@ class Watch:
         if blocker.pid not in self.told:
             self.told.add(blocker.pid)
             say(
-                f"{self.what} is waiting for {blocker.describe()}; end that session or let it "
+                f"{self.what} is waiting for {blocker.describe()}; end that database session or let it "
                 "finish (or run ingest with --terminate-blockers to end it)"
             )
 
