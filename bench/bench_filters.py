@@ -34,7 +34,8 @@ from benchutil import fresh_database  # noqa: E402
 from datagen import ClusteredSphere  # noqa: E402
 
 from clipdb.config import DEFAULT_EF_SEARCH  # noqa: E402
-from clipdb.db.queries import search_vector, topk_sql  # noqa: E402
+from clipdb.db.explain import nested_plans  # noqa: E402
+from clipdb.db.queries import search_vector  # noqa: E402
 from clipdb.db.registry import register_model  # noqa: E402
 from clipdb.db.store import ImageRecord, bulk_load  # noqa: E402
 from clipdb.exif import PhotoMetadata  # noqa: E402
@@ -98,13 +99,10 @@ def exact_filtered(data: np.ndarray, mask: np.ndarray, query: np.ndarray) -> lis
 
 
 def uses_hnsw(conn: Any, model: Any, filters: Filters, query: np.ndarray, ef: int) -> bool:
-    params = {"query": query, "k": K, **filters.sql_params()}
-    sql = topk_sql(model, metadata=filters.narrows)
-    with conn.transaction():  # the settings search_vector makes (pgvector costs use ef_search)
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
-        conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-        plan = conn.execute("EXPLAIN " + sql, params, prepare=False).fetchall()
-    return any(model.index_name in line[0] for line in plan)
+    plans = nested_plans(
+        conn, lambda: search_vector(conn, model, query, K, ef_search=ef, filters=filters)
+    )
+    return model.index_name in plans
 
 
 def main() -> int:

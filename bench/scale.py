@@ -32,7 +32,8 @@ from benchutil import fresh_database  # noqa: E402
 from datagen import ClusteredSphere, neighbour_stats  # noqa: E402
 
 from clipdb.db import Database  # noqa: E402
-from clipdb.db.queries import search_vector, topk_sql  # noqa: E402
+from clipdb.db.explain import nested_plans  # noqa: E402
+from clipdb.db.queries import search_vector  # noqa: E402
 from clipdb.db.registry import Model, register_model  # noqa: E402
 from clipdb.db.store import ImageRecord, bulk_load, copy_new_images  # noqa: E402
 
@@ -251,11 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "table_with_toast": relation_mb(conn, "clipdb.images", "pg_table_size"),
             "vector_index": relation_mb(conn, f"clipdb.{model.index_name}"),
         }
-        plan = conn.execute(
-            "EXPLAIN " + topk_sql(model),
-            {"query": queries[0], "k": K},
-        ).fetchall()
-        result["plan_uses_index"] = model.index_name in "\n".join(r[0] for r in plan)
+        plans = nested_plans(conn, lambda: search_vector(conn, model, queries[0], K, ef_search=40))
+        result["plan_uses_index"] = model.index_name in plans
     log(f"load: {result['load']} sizes {result['sizes_mb']}")
     save()
     result["search"] = measure(database, model, "vector", queries, truth, args.ef, args.qps_seconds)

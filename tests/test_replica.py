@@ -14,7 +14,8 @@ from helpers import unit_vectors as vectors_for
 
 from clipdb.db import Database
 from clipdb.db.embedded import EmbeddedServer, running_server
-from clipdb.db.queries import search_vector, topk_sql
+from clipdb.db.explain import nested_plans
+from clipdb.db.queries import search_vector
 from clipdb.db.registry import register_model
 from clipdb.db.replica import replicate, wait_for_replicas
 from clipdb.errors import ClipdbError
@@ -47,12 +48,7 @@ def test_standby_answers_searches_with_the_models_hnsw_index(pair) -> None:
     wait_for_replicas(Database(url=primary.url()), standby.url())
     query = vectors_for(1, 32, seed=5)[0]
     with Database(url=standby.url()).connect(autocommit=True) as conn:
-        plan = "\n".join(
-            row[0]
-            for row in conn.execute(
-                "EXPLAIN " + topk_sql(model), {"query": query, "k": 10}
-            ).fetchall()
-        )
+        plan = nested_plans(conn, lambda: search_vector(conn, model, query, 10, ef_search=40))
         assert f"Index Scan using {model.index_name}" in plan, plan
         on_standby = [hit.image_path for hit in search_vector(conn, model, query, 10)]
     with Database(url=primary.url()).connect(autocommit=True) as conn:

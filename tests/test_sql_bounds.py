@@ -93,6 +93,15 @@ OUT_OF_RANGE = [
     (f"SELECT * FROM clipdb.search({QUERY}, 5, sort => NULL)", "not NULL$"),
     (f"SELECT * FROM clipdb.search({QUERY}, 5, skip => NULL)", "not NULL$"),
     (f"SELECT * FROM clipdb.search_model(NULL, {QUERY})", "no clipdb model with id NULL$"),
+    (
+        f"SELECT * FROM clipdb.search_rows(1::smallint, {QUERY}, 5, under => '/p'::bytea)",
+        "ending in /$",
+    ),
+    (
+        f"SELECT * FROM clipdb.search_rows(1::smallint, {QUERY}, 5, min_similarity => 2)",
+        "min_similarity must be -1 to 1, not 2$",
+    ),
+    ("SELECT * FROM clipdb.search_rows(1::smallint, NULL)", "the query vector is NULL$"),
     ("SELECT * FROM clipdb.similar(NULL::bigint, 5)", "no indexed image with id NULL$"),
     ("SELECT clipdb.resolve_model(NULL, NULL, 5000)", "1 to 2000 dimensions, not 5000"),
     ("SELECT clipdb.choose_model(NULL, repeat('x', 300), NULL)", "at most 200 characters"),

@@ -8,7 +8,8 @@ import numpy as np
 from helpers import unit_vectors
 
 from clipdb.db import Database
-from clipdb.db.queries import search_vector, topk_sql
+from clipdb.db.explain import nested_plans
+from clipdb.db.queries import search_vector
 from clipdb.db.registry import register_model
 from clipdb.db.store import ImageRecord, bulk_load
 
@@ -42,8 +43,8 @@ def test_bulk_load_rebuilds_the_same_index_and_searches_use_it(database: Databas
         assert conn.execute("SELECT count(*) FROM clipdb.images").fetchone() == (2000,)
         hits = search_vector(conn, model, vectors[7], 3)
         assert hits[0].image_path == "/bulk/7.jpg"
-        plan = conn.execute("EXPLAIN " + topk_sql(model), {"query": vectors[7], "k": 3}).fetchall()
-        assert model.index_name in "\n".join(row[0] for row in plan)
+        plans = nested_plans(conn, lambda: search_vector(conn, model, vectors[7], 3, ef_search=40))
+        assert model.index_name in plans
 
 
 def test_bulk_load_without_rebuild_keeps_the_live_index(database: Database) -> None:

@@ -1,9 +1,10 @@
 """Every read of ``clipdb.images``: the top-k query, stored vectors, what ingest compares against.
 
-The top-k SQL writes the model's integer id and dimension into the statement text. Both come
-from ``clipdb.models`` (our registry), never from user input; everything a user gives is a bound
-parameter. The literal id is what lets a prepared statement's generic plan use the model's
-partial HNSW index (see migrations/versions/0001_initial.py).
+The top-k is the SQL function ``clipdb.search_rows`` (one definition for Python and SQL
+users); the function writes the model's id and dimension into the statement it plans, which is
+what lets the model's partial HNSW index serve it. The other statements here write the model
+id from ``clipdb.models`` (our registry, never user input); everything a user gives is a bound
+parameter.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from clipdb.files import fs_path
 from clipdb.filters import NO_FILTERS, Filters
 
 EF_SEARCH_MAX = 1000  # pgvector refuses a larger hnsw.ef_search
-PGVECTOR_DEFAULT_EF_SEARCH = 40
 
 
 @dataclass(frozen=True)
@@ -71,55 +71,15 @@ class Hit:
         return data
 
 
-# Metadata filters (clipdb.filters.Filters.sql_params); a NULL parameter switches one off.
-_METADATA_FILTER = """
-    (%(after)s::timestamptz IS NULL OR taken_at >= %(after)s::timestamptz)
-    AND (%(before)s::timestamptz IS NULL OR taken_at < %(before)s::timestamptz)
-    AND (%(camera)s::text IS NULL OR strpos(lower(camera), lower(%(camera)s::text)) > 0)
-    AND (%(near_lat)s::float8 IS NULL OR (
-        lat BETWEEN %(near_lat)s::float8 - %(near_dlat)s::float8
-            AND %(near_lat)s::float8 + %(near_dlat)s::float8
-        AND 2 * 6371.0088 * asin(least(1.0, sqrt(
-            sin(radians(lat - %(near_lat)s::float8) / 2) ^ 2
-            + cos(radians(%(near_lat)s::float8)) * cos(radians(lat))
-              * sin(radians(lon - %(near_lon)s::float8) / 2) ^ 2))) <= %(near_km)s::float8))
-"""
-
-
-def topk_sql(
-    model: Model,
-    *,
-    under: bool = False,
-    threshold: bool = False,
-    metadata: bool = False,
-    exact_scan: bool = False,
-) -> str:
-    """The top-k statement for ``model``, served by its partial HNSW index.
-
-    ``metadata``: the date/camera/place filters too. ``exact_scan``: ranked by the exact
-    distance, which no index serves (the fallback for filters too selective for the index).
-    """
-    dim, model_id = int(model.dim), int(model.model_id)
-    # The index ranks candidates by a halfvec copy (clipdb.model_index_ddl); results are
-    # ordered, filtered and reported by the exact float32 distance.
-    exact = f"embedding::vector({dim}) <=> %(query)s::vector({dim})"
-    indexed = f"embedding::halfvec({dim}) <=> %(query)s::vector({dim})::halfvec({dim})"
-    filters = [f"model_id = {model_id}"]
-    if under:
-        # By exact name bytes: a display form can be spelled by another name too.
-        filters.append(f"{PATH_KEY} >= %(under_low)s AND {PATH_KEY} < %(under_high)s")
-    if threshold:
-        filters.append(f"({exact}) <= %(max_distance)s")
-    if metadata:
-        filters.append(f"({_METADATA_FILTER})")
-    order = f"{exact}, id" if exact_scan else indexed
-    return (
-        f"SELECT id, path, 1 - distance, taken_at, camera, lat, lon, taken_at_naive, path_bytes "
-        f"FROM (SELECT id, path, {exact} AS distance, taken_at, camera, lat, lon, "
-        "taken_at_naive, path_bytes FROM clipdb.images "
-        f"WHERE {' AND '.join(filters)} ORDER BY {order} LIMIT %(k)s"
-        f") nearest ORDER BY distance, id"
-    )
+# The one top-k: clipdb.search_rows (migrations/versions/0010_one_topk.py) filters, ranks, cuts
+# (within), orders and pages; everything is a bound parameter.
+_SEARCH_ROWS = (
+    "SELECT rank, path, similarity, id, taken_at, camera_name, lat, lon, taken_at_naive, "
+    "path_bytes FROM clipdb.search_rows(%(model)s::smallint, %(query)s::vector, %(k)s, %(ef)s, "
+    "after => %(after)s, before => %(before)s, camera => %(camera)s, near_lat => %(near_lat)s, "
+    "near_lon => %(near_lon)s, near_km => %(near_km)s, within => %(within)s, sort => %(sort)s, "
+    "skip => %(skip)s, under => %(under)s, min_similarity => %(min_similarity)s)"
+)
 
 
 def under_prefix(directory: str | os.PathLike[str]) -> str:
@@ -142,59 +102,37 @@ def search_vector(
 
     ``k`` may exceed ``ef_search`` (even pgvector's maximum of 1000): the scan then goes on
     iteratively until k rows came, so a large k still returns k rows. ``filters``: metadata
-    filters, ``within``, ``sort`` and ``offset`` (clipdb.filters).
+    filters, ``within``, ``sort`` and ``offset`` (clipdb.filters). One call of the SQL
+    function ``clipdb.search_rows``, which sets the scan's settings for itself.
     """
     check_result_count(k)
     filters = filters or NO_FILTERS
     vector = np.asarray(query, dtype=np.float32).reshape(-1)
     if vector.shape[0] != model.dim:
         raise ClipdbError(f"query has {vector.shape[0]} dimensions, model {model} has {model.dim}")
-    # The page is hits offset..offset+k of one ordering, so offset+k are fetched.
-    wanted = k + filters.offset
-    params: dict[str, Any] = {"query": vector, "k": wanted, **filters.sql_params()}
-    if under is not None:
-        params["under_low"], params["under_high"] = prefix_range(key(under_prefix(under)))
-    if threshold is not None:
-        params["max_distance"] = 1.0 - float(threshold)
-    narrows = filters.narrows
-    flags = {"under": under is not None, "threshold": threshold is not None, "metadata": narrows}
-    sql = topk_sql(model, **flags)
-    filtered = under is not None or threshold is not None or narrows
-    ef = min(int(ef_search), EF_SEARCH_MAX) if ef_search is not None else None
-    deep = wanted > (ef or PGVECTOR_DEFAULT_EF_SEARCH)
-    with conn.transaction():
-        if ef is not None:
-            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
-        if filtered or deep:
-            # Filters apply after the HNSW scan, and one scan yields at most ef_search rows:
-            # iterative scans keep going until k rows pass. Results are re-ordered by exact
-            # distance outside, so relaxed order is enough.
-            conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-        if deep or narrows:
-            # A 1% filter needs ~100 tuples scanned per hit: enough for that, bounded.
-            tuples = max(20_000, 4 * wanted, 200 * wanted if narrows else 0)
-            conn.execute(
-                "SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(min(tuples, 500_000)),)
-            )
-        # A filtered statement is never prepared: a generic plan cannot know how selective
-        # the prefix is and guesses "few rows", which picks a sequential scan. Planned with
-        # the real values, it uses the HNSW index unless the filter really is that selective.
-        rows = conn.execute(sql, params, prepare=False if filtered else None).fetchall()
-        if narrows and len(rows) < wanted:
-            # The iterative scan stopped before k matches (max_scan_tuples): the filter is
-            # too selective for the index, so the few matching rows are ranked exactly.
-            rows = conn.execute(
-                topk_sql(model, **flags, exact_scan=True), params, prepare=False
-            ).fetchall()
-    return arrange(
-        [_hit(rank, row) for rank, row in enumerate(rows, start=1)],
-        k,
-        filters,
-    )
+    if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
+        raise UsageError(f"a cosine similarity is in [-1, 1], got {threshold!r}")
+    params: dict[str, Any] = {
+        "model": model.model_id,
+        "query": vector,
+        "k": k,
+        # pgvector refuses a larger hnsw.ef_search; the function widens it to k where it can.
+        "ef": None if ef_search is None else max(1, min(int(ef_search), EF_SEARCH_MAX)),
+        **filters.sql_params(),
+        "within": filters.within,
+        "sort": filters.sort,
+        "skip": filters.offset,
+        "under": None if under is None else key(under_prefix(under)),
+        "min_similarity": None if threshold is None else float(threshold),
+    }
+    rows = conn.execute(_SEARCH_ROWS, params).fetchall()
+    return [_hit(row) for row in rows]
 
 
 def arrange(hits: list[Hit], k: int, filters: Filters) -> list[Hit]:
-    """Apply ``within``, ``sort`` and ``offset`` to hits fetched best first.
+    """Apply ``within``, ``sort`` and ``offset`` to hits fetched best first: for a list
+    clipdb.search_rows did not page (``--hide-duplicates`` collapses its hits first); the
+    same rules as that function's.
 
     ``within`` D keeps hits at least as similar as the best one minus D. ``sort`` date/-date
     orders the relevant set (the best offset+k hits, after filters and cutoffs) by date,
@@ -215,11 +153,11 @@ def arrange(hits: list[Hit], k: int, filters: Filters) -> list[Hit]:
     return [replace(hit, rank=rank) for rank, hit in enumerate(page, start=filters.offset + 1)]
 
 
-def _hit(rank: int, row: tuple[Any, ...]) -> Hit:
-    """A result row of topk_sql's SELECT as a Hit."""
-    image_id, path, similarity, taken_at, camera, lat, lon, naive, raw = row
+def _hit(row: tuple[Any, ...]) -> Hit:
+    """A result row of ``_SEARCH_ROWS`` as a Hit."""
+    rank, path, similarity, image_id, taken_at, camera, lat, lon, naive, raw = row
     return Hit(
-        rank,
+        int(rank),
         path,
         float(similarity),
         image_id,
