@@ -44,7 +44,7 @@ def autocast_encode(encoder: Any) -> Callable[[Any], np.ndarray]:
     """Today's (pre-issue-13) CPU bf16 path: fp32 weights under torch.autocast."""
     import torch
 
-    from clipdb.torch_encoder import _normalise
+    from clipdb.encoders.torch import _normalise
 
     def encode(pixels: Any) -> np.ndarray:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -90,10 +90,11 @@ def real_images() -> list[Any]:
 def main() -> None:
     import torch
 
-    from clipdb import openvino_encoder as ove
     from clipdb.db.embedded import ensure_server, stop_server
     from clipdb.decode import PixelPipeline, decode_task
-    from clipdb.encoder import cpu_has_fast_bf16, load_encoder, resolve_model_spec
+    from clipdb.encoders import load_encoder, resolve_model_spec
+    from clipdb.encoders import openvino as ove
+    from clipdb.encoders.device import cpu_has_fast_bf16
     from clipdb.ingest import ingest
 
     parser = argparse.ArgumentParser(description=__doc__)

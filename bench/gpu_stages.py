@@ -47,7 +47,7 @@ from benchutil import fresh_database
 from clipdb import decode, device_decode
 from clipdb.db.model_index import build_model_index, drop_model_index
 from clipdb.db.registry import register_model
-from clipdb.encoder import load_encoder
+from clipdb.encoders import load_encoder
 from clipdb.ingest import default_workers, ingest
 
 DISTINCT = 400  # photos generated; the rest are copies with a comment segment of their own

@@ -2,7 +2,7 @@
 
 Importing open_clip costs seconds (it imports torch). A no-op ingest re-run or a ``--like``
 search only needs to know which rows a model's embeddings are stored under, so the common
-cases are answered here; :func:`clipdb.encoder.resolve_model_spec` does the full validation
+cases are answered here; :func:`clipdb.encoders.resolve_model_spec` does the full validation
 whenever a model is actually loaded.
 """
 
@@ -25,7 +25,7 @@ MODEL_ALIASES = {
 }
 
 # open_clip's standard ("openai") weights for the architectures users name most. Must agree
-# with encoder.default_pretrained, which picks "openai" whenever open_clip lists it.
+# with clipdb.encoders.spec.default_pretrained, which picks "openai" whenever open_clip lists it.
 STANDARD_WEIGHTS = {
     name: "openai"
     for name in (

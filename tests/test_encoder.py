@@ -11,10 +11,10 @@ from helpers import TINY_MODEL, run_module
 from PIL import Image
 
 from clipdb.db import Database
-from clipdb.encoder import load_encoder, resolve_model_spec
+from clipdb.encoders import load_encoder, resolve_model_spec
+from clipdb.encoders.torch import _encode_text_trimmed, _normalise
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.models import STANDARD_WEIGHTS, quick_model_spec
-from clipdb.torch_encoder import _encode_text_trimmed, _normalise
 
 
 def test_random_weights_are_identical_in_every_process(tiny_encoder) -> None:

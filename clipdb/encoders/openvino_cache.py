@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from clipdb.encoders.device import cpu_has_fast_bf16
+from clipdb.encoders.torch import encode_text_prefix, text_is_causal_argmax
 from clipdb.models import ModelSpec
 
 MANIFEST = "manifest.json"
@@ -107,8 +109,6 @@ def convert_towers(
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             return self.model.encode_image(pixels).float()  # type: ignore[no-any-return]
 
-    from clipdb.torch_encoder import encode_text_prefix, text_is_causal_argmax
-
     trim = text_is_causal_argmax(clip_model)
 
     class TextTower(torch.nn.Module):
@@ -175,8 +175,6 @@ def cache_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:
 
     chosen = precision
     if precision in ("auto", "fp16"):
-        from clipdb.encoder import cpu_has_fast_bf16
-
         chosen = "bf16" if cpu_has_fast_bf16() else "fp32"
     weights = "int8" if chosen == "int8" else "fp32"
     # CLIPDB_OPENVINO_CACHE: one cache shared by several homes (the test suite uses it).
