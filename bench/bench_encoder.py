@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,10 +37,13 @@ from bench_ingest import make_photos  # noqa: E402
 from benchutil import fresh_database  # noqa: E402
 from sample_photos import sample_photos  # noqa: E402
 
+if TYPE_CHECKING:
+    from clipdb.encoders.torch import ClipEncoder
+
 MODEL = "ViT-B-32"
 
 
-def autocast_encode(encoder: Any) -> Callable[[Any], np.ndarray]:
+def autocast_encode(encoder: ClipEncoder) -> Callable[[Any], np.ndarray]:
     """Today's (pre-issue-13) CPU bf16 path: fp32 weights under torch.autocast."""
     import torch
 
