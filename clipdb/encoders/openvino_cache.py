@@ -21,7 +21,7 @@ from typing import Any
 
 from clipdb.encoders.device import cpu_has_fast_bf16
 from clipdb.encoders.torch import encode_text_prefix, text_is_causal_argmax
-from clipdb.models import ModelSpec
+from clipdb.models import ModelSpec, file_sha256
 
 MANIFEST = "manifest.json"
 TOWERS = ("image", "text")
@@ -39,14 +39,6 @@ def cache_key(spec: ModelSpec, weights: str, version: str) -> str:
     identity = hashlib.sha256(f"{spec.architecture}\0{spec.pretrained}".encode()).hexdigest()
     safe_arch = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.architecture)
     return f"{safe_arch}-{identity[:16]}-ov{version.split('-')[0]}-{weights}-{IR_LAYOUT}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stat(path: Path) -> list[int]:
@@ -70,7 +62,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
             current = _stat(folder / name)
             if stats.get(name) == current:
                 continue
-            if _sha256(folder / name) != digest:
+            if file_sha256(folder / name) != digest:
                 return None
             stats[name], rehashed = current, True
         if {f"{tower}.{ext}" for tower in TOWERS for ext in ("xml", "bin")} - set(files):
@@ -148,7 +140,7 @@ def convert_towers(
                 ov.save_model(converted, staging / f"{tower}.xml", compress_to_fp16=False)
         stats: dict[str, list[int]] = {}
         for name in sorted(os.listdir(staging)):
-            files[name] = _sha256(staging / name)
+            files[name] = file_sha256(staging / name)
             stats[name] = _stat(staging / name)
         manifest = dict(
             extra,
