@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,14 +37,17 @@ from bench_ingest import make_photos  # noqa: E402
 from benchutil import fresh_database  # noqa: E402
 from sample_photos import sample_photos  # noqa: E402
 
+if TYPE_CHECKING:
+    from clipdb.encoders.torch import ClipEncoder
+
 MODEL = "ViT-B-32"
 
 
-def autocast_encode(encoder: Any) -> Callable[[Any], np.ndarray]:
+def autocast_encode(encoder: ClipEncoder) -> Callable[[Any], np.ndarray]:
     """Today's (pre-issue-13) CPU bf16 path: fp32 weights under torch.autocast."""
     import torch
 
-    from clipdb.torch_encoder import _normalise
+    from clipdb.encoders.torch import _normalise
 
     def encode(pixels: Any) -> np.ndarray:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -90,10 +93,11 @@ def real_images() -> list[Any]:
 def main() -> None:
     import torch
 
-    from clipdb import openvino_encoder as ove
     from clipdb.db.embedded import ensure_server, stop_server
     from clipdb.decode import PixelPipeline, decode_task
-    from clipdb.encoder import cpu_has_fast_bf16, load_encoder, resolve_model_spec
+    from clipdb.encoders import load_encoder, resolve_model_spec
+    from clipdb.encoders import openvino as ove
+    from clipdb.encoders.device import cpu_has_fast_bf16
     from clipdb.ingest import ingest
 
     parser = argparse.ArgumentParser(description=__doc__)

@@ -152,7 +152,7 @@ def precision_check(encoder, paths: list[Path]) -> float:  # type: ignore[no-unt
 def main() -> None:
     # Imported here, not at the top: decode workers re-import this module as __mp_main__,
     # and a top-level torch import would add seconds to every pool start in the measurement.
-    from clipdb.encoder import load_encoder
+    from clipdb.encoders import load_encoder
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=500)

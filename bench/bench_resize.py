@@ -103,7 +103,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from clipdb.encoder import load_encoder
+    from clipdb.encoders import load_encoder
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=64)

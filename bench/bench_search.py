@@ -84,7 +84,7 @@ from PIL import Image
 start = time.perf_counter()
 import torch, open_clip
 imported = time.perf_counter()
-from clipdb.encoder import load_encoder
+from clipdb.encoders import load_encoder
 encoder = load_encoder("ViT-B-32", "none")
 loaded = time.perf_counter()
 encoder.encode_pil([Image.new("RGB", (640, 480))])

@@ -65,7 +65,7 @@ def big_png(megapixels: float) -> bytes:
 def model_dim(model: str) -> int:
     import open_clip
 
-    from clipdb.encoder import register_model_configs
+    from clipdb.encoders import register_model_configs
 
     register_model_configs()
     config = open_clip.get_model_config(model)

@@ -50,7 +50,7 @@ def main() -> int:
 
     import torch
 
-    from clipdb.encoder import load_encoder
+    from clipdb.encoders import load_encoder
 
     torch.manual_seed(0)
     encoder = load_encoder(args.model, "none", device="cpu", precision="fp32")

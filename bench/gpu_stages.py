@@ -47,7 +47,7 @@ from benchutil import fresh_database
 from clipdb import decode, device_decode
 from clipdb.db.model_index import build_model_index, drop_model_index
 from clipdb.db.registry import register_model
-from clipdb.encoder import load_encoder
+from clipdb.encoders import Encoder, load_encoder
 from clipdb.ingest import default_workers, ingest
 
 DISTINCT = 400  # photos generated; the rest are copies with a comment segment of their own
@@ -81,7 +81,7 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def stages(paths: list[str], encoder: Any, batch: int, home: str, rows: int) -> dict[str, Any]:
+def stages(paths: list[str], encoder: Encoder, batch: int, home: str, rows: int) -> dict[str, Any]:
     pipeline = encoder.pixel_pipeline
     device = str(encoder.device)
     workers = default_workers()
@@ -152,7 +152,7 @@ def generate(folder: Path, count: int, distinct: int = DISTINCT) -> None:
         (folder / f"photo_{index:05d}.jpg").write_bytes(data[:2] + comment + data[2:])
 
 
-def end_to_end(paths: list[str], encoder: Any, mode: str, batch: int, home: str) -> dict:
+def end_to_end(paths: list[str], encoder: Encoder, mode: str, batch: int, home: str) -> dict:
     """One ingest pass over ``paths`` into a fresh database: img/s and GPU utilisation."""
     folder = Path(paths[0]).parent
     database = fresh_database(home, f"bench_gpu_{mode}")

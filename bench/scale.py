@@ -162,7 +162,7 @@ def encoder_vectors(count: int, queries: int) -> tuple[np.ndarray, np.ndarray, f
     """Embeddings of generated, augmented pictures through random-init ViT-B-32."""
     from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-    from clipdb.encoder import load_encoder
+    from clipdb.encoders import load_encoder
 
     encoder = load_encoder("ViT-B-32", "none", device="cpu", precision="fp32")
     rng = np.random.default_rng(7)

@@ -49,7 +49,7 @@ from clipdb.search.output import format_table
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from clipdb.encoder import Encoder
+    from clipdb.encoders import Encoder
 
 
 _Callable = TypeVar("_Callable", bound=Callable[..., Any])
@@ -131,7 +131,7 @@ class ClipDB:
     def encoder(self) -> Encoder:
         """The CLIP model named by the settings (what ``build_image_index`` encodes with)."""
         if self._encoder is None:
-            from clipdb.encoder import load_encoder
+            from clipdb.encoders import load_encoder
 
             self._encoder = load_encoder(
                 self.settings.model,

@@ -31,6 +31,8 @@ from clipdb.phash import square_phash
 if TYPE_CHECKING:
     import torch
 
+    from clipdb.encoders import Encoder
+
 JPEG_MODES = ("RGB", "L")  # what nvJPEG decodes (YCbCr or grey); CMYK/YCCK go to PIL
 # Decoded pixels one decode_jpeg call may hold at once (uint8 RGB: 3 bytes each; the float
 # resize of one group of equal-sized images is capped the same way).
@@ -110,9 +112,9 @@ def _prepared(
     )
 
 
-def on_cuda(encoder: Any) -> bool:
-    """Whether ``encoder`` (any backend, or Ray's stand-in) computes on a CUDA device."""
-    return str(getattr(encoder, "device", "cpu")).startswith("cuda")
+def on_cuda(encoder: Encoder) -> bool:
+    """Whether ``encoder`` (either backend) computes on a CUDA device."""
+    return str(encoder.device).startswith("cuda")
 
 
 def decode_jpeg_available() -> bool:
@@ -139,13 +141,15 @@ class DeviceDecoder:
         self.std = torch.tensor(pipeline.std, device=self.device).view(1, -1, 1, 1)
 
     @classmethod
-    def for_encoder(cls, encoder: Any, mode: str, max_pixels: int | None) -> DeviceDecoder | None:
+    def for_encoder(
+        cls, encoder: Encoder, mode: str, max_pixels: int | None
+    ) -> DeviceDecoder | None:
         """The decoder ``mode`` asks for with this encoder, or None for the CPU path."""
         if mode == "cpu" or (mode == "auto" and not on_cuda(encoder)):
             return None
         if encoder.pixel_pipeline.whole is not None or not decode_jpeg_available():
             return None  # a transform the workers must run whole: nothing to do here
-        return cls(encoder.pixel_pipeline, getattr(encoder, "device", "cpu"), max_pixels)
+        return cls(encoder.pixel_pipeline, encoder.device, max_pixels)
 
     def batch(self, items: Sequence[Decoded], on_skip: Callable[[str, str], None]) -> ModelBatch:
         """The items kept and their float batch on the device; items the device refused and

@@ -2,14 +2,16 @@
 
 Importing open_clip costs seconds (it imports torch). A no-op ingest re-run or a ``--like``
 search only needs to know which rows a model's embeddings are stored under, so the common
-cases are answered here; :func:`clipdb.encoder.resolve_model_spec` does the full validation
+cases are answered here; :func:`clipdb.encoders.resolve_model_spec` does the full validation
 whenever a model is actually loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 RANDOM_WEIGHTS = "none"
@@ -25,7 +27,7 @@ MODEL_ALIASES = {
 }
 
 # open_clip's standard ("openai") weights for the architectures users name most. Must agree
-# with encoder.default_pretrained, which picks "openai" whenever open_clip lists it.
+# with clipdb.encoders.spec.default_pretrained, which picks "openai" whenever open_clip lists it.
 STANDARD_WEIGHTS = {
     name: "openai"
     for name in (
@@ -58,11 +60,29 @@ class ModelSpec:
 
 def file_identity(path: Path) -> str:
     """How a local checkpoint is named in the database: by content, so a copy matches."""
+    return f"file:sha256:{file_sha256(path)[:16]}"
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256 (hex), read once per process while the file stays as it was.
+
+    One command asks for a checkpoint's identity several times (:func:`quick_model_spec`,
+    then ``resolve_model_spec`` when the model loads), and a checkpoint is hundreds of MB.
+    The answer is kept per (real path, size, mtime, inode), the same trust the OpenVINO cache
+    gives its files: a rewrite or a replacement changes one of them and is read again.
+    """
+    status = os.stat(path)
+    return _sha256(os.path.realpath(path), status.st_size, status.st_mtime_ns, status.st_ino)
+
+
+@lru_cache(maxsize=64)
+def _sha256(real_path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """The hash itself; the file's size, mtime and inode only key the cache."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(real_path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return f"file:sha256:{digest.hexdigest()[:16]}"
+    return digest.hexdigest()
 
 
 def quick_model_spec(model: str, pretrained: str | None) -> ModelSpec | None:

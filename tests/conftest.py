@@ -97,7 +97,7 @@ def database(
 @pytest.fixture(scope="session")
 def tiny_encoder():
     """A real open_clip model with a tiny config and seeded random weights, on the CPU."""
-    from clipdb.encoder import load_encoder
+    from clipdb.encoders import load_encoder
 
     return load_encoder(TINY_MODEL, "none", device="cpu", precision="fp32", backend="torch")
 

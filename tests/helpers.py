@@ -25,6 +25,7 @@ from clipdb.db.embedded import EmbeddedServer, ensure_server, stop_server
 from clipdb.db.migrate import upgrade
 from clipdb.db.registry import Model, register_model
 from clipdb.db.store import ImageRecord, upsert_images
+from clipdb.encoders import Encoder
 
 TESTS_DIR = Path(__file__).parent
 CHECKOUT = TESTS_DIR.parent
@@ -172,7 +173,7 @@ def insert_rows(
     return model, vectors, paths
 
 
-def index_images(database: Any, encoder: Any, paths: list[Path]) -> dict[str, int]:
+def index_images(database: Database, encoder: Encoder, paths: list[Path]) -> dict[str, int]:
     """Index ``paths`` the way ingest stores them (absolute paths, the model's embeddings of
     the decoded images); returns {path: image id}."""
     images = [decode.open_image(str(path))[0] for path in paths]

@@ -170,7 +170,7 @@ def test_errors_are_clipdb_errors(database, tmp_path) -> None:
 
 
 def test_errors_name_clipdbs_arguments_not_cli_flags() -> None:
-    from clipdb.encoder import load_encoder
+    from clipdb.encoders import load_encoder
     from clipdb.errors import UsageError
 
     with pytest.raises(UsageError) as usage:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from helpers import TINY_MODEL, make_images, run_module
 
-from clipdb import openvino_cache as ovc
-from clipdb import openvino_encoder as ove
-from clipdb.encoder import Encoder, load_encoder
+from clipdb.encoders import Encoder, load_encoder
+from clipdb.encoders import openvino as ove
+from clipdb.encoders import openvino_cache as ovc
 from clipdb.errors import UsageError
 
 TEXTS = ["a red car", "", "ünïcode ☃ " * 40, "A photo of a DOG."]
@@ -86,7 +86,7 @@ def test_missing_openvino_falls_back_to_torch(tmp_path):
     shim.mkdir()
     (shim / "openvino.py").write_text("raise ImportError('openvino hidden by the test')\n")
     code = (
-        "from clipdb.encoder import Encoder, load_encoder;"
+        "from clipdb.encoders import Encoder, load_encoder;"
         f"e = load_encoder({TINY_MODEL!r}, 'none', device='cpu', backend='openvino');"
         "print(type(e).__name__, e.encode_texts(['a']).shape)"
     )
@@ -108,7 +108,7 @@ def test_int8_needs_openvino():
 def test_tokenizer_matches_open_clip():
     import open_clip
 
-    from clipdb.tokenizer import ClipTokenizer
+    from clipdb.encoders.tokenizer import ClipTokenizer
 
     tokenizer = ClipTokenizer()
     texts = [*TEXTS, "naïve café 東京 😀", "&amp;lt;b&gt; HTML", "word " * 100, " \t\n", "It's 4.5"]
@@ -172,8 +172,8 @@ def test_concurrent_first_loads_convert_once(tmp_path):
     """Two processes loading an uncached model at once: one converts, the other waits on the
     folder's lock and loads the result; both encode."""
     code = (
-        "import sys; from clipdb import openvino_cache as ovc;"
-        "from clipdb.encoder import load_encoder;"
+        "import sys; from clipdb.encoders import openvino_cache as ovc;"
+        "from clipdb.encoders import load_encoder;"
         f"e = load_encoder({TINY_MODEL!r}, 'none', device='cpu', precision='fp32',"
         " backend='openvino');"
         "v = e.encode_texts(['a red car']); print('CONVERSIONS', ovc.conversions, v.shape[1])"

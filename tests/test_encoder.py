@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,10 +16,10 @@ from helpers import TINY_MODEL, run_module
 from PIL import Image
 
 from clipdb.db import Database
-from clipdb.encoder import load_encoder, resolve_model_spec
+from clipdb.encoders import load_encoder, resolve_model_spec
+from clipdb.encoders.torch import _encode_text_trimmed, _normalise
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.models import STANDARD_WEIGHTS, quick_model_spec
-from clipdb.torch_encoder import _encode_text_trimmed, _normalise
 
 
 def test_random_weights_are_identical_in_every_process(tiny_encoder) -> None:
@@ -64,6 +69,46 @@ def test_local_checkpoint_file_loads_through_open_clip(tiny_encoder, tmp_path: P
     copy = tmp_path / "copy.pt"
     copy.write_bytes(checkpoint.read_bytes())
     assert resolve_model_spec(TINY_MODEL, str(copy)).pretrained == loaded.pretrained
+
+
+_watched: dict[str, list[str]] = {}  # real path -> one entry per open(), while watched
+
+
+def _count_opens(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _watched and isinstance(args[0], (str, Path)):
+        opened = _watched.get(os.path.realpath(args[0]))
+        if opened is not None:
+            opened.append(event)
+
+
+sys.addaudithook(_count_opens)  # for the rest of the process, but it counts only when asked
+
+
+@contextlib.contextmanager
+def opens_of(path: Path) -> Iterator[list[str]]:
+    """Every open() of ``path`` in this process while inside: Python's audit events see the
+    real code path, nothing is replaced."""
+    opened = _watched[os.path.realpath(path)] = []
+    try:
+        yield opened
+    finally:
+        del _watched[os.path.realpath(path)]
+
+
+def test_a_checkpoint_is_read_once_per_process_until_it_changes(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "weights.pt"
+    checkpoint.write_bytes(b"weights " * 1000)
+    with opens_of(checkpoint) as opened:
+        # What one command asks: ingest's and load_encoder's quick identity, then the full one.
+        quick = quick_model_spec(TINY_MODEL, str(checkpoint))
+        assert quick_model_spec(TINY_MODEL, str(checkpoint)) == quick
+        assert resolve_model_spec(TINY_MODEL, str(checkpoint)) == quick
+    assert quick is not None and quick.pretrained.startswith("file:sha256:")
+    assert len(opened) == 1
+    checkpoint.write_bytes(b"other weights " * 1000)  # rewritten: a new size and mtime
+    with opens_of(checkpoint) as opened:
+        again = resolve_model_spec(TINY_MODEL, str(checkpoint))
+    assert len(opened) == 1 and again.pretrained != quick.pretrained
 
 
 def test_broken_checkpoint_and_missing_weights_are_one_line_errors(tmp_path: Path) -> None:

@@ -258,7 +258,7 @@ def test_server_down_for_good_exits_1_with_one_line_and_rerun_completes(
 ):
     monkeypatch.setattr(ingest_writer, "RECONNECT_DELAYS", (0.1, 0.2, 0.4))
     held = HeldEncoder(tiny_encoder)
-    monkeypatch.setattr("clipdb.encoder.load_encoder", lambda *a, **k: held.encoder)
+    monkeypatch.setattr("clipdb.encoders.load_encoder", lambda *a, **k: held.encoder)
     codes: list[int] = []
     args = [str(tree), *CLI_MODEL, "--json"]
     worker = threading.Thread(target=lambda: codes.append(ingest_cli.main(args)))
@@ -282,7 +282,7 @@ def test_server_down_for_good_exits_1_with_one_line_and_rerun_completes(
     kept = table(restartable)
     assert len(kept) == 2 * BATCH  # the two committed batches survived the restart
 
-    monkeypatch.setattr("clipdb.encoder.load_encoder", lambda *a, **k: tiny_encoder)
+    monkeypatch.setattr("clipdb.encoders.load_encoder", lambda *a, **k: tiny_encoder)
     assert ingest_cli.main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["new"], summary["unchanged"]) == (IMAGES - len(kept), len(kept))

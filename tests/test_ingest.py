@@ -122,7 +122,7 @@ def test_unchanged_rerun_loads_no_model(
     def refuse(*args, **kwargs):
         raise AssertionError("model loaded on an unchanged tree")
 
-    monkeypatch.setattr("clipdb.encoder.load_encoder", refuse)
+    monkeypatch.setattr("clipdb.encoders.load_encoder", refuse)
     summary = ingest([tmp_path], database=database, model=TINY_MODEL, pretrained="none",
                      progress=False)  # fmt: skip
     assert (summary.found, summary.unchanged, summary.new, summary.images_per_s) == (6, 6, 0, 0)

@@ -239,7 +239,7 @@ def test_a_rerun_with_known_bad_files_loads_no_model_and_counts_the_same_skips(
     def refuse(*args, **kwargs):
         raise AssertionError("model loaded for files known to be bad")
 
-    monkeypatch.setattr("clipdb.encoder.load_encoder", refuse)
+    monkeypatch.setattr("clipdb.encoders.load_encoder", refuse)
     skips: list[str] = []
     again = ingest([str(tmp_path)], database=database, model=TINY_MODEL, pretrained="none",
                    workers=0, progress=False, on_skip=lambda p, r: skips.append(p))  # fmt: skip

@@ -77,7 +77,7 @@ def test_paths_output_is_bare(indexed, capsys) -> None:
 
 
 def test_text_query_searches_the_chosen_model_only(indexed, database, tmp_path, capsys) -> None:
-    from clipdb.encoder import load_encoder
+    from clipdb.encoders import load_encoder
 
     wide = load_encoder(TINY_WIDE_MODEL, "none", device="cpu", precision="fp32")
     others = make_images(tmp_path / "wide", 4, seed=9)

@@ -277,7 +277,7 @@ class _Payload:
 
 
 def test_pickled_checkpoint_and_export_run_no_code(tmp_path) -> None:
-    from clipdb.encoder import load_encoder
+    from clipdb.encoders import load_encoder
 
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "evil.pt"

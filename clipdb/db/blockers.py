@@ -109,8 +109,8 @@ class Watch:
         if blocker.pid not in self.told:
             self.told.add(blocker.pid)
             say(
-                f"{self.what} is waiting for {blocker.describe()}; end that database session or let it "
-                "finish (or run ingest with --terminate-blockers to end it)"
+                f"{self.what} is waiting for {blocker.describe()}; end that database session or "
+                "let it finish (or run ingest with --terminate-blockers to end it)"
             )
 
 

@@ -56,7 +56,7 @@ def embed_query(
         if model is not None:
             encoder = load_model_encoder(model, settings, device, precision, backend)
     if encoder is None:
-        from clipdb.encoder import load_encoder
+        from clipdb.encoders import load_encoder
 
         encoder = load_encoder(
             settings.model,

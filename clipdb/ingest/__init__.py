@@ -40,7 +40,7 @@ from clipdb.models import ModelSpec, quick_model_spec
 from clipdb.terminal import printable
 
 if TYPE_CHECKING:
-    from clipdb.encoder import Encoder
+    from clipdb.encoders import Encoder
 
 
 def default_workers() -> int:
@@ -110,7 +110,7 @@ class Ingester:
         return self._spec
 
     def _validated_spec(self) -> ModelSpec:
-        from clipdb.encoder import resolve_model_spec
+        from clipdb.encoders import resolve_model_spec
 
         return resolve_model_spec(self.model_name, self.pretrained)
 
@@ -125,7 +125,7 @@ class Ingester:
 
     def load_encoder(self) -> Encoder:
         if self.encoder is None:
-            from clipdb.encoder import load_encoder
+            from clipdb.encoders import load_encoder
 
             self.encoder = load_encoder(
                 self._model_spec().architecture,

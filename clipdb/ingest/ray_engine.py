@@ -65,7 +65,7 @@ class EncoderWorker:
         import torch
 
         from clipdb.device_decode import DeviceDecoder
-        from clipdb.encoder import load_encoder
+        from clipdb.encoders import load_encoder
 
         torch.set_num_threads(max(1, threads))  # its CPU slots, not the whole node
         self.encoder = load_encoder(

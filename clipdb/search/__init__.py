@@ -27,7 +27,7 @@ from clipdb.models import quick_model_spec
 if TYPE_CHECKING:
     from PIL import Image
 
-    from clipdb.encoder import Encoder
+    from clipdb.encoders import Encoder
 
 BATCH_RESULTS_FILE = "batch_search_results.json"
 DEFAULT_WEIGHTS = (1.0, 1.0, 0.5)  # image, text, minus
@@ -180,7 +180,7 @@ def _standard_identity(architecture: str) -> str | None:
     spec = quick_model_spec(architecture, None)
     if spec is not None:
         return spec.pretrained
-    from clipdb.encoder import resolve_model_spec
+    from clipdb.encoders import resolve_model_spec
 
     try:
         return resolve_model_spec(architecture, None).pretrained
@@ -277,7 +277,7 @@ def load_model_encoder(
     backend: str = "auto",
 ) -> Encoder:
     """Load the encoder that made ``model``'s rows (a checkpoint file must be passed again)."""
-    from clipdb.encoder import load_encoder
+    from clipdb.encoders import load_encoder
 
     pretrained = settings.pretrained if model.pretrained.startswith("file:") else model.pretrained
     if pretrained is None:

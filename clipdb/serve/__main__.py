@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # The pool logs each failed reconnection; the service logs one line per outage.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-        from clipdb.encoder import resolve_model_spec
+        from clipdb.encoders import resolve_model_spec
 
         resolve_model_spec(settings.model, settings.pretrained)  # a typo is a usage error
         statement_timeout = statement_timeout_s(args.statement_timeout)  # so is a bad env value

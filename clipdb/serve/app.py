@@ -35,7 +35,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from clipdb.config import DEFAULT_TOP_K, Settings
 from clipdb.db import Database
-from clipdb.encoder import Encoder
+from clipdb.encoders import Encoder
 from clipdb.errors import ClipdbError, first_line
 from clipdb.filters import NO_FILTERS, Filters
 from clipdb.models import canonical_model_name

@@ -43,7 +43,7 @@ from clipdb.thumbnail import make_thumbnail
 if TYPE_CHECKING:
     from PIL import Image
 
-    from clipdb.encoder import Encoder
+    from clipdb.encoders import Encoder
 
 __all__ = ["Busy", "DatabaseDown", "FileChanged", "QueryTimeout", "SearchService"]
 

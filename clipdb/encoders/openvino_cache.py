@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from clipdb.models import ModelSpec
+from clipdb.encoders.device import cpu_has_fast_bf16
+from clipdb.encoders.torch import encode_text_prefix, text_is_causal_argmax
+from clipdb.models import ModelSpec, file_sha256
 
 MANIFEST = "manifest.json"
 TOWERS = ("image", "text")
@@ -37,14 +39,6 @@ def cache_key(spec: ModelSpec, weights: str, version: str) -> str:
     identity = hashlib.sha256(f"{spec.architecture}\0{spec.pretrained}".encode()).hexdigest()
     safe_arch = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.architecture)
     return f"{safe_arch}-{identity[:16]}-ov{version.split('-')[0]}-{weights}-{IR_LAYOUT}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stat(path: Path) -> list[int]:
@@ -68,7 +62,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
             current = _stat(folder / name)
             if stats.get(name) == current:
                 continue
-            if _sha256(folder / name) != digest:
+            if file_sha256(folder / name) != digest:
                 return None
             stats[name], rehashed = current, True
         if {f"{tower}.{ext}" for tower in TOWERS for ext in ("xml", "bin")} - set(files):
@@ -106,8 +100,6 @@ def convert_towers(
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             return self.model.encode_image(pixels).float()  # type: ignore[no-any-return]
-
-    from clipdb.torch_encoder import encode_text_prefix, text_is_causal_argmax
 
     trim = text_is_causal_argmax(clip_model)
 
@@ -148,7 +140,7 @@ def convert_towers(
                 ov.save_model(converted, staging / f"{tower}.xml", compress_to_fp16=False)
         stats: dict[str, list[int]] = {}
         for name in sorted(os.listdir(staging)):
-            files[name] = _sha256(staging / name)
+            files[name] = file_sha256(staging / name)
             stats[name] = _stat(staging / name)
         manifest = dict(
             extra,
@@ -175,8 +167,6 @@ def cache_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:
 
     chosen = precision
     if precision in ("auto", "fp16"):
-        from clipdb.encoder import cpu_has_fast_bf16
-
         chosen = "bf16" if cpu_has_fast_bf16() else "fp32"
     weights = "int8" if chosen == "int8" else "fp32"
     # CLIPDB_OPENVINO_CACHE: one cache shared by several homes (the test suite uses it).

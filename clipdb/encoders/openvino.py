@@ -2,26 +2,32 @@
 
 Why: on CPUs OpenVINO runs the same ViT ~1.5x faster than torch autocast (BENCHMARKS.md) with
 the same vectors (min cosine >= 0.9999 vs torch fp32). The IR comes from
-:mod:`clipdb.openvino_cache`; a load from the cache never builds the torch model, and a text
-query never imports torch.
+:mod:`clipdb.encoders.openvino_cache`; a load from the cache never builds the torch model, and a
+text query never imports torch.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from clipdb.decode import PixelPipeline
+from clipdb.encoders.device import cpu_has_fast_bf16
+from clipdb.encoders.openvino_cache import cache_target, convert_towers, converting, read_manifest
+from clipdb.encoders.tokenizer import ClipTokenizer
+from clipdb.encoders.torch import load_torch, used_positions
 from clipdb.errors import ClipdbError
 from clipdb.models import ModelSpec
-from clipdb.openvino_cache import cache_target, convert_towers, converting, read_manifest
+
+if TYPE_CHECKING:
+    import torch
 
 # Batches of at least this many images run on the throughput-compiled image tower: one
 # inference request per stream, each on its own cores, so a decode worker taking a core
@@ -34,7 +40,7 @@ MIN_CHUNK = 8  # images per request: smaller chunks lose more to per-request ove
 @dataclass
 class OpenVinoEncoder:
     """The IR towers of a verified cache folder, each compiled on first use (a text query
-    never compiles the image tower); the surface of :class:`clipdb.encoder.ClipEncoder`."""
+    never compiles the image tower); an :class:`~clipdb.encoders.Encoder`."""
 
     spec: ModelSpec
     dim: int
@@ -67,7 +73,7 @@ class OpenVinoEncoder:
         return self.spec.pretrained
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         import torch
 
         return torch.device("cpu")
@@ -97,9 +103,7 @@ class OpenVinoEncoder:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None and self.tokenizer_kind == "clip-bpe":
-            from clipdb.tokenizer import ClipTokenizer  # torch-free, same ids
-
-            self._tokenizer = ClipTokenizer(self.context_length)
+            self._tokenizer = ClipTokenizer(self.context_length)  # torch-free, same ids
         elif self._tokenizer is None:
             import open_clip
 
@@ -159,14 +163,17 @@ class OpenVinoEncoder:
             queue.wait_all()
         return np.concatenate([out for out in outputs if out is not None])
 
+    def start_encode_images(self, pixels: Any) -> Callable[[], np.ndarray]:
+        """:meth:`encode_images`, done before it returns (OpenVINO here runs on the CPU)."""
+        done = self.encode_images(pixels)
+        return lambda: done
+
     def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.encode_images(self.pixel_pipeline.images_to_array(images))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         tokens = np.asarray(self.tokenizer(list(texts)), dtype=np.int64)
         if self.text_trim:  # as the torch path does: 5 positions for "a red car", not 77
-            from clipdb.torch_encoder import used_positions
-
             tokens = np.ascontiguousarray(tokens[:, : used_positions(tokens)])
         features = self.compiled("text")(tokens)[0]
         return _normalise(np.asarray(features))
@@ -198,7 +205,7 @@ def compile_cached(folder: Path, spec: ModelSpec, precision: str) -> OpenVinoEnc
         mean=tuple(manifest["mean"]),
         std=tuple(manifest["std"]),
         folder=folder,
-        hint="bf16" if precision in ("bf16", "int8") and _fast_bf16() else "f32",
+        hint="bf16" if precision in ("bf16", "int8") and cpu_has_fast_bf16() else "f32",
         tokenizer_kind=str(manifest.get("tokenizer", "open_clip")),
         text_trim=bool(manifest.get("text_trim", False)),
         pixel_steps=None if steps is None else pixel_steps_from_json(steps),
@@ -210,12 +217,6 @@ def pixel_steps_from_json(steps: list[list[Any]]) -> tuple[tuple[Any, ...], ...]
     return tuple(
         tuple(tuple(part) if isinstance(part, list) else part for part in step) for step in steps
     )
-
-
-def _fast_bf16() -> bool:
-    from clipdb.encoder import cpu_has_fast_bf16
-
-    return cpu_has_fast_bf16()
 
 
 def warn(message: str) -> None:
@@ -258,8 +259,6 @@ def load(spec: ModelSpec, precision: str) -> OpenVinoEncoder:
 def _convert_and_load(folder: Path, spec: ModelSpec, chosen: str) -> OpenVinoEncoder:
     import warnings
 
-    from clipdb.encoder import load_torch
-
     weights = "int8" if chosen == "int8" else "fp32"
     if folder.exists():
         warn(f"OpenVINO cache {folder} is corrupt or stale; rebuilding it")
@@ -285,7 +284,8 @@ def _convert_and_load(folder: Path, spec: ModelSpec, chosen: str) -> OpenVinoEnc
 
 
 def tokenizer_kind(tokenizer: Any) -> str:
-    """ "clip-bpe" when clipdb.tokenizer gives the same ids (open_clip's plain CLIP BPE)."""
+    """ "clip-bpe" when :mod:`clipdb.encoders.tokenizer` gives the same ids (open_clip's plain
+    CLIP BPE)."""
     from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
     plain = (

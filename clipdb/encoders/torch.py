@@ -1,13 +1,17 @@
-"""The torch encoder: an open_clip model in torch, on CPU, CUDA or MPS.
+"""The torch encoder: an open_clip model in torch, on CPU, CUDA or MPS, and its loader.
 
-Why a module of its own: :mod:`clipdb.encoder` picks a backend and must import without torch
-(the OpenVINO text query never loads it); everything here runs torch, imported at call time.
+Why a module of its own: :mod:`clipdb.encoders.factory` picks a backend and must import without
+torch (the OpenVINO text query never loads it); everything here runs torch, imported at call
+time. The OpenVINO backend uses :func:`load_torch` too, to convert a model once.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import logging
+import socket
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,11 +19,16 @@ import numpy as np
 from PIL import Image
 
 from clipdb.decode import PixelPipeline
-from clipdb.models import ModelSpec
+from clipdb.encoders.device import pick_device, pick_precision
+from clipdb.encoders.spec import RANDOM_WEIGHTS_HINT
+from clipdb.errors import ClipdbError, Option, WeightsUnavailable
+from clipdb.models import RANDOM_WEIGHTS, ModelSpec
 
 if TYPE_CHECKING:
     import torch
 
+RANDOM_SEED = 0  # every process builds the identical random model
+HUB_HOST = ("huggingface.co", 443)
 _F = TypeVar("_F")
 
 
@@ -213,3 +222,92 @@ def _probe_dim(model: Any, preprocess: Any, device: torch.device) -> int:
 
     blank = preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(device)
     return int(model.encode_image(blank).shape[-1])
+
+
+def _hub_reachable() -> bool:
+    try:
+        with socket.create_connection(HUB_HOST, timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _offline_hub_if_unreachable() -> Iterator[None]:
+    """Without a network, use the hub cache only: fail in a second, not after 50 s of retries."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    if not saved and not _hub_reachable():
+        hub_constants.HF_HUB_OFFLINE = True
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip logs through the root logger; our own stderr lines say what matters."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
+    import open_clip
+    import torch
+
+    torch_device = pick_device(device)
+    chosen_precision = pick_precision(precision, torch_device)
+    with warnings.catch_warnings(), _quiet_root_logger():
+        warnings.simplefilter("ignore")
+        if spec.pretrained == RANDOM_WEIGHTS:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_SEED)
+                clip_model, _, preprocess = open_clip.create_model_and_transforms(
+                    spec.architecture, pretrained=None
+                )
+        else:
+            source = str(spec.checkpoint) if spec.checkpoint else spec.pretrained
+            try:
+                with _offline_hub_if_unreachable():
+                    clip_model, _, preprocess = open_clip.create_model_and_transforms(
+                        spec.architecture, pretrained=source
+                    )
+            except Exception as err:  # open_clip raises RuntimeError, OSError, KeyError...
+                hint = (
+                    "pass a local checkpoint with ",
+                    Option("pretrained", "FILE", placeholder=True),
+                    ", or ",
+                    *RANDOM_WEIGHTS_HINT,
+                )
+                if spec.checkpoint:
+                    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    raise ClipdbError(
+                        f"cannot load checkpoint {spec.checkpoint}: {reason}"
+                    ) from None
+                raise WeightsUnavailable(
+                    f"weights {spec.pretrained!r} for {spec.architecture} are not in the local "
+                    "cache and could not be downloaded (no network access to the model hub?); ",
+                    *hint,
+                ) from None
+    clip_model = clip_model.to(torch_device).eval()
+    tokenizer = open_clip.get_tokenizer(spec.architecture)
+    dim = (
+        int(clip_model.text_projection.shape[1])
+        if hasattr(clip_model, "text_projection") and (clip_model.text_projection is not None)
+        else _probe_dim(clip_model, preprocess, torch_device)
+    )
+    return ClipEncoder(
+        spec=spec,
+        dim=dim,
+        device=torch_device,
+        precision=chosen_precision,
+        model=clip_model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+    )
