@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipdb.config import BACKENDS, DEVICES, PRECISIONS
 from clipdb.errors import UsageError
 from clipdb.ingest.plan import SkipCallback
+
+if TYPE_CHECKING:  # ray_engine imports numpy and the writer: only for the annotation
+    from clipdb.ingest.ray_engine import EncoderWorker
 
 ENGINES = ("local", "ray")
 DECODE_MODES = ("auto", "cpu", "device")  # auto: on the device when the encoder is on CUDA
@@ -38,6 +41,9 @@ class IngestOptions:
     ray_address: str | None = None  # None: the running ray.init(), else a new local cluster
     gpus_per_worker: float = 0.0  # > 0: one encoder per that many GPUs, else per CPU slot
     decode: str = "auto"  # where JPEGs decode: clipdb.device_decode.DECODE_MODES
+    # The Ray actors' class (None: EncoderWorker); a subclass can wrap ``run``, e.g. to
+    # report or hold batches. Library only: the CLI always runs EncoderWorker.
+    ray_worker_class: type[EncoderWorker] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
