@@ -13,11 +13,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import TINY_MODEL, make_images, run_module
+from ray_gate import FileGate
 
 from clipdb.errors import ClipdbError
 from clipdb.ingest import ingest
@@ -52,11 +54,7 @@ def row_counts(database) -> tuple[int, int]:
 
 
 def kill_and_wait(actor) -> None:
-    """ray.kill, then wait until the actor is really gone.
-
-    ray.kill only asks; on a busy machine the actor could otherwise run every remaining
-    (tiny) batch before it dies, and the run would end cleanly (CI saw exactly that).
-    """
+    """ray.kill (which only asks), then wait until the actor is really gone."""
     ray.kill(actor)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -126,30 +124,33 @@ def test_ray_actors_decode_on_the_device_when_asked(ray_cluster, database, tiny_
 
 
 def test_killed_workers_then_a_rerun_index_every_image_once(ray_cluster, database, tmp_path):
-    # Many small batches: the bad file's batch is slow (the first non-image makes Pillow
-    # import all its plugins in that actor), and with 12 batches the other actor once ran
-    # all the rest meanwhile, so nothing was left to fail when the actors were killed.
-    count = 240
-    make_images(tmp_path, count, size=(48, 36))
-    (tmp_path / "img_0009x.jpg").write_bytes(b"not a jpeg")  # sorts into the sixth batch
-    killed = []
+    # 5 batches of 2 for the fixture's 2 actors. The gate lets the first batch through and
+    # parks every later one: both actors wait inside a batch, the rest are queued here, when
+    # the first batch's rows are committed. Then every actor is killed.
+    count = 10
+    make_images(tmp_path / "pics", count, size=(48, 36))
+    gate = FileGate(tmp_path / "gate", passes=1)
+    killed: list[str] = []
 
-    def kill_workers(path: str, reason: str) -> None:
-        # The driver sees the bad file's batch come back: kill every encoder actor now.
+    def kill_when_parked() -> None:
+        gate.wait(lambda: gate.parked() == 2 and row_counts(database)[0] == 2, "2 parked")
         for name in ray.util.list_named_actors():
             kill_and_wait(ray.get_actor(name))
             killed.append(name)
 
-    with pytest.raises(ClipdbError) as failure:
-        ray_ingest([tmp_path], database, batch_size=2, on_skip=kill_workers)
-    assert killed
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ClipdbError) as failure:
+        killer = pool.submit(kill_when_parked)
+        ray_ingest(
+            [tmp_path / "pics"], database, batch_size=2, ray_worker_class=gate.worker_class()
+        )
+    killer.result()  # its own failure (a timeout) first
+    assert len(killed) == 2
     message = str(failure.value)
     assert "the Ray cluster failed" in message and "run again to finish" in message
     committed = int(message.split("; ")[-1].split(" image")[0])
-    assert row_counts(database) == (committed, committed)
-    assert 0 < committed < count
+    assert committed == 2 and row_counts(database) == (committed, committed)
 
-    summary = ray_ingest([tmp_path], database, batch_size=8)
+    summary = ray_ingest([tmp_path / "pics"], database, batch_size=8)
     assert summary.new == count - committed and summary.unchanged == committed
     assert row_counts(database) == (count, count)
 
@@ -179,6 +180,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Joins the cluster as a driver and polls ray.nodes() until ``count`` nodes are alive.
+_WAIT_FOR_NODES = """
+import sys, time, ray
+address, count = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 120
+while True:
+    try:  # the head's GCS may not listen yet
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        break
+    except Exception:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+while sum(node["Alive"] for node in ray.nodes()) < count:
+    if time.monotonic() > deadline:
+        sys.exit(f"{count} node(s) not alive after 120 s: {ray.nodes()}")
+    time.sleep(0.2)
+"""
+
+
 @contextlib.contextmanager
 def _loopback_cluster(cpus_per_node: tuple[int, ...]) -> Iterator[tuple[str, dict[str, str], list]]:
     """Ray nodes on 127.0.0.1 (the first is the head): (address, env for clients, nodes)."""
@@ -206,16 +227,20 @@ def _loopback_cluster(cpus_per_node: tuple[int, ...]) -> Iterator[tuple[str, dic
                 env=env, start_new_session=True,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
-            time.sleep(8 if index == 0 else 5)  # the head's GCS must listen before a worker
+            # The head's GCS must answer before a worker joins; the caller needs them all.
+            alive = subprocess.run(
+                [sys.executable, "-c", _WAIT_FOR_NODES, address, str(index + 1)],
+                env=env, capture_output=True, text=True, timeout=180,
+            )  # fmt: skip
+            assert alive.returncode == 0, alive.stderr[-2000:]
         yield address, env, nodes
     finally:
+        # SIGKILL: `ray start --block` leaves its GCS and raylet up on SIGTERM (30 s spent
+        # waiting each time), and this throwaway cluster's files go with its temp dir.
         for node in reversed(nodes):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.pid, signal.SIGTERM)
-            try:
-                node.wait(timeout=30)
-            except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -224,6 +249,30 @@ def _ingest_args(pics: Path, address: str) -> list[str]:
         "clipdb.ingest", str(pics), "--model", TINY_MODEL, "--pretrained", "none", "--device",
         "cpu", "--engine", "ray", "--ray-address", address, "--batch-size", "2", "--json",
     ]  # fmt: skip
+
+
+# `clipdb ingest` with gated actors: the CLI's own flags, options and exit codes (run_command).
+_GATED_DRIVER = """
+import dataclasses, json, sys
+sys.path.insert(0, {tests!r})
+from ray_gate import gated_worker
+from clipdb.cli import run_command
+from clipdb.config import Settings
+from clipdb.ingest import ingest
+from clipdb.ingest.__main__ import build_parser, ingest_options
+from pathlib import Path
+
+def body(args):
+    settings = Settings.from_args(args)
+    gated = gated_worker(Path({gate!r}))
+    options = dataclasses.replace(
+        ingest_options(args, settings), ray_worker_class=gated, progress=False
+    )
+    print(json.dumps(ingest(args.paths, options, settings=settings).to_dict()), flush=True)
+    return 0
+
+sys.exit(run_command(build_parser(), sys.argv[1:], body))
+"""
 
 
 @pytest.mark.slow
@@ -242,20 +291,24 @@ def test_cluster_lost_mid_run_exits_1_and_a_rerun_finishes(database, tmp_path):
     """The whole cluster (head, GCS, raylet, actors) killed while the driver is writing: the
     ingest exits 1 with one line saying what was committed, and a run on a new cluster
     indexes every image exactly once."""
-    # Many small batches: each is a Ray round trip, so work is still queued for the actors
-    # when the first rows are committed (with 80, and once in CI with 600, images the run
-    # finished first: the writer's commits trail the actors' results).
-    count = 1500
+    # 5 batches of 2 for 2 actors: the first passes the gate, the others park (both actors
+    # inside a batch, 2 batches queued in the driver) and the cluster dies then.
+    count = 10
     make_images(tmp_path / "pics", count, size=(48, 36))
+    gate = FileGate(tmp_path / "gate", passes=1)
+    driver_script = _GATED_DRIVER.format(tests=str(REPO / "tests"), gate=str(gate.folder))
     with _loopback_cluster((2,)) as (address, env, nodes):
-        command = [sys.executable, "-m", *_ingest_args(tmp_path / "pics", address)]
+        args = _ingest_args(tmp_path / "pics", address)[1:]
         driver = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        deadline = time.monotonic() + 180
-        while row_counts(database)[0] < 2 and time.monotonic() < deadline:
+            [sys.executable, "-c", driver_script, *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+        def parked() -> bool:
             assert driver.poll() is None, driver.communicate()
-            time.sleep(0.05)
+            return gate.parked() == 2 and row_counts(database)[0] == 2
+
+        gate.wait(parked, "2 parked actors and the first batch committed")
         os.killpg(nodes[0].pid, signal.SIGKILL)  # every Ray process of the cluster at once
         try:
             _, err = driver.communicate(timeout=240)
@@ -266,7 +319,7 @@ def test_cluster_lost_mid_run_exits_1_and_a_rerun_finishes(database, tmp_path):
     lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     committed = row_counts(database)[0]
-    assert 0 < committed < count and row_counts(database) == (committed, committed)
+    assert committed == 2 and row_counts(database) == (committed, committed)
     assert f"{committed} image" in lines[0] and "run again" in lines[0], lines[0]
     with _loopback_cluster((2,)) as (address, env, _):
         result = run_module(*_ingest_args(tmp_path / "pics", address), env=env, timeout=240)

@@ -140,7 +140,7 @@ class Ingester:
         """This pass's encoder: the local one, or the actors of a Ray cluster."""
         if self.options.engine != "ray":
             return self.load_encoder()
-        from clipdb.ingest.ray_engine import RayEncoders
+        from clipdb.ingest.ray_engine import EncoderWorker, RayEncoders
 
         return RayEncoders(
             self._model_spec().architecture,
@@ -152,6 +152,7 @@ class Ingester:
             backend=self.options.backend,
             max_pixels=self.options.max_pixels,
             decode_mode=self.options.decode,
+            worker_class=self.options.ray_worker_class or EncoderWorker,
         )
 
     # --- one pass -------------------------------------------------------------------------

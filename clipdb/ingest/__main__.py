@@ -144,6 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ingest_options(args: argparse.Namespace, settings: Settings) -> IngestOptions:
+    """The IngestOptions that parsed ``clipdb ingest`` flags ask for."""
+    return IngestOptions(
+        model=settings.model,
+        pretrained=settings.pretrained,
+        device=args.device,
+        precision=args.precision,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        exclude=tuple(args.exclude),
+        prune=args.prune or args.prune_missing_roots,
+        prune_missing_roots=args.prune_missing_roots,
+        max_pixels=args.max_pixels,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker,
+        decode=args.decode,
+        terminate_blockers=args.terminate_blockers,
+        verbose=args.verbose,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.strict and args.watch:
@@ -151,25 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wait_replicas and args.watch:
             raise UsageError("--wait-replicas cannot be combined with --watch")
         settings = Settings.from_args(args)
-        options = IngestOptions(
-            model=settings.model,
-            pretrained=settings.pretrained,
-            device=args.device,
-            precision=args.precision,
-            backend=args.backend,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            exclude=tuple(args.exclude),
-            prune=args.prune or args.prune_missing_roots,
-            prune_missing_roots=args.prune_missing_roots,
-            max_pixels=args.max_pixels,
-            engine=args.engine,
-            ray_address=args.ray_address,
-            gpus_per_worker=args.gpus_per_worker,
-            decode=args.decode,
-            terminate_blockers=args.terminate_blockers,
-            verbose=args.verbose,
-        )
+        options = ingest_options(args, settings)
 
         def report(summary: IngestSummary) -> None:
             print(json.dumps(summary.to_dict()) if args.json else summary.format(), flush=True)

@@ -143,7 +143,11 @@ def _worker_env() -> dict[str, str]:
 
 
 class RayEncoders:
-    """The actors of one ingest pass; ``architecture``/``pretrained``/``dim`` as an encoder."""
+    """The actors of one ingest pass; ``architecture``/``pretrained``/``dim`` as an encoder.
+
+    ``worker_class``: the actors' class, EncoderWorker or a subclass of it (Ray ships a class
+    that the workers cannot import, e.g. one made in a function, by value).
+    """
 
     def __init__(
         self,
@@ -157,6 +161,7 @@ class RayEncoders:
         max_pixels: int | None,
         backend: str = "auto",
         decode_mode: str = "auto",
+        worker_class: type[EncoderWorker] = EncoderWorker,
     ) -> None:
         ray = require_ray()
         self.ray = ray
@@ -185,7 +190,7 @@ class RayEncoders:
                 count = max(1, int(resources.get("CPU", 1)))
                 options = {"num_cpus": 1}
                 threads = 1
-            remote = ray.remote(EncoderWorker)
+            remote = ray.remote(worker_class)
             run_id = uuid.uuid4().hex[:8]
             self.actors = [
                 remote.options(
