@@ -47,14 +47,12 @@ class DecodePool:
         self._processes.update(getattr(self._executor, "_processes", None) or {})
         return future
 
-    def pids(self) -> list[int]:
-        """The live executor's worker processes (tests find the one to kill here)."""
-        return list(getattr(self._executor, "_processes", None) or {})
-
     def replace(self) -> str:
         """A fresh executor for a broken one; returns the skip reason for the file that
         broke it: killed by SIGKILL (out of memory, most likely) or crashed."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # Wait for the executor's own thread to reap its workers (the others it terminates):
+        # read now, a dead worker's exit status could race with that thread's read of it.
+        self._executor.shutdown(wait=True, cancel_futures=True)
         killed = any(p.exitcode == -signal.SIGKILL for p in self._processes.values())
         self._processes = {}
         self._executor = self._new_executor()
