@@ -21,6 +21,7 @@ from PIL import ExifTags, Image, TiffImagePlugin
 from clipdb import decode, exif, files
 from clipdb.db.registry import register_model
 from clipdb.db.store import ImageRecord, upsert_images
+from clipdb.ingest import default_workers
 from clipdb.ingest.backfill import backfill_metadata
 from clipdb.ingest.plan import make_plan
 
@@ -89,7 +90,8 @@ def main() -> int:
         with database.connect(autocommit=True) as conn:
             plan = make_plan(conn, model, stats, lambda path, reason: None)  # its one query
             started = time.perf_counter()
-            done = backfill_metadata(conn, plan.lacks_metadata, stats)
+            workers = default_workers()  # as ingest runs it: the decode pool
+            done = backfill_metadata(conn, plan.lacks_metadata, stats, workers=workers)
             elapsed = time.perf_counter() - started
             dated = conn.execute(
                 "SELECT count(*) FROM clipdb.images WHERE taken_at IS NOT NULL"

@@ -32,6 +32,7 @@ TOO_LARGE = "too many pixels"
 TOO_BIG = "file too large"
 CHANGED = "changed since it was scanned"
 CRASHED = "decoder crashed on it"
+KILLED = "decode worker killed on it (out of memory?)"
 
 # No image clipdb accepts is bigger than this; a sparse or endless "file" stops here.
 MAX_FILE_BYTES = 512 * 1024 * 1024

@@ -11,7 +11,6 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -23,19 +22,14 @@ from clipdb.db.ingest_lock import ingest_lock
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
 from clipdb.ingest.bulk import index_window
+from clipdb.ingest.engine import check_engine, start_engine, write_encoded
 from clipdb.ingest.options import ENGINES as ENGINES
 from clipdb.ingest.options import IngestOptions as IngestOptions
 from clipdb.ingest.options import IngestSummary as IngestSummary
 from clipdb.ingest.options import images_per_s
 from clipdb.ingest.phash_backfill import backfill_phashes
-from clipdb.ingest.plan import (
-    SkipCallback,
-    identity,
-    known_skips,
-    make_plan,
-    prune,
-    remember_skips,
-)
+from clipdb.ingest.plan import Plan, SkipCallback, make_plan, prune
+from clipdb.ingest.skips import Skip, SkipLedger
 from clipdb.models import ModelSpec, quick_model_spec
 from clipdb.terminal import printable
 
@@ -84,7 +78,7 @@ class Ingester:
         self._database = database
         self._spec: ModelSpec | None = encoder.spec if encoder is not None else None
         self.on_skip = self.options.on_skip or print_skip
-        self.known_bad: dict[str, tuple[int, int, str]] | None = None  # set by watch()
+        self.known_bad: dict[str, Skip] | None = None  # set by watch(): SkipLedger.watched
         self._offline_roots: set[str] = set()
         self._roots_checked = False
 
@@ -136,35 +130,13 @@ class Ingester:
             )
         return self.encoder
 
-    def _run_encoder(self) -> Any:
-        """This pass's encoder: the local one, or the actors of a Ray cluster."""
-        if self.options.engine != "ray":
-            return self.load_encoder()
-        from clipdb.ingest.ray_engine import EncoderWorker, RayEncoders
-
-        return RayEncoders(
-            self._model_spec().architecture,
-            self.pretrained,
-            address=self.options.ray_address,
-            gpus_per_worker=self.options.gpus_per_worker,
-            device=self.options.device,
-            precision=self.options.precision,
-            backend=self.options.backend,
-            max_pixels=self.options.max_pixels,
-            decode_mode=self.options.decode,
-            worker_class=self.options.ray_worker_class or EncoderWorker,
-        )
-
     # --- one pass -------------------------------------------------------------------------
 
     def run(self) -> IngestSummary:
         if not self._roots_checked:  # --watch: a root that vanishes later is offline, kept
             self._check_roots()
             self._roots_checked = True
-        if self.options.engine == "ray":
-            from clipdb.ingest.ray_engine import require_ray
-
-            require_ray()  # before any work: one line saying how to install it
+        check_engine(self.options)
         require_write_access(self.database)
         wait_s = lock_wait_seconds()
         spec = self._model_spec()
@@ -174,133 +146,133 @@ class Ingester:
             return self._run(wait_s)
 
     def _run(self, wait_s: float) -> IngestSummary:
-        from clipdb.ingest.pipeline import encode_and_write
-
+        """Scan -> plan (and backfills) -> engine -> writer -> prune and remember skips."""
         start = time.perf_counter()
         summary = IngestSummary()
-        skipped: Counter[str] = Counter()
-        new_skips: dict[str, tuple[int, int, str]] = {}  # for clipdb.skipped_files
-
-        def skip(path: str, reason: str) -> None:
-            skipped[reason] += 1
-            self.on_skip(path, reason)
-            if path in stats:
-                new_skips[path] = (*identity(stats[path]), reason)
-                if self.known_bad is not None:
-                    self.known_bad[path] = new_skips[path]
-
+        skips = SkipLedger(self.on_skip, verbose=self.options.verbose, watched=self.known_bad)
         scan = files.scan(self.roots, self.options.exclude)
         summary.found = len(scan.files) + len(scan.skipped)
         # What exists (prune keeps it); a root that could not be listed is not a file in it.
         seen = {f.path for f in scan.files} | {p for p, _ in scan.skipped if p not in self.roots}
-        for path, reason in scan.skipped:
-            if self.known_bad is not None and self.known_bad.get(path, (0, 0, ""))[2] == reason:
-                skipped[reason] += 1  # --watch: reported once
-                continue
-            skipped[reason] += 1
-            self.on_skip(path, reason)
-            if self.known_bad is not None:
-                self.known_bad[path] = (-1, -1, reason)
-        stats = self._drop_known_bad({f.path: f for f in scan.files}, skipped)
+        skips.scan_skips(scan.skipped)
+        stats = skips.usable({f.path: f for f in scan.files})
         with self.database.connect(autocommit=True) as conn:
             model = self._lookup_model(conn)
-            # Known-bad files that have not changed are reported, not retried: a tree with a
-            # few bad files must not load the model on every run.
-            known, still_bad = known_skips(conn, model, stats)
-            summary.known_bad = len(still_bad)
-            for path, reason in still_bad.items():
-                skipped[reason] += 1
-                if self.options.verbose and (self.known_bad is None or path not in self.known_bad):
-                    self.on_skip(path, reason)
-                if self.known_bad is not None:
-                    self.known_bad[path] = (*known[path][:2], reason)
-            plan = make_plan(conn, model, stats, skip)
+            skips.drop_known(conn, model)
+            summary.known_bad = skips.known_bad
+            plan = make_plan(conn, model, stats, skips.skip)
             summary.unchanged, summary.moved = plan.unchanged, plan.moved
             if model is not None:
-                from clipdb.ingest.backfill import backfill_metadata
-
-                summary.metadata_read = backfill_metadata(conn, plan.lacks_metadata, stats)
-                # rows from before 0007: their pHash, without encoding
-                backfill_phashes(
-                    conn, model, plan.lacks_phash, stats,
-                    workers=self._workers(), max_pixels=self.options.max_pixels,
-                )  # fmt: skip
+                summary.metadata_read = self._backfill(conn, model, plan, stats, skips)
             if self.encoder is None:
-                self._drop_unusable_head(plan.to_encode, stats, skip)
+                self._drop_unusable_head(plan.to_encode, stats, skips.skip)
             if plan.to_encode:
-                encoder = self._run_encoder()
-                if model is None:
-                    model = register_model(
-                        conn, encoder.architecture, encoder.pretrained, encoder.dim
-                    )
-
-                def written(path: str) -> None:
-                    if path in plan.changed:
-                        summary.updated += 1
-                    else:
-                        summary.new += 1
-
-                planned_new = len(plan.to_encode) - len(plan.changed)
-                try:
-                    with self._index_window(model, planned_new, wait_s):
-                        if self.options.engine == "ray":
-                            encoder.encode_and_write(
-                                self.database, model, plan.to_encode, stats,
-                                batch_size=self.options.batch_size, progress=self.options.progress,
-                                on_skip=skip, on_written=written, started=start,
-                            )  # fmt: skip
-                        else:
-                            encode_and_write(
-                                self.database, model, encoder, plan.to_encode, stats,
-                                batch_size=self.options.batch_size,
-                                workers=default_workers() if self.options.workers is None
-                                else self.options.workers,
-                                max_pixels=self.options.max_pixels,
-                                decode_mode=self.options.decode,
-                                progress=self.options.progress,
-                                on_skip=skip,
-                                on_written=written,
-                                started=start,
-                            )  # fmt: skip
-                finally:
-                    if self.options.engine == "ray":
-                        encoder.close()  # also when the run fails before its first batch
+                model = self._encode(conn, model, plan, stats, skips, summary, wait_s, start)
             elif model is not None:
                 with self._index_window(model, 0, wait_s):
                     pass  # heals an index an interrupted bulk run left missing
-            if model is not None and not plan.to_encode:
-                self._finish(conn, model, seen, known, still_bad, new_skips, summary)
+                self._finish(conn, model, seen, skips, summary)
         if model is not None and plan.to_encode:
             # Encoding may have run for hours, through a server restart that only the writer's
             # connection survived: what is left gets a connection of its own.
             with self.database.connect(autocommit=True) as conn:
-                self._finish(conn, model, seen, known, still_bad, new_skips, summary)
-        summary.skipped = dict(skipped)
+                self._finish(conn, model, seen, skips, summary)
+        summary.skipped = dict(skips.counts)
         summary.seconds = round(time.perf_counter() - start, 3)
         summary.images_per_s = images_per_s(summary.new + summary.updated, summary.seconds)
         return summary
+
+    def _backfill(
+        self,
+        conn: Any,
+        model: Model,
+        plan: Plan,
+        stats: dict[str, files.FileStat],
+        skips: SkipLedger,
+    ) -> int:
+        """Rows kept as they are get what they lack without encoding: photo metadata (rows
+        from before 0006) and the pHash (before 0007). Returns the rows that got metadata."""
+        from clipdb.ingest.backfill import backfill_metadata
+
+        workers = self._workers()
+        read = backfill_metadata(
+            conn, plan.lacks_metadata, stats, workers=workers, on_skip=skips.skip
+        )
+        backfill_phashes(
+            conn,
+            model,
+            [path for path in plan.lacks_phash if path not in skips.new],
+            stats,
+            workers=workers,
+            max_pixels=self.options.max_pixels,
+            on_skip=skips.skip,
+        )
+        return read
+
+    def _encode(
+        self,
+        conn: Any,
+        model: Model | None,
+        plan: Plan,
+        stats: dict[str, files.FileStat],
+        skips: SkipLedger,
+        summary: IngestSummary,
+        wait_s: float,
+        start: float,
+    ) -> Model:
+        """Run the engine over the plan's files, the writer committing as they come;
+        returns the model (registered now on its first run)."""
+        architecture = self._model_spec().architecture
+        engine = start_engine(
+            self.options, self.load_encoder, architecture, self.pretrained, self._workers()
+        )
+        try:  # the engine is let go also when the run fails before its first batch
+            if model is None:
+                model = register_model(conn, engine.architecture, engine.pretrained, engine.dim)
+
+            def written(path: str) -> None:
+                if path in plan.changed:
+                    summary.updated += 1
+                else:
+                    summary.new += 1
+
+            planned_new = len(plan.to_encode) - len(plan.changed)
+            with self._index_window(model, planned_new, wait_s):
+                write_encoded(
+                    self.database,
+                    model,
+                    engine.encode(plan.to_encode, stats),
+                    len(plan.to_encode),
+                    progress=self.options.progress,
+                    on_skip=skips.skip,
+                    on_written=written,
+                    started=start,
+                )
+        finally:
+            engine.close()
+        return model
 
     def _finish(
         self,
         conn: Any,
         model: Model,
         seen: set[str],
-        known: dict[str, tuple[int, int, str]],
-        still_bad: dict[str, str],
-        new_skips: dict[str, tuple[int, int, str]],
+        skips: SkipLedger,
         summary: IngestSummary,
     ) -> None:
         """After the files: prune (if asked) and update clipdb.skipped_files."""
         if self.options.prune:
             offline: set[str] = set()
             summary.pruned = prune(
-                conn, model, self.roots, seen,
+                conn,
+                model,
+                self.roots,
+                seen,
                 missing_roots=self.options.prune_missing_roots,
                 on_offline=lambda root, rows: self._offline(root, rows, offline),
-            )  # fmt: skip
+            )
             self._offline_roots = offline  # back online: say so again if it goes
-        retried = [path for path in known if path not in still_bad]
-        remember_skips(conn, model, self.roots, seen, retried, new_skips)
+        skips.remember(conn, model, self.roots, seen)
 
     def _index_window(self, model: Model, planned_new: int, wait_s: float) -> Any:
         terminate = self.options.terminate_blockers
@@ -334,21 +306,6 @@ class Ingester:
                 file=sys.stderr,
                 flush=True,
             )
-
-    def _drop_known_bad(
-        self, stats: dict[str, files.FileStat], skipped: Counter[str]
-    ) -> dict[str, files.FileStat]:
-        """In --watch, a file skipped before is not retried (or reported) until it changes."""
-        if self.known_bad is None:
-            return stats
-        todo = {}
-        for path, stat in stats.items():
-            bad = self.known_bad.get(path)
-            if bad is not None and bad[:2] == identity(stat):
-                skipped[bad[2]] += 1
-            else:
-                todo[path] = stat
-        return todo
 
 
 def ingest(

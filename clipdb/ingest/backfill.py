@@ -8,42 +8,55 @@ backfill keeps what it did and the next ingest goes on from there.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from clipdb import files
 from clipdb.db import store
 from clipdb.exif import PhotoMetadata, read_metadata
+from clipdb.ingest.decode_pool import isolated_map
+from clipdb.ingest.plan import SkipCallback
 
 CHUNK = 500
 
 
-def _read(path: str, stat: files.FileStat | None) -> PhotoMetadata | None:
+def _read(path: str, found: files.FileStat | None = None) -> PhotoMetadata | None:
     """The file's metadata; None when it cannot be read now (left for a later pass)."""
     from clipdb.decode import PILLOW_FORMATS
 
     try:
-        args = stat.open_args() if stat is not None else {}
+        args = found.open_args() if found is not None else {}
         data = files.read_regular(path, max_bytes=files.MAX_IMAGE_BYTES, **args)
     except (files.FileRejected, OSError):
         return None
     return read_metadata(data, PILLOW_FORMATS)
 
 
-def backfill_metadata(conn: Any, todo: dict[str, int], stats: dict[str, files.FileStat]) -> int:
+def backfill_metadata(
+    conn: Any,
+    todo: dict[str, int],
+    stats: dict[str, files.FileStat],
+    *,
+    workers: int = 0,
+    on_skip: SkipCallback | None = None,
+) -> int:
     """Read and store the metadata of ``todo``'s rows (path -> row id: the plan's rows
-    without current metadata); returns how many rows got it."""
+    without current metadata); returns how many rows got it. Many rows are read in the
+    decode pool's ``workers`` processes (Pillow parses the headers): a file that kills its
+    worker is told to ``on_skip`` and the rest go on."""
     if not todo:
         return 0
     done = 0
     paths = sorted(todo)
-    with ThreadPoolExecutor(max_workers=4) as pool:  # file reads and zlib release the GIL
-        for offset in range(0, len(paths), CHUNK):
-            chunk = paths[offset : offset + CHUNK]
-            read = pool.map(lambda p: _read(p, stats.get(p)), chunk)
-            updates = [
-                (todo[p], meta) for p, meta in zip(chunk, read, strict=True) if meta is not None
-            ]
-            with conn.transaction():
-                done += store.set_metadata(conn, updates)
+    read = isolated_map(_read, paths, stats, lambda path, reason: reason, workers=workers)
+    for offset in range(0, len(paths), CHUNK):
+        chunk = paths[offset : offset + CHUNK]
+        updates = []
+        for path, meta in zip(chunk, read, strict=False):
+            if isinstance(meta, str):  # its worker died on it
+                if on_skip is not None:
+                    on_skip(path, meta)
+            elif meta is not None:
+                updates.append((todo[path], meta))
+        with conn.transaction():
+            done += store.set_metadata(conn, updates)
     return done

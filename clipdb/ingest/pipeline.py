@@ -1,4 +1,4 @@
-"""Decode in worker processes, encode in batches here, hand rows to the writer thread."""
+"""The local engine's work: decode in the decode pool, encode in batches here."""
 
 from __future__ import annotations
 
@@ -11,13 +11,10 @@ from functools import partial
 from typing import Any
 
 from clipdb import decode, device_decode, files
-from clipdb.db import Database
-from clipdb.db.registry import Model
 from clipdb.db.store import ImageRecord
+from clipdb.ingest.decode_pool import MIN_FILES_FOR_POOL, DecodePool
 from clipdb.ingest.options import images_per_s, rate_text
-from clipdb.ingest.writer import BatchWriter
-
-MIN_FILES_FOR_POOL = 16  # fewer files decode faster here than a pool starts
+from clipdb.ingest.writer import Encoded
 
 
 def decoded_images(
@@ -41,15 +38,7 @@ def decoded_images(
     if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
         yield from (task(path, found=stats.get(path)) for path in paths)
         return
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    context = decode.worker_context()
-
-    def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=decode.worker_init
-        )
+    from concurrent.futures import ThreadPoolExecutor
 
     def in_thread(path: str) -> decode.Decoded:
         found = stats.get(path)
@@ -61,45 +50,21 @@ def decoded_images(
             return pool.submit(task, path, found=found).result()
         return prepared
 
-    def submit(path: str) -> tuple[str, Future[decode.Decoded]]:
+    def submit(path: str) -> Future[decode.Decoded]:
         if threads is not None and path.lower().endswith(device_decode.JPEG_SUFFIXES):
-            return path, threads.submit(in_thread, path)
-        return path, pool.submit(task, path, found=stats.get(path))
+            return threads.submit(in_thread, path)
+        return pool.submit(task, path, found=stats.get(path))
 
-    pool = new_pool()
+    pool = DecodePool(workers)
     threads = ThreadPoolExecutor(workers, "clipdb-prepare") if on_device else None
     # Bounded read-ahead: decoding may outrun encoding, and decoded pixels are big.
     ahead = max(read_ahead, 4 * workers)
-    pending: deque[tuple[str, Future[decode.Decoded]]] = deque()
-    remaining = iter(paths)
     try:
-        while True:
-            while len(pending) < ahead and (path := next(remaining, None)) is not None:
-                pending.append(submit(path))
-            if not pending:
-                return
-            try:
-                result = pending[0][1].result()
-            except BrokenProcessPool:
-                # A worker died (a decoder crashed, or the OOM killer): which of the files in
-                # flight did it is unknown, so each is retried alone on a fresh pool; the one
-                # that breaks it again is skipped, the others decode as usual.
-                suspects = [path for path, _ in pending]
-                pending.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = new_pool()
-                for path in suspects:
-                    try:
-                        yield submit(path)[1].result()
-                    except BrokenProcessPool:
-                        yield decode.Decoded(path, reason=files.CRASHED)
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        pool = new_pool()
-                continue
-            pending.popleft()
-            yield result
+        yield from pool.ordered(
+            paths, submit, lambda path, reason: decode.Decoded(path, reason=reason), ahead
+        )
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.close()
         if threads is not None:
             threads.shutdown(wait=False, cancel_futures=True)
 
@@ -137,9 +102,7 @@ class EncodingBar:
         self.bar.close()
 
 
-def encode_and_write(
-    database: Database,
-    model: Model,
+def encoded_batches(
     encoder: Any,
     paths: list[str],
     stats: dict[str, files.FileStat],
@@ -147,82 +110,73 @@ def encode_and_write(
     batch_size: int,
     workers: int,
     max_pixels: int | None,
-    progress: bool,
-    on_skip: Callable[[str, str], None],
-    on_written: Callable[[str], None],
     decode_mode: str = "auto",
-    started: float | None = None,
-) -> None:
-    """Decode, encode and commit ``paths``; ``on_written(path)`` for each row handed over.
-    ``started``: when the pass began (time.perf_counter), the origin of the bar's rate."""
-    pipeline = encoder.pixel_pipeline
+) -> Iterator[Encoded]:
+    """Decode ``paths`` in the decode pool and encode them here in batches: the local
+    engine's rows and skips, in the order they are ready."""
     on_device = device_decode.DeviceDecoder.for_encoder(encoder, decode_mode, max_pixels)
-    writer = BatchWriter(database, model)
-    bar = EncodingBar(len(paths), progress, started)
     batch: list[decode.Decoded] = []
-
     # One batch in flight on CUDA: the next batch is gathered and decoded while the GPU
     # encodes this one (start_encoding returns before the GPU is done).
     in_flight: deque[tuple[device_decode.ModelBatch, Callable[[], Any]]] = deque()
     depth = 1 if device_decode.on_cuda(encoder) else 0
 
-    def flush() -> None:
-        ready = model_batch(encoder, batch, on_device, on_skip)
-        bar.update(len(batch) - len(ready.items))  # skipped by the device path's fallback
+    def flush() -> Iterator[Encoded]:
+        skipped: list[tuple[str, str]] = []  # by the device path's fallback
+        ready = model_batch(encoder, batch, on_device, lambda p, why: skipped.append((p, why)))
         batch.clear()
+        if skipped:
+            yield Encoded(skipped=skipped)
         if ready.items:
             in_flight.append((ready, start_encoding(encoder, ready.pixels)))
         while len(in_flight) > depth:
-            store(*in_flight.popleft())
+            yield records(*in_flight.popleft())
 
-    def store(ready: device_decode.ModelBatch, embeddings: Callable[[], Any]) -> None:
+    def records(ready: device_decode.ModelBatch, embeddings: Callable[[], Any]) -> Encoded:
         kept = ready.finished()
-        records = []
-        for item, embedding in zip(kept, embeddings(), strict=True):
-            stat = stats[item.path]
-            assert item.sha256 is not None
-            records.append(
-                ImageRecord(
-                    item.path,
-                    item.sha256,
-                    stat.size,
-                    stat.mtime_ns,
-                    item.width,
-                    item.height,
-                    embedding,
-                    metadata=item.metadata,
-                    phash=item.phash,
-                )
-            )
-            on_written(item.path)
-        writer.put(records)
-        bar.update(len(kept), written=len(records))
+        return Encoded(
+            [
+                record(item, stats[item.path], embedding)
+                for item, embedding in zip(kept, embeddings(), strict=True)
+            ]
+        )
 
     images = decoded_images(
         paths,
         stats,
-        pipeline,
+        encoder.pixel_pipeline,
         workers=workers,
         read_ahead=2 * batch_size,
         max_pixels=max_pixels,
         on_device=on_device is not None,
     )
-    try:
-        for item in images:
-            if item.reason is not None:
-                on_skip(item.path, item.reason)
-                bar.update(1)
-                continue
-            batch.append(item)
-            if len(batch) >= batch_size:
-                flush()
-        if batch:
-            flush()
-        while in_flight:
-            store(*in_flight.popleft())
-    finally:
-        bar.close()
-        writer.close()  # commits what was queued, also on Ctrl-C
+    for item in images:
+        if item.reason is not None:
+            yield Encoded(skipped=[(item.path, item.reason)])
+            continue
+        batch.append(item)
+        if len(batch) >= batch_size:
+            yield from flush()
+    if batch:
+        yield from flush()
+    while in_flight:
+        yield records(*in_flight.popleft())
+
+
+def record(item: decode.Decoded, stat: files.FileStat, embedding: Any) -> ImageRecord:
+    """The row of a decoded and encoded file, with the identity the scan saw."""
+    assert item.sha256 is not None
+    return ImageRecord(
+        item.path,
+        item.sha256,
+        stat.size,
+        stat.mtime_ns,
+        item.width,
+        item.height,
+        embedding,
+        metadata=item.metadata,
+        phash=item.phash,
+    )
 
 
 def model_batch(

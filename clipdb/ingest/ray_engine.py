@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,10 @@ import numpy as np
 
 from clipdb import files
 from clipdb.config import Settings
-from clipdb.db import Database
-from clipdb.db.registry import Model
 from clipdb.db.store import ImageRecord
 from clipdb.errors import ClipdbError, first_line
 from clipdb.ingest.ray_local import PrivateTemp, start_local_cluster
-from clipdb.ingest.writer import BatchWriter
+from clipdb.ingest.writer import Encoded
 
 INSTALL_HINT = "the Ray engine needs ray: pip install 'clipdb-pg[ray]'"
 ACTOR_PREFIX = "clipdb-encoder"  # named actors: tests (and operators) can find and kill them
@@ -231,23 +229,11 @@ class RayEncoders:
             self.private_temp.remove()  # a mkdtemp of this run's; CLIPDB_HOME/ray stays
             self.private_temp = None
 
-    def encode_and_write(
-        self,
-        database: Database,
-        model: Model,
-        paths: list[str],
-        stats: dict[str, files.FileStat],
-        *,
-        batch_size: int,
-        progress: bool,
-        on_skip: Callable[[str, str], None],
-        on_written: Callable[[str], None],
-        started: float | None = None,
-    ) -> None:
-        """Decode + encode ``paths`` on the actors; commit here as they come back."""
+    def encode(
+        self, paths: list[str], stats: dict[str, files.FileStat], *, batch_size: int
+    ) -> Iterator[Encoded]:
+        """Decode + encode ``paths`` on the actors; their rows and skips as they come back."""
         from ray.util import ActorPool
-
-        from clipdb.ingest.pipeline import EncodingBar
 
         batches = [
             [
@@ -256,17 +242,12 @@ class RayEncoders:
             ]
             for i in range(0, len(paths), batch_size)
         ]
-        writer = BatchWriter(database, model)
-        bar = EncodingBar(len(paths), progress, started)
         handed = 0
-        failure: BaseException | None = None
         try:
             # One batch in flight per actor: the rest wait here as lists of paths.
             for result in ActorPool(self.actors).map_unordered(
                 lambda actor, batch: actor.run.remote(batch), batches
             ):
-                for path, reason in result["skipped"]:
-                    on_skip(path, reason)
                 records = []
                 for index, path in enumerate(result["paths"]):
                     stat = stats[path]
@@ -283,19 +264,12 @@ class RayEncoders:
                             phash=result["phash"][index],
                         )
                     )
-                    on_written(path)
-                writer.put(records)
                 handed += len(records)
-                bar.update(len(result["skipped"]) + len(records), written=len(records))
+                yield Encoded(records, list(result["skipped"]))
         except self.ray.exceptions.RayError as err:
-            failure = err
-        finally:
-            bar.close()
-            writer.close()  # commits what was handed over, also on Ctrl-C or a lost cluster
-            self.close()
-        if failure is not None:
+            # The rows handed over are committed by the writer as this ends the run.
             raise ClipdbError(
-                f"the Ray cluster failed ({cluster_reason(failure)}); {handed} image(s) "
+                f"the Ray cluster failed ({cluster_reason(err)}); {handed} image(s) "
                 "committed, run again to finish"
             ) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from queue import Queue
 from typing import Any
 
@@ -17,6 +18,15 @@ from clipdb.errors import ClipdbError, disk_full, first_line
 WRITE_RETRIES = 3  # deadlocks between concurrent ingesters are retried
 # Seconds to wait before each new try of a batch whose connection was lost (server restart).
 RECONNECT_DELAYS = (1.0, 2.0, 4.0)
+
+
+@dataclass
+class Encoded:
+    """What an engine hands back for some of its files: rows to write, and skips
+    (path, reason)."""
+
+    records: list[ImageRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 class BatchWriter:
