@@ -188,3 +188,22 @@ def test_errors_name_clipdbs_arguments_not_cli_flags() -> None:
         "pass pretrained=FILE (a local checkpoint) or pretrained='none'"
     )
 
+
+def test_extract_image_features_is_the_vector_clipdb_embed_prints(
+    database, tiny_encoder, tmp_path, capsys
+) -> None:
+    from helpers import index_images
+
+    from clipdb.embed.__main__ import main as embed_main
+
+    paths = make_images(tmp_path / "lib", 3, seed=5)
+    index_images(database, tiny_encoder, paths)
+    engine = ["--device", "cpu", "--precision", "fp32", "--backend", "torch"]
+    db = clipdb.ClipDB(TINY_MODEL, "none", database.url, "cpu", "fp32", backend="torch")
+    features = db.extract_image_features(paths[1])
+    model = ["--model", TINY_MODEL, "--pretrained", "none"]
+    assert embed_main([str(paths[1]), "--json", *model, *engine]) == 0
+    embedded = np.array(json.loads(capsys.readouterr().out), dtype=np.float32)
+    assert isinstance(features, np.ndarray) and features.shape == (32,)
+    np.testing.assert_allclose(features, embedded, atol=1e-6)
+    assert abs(float(np.linalg.norm(features)) - 1) < 1e-5
