@@ -11,8 +11,8 @@ Code written for the original tool switches by changing the import and the class
 Differences: the index lives in the database (``build_image_index`` adds to it, so there is no
 need to save and load between runs); ``save_index``/``load_index`` are a portable export/import
 in ``.npz`` form (never pickle); the model is loaded on first use, not in ``__init__``. This
-class is a thin facade: the work is done by :mod:`clipdb.ingest`, :mod:`clipdb.search` and
-:mod:`clipdb.export`, with the same model-choice policy as the CLI and the server.
+class is a thin facade: queries go through :mod:`clipdb.query` (the pipeline the CLI and the
+server use too), indexing through :mod:`clipdb.ingest`, export through :mod:`clipdb.export`.
 """
 
 from __future__ import annotations
@@ -35,15 +35,8 @@ from clipdb.db.registry import Model
 from clipdb.errors import PYTHON, ClipdbError, UsageError
 from clipdb.export import export_index, import_index
 from clipdb.filters import Filters, Near
-from clipdb.search import (
-    SearchOptions,
-    choose_model,
-    image_files,
-    load_model_encoder,
-    open_image,
-    run_batch,
-    search,
-)
+from clipdb.query import EncoderOptions, Query, Searcher
+from clipdb.search import SearchOptions, image_files
 from clipdb.search.output import format_table
 
 if TYPE_CHECKING:
@@ -108,7 +101,10 @@ class ClipDB:
         self.backend = backend
         self._database: Database | None = None
         self._read_database: Database | None = None
-        self._encoder: Encoder | None = None
+        options = EncoderOptions.of(
+            self.settings, device=device, precision=precision, backend=backend
+        )
+        self._searcher = Searcher(self.settings, options, lambda: self.read_database.connect())
 
     @property
     def database(self) -> Database:
@@ -130,40 +126,17 @@ class ClipDB:
     @property
     def encoder(self) -> Encoder:
         """The CLIP model named by the settings (what ``build_image_index`` encodes with)."""
-        if self._encoder is None:
-            from clipdb.encoders import load_encoder
-
-            self._encoder = load_encoder(
-                self.settings.model,
-                self.settings.pretrained,
-                device=self.device,
-                precision=self.precision,
-                backend=self.backend,
-            )
-        return self._encoder
+        return self._searcher.encoder_for(None)
 
     def _searched_model(self) -> Model:
         """The rows searches use: :func:`clipdb.search.choose_model`, as the CLI and server."""
-        with self.read_database.connect() as conn:
-            return choose_model(conn, self.settings)
-
-    def _encoder_for(self, model: Model) -> Encoder:
-        """The encoder that made ``model``'s rows (the settings' one when it is that one)."""
-        if self._encoder is not None and (
-            self._encoder.architecture,
-            self._encoder.pretrained,
-        ) == (model.architecture, model.pretrained):
-            return self._encoder
-        self._encoder = load_model_encoder(
-            model, self.settings, self.device, self.precision, self.backend
-        )
-        return self._encoder
+        return self._searcher.model()
 
     # --- indexing -------------------------------------------------------------------------
 
     def extract_image_features(self, image_path: str | os.PathLike[str]) -> np.ndarray:
         """The normalised embedding of one image file."""
-        return np.asarray(self.encoder.encode_pil([open_image(image_path, self.encoder)])[0])
+        return self._searcher.vector(Query(image=image_path))
 
     def build_image_index(self, image_dir: str | os.PathLike[str], **options: Any) -> Any:
         """Index (or update) the images under ``image_dir``; returns ingest's summary.
@@ -176,10 +149,6 @@ class ClipDB:
         return ingest([image_dir], database=self.database, encoder=self.encoder, **options)
 
     # --- searching ------------------------------------------------------------------------
-
-    def _search(self, model: Model, query: np.ndarray, options: SearchOptions) -> list[Hit]:
-        with self.read_database.connect() as conn:
-            return search(conn, model, query, options)
 
     def search_similar_images(
         self,
@@ -196,14 +165,11 @@ class ClipDB:
         "lat", "lon"}, ...]`` best first. ``filters``: :class:`clipdb.filters.Filters` keywords
         (``after``, ``before``, ``camera``, ``near=(lat, lon, km)``, ``within``, ``sort``,
         ``offset``)."""
-        open_image(query_image_path)  # a missing or broken file fails before anything loads
+        query = Query(image=query_image_path)
         options = SearchOptions(
             top_k, ef_search, _str(under), threshold, _filters(filters), hide_duplicates
         )
-        model = self._searched_model()  # no rows: fail before loading the model
-        encoder = self._encoder_for(model)
-        vector = encoder.encode_pil([open_image(query_image_path, encoder)])[0]
-        return [hit.to_dict() for hit in self._search(model, vector, options)]
+        return [hit.to_dict() for hit in self._searcher.search(query, options)]
 
     def search_by_text(
         self,
@@ -220,9 +186,7 @@ class ClipDB:
         options = SearchOptions(
             top_k, ef_search, _str(under), threshold, _filters(filters), hide_duplicates
         )
-        model = self._searched_model()
-        vector = self._encoder_for(model).encode_texts([text])[0]
-        return [hit.to_dict() for hit in self._search(model, vector, options)]
+        return [hit.to_dict() for hit in self._searcher.search(Query(text=text), options)]
 
     def print_search_results(
         self, query: str | os.PathLike[str], results: Sequence[dict[str, Any]]
@@ -263,15 +227,12 @@ class ClipDB:
         Unreadable images are reported on stderr and left out. With ``save_dir``, also writes
         ``batch_search_results.json`` and one grid PNG per query there.
         """
-        queries = image_files(query_dir)
-        model = self._searched_model()
-        encoder = self._encoder_for(model)
-        with self.read_database.connect() as conn:
-            return run_batch(
-                conn, model, encoder, queries, SearchOptions(k=top_k),
-                out=Path(save_dir) if save_dir is not None else None,
-                on_skip=lambda path, reason: print(f"skipping {path}: {reason}", file=sys.stderr),
-            )  # fmt: skip
+        return self._searcher.batch(
+            image_files(query_dir),
+            SearchOptions(k=top_k),
+            out=Path(save_dir) if save_dir is not None else None,
+            on_skip=lambda path, reason: print(f"skipping {path}: {reason}", file=sys.stderr),
+        )
 
     # --- portable export / import ---------------------------------------------------------
 

@@ -75,6 +75,9 @@ class Settings:
     # Where searches go (a streaming standby, or a libpq multi-host URL); writes stay on
     # database_url. None: reads go to the same database as writes.
     read_database_url: str | None = None
+    # Whether the model was named (--model, CLIPDB_MODEL, ClipDB's model_name) rather than
+    # defaulted: a search by an indexed image follows that image's model only when it was not.
+    model_explicit: bool = False
 
     @classmethod
     def resolve(
@@ -94,6 +97,7 @@ class Settings:
             model=canonical_model_name(model or env.get("CLIPDB_MODEL") or DEFAULT_MODEL),
             pretrained=pretrained or env.get("CLIPDB_PRETRAINED") or None,
             read_database_url=read_database_url or env.get("CLIPDB_READ_DATABASE_URL") or None,
+            model_explicit=bool(model or env.get("CLIPDB_MODEL")),
         )
 
     @classmethod

@@ -24,7 +24,7 @@ from clipdb.export import read_index
 def retriever(database, tiny_encoder, tmp_path):
     """A ClipDB on the test database with 8 images built through build_image_index."""
     db = clipdb.ClipDB(model_name=TINY_MODEL, pretrained="none", database_url=database.url)
-    db._encoder = tiny_encoder  # the session's model, to keep tests fast
+    db._searcher.encoder = tiny_encoder  # the session's model, to keep tests fast
     make_images(tmp_path / "lib", 8, seed=3)
     summary = db.build_image_index(tmp_path / "lib", progress=False, workers=0)
     assert summary.new == 8
@@ -49,7 +49,7 @@ def other_database(pg_server, template_database):
 def test_constructor_takes_the_original_names_and_loads_nothing() -> None:
     db = clipdb.ClipDB(model_name="ViT-B/32")
     assert db.settings.model == "ViT-B-32"
-    assert db._encoder is None and db._database is None
+    assert db._searcher.encoder is None and db._database is None
 
 
 def test_search_similar_images_returns_the_original_format(retriever, tmp_path) -> None:
@@ -118,7 +118,7 @@ def test_save_then_load_into_a_fresh_database_gives_identical_results(
 
     upgrade(other_database)
     fresh = clipdb.ClipDB(TINY_MODEL, pretrained="none", database_url=other_database.url)
-    fresh._encoder = tiny_encoder
+    fresh._searcher.encoder = tiny_encoder
     assert fresh.load_index(index) == 8
     after = fresh.search_similar_images(query, top_k=8)
     assert [(r["image_path"], r["similarity"]) for r in after] == [
@@ -166,7 +166,7 @@ def test_errors_are_clipdb_errors(database, tmp_path) -> None:
         db.search_by_text("anything")
     with pytest.raises(ClipdbError, match="does not exist"):
         db.search_similar_images(tmp_path / "nope.jpg")
-    assert db._encoder is None  # nothing was loaded for queries that cannot run
+    assert db._searcher.encoder is None  # nothing was loaded for queries that cannot run
 
 
 def test_errors_name_clipdbs_arguments_not_cli_flags() -> None:
@@ -188,3 +188,23 @@ def test_errors_name_clipdbs_arguments_not_cli_flags() -> None:
         "pass pretrained=FILE (a local checkpoint) or for seeded random weights "
         "(meaningless results, for a trial run) pretrained='none' or CLIPDB_PRETRAINED=none"
     )
+
+
+def test_extract_image_features_is_the_vector_clipdb_embed_prints(
+    database, tiny_encoder, tmp_path, capsys
+) -> None:
+    from helpers import index_images
+
+    from clipdb.embed.__main__ import main as embed_main
+
+    paths = make_images(tmp_path / "lib", 3, seed=5)
+    index_images(database, tiny_encoder, paths)
+    engine = ["--device", "cpu", "--precision", "fp32", "--backend", "torch"]
+    db = clipdb.ClipDB(TINY_MODEL, "none", database.url, "cpu", "fp32", backend="torch")
+    features = db.extract_image_features(paths[1])
+    model = ["--model", TINY_MODEL, "--pretrained", "none"]
+    assert embed_main([str(paths[1]), "--json", *model, *engine]) == 0
+    embedded = np.array(json.loads(capsys.readouterr().out), dtype=np.float32)
+    assert isinstance(features, np.ndarray) and features.shape == (32,)
+    np.testing.assert_allclose(features, embedded, atol=1e-6)
+    assert abs(float(np.linalg.norm(features)) - 1) < 1e-5

@@ -311,7 +311,7 @@ def test_api_duplicates_and_hide_duplicates_over_http(database, tiny_encoder, tm
         text = c.get("/api/search", params={"text": "x", "k": 4, "hide_duplicates": True})
         assert len(text.json()) == 2
     db = ClipDB(TINY_MODEL, pretrained="none", database_url=database.url)
-    db._encoder = tiny_encoder
+    db._searcher.encoder = tiny_encoder
     assert len(db.search_by_text("x", top_k=4, hide_duplicates=True)) == 2
     assert len(db.search_by_text("x", top_k=4)) == 4
 

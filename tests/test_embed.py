@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import numpy as np
 import pytest
-from helpers import TINY_MODEL, index_images, make_images
+from helpers import TINY_MODEL, index_images, make_images, unit_vectors
 
+from clipdb.config import Settings
 from clipdb.db import Database
+from clipdb.db.registry import register_model
+from clipdb.db.store import ImageRecord, upsert_images
+from clipdb.embed import embed_query
 from clipdb.embed.__main__ import main
+from clipdb.errors import ClipdbError
+from clipdb.query import Query
 
 TINY = ["--model", TINY_MODEL, "--pretrained", "none", "--device", "cpu", "--precision", "fp32"]
 
@@ -76,3 +83,48 @@ def test_http_embed_matches_the_cli(
     assert (body["architecture"], body["pretrained"], body["dim"]) == (TINY_MODEL, "none", 32)
     assert main(["--text", "a red car", "--json", *TINY]) == 0
     np.testing.assert_allclose(body["vector"], json.loads(capsys.readouterr().out), atol=1e-6)
+
+
+def add_row(database: Database, architecture: str, pretrained: str, dim: int) -> None:
+    """One indexed row of another model (no file behind it)."""
+    record = ImageRecord(f"/{pretrained}/0.jpg", bytes(32), 1, 1, 1, 1, unit_vectors(1, dim)[0])
+    with database.connect() as conn:
+        upsert_images(conn, register_model(conn, architecture, pretrained, dim), [record])
+        conn.commit()
+
+
+def test_no_rows_for_the_architecture_falls_back_to_the_weights_the_flags_name(
+    database: Database, tiny_encoder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Another architecture's rows do not count: clipdb-tiny has none, so its named weights.
+    add_row(database, "clipdb-tiny-wide", "none", 48)
+    assert main(["--text", "a red car", "--json", *TINY]) == 0
+    vector = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(vector, tiny_encoder.encode_texts(["a red car"])[0], atol=1e-6)
+
+
+def test_several_weights_indexed_is_an_error_not_a_guess(
+    database: Database, tiny_encoder, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index_images(database, tiny_encoder, make_images(tmp_path, 2))
+    add_row(database, TINY_MODEL, "file:sha256:0123456789abcdef", 32)
+    without_pretrained = [flag for flag in TINY if flag not in ("--pretrained", "none")]
+    assert main(["--text", "a red car", *without_pretrained]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: several weights of clipdb-tiny are indexed")
+    assert err.count("\n") == 1
+
+
+def test_a_database_that_is_down_is_an_error_not_nothing_indexed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql://clipdb@127.0.0.1:{port}/clipdb"
+    settings = Settings.resolve(database_url=url, model=TINY_MODEL, pretrained="none")
+    with pytest.raises(ClipdbError, match="cannot connect to PostgreSQL"):
+        embed_query(settings, Database(url=url), Query(text="a red car"))
+    assert main(["--text", "a red car", "--database-url", url, *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot connect to PostgreSQL") and err.count("\n") == 1

@@ -138,7 +138,7 @@ def test_zero_vector_never_reaches_a_search(database, loader, tiny_encoder, tmp_
     with pytest.raises(ClipdbError, match="row 0 .* not unit length"):
         loader.load_index(crafted)
     loader.load_index(write_index(tmp_path / "fine.npz", index_arrays()))
-    loader._encoder = tiny_encoder
+    loader._searcher.encoder = tiny_encoder
     hits = loader.search_by_text("anything", top_k=5)
     assert len(hits) == 3 and all(np.isfinite(h["similarity"]) for h in hits)
 
@@ -218,7 +218,7 @@ def test_imported_row_never_becomes_another_files_row(
         sha256=np.frombuffer(hashlib.sha256(real.read_bytes()).digest(), np.uint8).reshape(1, 32),
     )
     assert loader.load_index(write_index(tmp_path / "crafted.npz", crafted)) == 1
-    loader._encoder = tiny_encoder
+    loader._searcher.encoder = tiny_encoder
     summary = loader.build_image_index(tmp_path / "lib", progress=False, workers=0)
     assert (summary.new, summary.moved) == (1, 0)
     rows = table(database)

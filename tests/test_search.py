@@ -16,7 +16,7 @@ from PIL import Image
 
 from clipdb import search, viz
 from clipdb.errors import UsageError
-from clipdb.search import Weights, combine_query
+from clipdb.query import Weights, combine_query
 from clipdb.search.__main__ import main
 from clipdb.search.output import result_dicts
 

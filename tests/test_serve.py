@@ -262,7 +262,7 @@ def test_encoding_does_not_block_the_event_loop(database: Database, tiny_encoder
         assert slow["r"].status_code == 200
 
 
-def test_twenty_concurrent_requests_all_succeed(
+def test_twenty_concurrent_requests_answer_as_each_alone(
     database: Database, tiny_encoder: Any, ids: dict, pictures: dict
 ):
     image_ids = list(ids.values())
@@ -282,7 +282,17 @@ def test_twenty_concurrent_requests_all_succeed(
 
         with ThreadPoolExecutor(20) as pool:
             responses = list(pool.map(request, range(20)))
+        alone = [request(index) for index in range(20)]
     assert [r.status_code for r in responses] == [200] * 20
+    for index, (together, single) in enumerate(zip(responses, alone, strict=True)):
+        if index % 4 == 3:  # a thumbnail: the same JPEG bytes
+            assert together.content == single.content, index
+            continue
+        # The same hits in the same order, each with the same similarity.
+        got, expected = together.json(), single.json()
+        assert [h["image_id"] for h in got] == [h["image_id"] for h in expected], index
+        for hit, same in zip(got, expected, strict=True):
+            assert hit == {**same, "similarity": pytest.approx(same["similarity"], abs=1e-6)}
 
 
 def test_main_rejects_an_unknown_model(capsys: pytest.CaptureFixture[str], database: Database):

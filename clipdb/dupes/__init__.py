@@ -254,7 +254,6 @@ def dupes_for(
     settings: Any,
     paths: Sequence[str] | None,
     *,
-    model_given: bool = True,
     with_trees: bool = False,
     **options: Any,
 ) -> tuple[DupesResult, list[str]]:
@@ -267,7 +266,7 @@ def dupes_for(
     with database.connect() as conn:
         if not models_with_rows(conn):
             return DupesResult(), []
-        model = choose_model(conn, settings, model_given=model_given)
+        model = choose_model(conn, settings)
         result = find_duplicates(conn, model, paths, **options)
         trees = queries.indexed_trees(conn, model) if with_trees else []
     return result, trees

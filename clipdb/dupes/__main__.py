@@ -6,7 +6,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -155,7 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         tiers = parse_tiers(args.tier) if args.tier else TIERS
         settings = Settings.from_args(args)
         database = open_database(settings)
-        model_given = bool(args.model or os.environ.get("CLIPDB_MODEL"))
         result, trees = dupes_for(
             database,
             settings,
@@ -163,7 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             tiers=tiers,
             near_distance=args.near_distance,
             similar_threshold=args.similar_threshold,
-            model_given=model_given,
             with_trees=args.script is not None,
         )
         if args.script is not None:

@@ -1,21 +1,24 @@
 """The query embedding of an image or a text, for apps that search in SQL (``clipdb embed``).
 
-The model is the one a search with the same flags would use (:func:`clipdb.search.choose_model`)
-when the database has rows for it, so the vector matches the rows it will be compared with;
-with nothing indexed yet, the weights the flags name.
+The vector is made by the query pipeline (:class:`clipdb.query.Searcher`) with the model a
+search with the same flags would use, so it matches the rows it will be compared with. Only
+when the database has no rows at all for the architecture are the weights the flags name
+(its standard weights by default) used; a database that cannot be reached, or several
+indexed weights to choose from, are errors, never a silent guess.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from clipdb.config import Settings
 from clipdb.db import Database
-from clipdb.errors import ClipdbError, UsageError
-from clipdb.search import choose_model, combine_query, load_model_encoder, open_image
+from clipdb.db.registry import Model, models_with_rows
+from clipdb.errors import UsageError
+from clipdb.query import EncoderOptions, Query, Searcher
+from clipdb.search import choose_model
 
 
 @dataclass(frozen=True)
@@ -33,42 +36,26 @@ class QueryEmbedding:
 
 def embed_query(
     settings: Settings,
-    database: Database | None,
-    *,
-    image: str | os.PathLike[str] | None = None,
-    text: str | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    backend: str = "auto",
+    database: Database,
+    query: Query,
+    options: EncoderOptions | None = None,
 ) -> QueryEmbedding:
-    """L2-normalised embedding of ``image`` and/or ``text`` (both: their normalised mean)."""
-    if image is None and (text is None or not text.strip()):
+    """L2-normalised embedding of the query's image and/or text (both: their normalised
+    mean)."""
+    if query.image is None and (query.text is None or not query.text.strip()):
         raise UsageError("give an IMAGE or a non-empty --text")
-    if image is not None:
-        open_image(image)  # a missing or broken file fails before a model loads
-    encoder = None
-    if database is not None:
-        try:
-            with database.connect() as conn:
-                model = choose_model(conn, settings)
-        except ClipdbError:
-            model = None  # nothing indexed for these flags: the weights they name
-        if model is not None:
-            encoder = load_model_encoder(model, settings, device, precision, backend)
-    if encoder is None:
-        from clipdb.encoders import load_encoder
-
-        encoder = load_encoder(
-            settings.model,
-            settings.pretrained,
-            device=device,
-            precision=precision,
-            backend=backend,
-        )
-    image_vector = text_vector = None
-    if image is not None:
-        image_vector = encoder.encode_pil([open_image(image, encoder)])[0]
-    if text is not None:
-        text_vector = encoder.encode_texts([text])[0]
-    vector = combine_query(image=image_vector, text=text_vector)
+    query.check()  # a missing or broken file fails before a model loads
+    searcher = Searcher(settings, options or EncoderOptions.of(settings), database.connect)
+    model = indexed_model(database, settings)
+    vector = searcher.vector(query, model)
+    encoder = searcher.encoder_for(model)
     return QueryEmbedding(encoder.architecture, encoder.pretrained, vector)
+
+
+def indexed_model(database: Database, settings: Settings) -> Model | None:
+    """The model a search with these settings would use; None only when the architecture has
+    no rows at all. Errors (database down, several weights indexed) propagate."""
+    with database.connect() as conn:
+        if not any(m.architecture == settings.model for m in models_with_rows(conn)):
+            return None
+        return choose_model(conn, settings)

@@ -43,12 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--text is empty; give words to embed")
         from clipdb.db import open_database
         from clipdb.embed import embed_query
+        from clipdb.query import EncoderOptions, Query
 
         settings = Settings.from_args(args)
-        result = embed_query(
-            settings, open_database(settings), image=args.image, text=args.text,
-            device=args.device, precision=args.precision, backend=args.backend,
-        )  # fmt: skip
+        query = Query(image=args.image, text=args.text)
+        options = EncoderOptions.from_args(args, settings)
+        result = embed_query(settings, open_database(settings), query, options)
         if args.json:
             print(json.dumps([float(v) for v in result.vector]))
         else:

@@ -320,7 +320,7 @@ def ingest(
     """Index image files and directories (recursively) into the database; one pass.
 
     ``options`` (or keyword values of :class:`IngestOptions`) say how; ``encoder`` (a loaded
-    :class:`clipdb.encoder.Encoder`) replaces model loading; ``database`` replaces
+    :class:`clipdb.encoders.Encoder`) replaces model loading; ``database`` replaces
     ``open_database(settings)``. Bad files are reported through ``on_skip(path, reason)``
     (default: ``skipping <path>: <reason>`` on stderr) and counted.
     """

@@ -1,8 +1,9 @@
 """Search by image, text or an already indexed image (``clipdb search`` is its CLI).
 
-A query becomes one unit vector, then a top-k SQL query on the chosen model's rows. An indexed
-image (``--like``) needs no model at all: its stored embedding is the query, so that path never
-imports torch (``clipdb.encoder`` is imported lazily, only when something must be encoded).
+Which model's rows a search means (:func:`choose_model`), the top-k search on them
+(:func:`search`, with ``--hide-duplicates``) and batches of image queries. Queries become
+vectors in :mod:`clipdb.query`, the pipeline every surface calls; ``clipdb.encoders`` is
+imported lazily, only when something must be encoded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import psycopg
 from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, MAX_RESULTS, Settings
 from clipdb.db.queries import Hit, arrange, check_result_count, search_vector
 from clipdb.db.registry import Model, image_counts, models_indexing, models_with_rows
-from clipdb.errors import ClipdbError, Option, UsageError
+from clipdb.errors import ClipdbError, Option
 from clipdb.filters import NO_FILTERS, Filters
 from clipdb.models import quick_model_spec
 
@@ -30,58 +31,6 @@ if TYPE_CHECKING:
     from clipdb.encoders import Encoder
 
 BATCH_RESULTS_FILE = "batch_search_results.json"
-DEFAULT_WEIGHTS = (1.0, 1.0, 0.5)  # image, text, minus
-
-
-@dataclass(frozen=True)
-class Weights:
-    """How much each part of a combined query counts (only the ratios matter)."""
-
-    image: float = DEFAULT_WEIGHTS[0]
-    text: float = DEFAULT_WEIGHTS[1]
-    minus: float = DEFAULT_WEIGHTS[2]
-
-    @classmethod
-    def parse(cls, value: str) -> Weights:
-        """``"IMAGE,TEXT"`` or ``"IMAGE,TEXT,MINUS"``, non-negative numbers."""
-        try:
-            numbers = [float(part) for part in value.split(",")]
-        except ValueError:
-            raise UsageError(f"--weights {value!r}: expected numbers like 0.7,0.3") from None
-        if len(numbers) not in (2, 3) or any(not np.isfinite(n) or n < 0 for n in numbers):
-            raise UsageError(
-                f"--weights {value!r}: expected two or three non-negative numbers "
-                "(IMAGE,TEXT[,MINUS])"
-            )
-        return cls(*numbers)
-
-
-def normalise(vector: np.ndarray) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-    norm = float(np.linalg.norm(vector))
-    if norm < 1e-6:
-        raise ClipdbError("the combined query is (almost) zero; change --weights or --minus")
-    return (vector / norm).astype(np.float32)
-
-
-def combine_query(
-    image: np.ndarray | None = None,
-    text: np.ndarray | None = None,
-    minus: Sequence[np.ndarray] = (),
-    weights: Weights = Weights(),
-) -> np.ndarray:
-    """``normalise(Wi*image + Wt*text - Wm*mean(minus))``, each part a unit vector first."""
-    parts = []
-    if image is not None:
-        parts.append(weights.image * normalise(image))
-    if text is not None:
-        parts.append(weights.text * normalise(text))
-    if not parts:
-        raise UsageError("a query needs an image, --like or --text")
-    if minus:
-        away = normalise(np.mean([normalise(m) for m in minus], axis=0))
-        parts.append(-weights.minus * away)
-    return normalise(np.sum(parts, axis=0))
 
 
 # --- reading queries ----------------------------------------------------------------------------
@@ -130,12 +79,12 @@ def choose_model(
     settings: Settings,
     *,
     like: str | None = None,
-    model_given: bool = True,
 ) -> Model:
     """Which model's rows a search means: the one policy for the CLI, ``ClipDB`` and the server.
 
-    1. ``like`` (an indexed image) without an explicit ``--model``: the model that image is
-       indexed under, when that is exactly one (narrowed by ``--pretrained`` when given).
+    1. ``like`` (an indexed image) without an explicit ``--model``
+       (``settings.model_explicit``): the model that image is indexed under, when that is
+       exactly one (narrowed by ``--pretrained`` when given).
     2. ``--pretrained`` given: exactly those weights of ``settings.model``.
     3. ``--pretrained`` omitted: the only weights of ``settings.model`` that have rows; when
        several have rows, the architecture's standard weights if they are among them.
@@ -146,7 +95,7 @@ def choose_model(
     """
     wanted = _pretrained_identity(settings.pretrained)
     with_rows = models_with_rows(conn)
-    if like is not None and not model_given:
+    if like is not None and not settings.model_explicit:
         owner_ids = models_indexing(conn, like)
         owners = [
             m for m in with_rows if m.model_id in owner_ids and wanted in (None, m.pretrained)
@@ -267,32 +216,6 @@ def _search_collapsed(
     narrowed = options.under is not None or options.threshold is not None or rows_only.narrows
     hits = collapse_hits(conn, model, hits, query, wanted, among_hits=narrowed)
     return arrange(hits, options.k, options.filters)
-
-
-def load_model_encoder(
-    model: Model,
-    settings: Settings,
-    device: str = "auto",
-    precision: str = "auto",
-    backend: str = "auto",
-) -> Encoder:
-    """Load the encoder that made ``model``'s rows (a checkpoint file must be passed again)."""
-    from clipdb.encoders import load_encoder
-
-    pretrained = settings.pretrained if model.pretrained.startswith("file:") else model.pretrained
-    if pretrained is None:
-        raise ClipdbError(
-            f"{model} was made from a checkpoint file; pass it with ", Option("pretrained")
-        )
-    # Encoder or OpenVinoEncoder: the same surface (architecture, dim, encode_*).
-    encoder: Encoder = load_encoder(
-        model.architecture, pretrained, device=device, precision=precision, backend=backend
-    )
-    if (encoder.architecture, encoder.pretrained) != (model.architecture, model.pretrained):
-        raise ClipdbError(
-            Option("pretrained", str(settings.pretrained)), f" is not the checkpoint of {model}"
-        )
-    return encoder
 
 
 @dataclass(frozen=True)

@@ -25,21 +25,11 @@ from clipdb.config import (
     add_read_url_argument,
 )
 from clipdb.db import Database, open_database
-from clipdb.db.queries import Hit, indexed_embedding, indexed_path
+from clipdb.db.queries import Hit, indexed_path
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.filters import SORTS, Filters, Near, offset_value, within_value
-from clipdb.search import (
-    BATCH_RESULTS_FILE,
-    SearchOptions,
-    Weights,
-    choose_model,
-    combine_query,
-    image_files,
-    load_model_encoder,
-    open_image,
-    run_batch,
-    search,
-)
+from clipdb.query import EncoderOptions, Query, Searcher, Weights
+from clipdb.search import BATCH_RESULTS_FILE, SearchOptions, image_files
 from clipdb.search.output import (
     format_json,
     format_paths,
@@ -245,34 +235,32 @@ def search_options(args: argparse.Namespace) -> SearchOptions:
     )
 
 
-def run_query(args: argparse.Namespace, settings: Settings, database: Database) -> list[Hit]:
-    """One query from the parsed flags: encode what must be encoded, then search."""
-    weights = Weights.parse(args.weights) if args.weights else Weights()
-    image = open_image(args.query_image) if args.query_image else None
-    needs_encoder = image is not None or args.text is not None or bool(args.minus)
-    model_given = bool(args.model or os.environ.get("CLIPDB_MODEL"))
-    with database.connect() as conn:
-        model = choose_model(conn, settings, like=args.like, model_given=model_given)
-        image_vector = indexed_embedding(conn, model, args.like) if args.like else None
-        text_vector, minus_vectors = None, []
-        if needs_encoder:
-            encoder = load_model_encoder(model, settings, args.device, args.precision, args.backend)
-            if image is not None:
-                image = open_image(args.query_image, encoder)  # at ingest's decoding scale
-                image_vector = encoder.encode_pil([image])[0]
-            if args.text is not None:
-                text_vector = encoder.encode_texts([args.text])[0]
-            minus_vectors = list(encoder.encode_texts(args.minus)) if args.minus else []
-        query = combine_query(image_vector, text_vector, minus_vectors, weights)
-        hits = search(conn, model, query, search_options(args))
-        if args.plot:
-            from clipdb.viz import plot_results
+def searcher(args: argparse.Namespace, settings: Settings, database: Database) -> Searcher:
+    return Searcher(settings, EncoderOptions.from_args(args, settings), database.connect)
 
-            query_path = args.query_image or (
-                indexed_path(conn, model, args.like) if args.like else None
-            )
-            saved = plot_results(hits, args.plot, query_image=query_path, query_text=args.text)
-            print(f"saved plot to {printable(str(saved))}", file=sys.stderr)
+
+def run_query(args: argparse.Namespace, settings: Settings, database: Database) -> list[Hit]:
+    """One query from the parsed flags, through the one query pipeline (clipdb.query)."""
+    query = Query(
+        image=args.query_image,
+        text=args.text,
+        like=args.like,
+        minus=tuple(args.minus),
+        weights=Weights.parse(args.weights) if args.weights else Weights(),
+    )
+    query.check()  # a missing or broken image fails before the database is asked
+    pipeline = searcher(args, settings, database)
+    model = pipeline.model(args.like)
+    hits = pipeline.search(query, search_options(args), model)
+    if args.plot:
+        from clipdb.viz import plot_results
+
+        query_path = args.query_image
+        if args.like:
+            with database.connect() as conn:
+                query_path = indexed_path(conn, model, args.like)
+        saved = plot_results(hits, args.plot, query_image=query_path, query_text=args.text)
+        print(f"saved plot to {printable(str(saved))}", file=sys.stderr)
     return hits
 
 
@@ -287,24 +275,23 @@ def batch(args: argparse.Namespace, settings: Settings, database: Database) -> i
         raise ClipdbError(f"no images in {args.batch}")
     out = Path(args.out)
     skipped = 0
-    with database.connect() as conn:
-        model = choose_model(conn, settings)
-        encoder = load_model_encoder(model, settings, args.device, args.precision, args.backend)
-        progress = tqdm(
-            total=len(queries), desc="searching", unit="query", file=sys.stderr,
-            disable=args.no_progress,
-        )  # fmt: skip
+    pipeline = searcher(args, settings, database)
+    model = pipeline.model()
+    pipeline.encoder_for(model)  # loaded (or refused) before the progress bar shows
+    progress = tqdm(
+        total=len(queries), desc="searching", unit="query", file=sys.stderr,
+        disable=args.no_progress,
+    )  # fmt: skip
 
-        def skip(path: Path, reason: str) -> None:
-            nonlocal skipped
-            skipped += 1
-            progress.write(f"skipping {printable(str(path))}: {reason}", file=sys.stderr)
+    def skip(path: Path, reason: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        progress.write(f"skipping {printable(str(path))}: {reason}", file=sys.stderr)
 
-        with progress:
-            results = run_batch(
-                conn, model, encoder, queries, search_options(args),
-                out=out, on_skip=skip, on_done=lambda: progress.update(1),
-            )  # fmt: skip
+    with progress:
+        results = pipeline.batch(
+            queries, search_options(args), model, out=out, on_skip=skip, on_done=progress.update
+        )
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:

@@ -33,12 +33,15 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from clipdb.config import DEFAULT_TOP_K, Settings
+from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K, Settings
 from clipdb.db import Database
 from clipdb.encoders import Encoder
 from clipdb.errors import ClipdbError, first_line
 from clipdb.filters import NO_FILTERS, Filters
 from clipdb.models import canonical_model_name
+from clipdb.query import EncoderOptions
+from clipdb.query import Query as ServiceQuery
+from clipdb.search import SearchOptions
 from clipdb.serve.docs import mount_offline_docs
 from clipdb.serve.handlers import add_error_handlers
 from clipdb.serve.images import add_image_routes
@@ -114,9 +117,9 @@ def create_app(
         settings,
         database=database,
         encoder=encoder,
-        device=device,
-        precision=precision,
-        backend=backend,
+        encoder_options=EncoderOptions.of(
+            settings, device=device, precision=precision, backend=backend
+        ),
         pool_size=pool_size,
         pool_timeout_s=pool_timeout_s,
         statement_timeout=statement_timeout,
@@ -203,7 +206,7 @@ def create_app(
         if image is None or not (image.filename or image.size):
             if text is None:
                 return None
-            vector = service.encode_query(None, text)
+            vector = service.vector(ServiceQuery(text=text))
             return vector, {"decode": 0.0, "encode": time.perf_counter() - started}
 
         def read() -> bytes:
@@ -266,14 +269,10 @@ def create_app(
         hide_duplicates: bool,
     ) -> Response:
         started = time.perf_counter()
-        hits = service.search(
-            vector,
-            k,
-            threshold=threshold,
-            under=under or None,
-            filters=filters,
-            hide_duplicates=hide_duplicates,
+        options = SearchOptions(
+            k, DEFAULT_EF_SEARCH, under or None, threshold, filters, hide_duplicates
         )
+        hits = service.search(vector, options)
         phases["db"] = time.perf_counter() - started
         return JSONResponse([hit.to_dict() for hit in hits], headers=_server_timing(**phases))
 
@@ -306,14 +305,11 @@ def create_app(
         """Results as a list of ``{rank, image_path, similarity, filename, image_id}``."""
         started = time.perf_counter()
         try:
-            vector = service.indexed_vector(image_id)
+            vector = service.vector(ServiceQuery(like=image_id))
         except LookupError as err:
             raise HTTPException(404, str(err)) from None
-        hits = service.search(vector, k, threshold=threshold, under=under or None, filters=filters)
-        return JSONResponse(
-            [hit.to_dict() for hit in hits],
-            headers=_server_timing(db=time.perf_counter() - started),
-        )
+        phases = {"lookup": time.perf_counter() - started}
+        return _search(vector, phases, k, threshold, under, filters, False)
 
     add_image_routes(app, service)
 

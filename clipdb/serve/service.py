@@ -1,8 +1,8 @@
 """What a server keeps between requests: a connection pool, the model row, the encoder, thumbnails.
 
-The rows it searches are chosen by :func:`clipdb.search.choose_model`, the same policy the CLI
-and ``ClipDB`` use, and searches go through :func:`clipdb.search.search`, so the server and
-the CLI answer the same flags with the same rows and the same ef_search rule.
+Queries go through a :class:`clipdb.query.Searcher`, the pipeline the CLI and ``ClipDB`` use:
+the same model choice, encoder loading, vector maths and search, so the server and the CLI
+answer the same flags with the same rows and the same ef_search rule.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import numpy as np
 import psycopg
 
 from clipdb import decode, files
-from clipdb.config import DEFAULT_EF_SEARCH, Settings, statement_timeout_s
+from clipdb.config import Settings, statement_timeout_s
 from clipdb.db import Database, database_status, open_database
 from clipdb.db import queries as db_queries
 from clipdb.db.registry import Model
-from clipdb.filters import NO_FILTERS, Filters
 from clipdb.models import RANDOM_WEIGHTS
-from clipdb.search import SearchOptions, choose_model, combine_query, load_model_encoder, search
+from clipdb.query import EncoderOptions, Query, Searcher
+from clipdb.search import SearchOptions
 from clipdb.serve.limits import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_PIXELS,
@@ -41,8 +41,6 @@ from clipdb.serve.pool import POOL_TIMEOUT_S, DatabaseDown, QueryTimeout, Server
 from clipdb.thumbnail import make_thumbnail
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from clipdb.encoders import Encoder
 
 __all__ = ["Busy", "DatabaseDown", "FileChanged", "QueryTimeout", "SearchService"]
@@ -81,9 +79,7 @@ class SearchService:
         *,
         database: Database | None = None,
         encoder: Encoder | None = None,
-        device: str = "auto",
-        precision: str = "auto",
-        backend: str = "auto",
+        encoder_options: EncoderOptions | None = None,
         pool_size: int = 8,
         pool_timeout_s: float = POOL_TIMEOUT_S,
         statement_timeout: float | None = None,
@@ -94,11 +90,14 @@ class SearchService:
         self.max_pixels = max_pixels
         self.max_upload_pixels = max_upload_pixels
         self._database = database
-        self._device, self._precision, self._backend = device, precision, backend
-        self._encoder = encoder
-        self._model: Model | None = None
         self._lock = threading.Lock()
-        self._encode_lock = threading.Lock()
+        self.searcher = Searcher(
+            settings,
+            encoder_options or EncoderOptions.of(settings),
+            self.connection,
+            encoder=encoder,
+            keep_model=True,  # one model, chosen once, whatever the query
+        )
         self._thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE_ENTRIES)(self._render_thumbnail)
         self._rendering: dict[tuple[int, int], threading.Lock] = {}  # one decode per key
         self.pool = ServerPool(
@@ -137,38 +136,18 @@ class SearchService:
 
     @property
     def encoder_loaded(self) -> bool:
-        return self._encoder is not None
+        return self.searcher.encoder is not None
 
     def model(self) -> Model:
         """The registered model whose rows this server searches (chosen once)."""
-        if self._model is None:
-            if self._encoder is not None:
-                settings = Settings.resolve(
-                    database_url=self.settings.database_url,
-                    read_database_url=self.settings.read_database_url,
-                    model=self._encoder.architecture,
-                    pretrained=self._encoder.pretrained,
-                )
-            else:
-                settings = self.settings
-            with self.connection() as conn:
-                self._model = choose_model(conn, settings)
-        return self._model
+        return self.searcher.model()
 
     def encoder(self) -> Encoder:
         """The CLIP encoder of the served model, loaded on first use and then kept."""
-        if self._encoder is None:
-            model = self.model()
-            with self._encode_lock:
-                if self._encoder is None:
-                    self._encoder = load_model_encoder(
-                        model, self.settings, self._device, self._precision, self._backend
-                    )
-        return self._encoder
+        return self.searcher.encoder_for(self.model())
 
     def warm(self) -> None:
         """Choose the model and load the encoder now, so the first query is fast."""
-        self.model()
         self.encoder()
 
     def encode_upload(
@@ -186,33 +165,16 @@ class SearchService:
         with self.decode_slots.held():
             image = decode_upload(read(), max_pixels=self.max_upload_pixels, small_side=small_side)
             decoded = time.perf_counter() - started
-            vector = self.encode_query(image, text)
+            vector = self.vector(Query(picture=image, text=text))
             del image  # before the slot is released (and the heap trimmed)
         return vector, decoded
 
-    def encode_query(self, image: Image.Image | None, text: str | None) -> np.ndarray:
-        encoder = self.encoder()
-        # Concurrent forward passes on a few CPU cores only slow each other down.
-        with self._encode_lock:
-            image_vector = encoder.encode_pil([image])[0] if image is not None else None
-            text_vector = encoder.encode_texts([text])[0] if text else None
-        # The CLI's combination with its default 1:1 weights: the normalised mean.
-        return combine_query(image=image_vector, text=text_vector)
+    def vector(self, query: Query) -> np.ndarray:
+        """The query vector on the served model (``text`` + picture: the normalised mean)."""
+        return self.searcher.vector(query, self.model())
 
-    def search(
-        self,
-        vector: np.ndarray,
-        k: int,
-        *,
-        threshold: float | None,
-        under: str | None,
-        filters: Filters = NO_FILTERS,
-        hide_duplicates: bool = False,
-    ) -> list[db_queries.Hit]:
-        model = self.model()
-        options = SearchOptions(k, DEFAULT_EF_SEARCH, under, threshold, filters, hide_duplicates)
-        with self.connection() as conn:
-            return search(conn, model, vector, options)
+    def search(self, vector: np.ndarray, options: SearchOptions) -> list[db_queries.Hit]:
+        return self.searcher.top_k(vector, options, self.model())
 
     def duplicates(self, tiers: tuple[str, ...]) -> list[dict[str, Any]]:
         """Duplicate groups of the served model (``clipdb dupes --json``)."""
@@ -222,14 +184,6 @@ class SearchService:
         with self.scan_slots.held(), self.connection() as conn:
             result = find_duplicates(conn, model, tiers=tiers)
         return [group.to_dict() for group in result.groups]
-
-    def indexed_vector(self, image_id: int) -> np.ndarray:
-        model = self.model()
-        with self.connection() as conn:
-            found = db_queries.embedding_by_id(conn, model, image_id)
-        if found is None:
-            raise LookupError(f"no image with id {image_id} is indexed with model {model}")
-        return found
 
     def thumbnail(self, image_id: int, size: int = THUMBNAIL_SIZE) -> bytes:
         """JPEG bytes of the indexed file, if it still is the file that was indexed.
@@ -288,17 +242,18 @@ class SearchService:
 
     def stats(self) -> dict[str, Any]:
         status = database_status(self.database)
+        model, encoder = self.searcher.chosen_model, self.searcher.encoder
         serving: dict[str, Any] = {
-            "architecture": self._model.architecture if self._model else self.settings.model,
-            "pretrained": self._model.pretrained if self._model else self.settings.pretrained,
-            "model_id": self._model.model_id if self._model else None,
+            "architecture": model.architecture if model else self.settings.model,
+            "pretrained": model.pretrained if model else self.settings.pretrained,
+            "model_id": model.model_id if model else None,
             "encoder_loaded": self.encoder_loaded,
         }
         serving["random_weights"] = serving["pretrained"] == RANDOM_WEIGHTS
-        if self._encoder is not None:
-            serving["device"] = str(self._encoder.device)
-            serving["precision"] = self._encoder.precision
-            serving["backend"] = getattr(self._encoder, "backend", "torch")
+        if encoder is not None:
+            serving["device"] = str(encoder.device)
+            serving["precision"] = encoder.precision
+            serving["backend"] = getattr(encoder, "backend", "torch")
         cache = self._thumbnail.cache_info()
         return {
             "server": status.server,
