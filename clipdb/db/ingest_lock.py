@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -54,7 +54,11 @@ def ingest_lock(
             _acquire(conn, model_label, root, wait_s)
         yield
     finally:
-        conn.close()  # a session's advisory locks end with it
+        # Released here, not only by closing: the server ends a closed session a moment after
+        # the client, and a next run of this process would find its own lock still held.
+        with suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock_all()")
+        conn.close()
 
 
 def _acquire(conn: psycopg.Connection[Any], label: str, root: str, wait_s: float) -> None:
