@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clipdb.config import BACKENDS, DEVICES, PRECISIONS
 from clipdb.errors import UsageError
 from clipdb.ingest.plan import SkipCallback
-
-if TYPE_CHECKING:  # ray_engine imports numpy and the writer: only for the annotation
-    from clipdb.ingest.ray_engine import EncoderWorker
 
 ENGINES = ("local", "ray")
 DECODE_MODES = ("auto", "cpu", "device")  # auto: on the device when the encoder is on CUDA
@@ -47,9 +44,11 @@ class IngestOptions:
     # End any role's sessions that hold up the index DDL past CLIPDB_LOCK_WAIT (clipdb_reader's
     # are ended without it): clipdb.db.blockers.
     terminate_blockers: bool = False
-    # The Ray actors' class (None: EncoderWorker); a subclass can wrap ``run``, e.g. to
-    # report or hold batches. Library only: the CLI always runs EncoderWorker.
-    ray_worker_class: type[EncoderWorker] | None = None
+    # The Ray actors' class (None: clipdb.ingest.ray_engine.EncoderWorker); a subclass can
+    # wrap ``run``, e.g. to report or hold batches. Library only: the CLI always runs
+    # EncoderWorker. Typed loosely so that options import nothing of the engines (the Ray
+    # engine imports the pipeline, which imports these options).
+    ray_worker_class: type[Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
