@@ -384,7 +384,8 @@ class ModelBatch:
             copied.synchronize()
         hashes = iter(square_phash(square) for square in host.numpy())
         return [
-            item if item.phash is not None or item.pixels is not None
+            item
+            if item.phash is not None or item.pixels is not None
             else dataclasses.replace(item, phash=next(hashes))
             for item in self.items
-        ]  # fmt: skip
+        ]

@@ -104,9 +104,15 @@ def _show(axes: Axes, path: str | os.PathLike[str] | None, caption: str) -> None
     image = _thumbnail(path) if path is not None else None
     if image is None:
         axes.text(
-            0.5, 0.5, "unreadable", ha="center", va="center", color="0.4", fontsize=10,
+            0.5,
+            0.5,
+            "unreadable",
+            ha="center",
+            va="center",
+            color="0.4",
+            fontsize=10,
             parse_math=False,
-        )  # fmt: skip
+        )
         axes.add_patch(_frame(axes))
     else:
         # aspect="equal" keeps the picture's proportions inside its cell.

@@ -66,9 +66,13 @@ def _run_pg(args: list[str], *, what: str, timeout: float = START_TIMEOUT_S) -> 
     with tempfile.TemporaryFile("w+") as output:
         # Files, not pipes: pg_ctl's forked server keeps pipes open and would hang us.
         result = subprocess.run(
-            args, stdout=output, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+            args,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
             **access.as_server_user(access.server_user()),
-        )  # fmt: skip
+        )
         if result.returncode != 0:
             output.seek(0)
             lines = [line for line in output.read().splitlines() if line.strip()]
@@ -203,8 +207,10 @@ def _ensure_server(opened: safe_dir.SafeDir, user: access.ServerUser | None) -> 
             _run_pg(
                 [
                     _bin("initdb"),
-                    "-D", str(pgdata),
-                    "-U", SUPERUSER,
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    SUPERUSER,
                     "--auth-local=peer",  # then write_auth's mapped peer
                     "--auth-host=reject",  # no TCP listener either
                     "--encoding=UTF8",
@@ -212,7 +218,7 @@ def _ensure_server(opened: safe_dir.SafeDir, user: access.ServerUser | None) -> 
                     "--no-instructions",
                 ],
                 what="initdb",
-            )  # fmt: skip
+            )
         access.write_auth(pgdata, user)
         socket_dir = _socket_dir(home)
         in_home = socket_dir.parent == home
@@ -224,11 +230,20 @@ def _ensure_server(opened: safe_dir.SafeDir, user: access.ServerUser | None) -> 
         )
         _run_pg(
             [
-                _bin("pg_ctl"), "start", "-w", "-t", str(START_TIMEOUT_S),
-                "-D", str(pgdata), "-l", str(pgdata / "postgres.log"), "-o", options,
+                _bin("pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
+                "-D",
+                str(pgdata),
+                "-l",
+                str(pgdata / "postgres.log"),
+                "-o",
+                options,
             ],
             what=f"start (see {pgdata / 'postgres.log'})",
-        )  # fmt: skip
+        )
         server = running_server(home)
         if server is None:
             raise ClipdbError(f"embedded PostgreSQL did not come up; see {pgdata / 'postgres.log'}")

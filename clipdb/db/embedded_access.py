@@ -43,10 +43,18 @@ def server_user() -> ServerUser | None:
     except KeyError:
         # Its own group: the server must not run in group 0 and reach root's group files.
         created = subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home",
-             "--shell", "/usr/sbin/nologin", SYSTEM_USER_WHEN_ROOT],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER_WHEN_ROOT,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if created.returncode != 0:
             detail = (created.stderr.strip().splitlines() or ["useradd failed"])[-1]
             raise ClipdbError(
@@ -81,8 +89,10 @@ def check_reach(home: Path, binary: Path, user: ServerUser) -> None:
     script = 'for p do [ -x "$p" ] || { printf %s "$p"; exit 3; }; done'
     result = subprocess.run(
         ["sh", "-c", script, "sh", *map(str, paths)],
-        capture_output=True, text=True, **as_server_user(user),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        **as_server_user(user),
+    )
     if result.returncode == 0:
         return
     blocked = result.stdout

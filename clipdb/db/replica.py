@@ -57,10 +57,22 @@ def replicate(source: Database, target: Path, *, sync: bool = False) -> Embedded
     url = conninfo.make_conninfo(source.url, application_name=name)
     try:
         _run_pg(
-            [_bin("pg_basebackup"), "-D", str(pgdata), "-X", "stream", "-R", "-c", "fast",
-             "-d", url, "--no-password"],
-            what="pg_basebackup", timeout=BASEBACKUP_TIMEOUT_S,
-        )  # fmt: skip
+            [
+                _bin("pg_basebackup"),
+                "-D",
+                str(pgdata),
+                "-X",
+                "stream",
+                "-R",
+                "-c",
+                "fast",
+                "-d",
+                url,
+                "--no-password",
+            ],
+            what="pg_basebackup",
+            timeout=BASEBACKUP_TIMEOUT_S,
+        )
     except ClipdbError as err:
         detail = str(err).split("pg_basebackup failed: ", 1)[-1]
         raise ClipdbError(f"cannot replicate from {where}: {detail}") from None
@@ -197,12 +209,14 @@ def replication_status(conn: psycopg.Connection[Any]) -> Replication:
     ).fetchall()
     replicas = [
         ReplicaLag(
-            name=r[0], state=r[1], sync_state=r[2],
+            name=r[0],
+            state=r[1],
+            sync_state=r[2],
             replay_lag_bytes=None if r[3] is None else int(r[3]),
             replay_lag_s=None if r[4] is None else float(r[4]),
         )
         for r in rows
-    ]  # fmt: skip
+    ]
     return Replication(role="primary", replicas=replicas)
 
 

@@ -194,9 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             try:
                 watch(
-                    args.paths, options, settings=settings, interval=args.interval,
+                    args.paths,
+                    options,
+                    settings=settings,
+                    interval=args.interval,
                     on_pass=_watch_reporter(report, announce),
-                )  # fmt: skip
+                )
             except KeyboardInterrupt:
                 print("stopped watching", file=sys.stderr)
             return 0

@@ -279,9 +279,12 @@ def batch(args: argparse.Namespace, settings: Settings, database: Database) -> i
     model = pipeline.model()
     pipeline.encoder_for(model)  # loaded (or refused) before the progress bar shows
     progress = tqdm(
-        total=len(queries), desc="searching", unit="query", file=sys.stderr,
+        total=len(queries),
+        desc="searching",
+        unit="query",
+        file=sys.stderr,
         disable=args.no_progress,
-    )  # fmt: skip
+    )
 
     def skip(path: Path, reason: str) -> None:
         nonlocal skipped
