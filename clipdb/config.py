@@ -160,3 +160,28 @@ def add_read_url_argument(parser: argparse.ArgumentParser) -> None:
         "multi-host URL with target_session_attrs/load_balance_hosts "
         "(env CLIPDB_READ_DATABASE_URL; default: the database itself)",
     )
+
+
+# --- settings of one component each (read here, like every CLIPDB_* variable) ----------------
+
+
+def model_config_dirs() -> list[str]:
+    """``CLIPDB_MODEL_CONFIGS``: folders of extra open_clip JSON configs (os.pathsep-separated)."""
+    return [part for part in os.environ.get("CLIPDB_MODEL_CONFIGS", "").split(os.pathsep) if part]
+
+
+def allowed_hosts_env() -> list[str]:
+    """``CLIPDB_ALLOWED_HOSTS``: comma-separated Host names the server accepts besides its own."""
+    return [name.strip() for name in os.environ.get("CLIPDB_ALLOWED_HOSTS", "").split(",")]
+
+
+def pg_shared_buffers_override() -> str | None:
+    """``CLIPDB_PG_SHARED_BUFFERS``: the embedded server's shared_buffers (e.g. ``2GB``)."""
+    return os.environ.get("CLIPDB_PG_SHARED_BUFFERS") or None
+
+
+def openvino_cache_root() -> Path:
+    """``CLIPDB_OPENVINO_CACHE`` (one cache shared by several homes; the tests use it), else
+    ``CLIPDB_HOME/openvino``."""
+    root = os.environ.get("CLIPDB_OPENVINO_CACHE")
+    return Path(root) if root else Settings.resolve().home / "openvino"

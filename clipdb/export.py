@@ -23,6 +23,7 @@ import numpy as np
 import numpy.lib.format as npformat
 import psycopg
 
+from clipdb.config import model_config_dirs
 from clipdb.db.queries import as_array, export_rows
 from clipdb.db.registry import Model, register_model
 from clipdb.db.store import ImageRecord, upsert_images
@@ -274,7 +275,7 @@ def _config_dim(architecture: str) -> int | None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", architecture):
         return None  # never a file name built from a crafted string
     spec = importlib.util.find_spec("open_clip")
-    places = [os.environ.get("CLIPDB_MODEL_CONFIGS", "")]
+    places = model_config_dirs()
     places += [
         os.path.join(p, "model_configs") for p in (spec and spec.submodule_search_locations) or []
     ]

@@ -23,7 +23,6 @@ from clipdb.errors import UsageError
 
 SORTS = ("relevance", "date", "-date")
 MAX_OFFSET = 100_000
-EARTH_RADIUS_KM = 6371.0088
 
 
 def parse_when(value: str | datetime | date | None, flag: str) -> datetime | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipdb.config import pg_shared_buffers_override
 from clipdb.db import embedded_access as access
 from clipdb.db import safe_dir
 from clipdb.db.embedded_access import SUPERUSER
@@ -138,7 +139,7 @@ def shared_buffers() -> str:
     bench/results/SCALE.md). 1/8 leaves most memory to the encoder and the OS. Pages are only
     backed as they are used. ``CLIPDB_PG_SHARED_BUFFERS`` (e.g. ``2GB``) overrides it.
     """
-    override = os.environ.get("CLIPDB_PG_SHARED_BUFFERS")
+    override = pg_shared_buffers_override()
     if override:
         if not re.fullmatch(r"\d+(kB|MB|GB)?", override):
             raise ClipdbError(

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from clipdb.config import openvino_cache_root
 from clipdb.encoders.device import cpu_has_fast_bf16
 from clipdb.encoders.torch import encode_text_prefix, text_is_causal_argmax
 from clipdb.models import ModelSpec, file_sha256
@@ -163,15 +164,11 @@ def cache_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:
     """The cache folder of ``spec`` and the precision the compiled model runs at."""
     import openvino
 
-    from clipdb.config import Settings
-
     chosen = precision
     if precision in ("auto", "fp16"):
         chosen = "bf16" if cpu_has_fast_bf16() else "fp32"
     weights = "int8" if chosen == "int8" else "fp32"
-    # CLIPDB_OPENVINO_CACHE: one cache shared by several homes (the test suite uses it).
-    root = os.environ.get("CLIPDB_OPENVINO_CACHE") or Settings.resolve().home / "openvino"
-    return Path(root) / cache_key(spec, weights, openvino.get_version()), chosen
+    return openvino_cache_root() / cache_key(spec, weights, openvino.get_version()), chosen
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from clipdb.config import model_config_dirs
 from clipdb.errors import ClipdbError, Option, UsageError, WeightsUnavailable
 from clipdb.models import RANDOM_WEIGHTS, ModelSpec, canonical_model_name, file_identity
 
@@ -24,11 +25,9 @@ def register_model_configs() -> None:
     """Add architectures from ``CLIPDB_MODEL_CONFIGS`` (a dir of open_clip JSON configs)."""
     import open_clip
 
-    extra = os.environ.get("CLIPDB_MODEL_CONFIGS")
-    if extra:
-        for directory in extra.split(os.pathsep):
-            if directory and Path(directory).is_dir():
-                open_clip.add_model_config(directory)
+    for directory in model_config_dirs():
+        if Path(directory).is_dir():
+            open_clip.add_model_config(directory)
 
 
 def known_architectures() -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +19,7 @@ from clipdb.config import (
     Settings,
     add_common_arguments,
     add_read_url_argument,
+    allowed_hosts_env,
     statement_timeout_s,
 )
 from clipdb.errors import ClipdbError
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def allowed_hosts(args: argparse.Namespace) -> list[str]:
     """Host names to accept besides localhost: --host, --allow-host, CLIPDB_ALLOWED_HOSTS."""
     names = [args.host, *args.allow_host]
-    names += os.environ.get("CLIPDB_ALLOWED_HOSTS", "").split(",")
+    names += allowed_hosts_env()
     # A wildcard bind address is no name a client would send.
     return [name.strip() for name in names if name.strip() not in ("", "0.0.0.0", "::")]
 
