@@ -350,3 +350,50 @@ def test_dates_sort_and_date_range(database: Database, tiny_encoder: Any, tmp_pa
             expect(cards).to_have_count(3)
         finally:
             browser.close()
+
+
+def test_an_older_answer_arriving_last_never_replaces_the_newer(
+    database: Database, tiny_encoder: Any, tmp_path: Path
+):
+    """Two searches in flight (a date range typed field by field): the first answer is held
+    until the second has been shown, then let through; the page keeps the second's results."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    pictures = make_images(tmp_path / "pictures", 8, size=(64, 48), seed=3)
+    index_images(database, tiny_encoder, pictures)
+    held: list[Route] = []
+
+    def hold_the_first(route: Route) -> None:
+        if not held:
+            held.append(route)  # answered later, by the test
+        else:
+            route.continue_()
+
+    with (
+        running(create_app(database, encoder=tiny_encoder)) as url,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            expect(page.locator("#model")).to_contain_text("clipdb-tiny")
+            page.route("**/api/search", hold_the_first)
+            page.fill("#text-input", "a photo")
+            page.fill("#k-input", "7")
+            page.click("#search-button")  # held
+            expect(page.locator("#status")).to_contain_text("Searching")
+            page.fill("#k-input", "2")
+            page.click("#search-button")  # answered at once
+            cards = page.locator("#results .result")
+            expect(cards).to_have_count(2)
+            expect(page.locator("#status")).to_contain_text("2 results")
+            assert len(held) == 1
+            with page.expect_response("**/api/search") as first:
+                held[0].continue_()
+            assert len(first.value.json()) == 7  # the old answer did arrive
+            page.evaluate("() => new Promise(r => setTimeout(r, 0))")  # let its handler run
+            expect(cards).to_have_count(2)
+            expect(page.locator("#status")).to_contain_text("2 results")
+        finally:
+            browser.close()

@@ -98,21 +98,29 @@ async function errorMessage(response) {
   return `${response.status} ${response.statusText}`;
 }
 
+// Searches run one after another as the user changes dates or order; answers can come back
+// in another order. Only the newest search may paint the results (an older, slower answer that
+// arrives later would show results for filters no longer on screen).
+let newestRun = 0;
+
 async function run(label, request) {
+  const mine = ++newestRun;
   setStatus(`Searching ${label}…`);
   const started = performance.now();
   let response;
   try {
     response = await request();
   } catch (err) {
-    setStatus(`Search failed: ${err}`, true);
+    if (mine === newestRun) setStatus(`Search failed: ${err}`, true);
     return;
   }
+  if (mine !== newestRun) return;
   if (!response.ok) {
     setStatus(await errorMessage(response), true);
     return;
   }
   const hits = await response.json();
+  if (mine !== newestRun) return;
   const ms = Math.round(performance.now() - started);
   render(hits);
   results.dataset.query = label;
