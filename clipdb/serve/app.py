@@ -108,15 +108,20 @@ def create_app(
     app.state.service = service
     app.state.header_timeout_s = header_timeout_s  # read by server.server_config
     _add_middleware(app, max_upload_bytes, body_timeout_s, allowed_hosts)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     add_error_handlers(app)
+    _add_routes(app, service, max_upload_bytes)
+    return app
+
+
+def _add_routes(app: FastAPI, service: SearchService, max_upload_bytes: int) -> None:
+    """Each area's routes, in the order they are matched and listed in the API docs."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(page_router())
     app.include_router(search_router(service, max_upload_bytes))
     app.include_router(dupes_router(service))
     app.include_router(similar_router(service))
     app.include_router(image_router(service))
     app.include_router(status_router(service))
-    return app
 
 
 def _settings(
