@@ -91,65 +91,79 @@ def scan(roots: Iterable[str | os.PathLike[str]], exclude: Sequence[str] = ()) -
     Symlinks are followed; each directory is visited once, so symlink loops cannot hang.
     Paths stay as found (``os.path.abspath``, links not resolved) and come back sorted.
     """
-    result = ScanResult()
-    seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[str] = set()
+    scanner = _Scanner(exclude)
+    for raw_root in roots:
+        root = os.path.abspath(os.fspath(raw_root))
+        if os.path.isdir(root):
+            scanner.walk(root, root)
+        else:
+            scanner.add_file(root, explicit=True)
+    scanner.result.files.sort(key=lambda f: f.path)
+    return scanner.result
 
-    def add_file(path: str, explicit: bool) -> None:
-        if path in seen_files or not (explicit or is_image_name(path)):
+
+class _Scanner:
+    """One scan: what it found and skipped, and what it has visited (directories by device
+    and inode, so a link back up is not walked again)."""
+
+    def __init__(self, exclude: Sequence[str]) -> None:
+        self.exclude = exclude
+        self.result = ScanResult()
+        self.seen_dirs: set[tuple[int, int]] = set()
+        self.seen_files: set[str] = set()
+
+    def add_file(self, path: str, explicit: bool) -> None:
+        if path in self.seen_files or not (explicit or is_image_name(path)):
             return
-        seen_files.add(path)
+        self.seen_files.add(path)
         try:
             info = os.stat(path)
         except OSError as err:
             reason = stat_reason(err)
             if err.errno == errno.ENOENT and os.path.islink(path):
                 reason = BROKEN_SYMLINK
-            result.skipped.append((path, reason))
+            self.result.skipped.append((path, reason))
             return
         if not stat.S_ISREG(info.st_mode):
-            result.skipped.append((path, NOT_REGULAR))
+            self.result.skipped.append((path, NOT_REGULAR))
             return
         link = os.path.islink(path)
-        result.files.append(FileStat(path, info.st_size, info.st_mtime_ns, link))
+        self.result.files.append(FileStat(path, info.st_size, info.st_mtime_ns, link))
 
-    def walk(directory: str, root: str) -> None:
-        try:
-            info = os.stat(directory)
-        except OSError as err:
-            result.skipped.append((directory, stat_reason(err)))
-            return
-        key = (info.st_dev, info.st_ino)
-        if key in seen_dirs:
-            return
-        seen_dirs.add(key)
-        try:
-            with os.scandir(directory) as entries:
-                names = sorted(entry.name for entry in entries)
-        except OSError as err:
-            result.skipped.append((directory, stat_reason(err)))
+    def walk(self, directory: str, root: str) -> None:
+        names = self._list(directory)
+        if names is None:
             return
         for name in names:
             path = os.path.join(directory, name)
-            if _excluded(path, root, exclude):
+            if _excluded(path, root, self.exclude):
                 continue
             try:
                 is_dir = os.path.isdir(path)  # follows symlinks; False for broken/looping ones
             except OSError:
                 is_dir = False
             if is_dir:
-                walk(path, root)
+                self.walk(path, root)
             else:
-                add_file(path, explicit=False)
+                self.add_file(path, explicit=False)
 
-    for raw_root in roots:
-        root = os.path.abspath(os.fspath(raw_root))
-        if os.path.isdir(root):
-            walk(root, root)
-        else:
-            add_file(root, explicit=True)
-    result.files.sort(key=lambda f: f.path)
-    return result
+    def _list(self, directory: str) -> list[str] | None:
+        """The sorted names in a directory not visited yet; None if visited or unreadable."""
+        try:
+            info = os.stat(directory)
+        except OSError as err:
+            self.result.skipped.append((directory, stat_reason(err)))
+            return None
+        key = (info.st_dev, info.st_ino)
+        if key in self.seen_dirs:
+            return None
+        self.seen_dirs.add(key)
+        try:
+            with os.scandir(directory) as entries:
+                return sorted(entry.name for entry in entries)
+        except OSError as err:
+            self.result.skipped.append((directory, stat_reason(err)))
+            return None
 
 
 def db_path(path: str) -> tuple[str, bytes | None]:

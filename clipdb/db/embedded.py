@@ -204,52 +204,63 @@ def _ensure_server(opened: safe_dir.SafeDir, user: access.ServerUser | None) -> 
                 _reload(server)
             return server
         if not (pgdata / "PG_VERSION").exists():
-            access.private_dir(pgdata, user, parent=opened.fd)
-            _run_pg(
-                [
-                    _bin("initdb"),
-                    "-D",
-                    str(pgdata),
-                    "-U",
-                    SUPERUSER,
-                    "--auth-local=peer",  # then write_auth's mapped peer
-                    "--auth-host=reject",  # no TCP listener either
-                    "--encoding=UTF8",
-                    "--locale=C",
-                    "--no-instructions",
-                ],
-                what="initdb",
-            )
+            _initdb(opened, pgdata, user)
         access.write_auth(pgdata, user)
-        socket_dir = _socket_dir(home)
-        in_home = socket_dir.parent == home
-        access.private_dir(socket_dir, user, parent=opened.fd if in_home else None)
-        options = (
-            f"-c listen_addresses='' -k {socket_dir} "
-            f"-c shared_buffers={shared_buffers()} -c maintenance_work_mem=1GB "
-            "-c max_connections=100"
-        )
-        _run_pg(
-            [
-                _bin("pg_ctl"),
-                "start",
-                "-w",
-                "-t",
-                str(START_TIMEOUT_S),
-                "-D",
-                str(pgdata),
-                "-l",
-                str(pgdata / "postgres.log"),
-                "-o",
-                options,
-            ],
-            what=f"start (see {pgdata / 'postgres.log'})",
-        )
+        _start(opened, pgdata, user)
         server = running_server(home)
         if server is None:
             raise ClipdbError(f"embedded PostgreSQL did not come up; see {pgdata / 'postgres.log'}")
         _ensure_database(server)
         return server
+
+
+def _initdb(opened: safe_dir.SafeDir, pgdata: Path, user: access.ServerUser | None) -> None:
+    """A new cluster in ``pgdata``: local peer connections only, no TCP."""
+    access.private_dir(pgdata, user, parent=opened.fd)
+    _run_pg(
+        [
+            _bin("initdb"),
+            "-D",
+            str(pgdata),
+            "-U",
+            SUPERUSER,
+            "--auth-local=peer",  # then write_auth's mapped peer
+            "--auth-host=reject",  # no TCP listener either
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        ],
+        what="initdb",
+    )
+
+
+def _start(opened: safe_dir.SafeDir, pgdata: Path, user: access.ServerUser | None) -> None:
+    """Start the cluster in ``pgdata``, listening on its private socket directory only."""
+    home = opened.path
+    socket_dir = _socket_dir(home)
+    in_home = socket_dir.parent == home
+    access.private_dir(socket_dir, user, parent=opened.fd if in_home else None)
+    options = (
+        f"-c listen_addresses='' -k {socket_dir} "
+        f"-c shared_buffers={shared_buffers()} -c maintenance_work_mem=1GB "
+        "-c max_connections=100"
+    )
+    _run_pg(
+        [
+            _bin("pg_ctl"),
+            "start",
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "-D",
+            str(pgdata),
+            "-l",
+            str(pgdata / "postgres.log"),
+            "-o",
+            options,
+        ],
+        what=f"start (see {pgdata / 'postgres.log'})",
+    )
 
 
 def _reload(server: EmbeddedServer) -> None:

@@ -69,94 +69,128 @@ def safe_dir(
     the deepest directory that already exists (vetted), and whether it is ``path`` itself,
     before anything is created.
     """
-    me = os.geteuid()
-    absolute = Path.cwd() / path.expanduser()
+    opened = _Walk(what, Path.cwd() / path.expanduser(), mode, check_existing).run()
+    try:
+        yield opened
+    finally:
+        os.close(opened.fd)
 
-    def refuse(why: str) -> ClipdbError:
-        return ClipdbError(f"refusing {what} {absolute}: {why}")
 
-    def unusable(why: str) -> ClipdbError:
-        return ClipdbError(f"{what} {absolute} is not writable: {why}")
+class _Walk:
+    """One walk from ``/`` to a directory: where it stands (``fd``, the directory ``real``
+    names), the names still to walk (the next last), and how it refuses."""
 
-    def trusted(info: os.stat_result, where: Path, *, final: bool) -> None:
-        if info.st_uid not in (me, 0):
-            raise refuse(
+    def __init__(
+        self,
+        what: str,
+        absolute: Path,
+        mode: int | None,
+        check_existing: Callable[[SafeDir, bool], None] | None,
+    ) -> None:
+        self.what, self.absolute = what, absolute
+        self.mode, self.check_existing = mode, check_existing
+        self.me = os.geteuid()
+        self.pending = list(reversed(absolute.parts[1:]))
+        self.real = Path("/")
+        self.fd = -1
+        self.links = 0
+        self.checked = False
+
+    def refuse(self, why: str) -> ClipdbError:
+        return ClipdbError(f"refusing {self.what} {self.absolute}: {why}")
+
+    def unusable(self, why: str) -> ClipdbError:
+        return ClipdbError(f"{self.what} {self.absolute} is not writable: {why}")
+
+    def run(self) -> SafeDir:
+        """Walk every name; the directory at the end, vetted and open (nothing open on error)."""
+        self.fd = os.open("/", _ENTER)
+        try:
+            self._trusted(os.fstat(self.fd), self.real, final=False)
+            while self.pending:
+                self._step(self.pending.pop())
+            self._trusted(os.fstat(self.fd), self.real, final=True)
+            self._check_existing(whole=True)
+        except OSError as err:
+            os.close(self.fd)
+            raise self.unusable(f"{err.strerror or err}") from None
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return SafeDir(self.real, self.fd)
+
+    def _step(self, name: str) -> None:
+        if name in ("", "."):
+            return
+        if name == "..":
+            # Already vetted on the way down.
+            self._move(os.open("..", _ENTER, dir_fd=self.fd), self.real.parent)
+            return
+        try:
+            info = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            self._create(name)
+            return
+        if stat.S_ISLNK(info.st_mode):
+            self._follow_link(name, info)
+        else:
+            self._enter(name, info)
+
+    def _move(self, fd: int, real: Path) -> None:
+        os.close(self.fd)
+        self.fd, self.real = fd, real
+
+    def _check_existing(self, *, whole: bool) -> None:
+        """Call ``check_existing`` on the deepest directory that exists, once."""
+        if not self.checked and self.check_existing is not None:
+            self.check_existing(SafeDir(self.real, self.fd), whole)
+        self.checked = True
+
+    def _create(self, name: str) -> None:
+        self._check_existing(whole=False)
+        child = _make(self.fd, name, self.real / name, self.mode, self.unusable)
+        if child is None:
+            self.pending.append(name)  # made by someone else meanwhile: vet it
+        else:
+            self._move(child, self.real / name)
+
+    def _follow_link(self, name: str, info: os.stat_result) -> None:
+        """Walk a link's target instead of its name, if the caller or root owns it."""
+        if info.st_uid not in (self.me, 0):
+            raise self.refuse(
+                f"{self.real / name} is a symbolic link of {owner_name(info.st_uid)}, who "
+                "could point it anywhere; use the path it points to, if it is yours"
+            )
+        self.links += 1
+        if self.links > _MAX_LINKS:
+            raise self.refuse("too many levels of symbolic links")
+        target = Path(os.readlink(name, dir_fd=self.fd))
+        if target.is_absolute():
+            self._move(os.open("/", _ENTER), Path("/"))
+        self.pending.extend(reversed([part for part in target.parts if part != "/"]))
+
+    def _enter(self, name: str, info: os.stat_result) -> None:
+        if not stat.S_ISDIR(info.st_mode):
+            raise self.unusable(f"{self.real / name} is not a directory")
+        try:
+            child = os.open(name, _ENTER, dir_fd=self.fd)
+        except OSError as err:
+            raise self.unusable(f"cannot enter {self.real / name}: {err.strerror or err}") from None
+        self._move(child, self.real / name)
+        self._trusted(os.fstat(self.fd), self.real, final=False)
+
+    def _trusted(self, info: os.stat_result, where: Path, *, final: bool) -> None:
+        if info.st_uid not in (self.me, 0):
+            raise self.refuse(
                 f"{where} belongs to {owner_name(info.st_uid)}, who could swap what clipdb "
                 "keeps there for links to other files; use a directory of your own"
             )
         loose = stat.S_IMODE(info.st_mode) & _OTHERS_WRITE
         if loose and (final or not info.st_mode & stat.S_ISVTX):
-            raise refuse(
+            raise self.refuse(
                 f"{where} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}), "
                 "who could plant links to other files there; use a directory of your own"
             )
-
-    pending = list(reversed(absolute.parts[1:]))
-    real = Path("/")
-    fd = os.open("/", _ENTER)
-    links = 0
-    checked = False
-    try:
-        trusted(os.fstat(fd), real, final=False)
-        while pending:
-            name = pending.pop()
-            if name in ("", "."):
-                continue
-            if name == "..":
-                parent = os.open("..", _ENTER, dir_fd=fd)
-                os.close(fd)
-                fd, real = parent, real.parent  # already vetted on the way down
-                continue
-            try:
-                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                if not checked and check_existing is not None:
-                    check_existing(SafeDir(real, fd), False)
-                checked = True
-                child = _make(fd, name, real / name, mode, unusable)
-                if child is None:
-                    pending.append(name)  # made by someone else meanwhile: vet it
-                    continue
-                os.close(fd)
-                fd, real = child, real / name
-                continue
-            if stat.S_ISLNK(info.st_mode):
-                if info.st_uid not in (me, 0):
-                    raise refuse(
-                        f"{real / name} is a symbolic link of {owner_name(info.st_uid)}, who "
-                        "could point it anywhere; use the path it points to, if it is yours"
-                    )
-                links += 1
-                if links > _MAX_LINKS:
-                    raise refuse("too many levels of symbolic links")
-                target = Path(os.readlink(name, dir_fd=fd))
-                if target.is_absolute():
-                    os.close(fd)
-                    fd, real = os.open("/", _ENTER), Path("/")
-                pending.extend(reversed([part for part in target.parts if part != "/"]))
-                continue
-            if not stat.S_ISDIR(info.st_mode):
-                raise unusable(f"{real / name} is not a directory")
-            try:
-                child = os.open(name, _ENTER, dir_fd=fd)
-            except OSError as err:
-                raise unusable(f"cannot enter {real / name}: {err.strerror or err}") from None
-            os.close(fd)
-            fd, real = child, real / name
-            trusted(os.fstat(fd), real, final=False)
-        trusted(os.fstat(fd), real, final=True)
-        if not checked and check_existing is not None:
-            check_existing(SafeDir(real, fd), True)
-    except OSError as err:
-        os.close(fd)
-        raise unusable(f"{err.strerror or err}") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    try:
-        yield SafeDir(real, fd)
-    finally:
-        os.close(fd)
 
 
 def _make(

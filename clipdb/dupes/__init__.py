@@ -177,7 +177,26 @@ def find_duplicates(
         rows = [r for r in rows if r.path not in stale]
     by_id = {r.image_id: r for r in rows}
     result.unhashed = sum(1 for r in rows if r.phash is None)
-    hard = _UnionFind()  # exact and near
+    hard, grouped = _hard_groups(conn, model, by_id, tiers, near_distance)
+    result.groups.extend(hard)
+    if "similar" in tiers:
+        result.groups.extend(
+            _similar_groups(conn, model, by_id, grouped, similar_threshold, neighbours)
+        )
+    order = {tier: n for n, tier in enumerate(TIERS)}
+    result.groups.sort(key=lambda g: (order[g.tier], g.kept.image_path))
+    return result
+
+
+def _hard_groups(
+    conn: Any,
+    model: Model,
+    by_id: dict[int, DupeRow],
+    tiers: tuple[str, ...],
+    near_distance: int,
+) -> tuple[list[Group], set[int]]:
+    """The exact and near groups among ``by_id``'s rows, and the ids they hold."""
+    hard = _UnionFind()
     if "exact" in tiers:
         for first, other, _ in queries.pairs(conn, model, "exact", 0):
             if first != other and first in by_id and other in by_id:
@@ -186,36 +205,45 @@ def find_duplicates(
         for a, b, _ in queries.pairs(conn, model, "near", near_distance):
             if a in by_id and b in by_id:
                 hard.union(a, b)
+    groups: list[Group] = []
     grouped: set[int] = set()
     for component in hard.components():
         members = [by_id[i] for i in component]
         grouped.update(component)
-        result.groups.append(_hard_group(members, "near" in tiers))
-    if "similar" in tiers:
-        soft = _UnionFind()
-        for a, b, _ in queries.similar_pairs(conn, model, similar_threshold, neighbours):
-            if a in by_id and b in by_id and a not in grouped and b not in grouped:
-                soft.union(a, b)
-        components = soft.components()
-        kept = {tuple(c): min(c, key=lambda i: keep_key(by_id[i])) for c in components}
-        wanted = [(k, i) for c, k in kept.items() for i in c if i != k]
-        similarity = queries.similarities(conn, model, wanted)
-        for ids, keep in kept.items():
-            members = sorted((by_id[i] for i in ids), key=keep_key)
-            result.groups.append(
-                Group(
-                    "similar",
-                    tuple(
-                        _member(
-                            r, r.image_id == keep, similarity=similarity.get((keep, r.image_id))
-                        )
-                        for r in members
-                    ),
-                )
+        groups.append(_hard_group(members, "near" in tiers))
+    return groups, grouped
+
+
+def _similar_groups(
+    conn: Any,
+    model: Model,
+    by_id: dict[int, DupeRow],
+    grouped: set[int],
+    similar_threshold: float,
+    neighbours: int,
+) -> list[Group]:
+    """The similar groups among ``by_id``'s rows not already in an exact or near group."""
+    soft = _UnionFind()
+    for a, b, _ in queries.similar_pairs(conn, model, similar_threshold, neighbours):
+        if a in by_id and b in by_id and a not in grouped and b not in grouped:
+            soft.union(a, b)
+    components = soft.components()
+    kept = {tuple(c): min(c, key=lambda i: keep_key(by_id[i])) for c in components}
+    wanted = [(k, i) for c, k in kept.items() for i in c if i != k]
+    similarity = queries.similarities(conn, model, wanted)
+    groups: list[Group] = []
+    for ids, keep in kept.items():
+        members = sorted((by_id[i] for i in ids), key=keep_key)
+        groups.append(
+            Group(
+                "similar",
+                tuple(
+                    _member(r, r.image_id == keep, similarity=similarity.get((keep, r.image_id)))
+                    for r in members
+                ),
             )
-    order = {tier: n for n, tier in enumerate(TIERS)}
-    result.groups.sort(key=lambda g: (order[g.tier], g.kept.image_path))
-    return result
+        )
+    return groups
 
 
 def _hard_group(members: list[DupeRow], near: bool) -> Group:

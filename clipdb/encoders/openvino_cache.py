@@ -91,54 +91,16 @@ def convert_towers(
 ) -> None:
     """Convert both towers of a torch open_clip model to IR in ``folder`` (atomically)."""
     global conversions
-    import openvino as ov
-    import torch
-
-    class ImageTower(torch.nn.Module):
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            return self.model.encode_image(pixels).float()  # type: ignore[no-any-return]
+    import openvino as ov  # before anything is made: without it, nothing is
 
     trim = text_is_causal_argmax(clip_model)
-
-    class TextTower(torch.nn.Module):
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            if trim:  # any number of positions: callers cut the padding (encode_texts)
-                return encode_text_prefix(self.model, tokens).float()
-            return self.model.encode_text(tokens).float()  # type: ignore[no-any-return]
-
     clip_model = clip_model.float().eval()
     context = int(getattr(clip_model, "context_length", 77))
-    examples = {
-        "image": (ImageTower(clip_model), torch.zeros(1, 3, *image_size), [-1, 3, *image_size]),
-        "text": (
-            TextTower(clip_model),
-            torch.zeros(1, context, dtype=torch.int64),
-            [-1, -1 if trim else context],
-        ),
-    }
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:
+        _save_towers(ov, _towers(clip_model, image_size, context, trim), weights, staging)
         files: dict[str, str] = {}
-        with torch.inference_mode():
-            for tower, (module, example, shape) in examples.items():
-                converted = ov.convert_model(module, example_input=example, input=[shape])
-                if weights == "int8":
-                    import logging
-
-                    import nncf
-
-                    nncf.set_log_level(logging.ERROR)  # its per-layer tables are not for users
-                    converted = nncf.compress_weights(converted)
-                ov.save_model(converted, staging / f"{tower}.xml", compress_to_fp16=False)
         stats: dict[str, list[int]] = {}
         for name in sorted(os.listdir(staging)):
             files[name] = file_sha256(staging / name)
@@ -158,6 +120,61 @@ def convert_towers(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     conversions += 1
+
+
+def _towers(
+    clip_model: Any, image_size: tuple[int, int], context: int, trim: bool
+) -> dict[str, tuple[Any, Any, list[int]]]:
+    """Each tower as a torch module of its own, with an example input and the input shape
+    (-1: any size) to convert it with. ``trim``: the text tower takes any number of tokens."""
+    import torch
+
+    class ImageTower(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.model.encode_image(pixels).float()  # type: ignore[no-any-return]
+
+    class TextTower(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            if trim:  # any number of positions: callers cut the padding (encode_texts)
+                return encode_text_prefix(self.model, tokens).float()
+            return self.model.encode_text(tokens).float()  # type: ignore[no-any-return]
+
+    return {
+        "image": (ImageTower(clip_model), torch.zeros(1, 3, *image_size), [-1, 3, *image_size]),
+        "text": (
+            TextTower(clip_model),
+            torch.zeros(1, context, dtype=torch.int64),
+            [-1, -1 if trim else context],
+        ),
+    }
+
+
+def _save_towers(
+    ov: Any, towers: dict[str, tuple[Any, Any, list[int]]], weights: str, staging: Path
+) -> None:
+    """Convert each tower with OpenVINO (``ov``) and save it as ``<tower>.xml``/``.bin``;
+    int8: weights compressed."""
+    import torch
+
+    with torch.inference_mode():
+        for tower, (module, example, shape) in towers.items():
+            converted = ov.convert_model(module, example_input=example, input=[shape])
+            if weights == "int8":
+                import logging
+
+                import nncf
+
+                nncf.set_log_level(logging.ERROR)  # its per-layer tables are not for users
+                converted = nncf.compress_weights(converted)
+            ov.save_model(converted, staging / f"{tower}.xml", compress_to_fp16=False)
 
 
 def cache_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:

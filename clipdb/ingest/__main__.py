@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
     add_common_arguments(parser)
     add_encoder_arguments(parser)
+    _add_batch_arguments(parser)
+    _add_file_arguments(parser)
+    _add_output_arguments(parser)
+    _add_engine_arguments(parser)
+    _add_finish_arguments(parser)
+    return parser
+
+
+def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """How much work at once: images per batch, decode processes."""
     parser.add_argument(
         "--batch-size", type=positive_int, default=64, metavar="N", help="images per batch (64)"
     )
@@ -55,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"decode processes (default {default_workers()} here: one per core, at most 8; "
         "0 = none)",
     )
+
+
+def _add_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which files: what is skipped, whether gone ones are forgotten, whether to keep watching."""
     parser.add_argument(
         "--exclude",
         action="append",
@@ -89,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="skip images with more pixels (default: Pillow's decompression-bomb limit)",
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the summary says and how."""
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
         "--verbose",
@@ -96,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also list files skipped by an earlier run and unchanged since (default: one "
         "line counts them)",
     )
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where decoding and encoding run: here or on a Ray cluster, JPEGs on the CPU or device."""
     parser.add_argument(
         "--engine",
         choices=ENGINES,
@@ -123,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where JPEGs are decoded: device (batched on the encoder's device, nvJPEG on "
         "CUDA), cpu (the decode workers) or auto (device when encoding on CUDA; default)",
     )
+
+
+def _add_finish_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the run ends: which replicas it waits for, whom it may end, when it fails."""
     parser.add_argument(
         "--wait-replicas",
         action="store_true",
@@ -141,7 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 1 if any file was skipped (the good files are still indexed and committed)",
     )
-    return parser
 
 
 def ingest_options(args: argparse.Namespace, settings: Settings) -> IngestOptions:

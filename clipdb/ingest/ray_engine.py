@@ -140,6 +140,19 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
+def _actor_shape(resources: dict[str, float], gpus_per_worker: float) -> tuple[int, dict[str, Any]]:
+    """How many actors the cluster's ``resources`` hold, and the Ray options of each."""
+    if gpus_per_worker > 0:
+        count = int(resources.get("GPU", 0) // gpus_per_worker)
+        if count == 0:
+            raise ClipdbError(
+                f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has "
+                f"{resources.get('GPU', 0):g} GPU(s)"
+            )
+        return count, {"num_cpus": 1, "num_gpus": gpus_per_worker}
+    return max(1, int(resources.get("CPU", 1))), {"num_cpus": 1}
+
+
 class RayEncoders:
     """The actors of one ingest pass; ``architecture``/``pretrained``/``dim`` as an encoder.
 
@@ -166,30 +179,11 @@ class RayEncoders:
         self.started = False
         self.private_temp: PrivateTemp | None = None
         try:
-            if not ray.is_initialized():
-                quiet = {"log_to_driver": False, "configure_logging": False}
-                if address is None and not os.environ.get("RAY_ADDRESS"):
-                    home = Settings.resolve().home
-                    self.private_temp = start_local_cluster(ray, home, **quiet)
-                else:
-                    ray.init(address=address, include_dashboard=False, **quiet)
-                self.started = True
-            resources = ray.cluster_resources()
-            if gpus_per_worker > 0:
-                count = int(resources.get("GPU", 0) // gpus_per_worker)
-                if count == 0:
-                    raise ClipdbError(
-                        f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has "
-                        f"{resources.get('GPU', 0):g} GPU(s)"
-                    )
-                options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_worker}
-                threads = 1
-            else:
-                count = max(1, int(resources.get("CPU", 1)))
-                options = {"num_cpus": 1}
-                threads = 1
+            self._connect(address)
+            count, options = _actor_shape(ray.cluster_resources(), gpus_per_worker)
             remote = ray.remote(worker_class)
             run_id = uuid.uuid4().hex[:8]
+            threads = 1  # each actor has one CPU slot
             self.actors = [
                 remote.options(
                     name=f"{ACTOR_PREFIX}-{run_id}-{index}",
@@ -215,6 +209,19 @@ class RayEncoders:
             self.close()
             raise ClipdbError(f"Ray cluster: {cluster_reason(err)}") from None
         self.architecture, self.pretrained, self.dim = identities[0]
+
+    def _connect(self, address: str | None) -> None:
+        """Join the cluster at ``address`` (or RAY_ADDRESS), or start a local one, unless Ray
+        is already initialised in this process."""
+        if self.ray.is_initialized():
+            return
+        quiet = {"log_to_driver": False, "configure_logging": False}
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            home = Settings.resolve().home
+            self.private_temp = start_local_cluster(self.ray, home, **quiet)
+        else:
+            self.ray.init(address=address, include_dashboard=False, **quiet)
+        self.started = True
 
     def close(self) -> None:
         """End this run's actors (and the cluster it started); safe to call twice."""

@@ -58,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(
         "search", "Find indexed images similar to an image, a text, or an indexed image.", EXAMPLES
     )
+    _add_query_arguments(parser)
+    _add_result_arguments(parser)
+    _add_output_arguments(parser)
+    parser.add_argument("--batch", metavar="DIR", help="use every image in DIR as a query")
+    parser.add_argument("--out", metavar="DIR", help="with --batch: where results go")
+    add_encoder_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar for --batch")
+    add_common_arguments(parser)
+    add_read_url_argument(parser)
+    return parser
+
+
+def _add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is searched for: an image, a text, an indexed image, and how they mix."""
     parser.add_argument("query_image", nargs="?", metavar="QUERY_IMAGE", help="image file")
     parser.add_argument("--text", metavar="TEXT", help="search by text (or mix it with an image)")
     parser.add_argument(
@@ -78,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WI,WT[,WM]",
         help="weights of image, text and minus parts (default 1,1,0.5)",
     )
+
+
+def _add_result_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which results: how many, how similar, where, which filters, how hard to look."""
     parser.add_argument(
         "-k",
         "--top",
@@ -107,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"HNSW candidates per search: higher = better recall, slower "
         f"(default {DEFAULT_EF_SEARCH}; raised to K when K is larger)",
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """How results are shown: a table, JSON, bare paths or a picture grid."""
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print results as a JSON list")
     output.add_argument(
@@ -121,13 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --paths: exact path bytes, each ended by NUL (for xargs -0)",
     )
     parser.add_argument("--plot", metavar="PNG", help="save a grid of query and results")
-    parser.add_argument("--batch", metavar="DIR", help="use every image in DIR as a query")
-    parser.add_argument("--out", metavar="DIR", help="with --batch: where results go")
-    add_encoder_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar for --batch")
-    add_common_arguments(parser)
-    add_read_url_argument(parser)
-    return parser
 
 
 def check_arguments(args: argparse.Namespace) -> None:

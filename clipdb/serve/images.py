@@ -11,13 +11,15 @@ import os
 import urllib.parse
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 
 from clipdb.serve.service import THUMBNAIL_SIZE, FileChanged, SearchService
 
 
-def add_image_routes(app: FastAPI, service: SearchService) -> None:
-    @app.get(
+def image_router(service: SearchService) -> APIRouter:
+    router = APIRouter()
+
+    @router.get(
         "/api/images/{image_id}/thumbnail",
         summary="JPEG thumbnail of an indexed image",
         response_class=Response,
@@ -39,7 +41,7 @@ def add_image_routes(app: FastAPI, service: SearchService) -> None:
             raise HTTPException(404, str(err)) from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
 
-    @app.get(
+    @router.get(
         "/api/images/{image_id}/file",
         summary="The original file of an indexed image",
         response_class=Response,
@@ -68,3 +70,5 @@ def add_image_routes(app: FastAPI, service: SearchService) -> None:
                 "Cache-Control": "max-age=300",
             },
         )
+
+    return router
