@@ -134,8 +134,11 @@ def test_killed_workers_then_a_rerun_index_every_image_once(ray_cluster, databas
 
     def kill_when_parked() -> None:
         gate.wait(lambda: gate.parked() == 2 and row_counts(database)[0] == 2, "2 parked")
-        for name in ray.util.list_named_actors():
-            kill_and_wait(ray.get_actor(name))
+        # Every handle first: once one actor dies the ingest ends the others itself, and a
+        # name looked up after that is gone.
+        actors = {name: ray.get_actor(name) for name in ray.util.list_named_actors()}
+        for name, actor in actors.items():
+            kill_and_wait(actor)
             killed.append(name)
 
     with ThreadPoolExecutor(1) as pool, pytest.raises(ClipdbError) as failure:
