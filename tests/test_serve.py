@@ -348,10 +348,11 @@ def test_python_m_clipdb_serve_end_to_end(database: Database, ids: dict):
             except queue.Empty:
                 pytest.fail(f"no banner after 120 s; stderr so far: {seen}")
             assert seen[-1], f"the server exited before its banner: {seen}"
-        url = f"http://127.0.0.1:{port}"
-        health = httpx.get(f"{url}/api/health", timeout=30)
+        # Generous timeouts, as hang-guards only: the machine may be loaded.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+            health = http.get("/api/health")
+            hits = http.get("/api/search", params={"text": "sunset", "k": 3}).json()
         assert health.json()["encoder_loaded"] is True  # warm before the first query
-        hits = httpx.get(f"{url}/api/search", params={"text": "sunset", "k": 3}).json()
         assert len(hits) == 3 and set(hits[0]) == RESULT_KEYS
     finally:
         process.terminate()
