@@ -7,14 +7,16 @@ embeddings) and counts duplicates: rows lost or doubled would show. See docs/REL
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,6 @@ from helpers import (
     assert_same_rows,
     make_images,
     own_server,
-    row_count,
     run_module,
     table,
 )
@@ -36,23 +37,28 @@ from clipdb.db.queries import search_vector
 from clipdb.db.registry import list_models
 from clipdb.ingest import __main__ as ingest_cli
 from clipdb.ingest import ingest
-from clipdb.ingest import writer as ingest_writer
+from clipdb.ingest.writer import BatchWriter
 
 IMAGES = 60
 BATCH = 4
 # The subprocesses encode exactly like the tiny_encoder fixture (no bf16 autodetection).
 CLI_MODEL = ["--model", TINY_MODEL, "--pretrained", "none", "--device", "cpu",
              "--precision", "fp32", "--batch-size", str(BATCH), "--workers", "0"]  # fmt: skip
-# python -m clipdb.ingest, with each batch held open 0.15 s inside its transaction (after the
-# rows are written, before COMMIT), so that a kill -9 usually lands on an uncommitted batch.
-SLOW_COMMIT_INGEST = """\
-import runpy, time
+# python -m clipdb.ingest (the first argument: a pipe's file descriptor), holding its third
+# batch's transaction open (rows written, before COMMIT) after saying so on the pipe, so that
+# the test's kill -9 lands on an uncommitted batch.
+HELD_COMMIT_INGEST = """\
+import os, runpy, sys, threading
 import clipdb.db.store as store
+ready = int(sys.argv.pop(1))
 upsert = store.upsert_images
+calls = []
 def held(*args):
-    count = upsert(*args)
-    time.sleep(0.15)
-    return count
+    calls.append(upsert(*args))
+    if len(calls) == 3:
+        os.write(ready, b"held")
+        threading.Event().wait()  # until killed
+    return calls[-1]
 store.upsert_images = held
 runpy.run_module("clipdb.ingest", run_name="__main__", alter_sys=True)
 """
@@ -87,26 +93,30 @@ def clean_run(pg_server, template_database, tiny_encoder, tree) -> Iterator[dict
 
 @pytest.mark.slow
 def test_kill_9_mid_run_leaves_whole_batches_and_rerun_equals_clean_run(database, tree, clean_run):
+    ready, ready_to_child = os.pipe()
     process = subprocess.Popen(
-        [sys.executable, "-c", SLOW_COMMIT_INGEST, str(tree), *CLI_MODEL],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
-    )  # fmt: skip
+        [sys.executable, "-c", HELD_COMMIT_INGEST, str(ready_to_child), str(tree), *CLI_MODEL],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(ready_to_child,),
+    )
+    os.close(ready_to_child)  # the child's copy is the only writer: its exit reads as b""
     try:
-        deadline = time.monotonic() + 60
-        while row_count(database) < 2 * BATCH and time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[1].decode()
-            time.sleep(0.02)
-        assert process.poll() is None, "ingest finished before it could be killed"
-        os.kill(process.pid, signal.SIGKILL)
+        readable, _, _ = select.select([ready], [], [], 120)  # hang-guard only
+        assert readable, "ingest never reached its third batch"
+        if os.read(ready, 4) != b"held":
+            pytest.fail(f"ingest exited before its third batch: {process.communicate()[1]!r}")
+        os.kill(process.pid, signal.SIGKILL)  # batches 1-2 committed, batch 3 written, no COMMIT
         assert process.wait(10) == -signal.SIGKILL
     finally:
+        os.close(ready)
         if process.poll() is None:
             process.kill()
         process.communicate()
 
     killed = table(database)
-    assert 2 * BATCH <= len(killed) < IMAGES
     assert len(killed) % BATCH == 0, "a partial batch was committed"
+    assert len(killed) == 2 * BATCH, "the uncommitted batch was kept, or a committed one lost"
     for path, row in killed.items():  # each committed row is complete and correct
         assert row[:5] == clean_run[path][:5]
         np.testing.assert_allclose(row[5], clean_run[path][5], atol=1e-5)
@@ -125,14 +135,17 @@ def test_kill_9_mid_run_leaves_whole_batches_and_rerun_equals_clean_run(database
 def test_two_ingester_processes_with_searches_throughout_equal_one_clean_run(
     database, tree, clean_run
 ):
-    stop = threading.Event()
+    # The searches start before the ingesters and end after them: the first has finished
+    # before they start, the last began after they exited.
+    first, ingested = threading.Event(), threading.Event()
     searches: list[int] = []
     failures: list[BaseException] = []
     query = np.random.default_rng(0).normal(size=32).astype(np.float32)
 
     def search_loop() -> None:
         seen = 0
-        while not stop.is_set():
+        while True:
+            last = ingested.is_set()
             try:
                 with database.connect(autocommit=True) as conn:
                     total, distinct = conn.execute(
@@ -148,10 +161,15 @@ def test_two_ingester_processes_with_searches_throughout_equal_one_clean_run(
             except BaseException as err:  # noqa: BLE001
                 failures.append(err)
                 return
-            time.sleep(0.01)
+            finally:
+                first.set()
+            if last:
+                return
+            time.sleep(0.01)  # pacing only (leaves the CPUs to the ingesters); nothing waits on it
 
     searcher = threading.Thread(target=search_loop)
     searcher.start()
+    assert first.wait(60), "the first search never finished"
     command = [sys.executable, "-m", "clipdb.ingest", str(tree), *CLI_MODEL, "--json"]
     processes = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -163,14 +181,15 @@ def test_two_ingester_processes_with_searches_throughout_equal_one_clean_run(
         for process in processes:
             if process.poll() is None:
                 process.kill()
-        stop.set()
-        searcher.join(30)
+        ingested.set()
+        searcher.join(60)  # hang-guard only
+    assert not searcher.is_alive(), "the last search never finished"
     assert not failures, failures
     for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err
     summaries = [json.loads(out) for out, _ in outputs]
     assert all(s["skipped"] == {} for s in summaries)
-    assert len(searches) > 20 and searches[0] < IMAGES and searches[-1] == IMAGES
+    assert searches[0] == 0 and searches[-1] == IMAGES  # from before the first row to the end
     assert_same_rows(table(database), clean_run)
 
 
@@ -214,16 +233,46 @@ class HeldEncoder:
         object.__setattr__(self.encoder, "encode_images", held)
 
 
-def wait_for_rows(database: Database, rows: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while row_count(database) < rows:
-        assert time.monotonic() < deadline, f"fewer than {rows} rows after {timeout} s"
-        time.sleep(0.02)
+def commits(monkeypatch: pytest.MonkeyPatch, batches: int) -> threading.Event:
+    """An event set once the writer has committed ``batches`` batches (of any ingest)."""
+    done, count = threading.Event(), itertools.count(1)
+    write = BatchWriter._write
+
+    def counted(self: BatchWriter, conn: Any, records: list) -> Any:
+        conn = write(self, conn, records)  # returns after COMMIT
+        if next(count) == batches:
+            done.set()
+        return conn
+
+    monkeypatch.setattr(BatchWriter, "_write", counted)
+    return done
+
+
+def reconnect_tries(
+    monkeypatch: pytest.MonkeyPatch, before: Callable[[int], None] = lambda attempt: None
+) -> list[tuple[int, float]]:
+    """(attempt, delay) of each reconnect try, as they come; ``before(attempt)`` runs in place
+    of the back-off's sleep, so the test acts on each try instead of racing its delay."""
+    tries: list[tuple[int, float]] = []
+
+    def pause(self: BatchWriter, attempt: int, delay: float) -> None:
+        tries.append((attempt, delay))
+        before(attempt)
+
+    monkeypatch.setattr(BatchWriter, "pause_before_reconnect", pause)
+    return tries
 
 
 def test_restart_mid_ingest_is_retried_and_loses_nothing(
-    restartable, restart_server, tiny_encoder, tree, clean_run
+    restartable, restart_server, tiny_encoder, tree, clean_run, monkeypatch
 ):
+    committed = commits(monkeypatch, 2)
+
+    def before(attempt: int) -> None:
+        if attempt == 2:  # try 1 met the server down; try 2 is to find it up
+            ensure_server(restart_server.home)
+
+    tries = reconnect_tries(monkeypatch, before)
     held = HeldEncoder(tiny_encoder)
     outcome: list[Any] = []
     worker = threading.Thread(
@@ -240,15 +289,19 @@ def test_restart_mid_ingest_is_retried_and_loses_nothing(
     )
     worker.start()
     try:
-        assert held.reached.wait(30)
-        wait_for_rows(restartable, 2 * BATCH)
+        assert held.reached.wait(60), "the third batch never reached the encoder"
+        assert committed.wait(60), "the first two batches were never committed"
         stop_server(restart_server.home)  # pg_ctl -m fast: every connection is cut
         held.release.set()  # batch 3 meets a dead connection and a server that is down
-        time.sleep(1.5)  # the first reconnect (after 1 s) fails, the second (2 s later) works
-        ensure_server(restart_server.home)
+        worker.join(120)  # hang-guard only
+        assert not worker.is_alive(), "the ingest never finished"
     finally:
         held.release.set()
-        worker.join(60)
+        worker.join(120)
+        ensure_server(restart_server.home)
+    # Try 1 failed (else there would be no try 2) and try 2 worked (no try 3), each after the
+    # default back-off of 1 s, then 2 s.
+    assert tries == [(1, 1.0), (2, 2.0)]
     assert outcome and outcome[0].new == IMAGES
     assert_same_rows(table(restartable), clean_run)
 
@@ -256,7 +309,8 @@ def test_restart_mid_ingest_is_retried_and_loses_nothing(
 def test_server_down_for_good_exits_1_with_one_line_and_rerun_completes(
     restartable, restart_server, tiny_encoder, tree, clean_run, monkeypatch, capsys
 ):
-    monkeypatch.setattr(ingest_writer, "RECONNECT_DELAYS", (0.1, 0.2, 0.4))
+    committed = commits(monkeypatch, 2)
+    tries = reconnect_tries(monkeypatch)  # no waiting: the server stays down throughout
     held = HeldEncoder(tiny_encoder)
     monkeypatch.setattr("clipdb.encoders.load_encoder", lambda *a, **k: held.encoder)
     codes: list[int] = []
@@ -264,15 +318,17 @@ def test_server_down_for_good_exits_1_with_one_line_and_rerun_completes(
     worker = threading.Thread(target=lambda: codes.append(ingest_cli.main(args)))
     worker.start()
     try:
-        assert held.reached.wait(30)
-        wait_for_rows(restartable, 2 * BATCH)
+        assert held.reached.wait(60), "the third batch never reached the encoder"
+        assert committed.wait(60), "the first two batches were never committed"
         stop_server(restart_server.home)
         held.release.set()
-        worker.join(30)
+        worker.join(120)  # hang-guard only
+        assert not worker.is_alive(), "the ingest never gave up"
     finally:
         held.release.set()
-        worker.join(30)
+        worker.join(120)
         ensure_server(restart_server.home)
+    assert tries == [(1, 1.0), (2, 2.0), (3, 4.0)]  # the default back-off, every try failed
     assert codes == [1]
     captured = capsys.readouterr()
     assert captured.out == ""

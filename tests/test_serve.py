@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -231,35 +231,45 @@ def test_nothing_indexed_is_503_with_a_message(database: Database, tiny_encoder:
         assert empty.get("/api/health").json()["status"] == "ok"
 
 
-class SlowEncoder:
-    """The tiny encoder, but each encode takes at least ``delay`` seconds."""
+class GatedEncoder:
+    """The tiny encoder, each text encode parked on a gate the test opens."""
 
-    def __init__(self, encoder: Any, delay: float) -> None:
-        self._encoder, self._delay = encoder, delay
+    def __init__(self, encoder: Any) -> None:
+        self._encoder = encoder
+        self.parked, self.gate = threading.Event(), threading.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._encoder, name)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        time.sleep(self._delay)
+        self.parked.set()
+        self.gate.wait(120)  # hang-guard only: the test opens the gate
         return self._encoder.encode_texts(texts)
 
 
 def test_encoding_does_not_block_the_event_loop(database: Database, tiny_encoder: Any, ids: dict):
-    app = create_app(database, encoder=SlowEncoder(tiny_encoder, 1.5))
-    with running(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+    encoder = GatedEncoder(tiny_encoder)
+    with running(create_app(database, encoder=encoder)) as url:
         slow: dict[str, Any] = {}
         worker = threading.Thread(
-            target=lambda: slow.update(r=http.get("/api/search", params={"text": "slow"}))
+            target=lambda: slow.update(r=httpx.get(f"{url}/api/search?text=slow", timeout=180))
         )
         worker.start()
-        time.sleep(0.3)
-        started = time.perf_counter()
-        assert http.get("/api/health").status_code == 200
-        assert time.perf_counter() - started < 0.7
-        assert worker.is_alive()  # the slow search was still encoding meanwhile
-        worker.join()
-        assert slow["r"].status_code == 200
+        try:
+            assert encoder.parked.wait(60), "the search never reached the encoder"
+            # Were the encode on the event loop, the loop would sit on the gate and this
+            # request would get no answer until the gate opened (the test opens it after).
+            try:
+                health = httpx.get(f"{url}/api/health", timeout=30)
+            except httpx.TimeoutException:
+                pytest.fail("health got no answer while a search was encoding: loop blocked")
+            assert health.status_code == 200
+            assert worker.is_alive() and not slow  # the search is still parked on its gate
+        finally:
+            encoder.gate.set()
+            worker.join(180)
+    assert not worker.is_alive(), "the search never finished"
+    assert slow["r"].status_code == 200
 
 
 def test_twenty_concurrent_requests_answer_as_each_alone(
@@ -314,28 +324,40 @@ def test_python_m_clipdb_serve_end_to_end(database: Database, ids: dict):
     process = subprocess.Popen(
         [sys.executable, "-m", "clipdb.serve", "--port", str(port), "--model", TINY_MODEL]
         + ["--pretrained", "none", "--device", "cpu"],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in process.stderr or ():
+            lines.put(line)
+        lines.put("")  # end of stream: the server exited
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    banner = f"serving on http://127.0.0.1:{port}/"
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
+        # The banner is printed once the socket listens and the encoder is loaded; until then
+        # the server writes nothing else that matters. A closed stderr ("") means it died.
+        seen: list[str] = []
+        while not seen or banner not in seen[-1]:
             try:
-                health = httpx.get(f"{url}/api/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.communicate()[1]
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
+                seen.append(lines.get(timeout=120))  # hang-guard only
+            except queue.Empty:
+                pytest.fail(f"no banner after 120 s; stderr so far: {seen}")
+            assert seen[-1], f"the server exited before its banner: {seen}"
+        # Generous timeouts, as hang-guards only: the machine may be loaded.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+            health = http.get("/api/health")
+            hits = http.get("/api/search", params={"text": "sunset", "k": 3}).json()
         assert health.json()["encoder_loaded"] is True  # warm before the first query
-        hits = httpx.get(f"{url}/api/search", params={"text": "sunset", "k": 3}).json()
         assert len(hits) == 3 and set(hits[0]) == RESULT_KEYS
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=20)
-    assert f"serving on http://127.0.0.1:{port}/" in stderr
+        process.wait(20)
+        reader.join(20)
 
 
 def test_help_ends_with_examples(capsys: pytest.CaptureFixture[str]):

@@ -32,6 +32,9 @@ class Encoded:
 class BatchWriter:
     """Commits batches of rows on its own connection, off the encoding thread."""
 
+    # The back-off before each new try of a batch whose connection was lost.
+    reconnect_delays: tuple[float, ...] = RECONNECT_DELAYS
+
     def __init__(self, database: Database, model: Model) -> None:
         self.database, self.model = database, model
         self.queue: Queue[list[ImageRecord] | None] = Queue(maxsize=2)
@@ -63,6 +66,14 @@ class BatchWriter:
         if conn is not None:
             conn.close()
 
+    def pause_before_reconnect(self, attempt: int, delay: float) -> None:
+        """Wait ``delay`` seconds before reconnect try ``attempt`` (counted from 1).
+
+        One place for the back-off, so a test can act on each try (bring a server back up
+        before the second) instead of racing the clock.
+        """
+        time.sleep(delay)
+
     def _server_disk(self) -> str:
         """Where the server ran out of space, as far as this side can tell."""
         home = self.database.embedded_home
@@ -74,7 +85,7 @@ class BatchWriter:
         """Commit one batch; returns the connection to use for the next one.
 
         A lost connection (server restart) is replaced and the batch sent again after each of
-        RECONNECT_DELAYS; the upsert is idempotent, so a batch whose commit did reach the
+        ``reconnect_delays``; the upsert is idempotent, so a batch whose commit did reach the
         server before the connection dropped is not duplicated.
         """
         deadlocks = reconnects = 0
@@ -96,10 +107,10 @@ class BatchWriter:
                 if conn is not None:
                     conn.close()
                     conn = None
-                if reconnects == len(RECONNECT_DELAYS):
+                if reconnects == len(self.reconnect_delays):
                     raise ClipdbError(
                         f"lost the database connection and {reconnects} reconnects failed "
                         f"({first_line(err)}); committed batches are kept, run again to finish"
                     ) from None
-                time.sleep(RECONNECT_DELAYS[reconnects])
                 reconnects += 1
+                self.pause_before_reconnect(reconnects, self.reconnect_delays[reconnects - 1])
