@@ -81,6 +81,7 @@ def test_backend_choices_in_cli():
     assert "auto" in result.stderr and "openvino" in result.stderr and "torch" in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_openvino_falls_back_to_torch(tmp_path):
     shim = tmp_path / "shim"
     shim.mkdir()
@@ -168,6 +169,7 @@ def test_openvino_manifest_records_the_models_own_pixel_steps(tiny_encoder):
     assert encoder.pixel_pipeline.mean == tiny_encoder.pixel_pipeline.mean
 
 
+@pytest.mark.slow
 def test_concurrent_first_loads_convert_once(tmp_path):
     """Two processes loading an uncached model at once: one converts, the other waits on the
     folder's lock and loads the result; both encode."""

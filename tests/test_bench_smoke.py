@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Each runs a benchmark script end to end: seconds each (the slow tier).
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "scale.py"
 GPU_STAGES = SCRIPT.with_name("gpu_stages.py")
 

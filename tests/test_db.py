@@ -107,6 +107,7 @@ def test_external_url_is_migrated_and_used(embedded_home: Path) -> None:
         stop_server(other_home)
 
 
+@pytest.mark.slow
 def test_embedded_server_is_shared_and_persistent(embedded_home: Path) -> None:
     home = embedded_home
     env = {"CLIPDB_HOME": str(home)}

@@ -175,6 +175,7 @@ def test_ingest_stores_the_same_rows_on_either_path(database, tiny_encoder, two_
         assert differing <= 4  # bit(64): the CPU path's hash starts from a draft decode
 
 
+@pytest.mark.slow
 def test_decode_flag_on_the_cli(database, tmp_path):
     make_images(tmp_path / "pics", 3)
     args = [str(tmp_path / "pics"), "--model", TINY_MODEL, "--pretrained", "none", "--json"]

@@ -408,6 +408,7 @@ def test_cli_usage_errors_exit_2(database, tmp_path, capsys):
     assert main([]) == 2
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_subprocess(database, image_factory, tmp_path):
     from helpers import run_module
 
@@ -421,6 +422,7 @@ def test_cli_end_to_end_subprocess(database, image_factory, tmp_path):
     assert f"skipping {tmp_path / 'bad.jpg'}: not an image" in result.stderr
 
 
+@pytest.mark.slow
 def test_watch_indexes_new_files_and_stops_cleanly_on_ctrl_c(database, image_factory, tmp_path):
     image_factory(tmp_path, 1)
     process = subprocess.Popen(

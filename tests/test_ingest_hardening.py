@@ -64,6 +64,7 @@ def test_any_exception_inside_a_decoder_is_a_corrupt_skip(monkeypatch):
         decode.open_image(buffer.getvalue())
 
 
+@pytest.mark.slow
 def test_a_name_that_is_not_utf8_is_indexed_searchable_printed_escaped_and_pruned(
     database, tmp_path
 ):

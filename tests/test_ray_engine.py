@@ -24,6 +24,9 @@ from ray_gate import FileGate
 from clipdb.errors import ClipdbError
 from clipdb.ingest import ingest
 
+# Every test here starts or joins a Ray cluster: seconds each (the slow tier).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 ray = pytest.importorskip("ray")
 
@@ -278,7 +281,6 @@ sys.exit(run_command(build_parser(), sys.argv[1:], body))
 """
 
 
-@pytest.mark.slow
 def test_head_and_worker_on_loopback(database, tmp_path):
     """A head and a worker node on 127.0.0.1 (two raylets), joined with --ray-address."""
     make_images(tmp_path / "pics", 8)
@@ -289,7 +291,6 @@ def test_head_and_worker_on_loopback(database, tmp_path):
         assert row_counts(database) == (8, 8)
 
 
-@pytest.mark.slow
 def test_cluster_lost_mid_run_exits_1_and_a_rerun_finishes(database, tmp_path):
     """The whole cluster (head, GCS, raylet, actors) killed while the driver is writing: the
     ingest exits 1 with one line saying what was committed, and a run on a new cluster

@@ -257,6 +257,7 @@ def test_like_imports_no_torch(indexed) -> None:
     )
 
 
+@pytest.mark.slow
 def test_end_to_end_after_ingest(database, tiny_encoder, tmp_path) -> None:
     from clipdb.ingest import ingest
 

@@ -316,6 +316,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_python_m_clipdb_serve_end_to_end(database: Database, ids: dict):
     import subprocess
     import sys

@@ -369,6 +369,7 @@ def restart_server() -> Iterator[EmbeddedServer]:
         yield server
 
 
+@pytest.mark.slow
 def test_database_outage_is_json_503_then_recovers(
     restart_server: EmbeddedServer,
     tiny_encoder: Any,
