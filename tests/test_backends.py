@@ -44,6 +44,7 @@ def test_openvino_matches_torch_fp32(tiny_encoder, tmp_path):
     assert _cos_min(alone, encoder.encode_texts(TEXTS)) >= 0.9999
 
 
+@pytest.mark.slow
 def test_ir_cache_reused_and_corrupt_bin_rebuilt(cache_dir, capsys):
     before = ovc.conversions
     capsys.readouterr()

@@ -258,6 +258,7 @@ def _index_scans(conn: psycopg.Connection, index: str) -> int:
     return int(row[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("filters", [{}, {"under": True}, {"threshold": 0.1}])
 def test_every_search_uses_its_models_hnsw_index(database: Database, filters: dict) -> None:
     with database.connect() as conn:

@@ -20,6 +20,9 @@ from clipdb.db.registry import register_model
 from clipdb.db.replica import replicate, wait_for_replicas
 from clipdb.errors import ClipdbError
 
+# Each test runs against a primary and a streaming standby (two servers): the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[EmbeddedServer, EmbeddedServer]]:
@@ -130,7 +133,6 @@ def test_paused_replay_is_a_stale_read_until_resumed(pair) -> None:
         assert seen == (1,)
 
 
-@pytest.mark.slow
 def test_sync_standby_reads_its_writes_and_promotes() -> None:
     with own_server("clipdb-test-sync-") as primary, private_home("clipdb-test-sync-sb-") as home:
         code, out, err = _run(primary.home, "clipdb.db", "replicate", "--to", str(home), "--sync")
