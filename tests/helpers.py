@@ -272,3 +272,20 @@ def outside_env(**extra: str) -> dict[str, str]:
     """This run's environment without PYTHONPATH (which may name a checkout), plus ``extra``."""
     env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     return {**env, **extra}
+
+
+def refused_server(home: Path) -> str:
+    """The one-line error ``ensure_server(home)`` refuses with (a server it did start is
+    stopped: a test never leaves one running)."""
+    import pytest
+
+    from clipdb.errors import ClipdbError
+
+    try:
+        with pytest.raises(ClipdbError) as caught:
+            ensure_server(home)
+    finally:
+        stop_server(home)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import own_server
+from helpers import own_server, refused_server
 
 from clipdb import config
 from clipdb.db.embedded import EmbeddedServer, _bin, ensure_server, stop_server
@@ -53,17 +53,6 @@ def _snapshot(path: Path) -> tuple[int, int, int, bool]:
     return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode), stat.S_ISLNK(info.st_mode)
 
 
-def _refused(home: Path) -> str:
-    try:
-        with pytest.raises(ClipdbError) as caught:
-            ensure_server(home)
-    finally:
-        stop_server(home)  # if it did start, leave nothing running
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
-
-
 def test_precreated_world_writable_socket_dir_is_refused_and_left_alone(outer: Path) -> None:
     home = _long_home(outer)
     planted = _fallback_socket_dir(home)
@@ -73,7 +62,7 @@ def test_precreated_world_writable_socket_dir_is_refused_and_left_alone(outer: P
         if os.geteuid() == 0:
             os.chown(planted, NOBODY, NOBODY)  # as another local user would have made it
         before = _snapshot(planted)
-        message = _refused(home)
+        message = refused_server(home)
         assert str(planted) in message and "refusing" in message
         assert _snapshot(planted) == before
         assert not list(planted.iterdir())  # no socket was put in it
@@ -90,7 +79,7 @@ def test_symlinked_socket_dir_is_refused_and_its_target_untouched(outer: Path) -
     planted.symlink_to(target)
     try:
         before = _snapshot(target)
-        message = _refused(home)
+        message = refused_server(home)
         assert str(planted) in message and "not a directory" in message
         assert _snapshot(target) == before
         assert planted.is_symlink() and not list(target.iterdir())
@@ -104,7 +93,7 @@ def test_private_parent_of_home_keeps_its_mode_and_is_named(outer: Path) -> None
     private.mkdir()
     private.chmod(0o700)
     home = private / "a" / "b" / "home"
-    message = _refused(home)
+    message = refused_server(home)
     assert f"cannot enter {private}," in message and "CLIPDB_HOME" in message
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
     assert stat.S_IMODE(outer.stat().st_mode) == 0o711

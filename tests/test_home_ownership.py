@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import other_user, run_module
+from helpers import other_user, refused_server, run_module
 
 from clipdb.db import Database
-from clipdb.db.embedded import EmbeddedServer, ensure_server, stop_server
+from clipdb.db.embedded import EmbeddedServer, stop_server
 from clipdb.errors import ClipdbError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd, chown)")
@@ -62,17 +62,6 @@ def _their_dir(path: Path, owner: Any) -> Path:
     return path
 
 
-def _refused(home: Path) -> str:
-    try:
-        with pytest.raises(ClipdbError) as caught:
-            ensure_server(home)
-    finally:
-        stop_server(home)  # if it did start, leave nothing running
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
-
-
 def test_home_of_another_user_is_refused_and_its_links_not_followed(
     outer: Path, mallory: Any, victim: Path
 ) -> None:
@@ -95,11 +84,11 @@ def test_home_of_another_user_is_refused_and_its_links_not_followed(
     assert sorted(os.listdir(home)) == [".write-test", "server.lock"]
 
 
-def test_home_writable_by_other_users_is_refused(outer: Path) -> None:
+def test_home_writable_by_other_users_isrefused_server(outer: Path) -> None:
     home = outer / "h"
     home.mkdir()
     home.chmod(0o777)  # like /tmp, but without the sticky bit
-    message = _refused(home)
+    message = refused_server(home)
     assert "writable by other users (mode 0777)" in message
     assert os.listdir(home) == []
 
@@ -112,7 +101,7 @@ def test_links_in_a_home_of_ones_own_are_not_followed(outer: Path, victim: Path)
     appeared = outer / "made-by-root"
     (home / ".write-test").symlink_to(victim)
     (home / "server.lock").symlink_to(appeared)
-    message = _refused(home)
+    message = refused_server(home)
     assert f"{home / 'server.lock'}" in message and "symbolic link" in message
     assert victim.read_text() == SECRET
     assert not appeared.exists()
@@ -120,7 +109,7 @@ def test_links_in_a_home_of_ones_own_are_not_followed(outer: Path, victim: Path)
 
 
 @pytest.mark.parametrize("planted", ["link", "folder"])
-def test_another_users_link_or_folder_on_the_way_is_refused(
+def test_another_users_link_or_folder_on_the_way_isrefused_server(
     outer: Path, mallory: Any, planted: str
 ) -> None:
     real = outer / "real"
@@ -130,14 +119,14 @@ def test_another_users_link_or_folder_on_the_way_is_refused(
         _plant_link(outer / "way", real, mallory)
     else:
         _their_dir(outer / "way", mallory)  # they can rename whatever root makes in it
-    message = _refused(outer / "way" / "home")
+    message = refused_server(outer / "way" / "home")
     assert f"{outer / 'way'}" in message and mallory.pw_name in message
     assert os.listdir(real) == []
     if planted == "folder":
         assert os.listdir(outer / "way") == []
 
 
-def test_replicate_to_a_folder_of_another_user_is_refused(
+def test_replicate_to_a_folder_of_another_user_isrefused_server(
     pg_server: EmbeddedServer, outer: Path, mallory: Any
 ) -> None:
     from clipdb.db.replica import replicate
