@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from clipdb.db.prewarm import prewarm
 from clipdb.db.registry import Model
 
 
@@ -73,3 +74,5 @@ def build_model_index(conn: psycopg.Connection[Any], model: Model) -> None:
     assert ddl is not None and str(ddl[0]).startswith("CREATE INDEX ")
     conn.execute("CREATE INDEX CONCURRENTLY " + str(ddl[0])[len("CREATE INDEX ") :])
     conn.execute("ANALYZE clipdb.images")
+    # The new graph is on disk only: the first searches would read it page by page.
+    prewarm(conn, model)

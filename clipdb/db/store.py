@@ -281,6 +281,8 @@ def bulk_load(
     """
     import time
 
+    from clipdb.db.model_index import raise_build_memory
+    from clipdb.db.prewarm import prewarm
     from clipdb.db.storage import storage_state
 
     model_id, dim = int(model.model_id), int(model.dim)
@@ -313,6 +315,9 @@ def bulk_load(
             conn.execute(
                 "SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,)
             )
+        else:
+            # A graph that outgrows maintenance_work_mem is finished on disk, many times slower.
+            raise_build_memory(conn, model)
         ddl = conn.execute(
             "SELECT clipdb.model_index_ddl(%s::smallint, %s)", (model_id, dim)
         ).fetchone()
@@ -320,6 +325,8 @@ def bulk_load(
         conn.execute(ddl[0])
         # Fresh statistics, so the planner knows how many rows this model now has.
         conn.execute("ANALYZE clipdb.images")
+        # The new graph is on disk only: the first searches would read it page by page.
+        prewarm(conn, model)
     return BulkLoadResult(count, copied - started, time.perf_counter() - copied)
 
 

@@ -47,6 +47,33 @@ MAX_RESULTS = 10_000  # clipdb.config.MAX_RESULTS
 MAX_OFFSET = 100_000  # clipdb.filters.MAX_OFFSET
 MAX_CAMERAS = 1000  # distinct camera names read to turn the substring into a list
 
+# pg_prewarm reads what a search needs into memory (clipdb.db.prewarm); pg_buffercache says
+# what is there (clipdb db status). Both ship with PostgreSQL's contrib; a server without
+# them (or a role that may not create them) searches the same, only colder.
+EXTENSIONS = """
+DO $do$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['pg_prewarm', 'pg_buffercache'] LOOP
+        BEGIN
+            EXECUTE format('CREATE EXTENSION IF NOT EXISTS %I SCHEMA clipdb', name);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE NOTICE 'clipdb: % is not available here (%)', name, SQLERRM;
+        END;
+    END LOOP;
+    -- Their functions (evicting buffers, starting workers) are the owner's, not the reader's.
+    FOR name IN SELECT p.oid::regprocedure::text FROM pg_proc p
+            JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                AND d.deptype = 'e'
+            JOIN pg_extension e ON e.oid = d.refobjid
+            WHERE e.extname IN ('pg_prewarm', 'pg_buffercache') LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', name);
+    END LOOP;
+END
+$do$;
+"""
+
 FILTER_INDEXES = """
 CREATE INDEX IF NOT EXISTS images_model_camera ON clipdb.images (model_id, lower(camera));
 CREATE INDEX IF NOT EXISTS images_model_lat ON clipdb.images (model_id, lat);
@@ -140,7 +167,7 @@ BODY = rf"""    wanted := k + skip;
         matching := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
         SELECT greatest(c.reltuples, 1) INTO total FROM pg_class c
             WHERE c.oid = 'clipdb.images'::regclass;
-        exact := matching <= 2 * sqrt(ef::float8 * total);
+        exact := matching <= sqrt(ef::float8 * total);
         pool := least(greatest(wanted, {POOL_FACTOR} * wanted), {MAX_RESULTS + MAX_OFFSET});
     END IF;
     IF min_similarity IS NOT NULL THEN
@@ -162,10 +189,11 @@ BODY = rf"""    wanted := k + skip;
     -- temporary table: readers run read-only transactions.
     statement := 'SELECT array_agg(c.id ORDER BY c.d, c.id), '
         'array_agg(c.d ORDER BY c.d, c.id), array_agg(c.taken_at ORDER BY c.d, c.id) FROM ('
-        'SELECT p.id, p.d, p.taken_at FROM ('
-        'SELECT i.id, (i.embedding::vector(%1$s) <=> $1::vector(%1$s)) AS d, i.taken_at '
+        'SELECT p.id, (p.e::vector(%1$s) <=> $1::vector(%1$s)) AS d, p.taken_at FROM ('
+        -- The exact distance only for the pool: the rows the filters keep are only ordered.
+        'SELECT i.id, i.embedding AS e, i.taken_at '
         'FROM clipdb.images i WHERE i.model_id = %2$s' || conditions
-        || ' ORDER BY %3$s LIMIT $13) p ORDER BY p.d, p.id LIMIT $2) c';
+        || ' ORDER BY %3$s LIMIT $13) p ORDER BY d, p.id LIMIT $2) c';
     EXECUTE format(statement, model_dim, p_model_id, format(
         CASE WHEN exact
             -- "+ 0": an order the HNSW index cannot serve, so the filter's index is used.
@@ -177,7 +205,8 @@ BODY = rf"""    wanted := k + skip;
         under_high, 1 - min_similarity, cameras, pool;
     IF narrows AND NOT exact AND coalesce(cardinality(ids), 0) < wanted THEN
         -- The iterative scan stopped before enough matches: rank the matching rows exactly.
-        EXECUTE format(statement, model_dim, p_model_id, 'd, i.id')
+        EXECUTE format(statement, model_dim, p_model_id,
+            format('(i.embedding::vector(%1$s) <=> $1::vector(%1$s)), i.id', model_dim))
         INTO ids, distances, dates
         USING p_query, wanted, after, before, camera, near_lat, near_lon, near_km, under,
             under_high, 1 - min_similarity, cameras, wanted;
@@ -223,6 +252,7 @@ def upgrade() -> None:
     topk = _load("0010_one_topk.py")
     op.execute(search_rows_sql(topk))
     op.execute(FILTER_INDEXES)
+    op.execute(EXTENSIONS)
     if _small(op.get_bind()):
         op.execute(CONVERT_INLINE)
     else:
@@ -235,6 +265,8 @@ def downgrade() -> None:
     op.execute(topk.SEARCH_ROWS)
     op.execute(topk.GRANT)
     op.execute(_load("0006_photo_metadata.py")._sql(topk.SEARCH_MODEL))
+    op.execute("DROP EXTENSION IF EXISTS pg_buffercache")
+    op.execute("DROP EXTENSION IF EXISTS pg_prewarm")
     op.execute("DROP INDEX IF EXISTS clipdb.images_model_camera")
     op.execute("DROP INDEX IF EXISTS clipdb.images_model_lat")
     op.execute("DROP TRIGGER IF EXISTS images_embedding_half ON clipdb.images")
