@@ -49,4 +49,3 @@ def test_prewarm_reads_the_index_and_rows_and_status_says_so(database: Database)
     text = format_status(database_status(database), database.url)
     assert f"{model.index_name} 100% of" in text and "images 100% of" in text
     assert "storage:   embeddings as halfvec" in text
-
