@@ -66,8 +66,12 @@ def params(filters: Filters, under: str | None, query: np.ndarray, model_id: int
 
 
 def plan_lines(plans: str) -> list[str]:
-    """The plan nodes, one line each (auto_explain's text, trimmed)."""
-    return [line.strip() for line in plans.splitlines() if "->" in line or "Scan" in line][:12]
+    """The scans of clipdb.images, one line each (auto_explain's text, costs trimmed)."""
+    return [
+        line.strip().split("  (cost=")[0]
+        for line in plans.splitlines()
+        if "Scan" in line and " on images " in line
+    ]
 
 
 def qps(url: str, sql: str, queries: np.ndarray, clients: int, seconds: float) -> float:

@@ -168,7 +168,15 @@ BODY = rf"""    wanted := k + skip;
         SELECT greatest(c.reltuples, 1) INTO total FROM pg_class c
             WHERE c.oid = 'clipdb.images'::regclass;
         exact := matching <= sqrt(ef::float8 * total);
-        pool := least(greatest(wanted, {POOL_FACTOR} * wanted), {MAX_RESULTS + MAX_OFFSET});
+        IF exact THEN
+            -- Ordered by the halfvec query, re-ranked by the float32 one: a margin for ties.
+            pool := least({POOL_FACTOR} * wanted, {MAX_RESULTS + MAX_OFFSET});
+        ELSE
+            -- The matches the first ef_search candidates hold (they come sorted), up to 4 per
+            -- row wanted: asking for more starts another round of the graph walk.
+            pool := least(greatest(wanted, least({POOL_FACTOR} * wanted,
+                floor(ef * matching / total)::integer)), {MAX_RESULTS + MAX_OFFSET});
+        END IF;
     END IF;
     IF min_similarity IS NOT NULL THEN
         conditions := conditions || ' AND (i.embedding::vector(%1$s) <=> $1::vector(%1$s)) <= $11';
