@@ -39,7 +39,7 @@ from clipdb.db.queries import search_vector  # noqa: E402
 from clipdb.db.registry import register_model  # noqa: E402
 from clipdb.db.store import ImageRecord, bulk_load  # noqa: E402
 from clipdb.exif import PhotoMetadata  # noqa: E402
-from clipdb.filters import Filters  # noqa: E402
+from clipdb.filters import Filters, Near  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 K = 10
@@ -48,42 +48,78 @@ SPAN_DAYS = 3652  # 2015-01-01 .. 2024-12-31
 CAMERAS = np.array(["Canon EOS R5", "Sony ILCE-7M4", "Leica M11"])
 CAMERA_P = [0.50, 0.49, 0.01]
 
-# name -> (Filters, the same predicate over the numpy columns)
-FILTERS: dict[str, tuple[Filters, Any]] = {
-    "camera 1% (Leica)": (Filters(camera="leica"), lambda day, cam: cam == 2),
+PARIS = (48.8566, 2.3522)
+FOLDERS = 10  # rows go round-robin into /bench/f0 .. /bench/f9
+
+
+def _day(date: datetime) -> int:
+    return (date - START).days
+
+
+# name -> (Filters and folder, the same predicate over the numpy columns)
+FILTERS: dict[str, tuple[Filters, str | None, Any]] = {
+    "camera 1% (Leica)": (Filters(camera="leica"), None, lambda c: c["cam"] == 2),
     "date 1% (36 days)": (
         Filters(after="2020-03-01", before="2020-04-06"),
-        lambda day, cam: (
-            (day >= (datetime(2020, 3, 1, tzinfo=UTC) - START).days)
-            & (day < (datetime(2020, 4, 6, tzinfo=UTC) - START).days)
+        None,
+        lambda c: (
+            (c["day"] >= _day(datetime(2020, 3, 1, tzinfo=UTC)))
+            & (c["day"] < _day(datetime(2020, 4, 6, tzinfo=UTC)))
         ),
+    ),
+    "place 1% (Paris, 10 km)": (
+        Filters(near=Near(PARIS[0], PARIS[1], 10)),
+        None,
+        lambda c: c["paris"],
     ),
     "date 10% (2020)": (
         Filters(after="2020-01-01", before="2021-01-01"),
-        lambda day, cam: (
-            (day >= (datetime(2020, 1, 1, tzinfo=UTC) - START).days)
-            & (day < (datetime(2021, 1, 1, tzinfo=UTC) - START).days)
+        None,
+        lambda c: (
+            (c["day"] >= _day(datetime(2020, 1, 1, tzinfo=UTC)))
+            & (c["day"] < _day(datetime(2021, 1, 1, tzinfo=UTC)))
         ),
     ),
-    "camera 50% (Canon)": (Filters(camera="canon"), lambda day, cam: cam == 0),
-    "none (unfiltered)": (Filters(), lambda day, cam: np.ones(len(day), dtype=bool)),
+    "camera 50% (Canon)": (Filters(camera="canon"), None, lambda c: c["cam"] == 0),
+    "--under 10% (/bench/f3)": (Filters(), "/bench/f3", lambda c: c["folder"] == 3),
+    "none (unfiltered)": (Filters(), None, lambda c: np.ones(len(c["day"]), dtype=bool)),
 }
+
+
+def columns(n: int) -> dict[str, np.ndarray]:
+    """The synthetic metadata of n rows (seeded): day, camera, Paris or not, folder."""
+    rng = np.random.default_rng(7)
+    days = rng.integers(0, SPAN_DAYS, size=n)
+    cams = rng.choice(len(CAMERAS), size=n, p=CAMERA_P)
+    paris = rng.random(n) < 0.01
+    return {"day": days, "cam": cams, "paris": paris, "folder": np.arange(n) % FOLDERS}
+
+
+def row_number(path: str) -> int:
+    """The row's position in the generated data, from its file name."""
+    return int(path.rsplit("/", 1)[1][:-4])
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def records(
-    chunks: Iterator[np.ndarray], days: np.ndarray, cams: np.ndarray
-) -> Iterator[ImageRecord]:
+def records(chunks: Iterator[np.ndarray], cols: dict[str, np.ndarray]) -> Iterator[ImageRecord]:
     i = 0
     for chunk in chunks:
         for vector in chunk:
-            path = f"/bench/{i}.jpg"
+            path = f"/bench/f{cols['folder'][i]}/{i}.jpg"
+            # 1% within ~2 km of Paris, the others spread over latitudes 0..40 (never near).
+            lat, lon = (
+                (PARIS[0] + (i % 37) * 0.0005, PARIS[1] + (i % 41) * 0.0005)
+                if cols["paris"][i]
+                else ((i * 7919) % 40000 / 1000.0, (i * 104729) % 360000 / 1000.0 - 180)
+            )
             meta = PhotoMetadata(
-                taken_at=START + timedelta(days=int(days[i]), seconds=43_200),
-                camera=str(CAMERAS[cams[i]]),
+                taken_at=START + timedelta(days=int(cols["day"][i]), seconds=43_200),
+                camera=str(CAMERAS[cols["cam"][i]]),
+                lat=lat,
+                lon=lon,
             )
             yield ImageRecord(
                 path, hashlib.sha256(path.encode()).digest(), 1, 1, 1, 1, vector, meta
@@ -98,9 +134,12 @@ def exact_filtered(data: np.ndarray, mask: np.ndarray, query: np.ndarray) -> lis
     return [int(r) for r in rows[top]]
 
 
-def uses_hnsw(conn: Any, model: Any, filters: Filters, query: np.ndarray, ef: int) -> bool:
+def uses_hnsw(
+    conn: Any, model: Any, filters: Filters, under: str | None, query: np.ndarray, ef: int
+) -> bool:
     plans = nested_plans(
-        conn, lambda: search_vector(conn, model, query, K, ef_search=ef, filters=filters)
+        conn,
+        lambda: search_vector(conn, model, query, K, ef_search=ef, filters=filters, under=under),
     )
     return model.index_name in plans
 
@@ -118,9 +157,7 @@ def main() -> int:
     args = parser.parse_args()
 
     sphere = ClusteredSphere()
-    rng = np.random.default_rng(7)
-    days = rng.integers(0, SPAN_DAYS, size=args.n)
-    cams = rng.choice(len(CAMERAS), size=args.n, p=CAMERA_P)
+    cols = columns(args.n)
     data = sphere.sample(args.n)
     queries = sphere.sample(args.queries, stream=1)
 
@@ -128,7 +165,7 @@ def main() -> int:
     started = time.perf_counter()
     with database.connect() as conn:
         model = register_model(conn, "bench-filters", "none", sphere.dim)
-        loaded = bulk_load(conn, model, records(iter([data]), days, cams))
+        loaded = bulk_load(conn, model, records(iter([data]), cols))
         conn.commit()
         conn.execute("ANALYZE clipdb.images")
         conn.commit()
@@ -139,17 +176,17 @@ def main() -> int:
     with database.connect(autocommit=True) as conn:
         for q in queries[:20]:  # warm the cache
             search_vector(conn, model, q, K, ef_search=DEFAULT_EF_SEARCH)
-        for ef, (name, (filters, predicate)) in (
+        for ef, (name, (filters, under, predicate)) in (
             (int(ef), item) for ef in args.ef.split(",") for item in FILTERS.items()
         ):
-            mask = predicate(days, cams)
+            mask = predicate(cols)
             matching = int(mask.sum())
             times, hits, counts = [], 0, []
             for q in queries:
                 t = time.perf_counter()
-                found = search_vector(conn, model, q, K, ef_search=ef, filters=filters)
+                found = search_vector(conn, model, q, K, ef_search=ef, filters=filters, under=under)
                 times.append(time.perf_counter() - t)
-                ids = [int(h.image_path[7:-4]) for h in found]
+                ids = [row_number(h.image_path) for h in found]
                 counts.append(len(ids))
                 hits += len(set(ids) & set(exact_filtered(data, mask, q)))
             ms = np.array(times) * 1000
@@ -163,7 +200,7 @@ def main() -> int:
                 "p95_ms": float(np.percentile(ms, 95)),
                 "rows_returned_min": min(counts),
                 "rows_returned_max": max(counts),
-                "hnsw_in_plan": uses_hnsw(conn, model, filters, queries[0], ef),
+                "hnsw_in_plan": uses_hnsw(conn, model, filters, under, queries[0], ef),
             }
             log(json.dumps(row))
             results["rows"].append(row)

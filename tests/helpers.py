@@ -153,6 +153,11 @@ def unit_vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
+def as_stored(vector: np.ndarray) -> np.ndarray:
+    """A float32 embedding as clipdb.images stores it (halfvec), read back as float32."""
+    return np.asarray(vector, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
 def insert_rows(
     conn: Any, architecture: str, dim: int, count: int, *, prefix: str = "/data", seed: int = 0
 ) -> tuple[Model, np.ndarray, list[str]]:

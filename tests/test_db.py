@@ -323,12 +323,13 @@ def test_halfvec_migration_rebuilds_existing_indexes_and_back(empty_database: Da
         new_model = insert_rows(conn, "new", 8, 5, prefix="/n")[0]
         assert _index_kind(conn, new_model.index_name) == "halfvec"
         hits = search_vector(conn, model, vectors[3], 5)
-        # Ranked by the index's halfvec copy, reported with the exact float32 similarity.
+        # Ranked by the index's halfvec copy, reported from the stored halfvec (0011) against
+        # the float32 query: within half precision of float32.
         exact = np.sort(vectors @ vectors[3])[::-1][:5]
-        assert [h.similarity for h in hits] == pytest.approx(exact.tolist(), abs=1e-6)
+        assert [h.similarity for h in hits] == pytest.approx(exact.tolist(), abs=2e-3)
         assert hits[0].image_path == paths[3]
         rows = conn.execute("SELECT similarity FROM clipdb.search(%s, 5)", (vectors[3],))
-        assert [r[0] for r in rows] == pytest.approx(exact.tolist(), abs=1e-6)
+        assert [r[0] for r in rows] == pytest.approx(exact.tolist(), abs=2e-3)
     downgrade(empty_database, "0001")
     with empty_database.connect() as conn:
         assert _index_kind(conn, model.index_name) == "vector"

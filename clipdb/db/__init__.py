@@ -155,6 +155,11 @@ class Status:
     models: list[ModelStatus]
     role: str = "primary"
     replication: dict[str, Any] | None = None
+    # How embeddings are stored (halfvec, or vector while 0011's online move runs).
+    storage: str | None = None
+    # model id -> [{"name", "bytes", "cached_bytes"}]: what a search reads, and how much of
+    # it is in shared buffers (cached_bytes None: pg_buffercache is not available).
+    cache: dict[int, list[dict[str, Any]]] | None = None
 
 
 def database_status(database: Database) -> Status:
@@ -172,8 +177,10 @@ def database_status(database: Database) -> Status:
         revision = current_revision(conn)
         replication = replication_status(conn)
         models: list[ModelStatus] = []
+        storage, cache = None, None
         if revision is not None:
             models = [ModelStatus(*row) for row in model_statuses(conn)]
+            storage, cache = _storage_and_cache(conn)
     if database.embedded_home is not None:
         server = f"embedded, data in {database.embedded_home}"
     else:
@@ -187,7 +194,37 @@ def database_status(database: Database) -> Status:
         models=models,
         role=replication.role,
         replication=asdict(replication),
+        storage=storage,
+        cache=cache,
     )
+
+
+def _storage_and_cache(
+    conn: psycopg.Connection[Any],
+) -> tuple[str, dict[int, list[dict[str, Any]]]]:
+    from clipdb.db.prewarm import cache_status
+    from clipdb.db.registry import list_models
+    from clipdb.db.storage import storage_state
+
+    state = storage_state(conn, count=True)
+    storage = state.kind
+    if state.converting:
+        storage += f", moving to halfvec ({state.rows_left} rows left: clipdb db upgrade)"
+    cache = {
+        int(model.model_id): [asdict(item) for item in cache_status(conn, model)]
+        for model in list_models(conn)
+    }
+    return storage, cache
+
+
+def _cache_line(items: list[dict[str, Any]]) -> str:
+    parts = []
+    for item in items:
+        name = str(item["name"]).removeprefix("clipdb.")
+        cached = item["cached_bytes"]
+        share = "?" if cached is None else f"{100 * cached // max(item['bytes'], 1)}%"
+        parts.append(f"{name} {share} of {_human_bytes(item['bytes'])}")
+    return ", ".join(parts)
 
 
 def format_status(status: Status, url: str) -> str:
@@ -207,6 +244,10 @@ def format_status(status: Status, url: str) -> str:
             f"model {model.model_id}:   {model.architecture} ({model.pretrained}), "
             f"dim {model.dim}, {model.image_count} images, index {model.index_name or '-'} ({size})"
         )
+        if status.cache and status.cache.get(model.model_id):
+            lines.append(f"  cached:  {_cache_line(status.cache[model.model_id])}")
+    if status.storage:
+        lines.append(f"storage:   embeddings as {status.storage}")
     return "\n".join(lines)
 
 

@@ -130,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action == "upgrade":
             database = open_database(settings, migrate=False)
             print(f"schema at revision {upgrade(database)}")
+            finish_storage(database)
             return 0
         database = open_database(settings)
         if args.action == "promote":
@@ -147,6 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_command(build_parser(), argv, body)
+
+
+def finish_storage(database: Database) -> None:
+    """Move a large table's embeddings to halfvec online (migration 0011), batch by batch."""
+    from clipdb.db import connect_checked
+    from clipdb.db.storage import convert
+
+    with connect_checked(database.url, autocommit=True) as conn:
+        if convert(conn, progress=lambda line: print(line, file=sys.stderr, flush=True)):
+            print("embeddings stored as halfvec")
 
 
 def replicate_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -243,7 +243,9 @@ def _start(opened: safe_dir.SafeDir, pgdata: Path, user: access.ServerUser | Non
     options = (
         f"-c listen_addresses='' -k {socket_dir} "
         f"-c shared_buffers={shared_buffers()} -c maintenance_work_mem=1GB "
-        "-c max_connections=100"
+        "-c max_connections=100 "
+        # autoprewarm: the pages cached before a stop are read back at start (clipdb.db.prewarm)
+        "-c shared_preload_libraries=pg_prewarm"
     )
     _run_pg(
         [

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from clipdb.db.prewarm import prewarm
 from clipdb.db.registry import Model
 
 
@@ -39,7 +40,7 @@ BUILD_BYTES_PER_ROW_BASE = 900
 BUILD_MEMORY_SHARE = 4  # never ask for more than a quarter of this machine's memory
 
 
-def _raise_build_memory(conn: psycopg.Connection[Any], model: Model) -> None:
+def raise_build_memory(conn: psycopg.Connection[Any], model: Model) -> None:
     """Raise this session's maintenance_work_mem to fit the graph about to be built (never
     lower it, never past a quarter of physical memory: the server is usually this machine)."""
     row = conn.execute(
@@ -66,10 +67,12 @@ def build_model_index(conn: psycopg.Connection[Any], model: Model) -> None:
     """(Re)build the model's HNSW index CONCURRENTLY (autocommit connection): writes and
     searches go on meanwhile; an invalid leftover of an interrupted build is dropped first."""
     drop_model_index(conn, model)
-    _raise_build_memory(conn, model)
+    raise_build_memory(conn, model)
     ddl = conn.execute(
         "SELECT clipdb.model_index_ddl(%s::smallint, %s)", (int(model.model_id), int(model.dim))
     ).fetchone()
     assert ddl is not None and str(ddl[0]).startswith("CREATE INDEX ")
     conn.execute("CREATE INDEX CONCURRENTLY " + str(ddl[0])[len("CREATE INDEX ") :])
     conn.execute("ANALYZE clipdb.images")
+    # The new graph is on disk only: the first searches would read it page by page.
+    prewarm(conn, model)

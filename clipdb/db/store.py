@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from pgvector import HalfVector
 
 from clipdb.db.paths import PATH_KEY, key
 from clipdb.db.registry import Model
@@ -280,7 +281,13 @@ def bulk_load(
     """
     import time
 
+    from clipdb.db.model_index import raise_build_memory
+    from clipdb.db.prewarm import prewarm
+    from clipdb.db.storage import storage_state
+
     model_id, dim = int(model.model_id), int(model.dim)
+    # Binary COPY sends the column's own type: halfvec, or vector until 0011's online move.
+    half = storage_state(conn).kind == "halfvec"
     if rebuild_index:
         conn.execute(f"DROP INDEX IF EXISTS clipdb.{model.index_name}")
     started = time.perf_counter()
@@ -290,9 +297,12 @@ def bulk_load(
         conn.cursor() as cur,
         cur.copy(f"COPY clipdb.images (model_id, {_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
     ):
-        copy.set_types(["int2", *_TYPES])
+        copy.set_types(["int2", *_TYPES[:6], "halfvec" if half else "vector", *_TYPES[7:]])
         for record in records:
-            copy.write_row((model_id, *record.as_row()))
+            row = record.as_row()
+            if half:
+                row = (*row[:6], HalfVector(row[6]), *row[7:])
+            copy.write_row((model_id, *row))
             count += 1
     copied = time.perf_counter()
     if rebuild_index:
@@ -305,6 +315,9 @@ def bulk_load(
             conn.execute(
                 "SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,)
             )
+        else:
+            # A graph that outgrows maintenance_work_mem is finished on disk, many times slower.
+            raise_build_memory(conn, model)
         ddl = conn.execute(
             "SELECT clipdb.model_index_ddl(%s::smallint, %s)", (model_id, dim)
         ).fetchone()
@@ -312,6 +325,8 @@ def bulk_load(
         conn.execute(ddl[0])
         # Fresh statistics, so the planner knows how many rows this model now has.
         conn.execute("ANALYZE clipdb.images")
+        # The new graph is on disk only: the first searches would read it page by page.
+        prewarm(conn, model)
     return BulkLoadResult(count, copied - started, time.perf_counter() - copied)
 
 

@@ -24,7 +24,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from clipdb.config import Settings
 from clipdb.db import Database
 from clipdb.encoders import Encoder
-from clipdb.errors import ClipdbError
+from clipdb.errors import ClipdbError, first_line
 from clipdb.models import canonical_model_name
 from clipdb.query import EncoderOptions
 from clipdb.serve.docs import mount_offline_docs
@@ -183,3 +183,18 @@ def _warm_quietly(service: SearchService) -> None:
         service.warm()
     except ClipdbError as err:
         print(f"warning: model not loaded yet: {err}", file=sys.stderr)
+        return
+    _prewarm_quietly(service)
+
+
+def _prewarm_quietly(service: SearchService) -> None:
+    """The model's index and rows into memory, so the first searches are not cold."""
+    import psycopg
+
+    from clipdb.db.prewarm import prewarm
+
+    try:
+        with service.connection() as conn:
+            prewarm(conn, service.model())
+    except (ClipdbError, psycopg.Error) as err:
+        print(f"warning: search pages not prewarmed: {first_line(err)}", file=sys.stderr)
