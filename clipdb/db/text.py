@@ -18,7 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from clipdb.config import MAX_QUERY_TEXT
-from clipdb.db.paths import PATH_KEY, key, prefix_range
+from clipdb.db.paths import key, prefix_range
 from clipdb.db.queries import Hit, check_result_count, under_prefix
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError, UsageError
@@ -61,11 +61,29 @@ def _under(root: str | None) -> tuple[str, tuple[bytes, ...]]:
     if root is None:
         return "", ()
     low, high = prefix_range(key(os.path.join(root, "")))
-    return f" AND ({PATH_KEY} = %s OR ({PATH_KEY} >= %s AND {PATH_KEY} < %s))", (
-        key(root),
-        low,
-        high,
-    )
+    path_key = "clipdb.path_key(i.path, i.path_bytes)"
+    where = f" AND ({path_key} = %s OR ({path_key} >= %s AND {path_key} < %s))"
+    return where, (key(root), low, high)
+
+
+_PENDING = (
+    "FROM clipdb.images i LEFT JOIN clipdb.image_text t ON t.image_id = i.id "
+    "WHERE i.model_id = {model} AND i.id > %s "
+    "AND (t.image_id IS NULL OR t.sha256 <> i.sha256 "
+    "OR t.path_key <> clipdb.path_key(i.path, i.path_bytes) OR (%s AND t.engine IS NULL))"
+)
+
+
+def pending_count(
+    conn: psycopg.Connection[Any], model: Model, *, ocr: bool, root: str | None = None
+) -> int:
+    """How many rows :func:`pending` has to give (for a progress bar)."""
+    where, params = _under(root)
+    row = conn.execute(
+        "SELECT count(*) " + _PENDING.format(model=int(model.model_id)) + where,
+        (0, ocr, *params),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def pending(
@@ -83,11 +101,8 @@ def pending(
     rows = conn.execute(
         "SELECT i.id, i.path, i.path_bytes, i.sha256, clipdb.path_key(i.path, i.path_bytes), "
         "t.sha256 = i.sha256, t.sha256 = i.sha256 AND t.engine IS NOT NULL "
-        "FROM clipdb.images i LEFT JOIN clipdb.image_text t ON t.image_id = i.id "
-        f"WHERE i.model_id = {int(model.model_id)} AND i.id > %s "
-        "AND (t.image_id IS NULL OR t.sha256 <> i.sha256 "
-        "OR t.path_key <> clipdb.path_key(i.path, i.path_bytes) OR (%s AND t.engine IS NULL))"
-        + where.replace(PATH_KEY, "clipdb.path_key(i.path, i.path_bytes)")
+        + _PENDING.format(model=int(model.model_id))
+        + where
         + " ORDER BY i.id LIMIT %s",
         (after_id, ocr, *params, limit),
     ).fetchall()
