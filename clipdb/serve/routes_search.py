@@ -5,7 +5,7 @@ this", no model needed), and the query embedding itself. Search answers carry a
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
@@ -105,6 +105,16 @@ def _search(
     return JSONResponse([hit.to_dict() for hit in hits], headers=_server_timing(**phases))
 
 
+def _search_words(
+    service: SearchService, text: str, match: str, options: SearchOptions
+) -> Response:
+    """A text or hybrid search: encoding (hybrid's text vector) and the query in one phase."""
+    started = time.perf_counter()
+    hits = service.search_text(text, match, options)
+    phases = {"search": time.perf_counter() - started}
+    return JSONResponse([hit.to_dict() for hit in hits], headers=_server_timing(**phases))
+
+
 def _server_timing(**phases: float) -> dict[str, str]:
     return {"Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in phases.items())}
 
@@ -172,8 +182,22 @@ def _add_text_route(router: APIRouter, service: SearchService) -> None:
         under: Annotated[str | None, Query()] = None,
         hide_duplicates: bool = False,
         filters: Annotated[Filters, Depends(query_filters)] = NO_FILTERS,
+        match: Annotated[
+            Literal["clip", "text", "hybrid"] | None,
+            Query(
+                description="clip, text (words in the images and names) or hybrid; "
+                "default hybrid when the images' words are indexed, else clip"
+            ),
+        ] = None,
     ) -> Response:
-        """Results as a list of ``{rank, image_path, similarity, filename, image_id}``."""
+        """Results as a list of ``{rank, image_path, similarity, filename, image_id}``, plus
+        ``match`` (clip, text or both) and ``matched_text`` for a text or hybrid match."""
+        resolved = service.match_for(text, match) if text.strip() else "clip"
+        if resolved != "clip":
+            options = SearchOptions(
+                k, DEFAULT_EF_SEARCH, under or None, threshold, filters, hide_duplicates
+            )
+            return _search_words(service, text, resolved, options)
         encoded = _encode_text(service, text.strip() or None)
         if encoded is None:
             raise HTTPException(400, "give a query: an image, a text, or both")
