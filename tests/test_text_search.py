@@ -101,6 +101,15 @@ def test_filters_combine_with_text(rows):
         assert found(conn, model, "invoice", under="/elsewhere") == []
         assert len(found(conn, model, "invoice", under="/photos")) == 2
         assert len(found(conn, model, "invoice", filters=Filters(offset=1))) == 1
+        conn.execute("UPDATE clipdb.images SET taken_at = '2020-01-01' WHERE id = %s", (ids[0],))
+        conn.execute("UPDATE clipdb.images SET taken_at = '2021-01-01' WHERE id = %s", (ids[3],))
+        conn.commit()
+        newest = found(conn, model, "invoice", filters=Filters(sort="-date"))
+        assert [i for i, _ in newest] == [ids[3], ids[0]]
+        assert [i for i, _ in found(conn, model, "invoice", filters=Filters(sort="date"))] == [
+            ids[0],
+            ids[3],
+        ]
 
 
 def test_bounds(rows):
@@ -112,7 +121,7 @@ def test_bounds(rows):
         with pytest.raises(UsageError):
             text.search_text(conn, model, " ", 5, match="text")
         with pytest.raises(UsageError):
-            text.search_text(conn, model, "x", 5, match="text", filters=Filters(sort="date"))
+            text.search_text(conn, model, "x", 5, match="text", filters=Filters(within=0.1))
         with pytest.raises(psycopg.errors.RaiseException, match="1 to 10000"):
             conn.execute(
                 "SELECT * FROM clipdb.search_hybrid(%s::smallint, NULL, 'x', 10001, "

@@ -44,9 +44,9 @@ def test_cli_text_match_says_why_in_json_and_table(named, capsys) -> None:
 
 
 def test_cli_refuses_what_a_text_match_cannot_do(named, capsys) -> None:
-    assert main(["--text", "x", "--match", "text", *TINY, "--sort", "date"]) == 2
+    assert main(["--text", "x", "--match", "text", *TINY, "--within", "0.1"]) == 2
     err = capsys.readouterr().err
-    assert "go with a CLIP search" in err and "Traceback" not in err
+    assert "goes with a CLIP search" in err and "Traceback" not in err
     assert main(["--text", "x", "--match", "text", *TINY, "-k", "10001"]) == 2
 
 
@@ -76,3 +76,12 @@ def test_python_and_http_give_the_same_text_hits(named, database, tiny_encoder) 
         assert [h["match"] for h in only] == ["text"]
         bad = client.get("/api/search", params={"text": "x", "match": "words"})
         assert bad.status_code == 422
+        # The page's form: a text alone is matched by words too; hiding duplicates is CLIP's.
+        form = client.post("/api/search", data={"text": "march", "k": "6"}).json()
+        assert Path(form[0]["image_path"]).name == "march.jpg" and form[0]["match"] == "both"
+        clip = client.post("/api/search", data={"text": "march", "hide_duplicates": "true"})
+        assert "match" not in clip.json()[0]
+        refused = client.get(
+            "/api/search", params={"text": "march", "match": "text", "hide_duplicates": "true"}
+        )
+        assert refused.status_code == 400 and "--match clip" in refused.text

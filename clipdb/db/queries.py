@@ -159,7 +159,8 @@ def arrange(hits: list[Hit], k: int, filters: Filters) -> list[Hit]:
         newest_first = filters.sort == "-date"
         dated = [hit for hit in hits if hit.taken_at is not None]
         undated = [hit for hit in hits if hit.taken_at is None]
-        dated.sort(key=lambda h: (-h.similarity, h.image_id))
+        # A hit found by its words alone (no similarity) ranks after those with one.
+        dated.sort(key=lambda h: (-h.similarity if h.has_similarity else 2.0, h.image_id))
         dated.sort(key=lambda h: h.taken_at or datetime.min, reverse=newest_first)
         hits = dated + undated
     page = hits[filters.offset : filters.offset + k]

@@ -17,9 +17,9 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from clipdb.config import MAX_QUERY_TEXT
+from clipdb.config import MAX_QUERY_TEXT, MAX_RESULTS
 from clipdb.db.paths import key, prefix_range
-from clipdb.db.queries import Hit, check_result_count, under_prefix
+from clipdb.db.queries import Hit, arrange, check_result_count, under_prefix
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.files import fs_path
@@ -227,13 +227,13 @@ def search_text(
     """Top-k rows of ``model`` by words (``match`` text), by CLIP (clip) or both fused
     (hybrid), best first; each hit says which list found it and the words around the match.
     ``vector`` is needed for clip and hybrid. The filters are clipdb.search's (dates,
-    camera, place, ``under``) and the offset; ``within`` and ``sort`` are CLIP-only."""
+    camera, place, ``under``), ``sort`` and the offset; ``within`` is CLIP-only."""
     check_result_count(k)
     check_text_query(text, match)
     filters = filters or NO_FILTERS
-    if filters.within is not None or filters.sort != "relevance":
-        raise UsageError("--within and --sort go with a CLIP search, not a text match")
-    if k + filters.offset > 10_000:
+    if filters.within is not None:
+        raise UsageError("--within goes with a CLIP search, not a text match")
+    if k + filters.offset > MAX_RESULTS:
         raise UsageError("a text search pages through its first 10000 results: lower --offset")
     if match != "text":
         if vector is None:
@@ -254,8 +254,11 @@ def search_text(
         "skip": filters.offset,
         "mode": match,
     }
-    rows = conn.execute(_SEARCH_HYBRID, params).fetchall()
-    return [_hit(row) for row in rows]
+    if filters.sort != "relevance":  # by date: the best offset+k hits, then ordered by date
+        params.update(k=k + filters.offset, skip=0)
+        hits = [_hit(row) for row in conn.execute(_SEARCH_HYBRID, params)]
+        return arrange(hits, k, filters)
+    return [_hit(row) for row in conn.execute(_SEARCH_HYBRID, params)]
 
 
 def _hit(row: tuple[Any, ...]) -> Hit:
