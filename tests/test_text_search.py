@@ -20,6 +20,7 @@ WORDS = {
     2: "Café de Flore",
     3: "invoice draft",
     4: "",
+    5: "Grand Hotel facad",  # OCR misread "façade"
 }
 
 
@@ -65,6 +66,15 @@ def test_words_phrases_part_strings_and_accents(rows):
         assert [i for i, _ in found(conn, model, "CAFÉ flore")] == [ids[2]]
         assert [i for i, _ in found(conn, model, "img_00004")] == [ids[4]]  # its file name
         assert found(conn, model, "nothing-like-this") == []
+
+
+def test_a_word_ocr_misread_by_a_letter_is_found_when_nothing_matches_exactly(rows):
+    database, model, vectors, ids = rows
+    with database.connect() as conn:
+        assert [i for i, _ in found(conn, model, "façade")] == [ids[5]]
+        assert found(conn, model, '"façade"') == []  # a phrase asks for exactly that
+        # An exact match is not crowded by near spellings of it (img_00001, img_00002, ...).
+        assert [i for i, _ in found(conn, model, "img_00004")] == [ids[4]]
 
 
 def test_each_hit_says_why(rows):

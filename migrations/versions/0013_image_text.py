@@ -111,6 +111,10 @@ RETURN CASE WHEN t.document @@ query THEN 1 + ts_rank_cd(t.document, query) ELSE
 """
 
 
+def _text_rows(trgm: str) -> str:
+    return TEXT_ROWS.replace("@TRGM@", _ident(trgm))
+
+
 TEXT_ROWS = rf"""
 CREATE FUNCTION clipdb.search_text_rows(
     p_model_id smallint, query_text text, k integer DEFAULT 10, {FILTER_PARAMS})
@@ -127,6 +131,8 @@ DECLARE
     under_high bytea;
     ids bigint[];
     scores float8[];
+    near_ids bigint[];
+    near_scores float8[];
 BEGIN
     IF query_text IS NULL OR btrim(query_text) = '' THEN
         RAISE EXCEPTION 'the query text is empty';
@@ -205,6 +211,25 @@ BEGIN
     INTO ids, scores
     USING query, patterns, folded, p_model_id, after, before, camera, near_lat, near_lon,
         near_km, under, under_high, k;
+    ids := coalesce(ids, '{{}}');
+    scores := coalesce(scores, '{{}}');
+    IF cardinality(ids) = 0 AND length(folded) >= 4 AND query_text !~ '"|(^|\s)-' THEN
+        -- No exact match: words OCR misread by a letter or so (façade read as "facad"), by
+        -- trigram word similarity above pg_trgm's threshold. Not when something matched
+        -- exactly (near spellings of it would only crowd it), nor for a "phrase" or a -word.
+        EXECUTE 'SELECT array_agg(r.image_id ORDER BY r.score DESC, r.image_id), '
+            'array_agg(r.score ORDER BY r.score DESC, r.image_id) FROM ('
+            'SELECT t.image_id, @TRGM@.word_similarity($3, t.haystack) - 1 AS score '
+            'FROM clipdb.image_text t JOIN clipdb.images i ON i.id = t.image_id '
+            'WHERE i.model_id = $4 AND t.haystack OPERATOR(@TRGM@.%>) $3 '
+            '' || conditions
+            || ' ORDER BY score DESC, t.image_id LIMIT $13) r'
+        INTO near_ids, near_scores
+        USING ids, patterns, folded, p_model_id, after, before, camera, near_lat, near_lon,
+            near_km, under, under_high, k;
+        ids := coalesce(near_ids, '{{}}');
+        scores := coalesce(near_scores, '{{}}');
+    END IF;
     RETURN QUERY
     SELECT h.n, h.id, h.score, clipdb.text_snippet(t, query, terms)
     FROM unnest(ids, scores) WITH ORDINALITY AS h(id, score, n)
@@ -354,7 +379,7 @@ def upgrade() -> None:
     op.execute("CREATE EXTENSION IF NOT EXISTS unaccent")
     trgm, unaccent = _extension_schema("pg_trgm"), _extension_schema("unaccent")
     op.execute(_schema(trgm, unaccent))
-    op.execute(TEXT_ROWS)
+    op.execute(_text_rows(trgm))
     op.execute(HYBRID)
     op.execute(GRANT)
 
