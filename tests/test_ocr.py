@@ -160,3 +160,17 @@ def test_ocr_only_reads_rows_already_indexed_and_resumes(database, tiny_encoder,
             Path(h.image_path).name for h in text.search_text(conn, model, "400", 5, match="text")
         }
     assert found == {"s1.png", "s2.png"}
+
+
+def test_a_file_gone_before_its_text_is_read_keeps_its_name_and_is_not_retried(
+    database, tiny_encoder, tmp_path
+) -> None:
+    render(tmp_path / "gone_soon.png", ["hello"])
+    ingest([tmp_path], database=database, encoder=tiny_encoder, workers=0, ocr="off")
+    (tmp_path / "gone_soon.png").unlink()
+    first = ingest([tmp_path], database=database, encoder=tiny_encoder, workers=0, ocr="only")
+    assert first.text_stored == 1 and first.ocr_read == 0
+    again = ingest([tmp_path], database=database, encoder=tiny_encoder, workers=0, ocr="only")
+    assert again.text_stored == 0
+    with database.connect() as conn:
+        assert text.search_text(conn, _model(database), "gone_soon", 5, match="text")
