@@ -7,7 +7,7 @@ on where it stopped; an unchanged file is never read twice, a copy or a second m
 the same content takes the text already read, and a moved file keeps its OCR text.
 
 ``--ocr auto`` (the default) reads text when this database already has OCR text, i.e. once
-someone ran ``--ocr on``: OCR costs ~1 s per image on 2 CPU cores, 10-50x a CLIP encoding
+someone ran ``--ocr on``: OCR costs ~1 s per image on 2 CPU cores, ~50x a CLIP encoding
 (BENCHMARKS.md, "OCR"), too much to start unasked.
 """
 
