@@ -174,3 +174,23 @@ def test_a_file_gone_before_its_text_is_read_keeps_its_name_and_is_not_retried(
     assert again.text_stored == 0
     with database.connect() as conn:
         assert text.search_text(conn, _model(database), "gone_soon", 5, match="text")
+
+
+def test_names_that_are_not_utf8_and_metadata_with_nul_are_stored(
+    database, tiny_encoder, tmp_path
+) -> None:
+    import os
+
+    folder = os.fsencode(tmp_path)
+    render(tmp_path / "plain.png", ["hello"])
+    os.rename(folder + b"/plain.png", folder + b"/caf\xe9_menu.png")
+    image = Image.new("RGB", (32, 32))
+    exif = image.getexif()
+    exif[0x010E] = "harbour\x00 at dusk"
+    image.save(tmp_path / "described.jpg", exif=exif)
+    summary = ingest([tmp_path], database=database, encoder=tiny_encoder, workers=0)
+    assert summary.new == 2 and summary.text_stored == 2
+    with database.connect() as conn:
+        model = _model(database)
+        assert len(text.search_text(conn, model, "menu", 5, match="text")) == 1
+        assert len(text.search_text(conn, model, "dusk", 5, match="text")) == 1

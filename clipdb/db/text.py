@@ -134,11 +134,16 @@ def known_ocr(
     return found
 
 
+def _clean(text: str, limit: int) -> str:
+    """``text`` as PostgreSQL can hold it: no NUL (metadata may carry one), at most ``limit``."""
+    return text.replace("\0", " ")[:limit]
+
+
 def write(conn: psycopg.Connection[Any], rows: Sequence[TextRow]) -> int:
     """Insert or update the words of ``rows`` (a row deleted meanwhile is left out)."""
     written = 0
     for row in rows:
-        ocr_text = "\n".join(line["text"] for line in row.ocr)[:MAX_OCR_TEXT]
+        ocr_text = _clean("\n".join(line["text"] for line in row.ocr), MAX_OCR_TEXT)
         result = conn.execute(
             "INSERT INTO clipdb.image_text AS t (image_id, sha256, path_key, name_text, "
             "meta_text, engine, ocr, ocr_text) "
@@ -155,8 +160,8 @@ def write(conn: psycopg.Connection[Any], rows: Sequence[TextRow]) -> int:
                 "id": row.image_id,
                 "sha": row.sha256,
                 "key": row.path_key,
-                "name": row.name_text[:MAX_NAME_TEXT],
-                "meta": None if row.meta_text is None else row.meta_text[:MAX_META_TEXT],
+                "name": _clean(row.name_text, MAX_NAME_TEXT),
+                "meta": None if row.meta_text is None else _clean(row.meta_text, MAX_META_TEXT),
                 "engine": row.engine,
                 "ocr": Jsonb(list(row.ocr)),
                 "ocr_text": ocr_text,

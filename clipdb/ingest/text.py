@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import ImageOps
 
-from clipdb import decode
+from clipdb import decode, files
 from clipdb.db import Database
 from clipdb.db import text as text_db
 from clipdb.db.registry import Model
@@ -96,7 +96,7 @@ class TextStage:
             bar.close()
 
     def _row(self, item: text_db.TextWork, known: dict[bytes, Any]) -> text_db.TextRow:
-        names = name_words(item.path)
+        names = name_words(files.display(item.path))  # a name not UTF-8: its stored form
         if item.content_known and not item.needs_ocr:  # moved or renamed: only its name
             return text_db.TextRow(item.image_id, item.sha256, item.path_key, names, keep_ocr=True)
         meta, lines, engine = "", [], None
