@@ -194,3 +194,25 @@ def test_names_that_are_not_utf8_and_metadata_with_nul_are_stored(
         model = _model(database)
         assert len(text.search_text(conn, model, "menu", 5, match="text")) == 1
         assert len(text.search_text(conn, model, "dusk", 5, match="text")) == 1
+
+
+def test_an_engine_that_cannot_run_stops_the_stage_and_marks_nothing_read(
+    database, tiny_encoder, tmp_path, monkeypatch
+) -> None:
+    from clipdb.errors import ClipdbError
+
+    render(tmp_path / "sign.png", ["hello"])
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))  # no tesseract command
+    with pytest.raises(ClipdbError, match="tesseract"):
+        ingest(
+            [tmp_path],
+            database=database,
+            encoder=tiny_encoder,
+            workers=0,
+            ocr="on",
+            ocr_engine="tesseract",
+        )
+    with database.connect() as conn:  # the CLIP row was committed first; its text is still owed
+        model = _model(database)
+        assert conn.execute("SELECT count(*) FROM clipdb.images").fetchone() == (1,)
+        assert text.pending_count(conn, model, ocr=True) == 1

@@ -99,23 +99,25 @@ class TextStage:
         names = name_words(files.display(item.path))  # a name not UTF-8: its stored form
         if item.content_known and not item.needs_ocr:  # moved or renamed: only its name
             return text_db.TextRow(item.image_id, item.sha256, item.path_key, names, keep_ocr=True)
-        meta, lines, engine = "", [], None
+        meta, lines, engine, image = "", [], None, None
         try:
             data = decode.read_file(item.path)
             with decode.opened_image(data, self.max_pixels) as opened:
                 meta = metadata_words(opened)
-                if item.needs_ocr and item.sha256 in known:
-                    engine, lines = known[item.sha256]
-                elif item.needs_ocr:
+                if item.needs_ocr and item.sha256 not in known:
                     opened.load()
                     image = decode.to_rgb(ImageOps.exif_transpose(opened) or opened)
-                    engine = self.engine().name
-                    lines = [box.to_dict() for box in self.engine().read(image)]
-                    self.read += 1
         except (OSError, decode.ImageError):
             # Gone or unreadable since it was encoded: its name still counts, and it is not
             # tried again while the row is unchanged (a changed file gets a new sha256).
             engine = self.engine_name
+        if item.needs_ocr and item.sha256 in known:
+            engine, lines = known[item.sha256]
+        elif image is not None:  # outside the decoder's guard: an engine's failure is its own
+            engine = self.engine().name
+            lines = [box.to_dict() for box in self.engine().read(image)]
+            known[item.sha256] = (engine, lines)  # a copy later in this batch takes it
+            self.read += 1
         return text_db.TextRow(
             item.image_id,
             item.sha256,
