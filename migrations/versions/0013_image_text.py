@@ -67,10 +67,17 @@ COMMENT ON TEXT SEARCH CONFIGURATION clipdb.simple_unaccent IS
     'clipdb''s text search: no language''s stemming, accents folded (cafe matches café).';
 
 -- unaccent() is STABLE only because its dictionary could be changed; clipdb never changes it,
--- and an index expression needs IMMUTABLE. The body is bound when created (no search_path).
+-- and a generated column needs IMMUTABLE. Bounded like every function the reader may call
+-- (a row's words are at most 160,000 characters).
 CREATE FUNCTION clipdb.text_fold(p_text text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN lower({u}.unaccent('{dictionary}'::regdictionary, p_text));
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN
+    IF length(p_text) > 200000 THEN
+        RAISE EXCEPTION 'a text to fold is at most 200000 characters';
+    END IF;
+    RETURN lower({u}.unaccent('{dictionary}'::regdictionary, p_text));
+END
+$fn$;
 COMMENT ON FUNCTION clipdb.text_fold(text) IS
     'Text as clipdb compares part-strings: lower case, accents removed.';
 
@@ -101,13 +108,6 @@ CREATE INDEX image_text_haystack ON clipdb.image_text USING gin (haystack {t}.gi
 -- Which other row already read the same content (a second model, a copy): no second OCR.
 CREATE INDEX image_text_sha256 ON clipdb.image_text (sha256) WHERE engine IS NOT NULL;
 
-CREATE FUNCTION clipdb.text_score(
-    t clipdb.image_text, query tsquery, folded text) RETURNS double precision
-LANGUAGE sql STABLE PARALLEL SAFE
--- Whole-word matches first (by ts_rank_cd: OCR text counts most), then part-strings, each
--- ordered by how much of the query the text holds.
-RETURN CASE WHEN t.document @@ query THEN 1 + ts_rank_cd(t.document, query) ELSE 0 END
-    + {t}.word_similarity(folded, t.haystack);
 """
 
 
@@ -202,9 +202,12 @@ BEGIN
         conditions := conditions || ' AND clipdb.path_key(i.path, i.path_bytes) >= $11 '
             'AND clipdb.path_key(i.path, i.path_bytes) < $12';
     END IF;
+    -- Whole-word matches first (by ts_rank_cd: OCR text counts most), then part-strings,
+    -- each ordered by how much of the query the text holds.
     EXECUTE 'SELECT array_agg(r.image_id ORDER BY r.score DESC, r.image_id), '
         'array_agg(r.score ORDER BY r.score DESC, r.image_id) FROM ('
-        'SELECT t.image_id, clipdb.text_score(t, $1, $3) AS score '
+        'SELECT t.image_id, CASE WHEN t.document @@ $1 THEN 1 + ts_rank_cd(t.document, $1) '
+        'ELSE 0 END + @TRGM@.word_similarity($3, t.haystack) AS score '
         'FROM clipdb.image_text t JOIN clipdb.images i ON i.id = t.image_id '
         'WHERE i.model_id = $4 AND ' || matching || conditions
         || ' ORDER BY score DESC, t.image_id LIMIT $13) r'
@@ -231,7 +234,7 @@ BEGIN
         scores := coalesce(near_scores, '{{}}');
     END IF;
     RETURN QUERY
-    SELECT h.n, h.id, h.score, clipdb.text_snippet(t, query, terms)
+    SELECT h.n, h.id, h.score, clipdb.text_snippet(t, query, terms[1:1])
     FROM unnest(ids, scores) WITH ORDINALITY AS h(id, score, n)
     JOIN clipdb.image_text t ON t.image_id = h.id
     ORDER BY h.n;
@@ -247,6 +250,9 @@ DECLARE
     whole text := concat_ws(' ', t.ocr_text, t.meta_text, t.name_text);
     found integer;
 BEGIN
+    IF cardinality(terms) > 100 THEN
+        RAISE EXCEPTION 'at most 100 terms';
+    END IF;
     IF t.document @@ query THEN
         RETURN ts_headline('clipdb.simple_unaccent', whole, query,
             'StartSel="", StopSel="", MaxWords=16, MinWords=6, ShortWord=1');
@@ -354,7 +360,6 @@ DROP = f"""
 DROP FUNCTION clipdb.search_hybrid({HYBRID_TYPES});
 DROP FUNCTION clipdb.search_text_rows({TEXT_ROWS_TYPES});
 DROP FUNCTION clipdb.text_snippet(clipdb.image_text, tsquery, text[]);
-DROP FUNCTION clipdb.text_score(clipdb.image_text, tsquery, text);
 DROP TABLE clipdb.image_text;
 DROP FUNCTION clipdb.text_fold(text);
 DROP TEXT SEARCH CONFIGURATION clipdb.simple_unaccent;
