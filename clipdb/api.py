@@ -180,13 +180,18 @@ class ClipDB:
         threshold: float | None = None,
         ef_search: int = DEFAULT_EF_SEARCH,
         hide_duplicates: bool = False,
+        match: str | None = None,
         **filters: Any,
     ) -> list[dict[str, Any]]:
-        """Images matching a text description (CLIP text tower), best first."""
+        """Images matching a text, best first: ``match`` "clip" by its CLIP embedding (a
+        description), "text" by the words in the images, their keywords and file names,
+        "hybrid" both fused; None: hybrid when the images' words are indexed, else clip.
+        Hits of text and hybrid searches also have ``match`` and ``matched_text``."""
         options = SearchOptions(
             top_k, ef_search, _str(under), threshold, _filters(filters), hide_duplicates
         )
-        return [hit.to_dict() for hit in self._searcher.search(Query(text=text), options)]
+        query = Query(text=text, match=match)
+        return [hit.to_dict() for hit in self._searcher.search(query, options)]
 
     def print_search_results(
         self, query: str | os.PathLike[str], results: Sequence[dict[str, Any]]
@@ -283,13 +288,15 @@ def _hits(results: Sequence[dict[str, Any]]) -> list[Hit]:
         Hit(
             rank=int(r["rank"]),
             image_path=str(r["image_path"]),
-            similarity=float(r["similarity"]),
+            similarity=float("nan") if r["similarity"] is None else float(r["similarity"]),
             image_id=int(r.get("image_id", 0)),
             taken_at=datetime.fromisoformat(r["taken_at"]) if r.get("taken_at") else None,
             camera=r.get("camera"),
             lat=r.get("lat"),
             lon=r.get("lon"),
             taken_at_naive=bool(r.get("taken_at_naive", False)),
+            match=r.get("match"),
+            matched_text=r.get("matched_text"),
         )
         for r in results
     ]

@@ -21,6 +21,8 @@ DEFAULT_EF_SEARCH = 320
 # The most results one search returns, the same in the CLI, Python, HTTP and SQL. Beyond
 # pgvector's ef_search maximum (1000) the HNSW scan continues iteratively until k rows came.
 MAX_RESULTS = 10_000
+# The longest text query (characters): clipdb.search_text_rows refuses longer ones too.
+MAX_QUERY_TEXT = 1000
 
 # How long ingest lets another session hold up its index DDL (or hold its ingest lock without
 # being an ingest) before it names that session, and ends it when it is clipdb_reader's. 30 s

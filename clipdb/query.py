@@ -25,6 +25,7 @@ from clipdb.config import DEFAULT_MODEL, Settings
 from clipdb.db import queries
 from clipdb.db.queries import Hit
 from clipdb.db.registry import Model
+from clipdb.db.text import check_text_query, has_text, search_text
 from clipdb.errors import ClipdbError, Option, UsageError
 from clipdb.search import SearchOptions, choose_model, open_image, run_batch, search
 
@@ -144,8 +145,11 @@ class NotIndexed(ClipdbError, LookupError):
 class Query:
     """What to search for: an image (a file, or a picture already decoded), a text, an indexed
     image (``like``: a path or row id as text, or a row id as int), any mix of them, concepts
-    to push away from (``minus``) and how much each part counts. A hybrid text match (text in
-    the images, beside the CLIP vector) is a later kind of part."""
+    to push away from (``minus``) and how much each part counts.
+
+    ``match`` says how ``text`` is matched: ``clip`` (its CLIP vector only), ``text`` (the
+    words of the images: OCR text, keywords, names; no model is loaded), ``hybrid`` (both
+    lists fused), or None: hybrid when the rows have words stored, else clip."""
 
     image: str | os.PathLike[str] | None = None
     picture: Image.Image | None = None
@@ -153,6 +157,7 @@ class Query:
     like: str | int | None = None
     minus: tuple[str, ...] = ()
     weights: Weights = Weights()
+    match: str | None = None
 
     @property
     def needs_encoder(self) -> bool:
@@ -279,7 +284,46 @@ class Searcher:
         """Top-k hits for ``query``, best first (``model``: as :meth:`model` chooses)."""
         query.check()
         model = model or self.model(query.like)
-        return self.top_k(self.vector(query, model), options, model)
+        match = self.match_for(query, model)
+        if match == "clip":
+            return self.top_k(self.vector(query, model), options, model)
+        return self.text_top_k(query, match, options, model)
+
+    def match_for(self, query: Query, model: Model) -> str:
+        """How ``query`` is matched: its own ``match``; else hybrid for a text query when
+        ``model``'s rows have words stored, else clip."""
+        if query.match is not None:
+            check_text_query(query.text, query.match)
+            return query.match
+        if query.text is None:
+            return "clip"
+        with self._connect() as conn:
+            return "hybrid" if has_text(conn, model) else "clip"
+
+    def text_top_k(
+        self, query: Query, match: str, options: SearchOptions, model: Model
+    ) -> list[Hit]:
+        """A text or hybrid search: the words side needs no model; hybrid's CLIP vector is
+        :meth:`vector`'s (text, image, like, minus, all as in a CLIP search)."""
+        if options.hide_duplicates or options.threshold is not None:
+            raise UsageError("--hide-duplicates and --threshold go with --match clip")
+        vector = None
+        if match == "hybrid":
+            vector = self.vector(query, model)
+        elif query.image is not None or query.picture is not None or query.like is not None:
+            raise UsageError("--match text searches by --text alone")
+        with self._connect() as conn:
+            return search_text(
+                conn,
+                model,
+                query.text,
+                options.k,
+                vector=vector,
+                match=match,
+                ef_search=min(options.ef_search, queries.EF_SEARCH_MAX),
+                under=options.under,
+                filters=options.filters,
+            )
 
 
 def _fits(encoder: Encoder, model: Model | None) -> bool:

@@ -19,6 +19,11 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
     echo "test: installing Debian's chromium for the browser tests" >&2
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
+if ! command -v tesseract >/dev/null && command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "test: installing Debian's tesseract-ocr for the OCR engine tests" >&2
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq tesseract-ocr >/dev/null
+fi
 . .venv/bin/activate
 ruff check clipdb tests bench migrations
 ruff format --check clipdb tests bench migrations

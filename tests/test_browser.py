@@ -397,3 +397,34 @@ def test_an_older_answer_arriving_last_never_replaces_the_newer(
             expect(page.locator("#status")).to_contain_text("2 results")
         finally:
             browser.close()
+
+
+def test_a_typed_text_finds_images_by_their_words_and_marks_them(
+    database: Database, tiny_encoder: Any, tmp_path: Path
+):
+    from playwright.sync_api import expect, sync_playwright
+
+    from clipdb.ingest import ingest
+
+    folder = tmp_path / "pictures"
+    pictures = make_images(folder, 5, size=(160, 120), seed=9)
+    pictures[1].rename(folder / "invoice_KX5172.jpg")
+    ingest([folder], database=database, encoder=tiny_encoder, workers=0)  # names indexed
+
+    with (
+        running(create_app(database, encoder=tiny_encoder)) as url,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            expect(page.locator("#model")).to_contain_text("clipdb-tiny")
+            page.fill("#k-input", "5")
+            page.fill("#text-input", "KX5172")
+            page.click("#search-button")
+            first = page.locator("#results .result").first
+            expect(first.locator(".filename")).to_contain_text("invoice_KX5172.jpg")
+            expect(first.locator(".matched mark").first).to_contain_text("KX5172")
+        finally:
+            browser.close()

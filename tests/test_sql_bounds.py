@@ -108,6 +108,22 @@ OUT_OF_RANGE = [
     ("SELECT * FROM clipdb.duplicates('near', 9)", "max_distance must be 0 to 8, not 9"),
     ("SELECT * FROM clipdb.duplicates('near', NULL)", "max_distance must be 0 to 8, not NULL"),
     ("SELECT * FROM clipdb.duplicates(repeat('x', 9999), 4)", "tier must be 'exact' or 'near'$"),
+    (
+        "SELECT * FROM clipdb.search_hybrid(1::smallint, NULL, 'x', 20000, mode => 'text')",
+        "number of results must be 1 to 10000, not 20000$",
+    ),
+    (
+        f"SELECT * FROM clipdb.search_hybrid(1::smallint, {QUERY}, 'x', 5, skip => 9999)",
+        "k \\+ skip at most 10000",
+    ),
+    ("SELECT * FROM clipdb.search_text_rows(1::smallint, repeat('x', 1001))", "at most 1000"),
+    ("SELECT * FROM clipdb.search_text_rows(1::smallint, 'x', 0)", "must be 1 to 10000, not 0$"),
+    ("SELECT clipdb.text_fold(repeat('x', 200001))", "at most 200000 characters$"),
+    (
+        "SELECT clipdb.text_snippet(NULL::clipdb.image_text, NULL, array_fill('x'::text, "
+        "ARRAY[101]))",
+        "at most 100 terms$",
+    ),
 ]
 
 

@@ -46,6 +46,15 @@ class Hit:
     # The exact name bytes when the name is not UTF-8 (image_path is then a display form, which
     # another name can spell too); never in to_dict().
     path_bytes: bytes | None = field(default=None, repr=False)
+    # A text search's hits (clipdb.db.text): which list found it ("clip", "text" or "both")
+    # and the words around the match; in to_dict() only then. A hit found by its words alone
+    # with no query vector has no similarity (NaN here, null in JSON).
+    match: str | None = None
+    matched_text: str | None = None
+
+    @property
+    def has_similarity(self) -> bool:
+        return self.similarity == self.similarity  # NaN: found by text alone, nothing compared
 
     @property
     def file_path(self) -> str:
@@ -66,6 +75,10 @@ class Hit:
         ``taken_at_naive``: true when taken_at is a wall clock of unknown time zone)."""
         data = asdict(self)
         del data["path_bytes"]
+        if self.match is None:
+            del data["match"], data["matched_text"]
+        if not self.has_similarity:
+            data["similarity"] = None
         data["filename"] = self.filename
         data["taken_at"] = self.taken_at.isoformat() if self.taken_at is not None else None
         return data
@@ -146,7 +159,8 @@ def arrange(hits: list[Hit], k: int, filters: Filters) -> list[Hit]:
         newest_first = filters.sort == "-date"
         dated = [hit for hit in hits if hit.taken_at is not None]
         undated = [hit for hit in hits if hit.taken_at is None]
-        dated.sort(key=lambda h: (-h.similarity, h.image_id))
+        # A hit found by its words alone (no similarity) ranks after those with one.
+        dated.sort(key=lambda h: (-h.similarity if h.has_similarity else 2.0, h.image_id))
         dated.sort(key=lambda h: h.taken_at or datetime.min, reverse=newest_first)
         hits = dated + undated
     page = hits[filters.offset : filters.offset + k]

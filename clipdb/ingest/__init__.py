@@ -30,6 +30,7 @@ from clipdb.ingest.options import images_per_s
 from clipdb.ingest.phash_backfill import backfill_phashes
 from clipdb.ingest.plan import Plan, SkipCallback, make_plan, prune
 from clipdb.ingest.skips import Skip, SkipLedger
+from clipdb.ingest.text import TextStage
 from clipdb.models import ModelSpec, quick_model_spec
 from clipdb.terminal import printable
 
@@ -149,6 +150,11 @@ class Ingester:
         """Scan -> plan (and backfills) -> engine -> writer -> prune and remember skips."""
         start = time.perf_counter()
         summary = IngestSummary()
+        if self.options.ocr == "only":  # the text of rows already indexed, nothing else
+            with self.database.connect(autocommit=True) as conn:
+                self._read_text(self._lookup_model(conn), summary)
+            summary.seconds = round(time.perf_counter() - start, 3)
+            return summary
         skips = SkipLedger(self.on_skip, verbose=self.options.verbose, watched=self.known_bad)
         scan = files.scan(self.roots, self.options.exclude)
         summary.found = len(scan.files) + len(scan.skipped)
@@ -177,10 +183,25 @@ class Ingester:
             # connection survived: what is left gets a connection of its own.
             with self.database.connect(autocommit=True) as conn:
                 self._finish(conn, model, seen, skips, summary)
+        self._read_text(model, summary)  # after the CLIP rows: they are searchable already
         summary.skipped = dict(skips.counts)
         summary.seconds = round(time.perf_counter() - start, 3)
         summary.images_per_s = images_per_s(summary.new + summary.updated, summary.seconds)
         return summary
+
+    def _read_text(self, model: Model | None, summary: IngestSummary) -> None:
+        if model is None or self.options.ocr == "off":
+            return
+        stage = TextStage(
+            self.database,
+            model,
+            self.roots,
+            ocr=self.options.ocr,
+            engine=self.options.ocr_engine,
+            progress=self.options.progress,
+            max_pixels=self.options.max_pixels,
+        )
+        summary.text_stored, summary.ocr_read = stage.run()
 
     def _backfill(
         self,

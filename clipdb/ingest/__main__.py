@@ -21,6 +21,9 @@ from clipdb.config import Settings, add_common_arguments, add_read_url_argument
 from clipdb.errors import UsageError
 from clipdb.ingest import ENGINES, IngestOptions, IngestSummary, default_workers, ingest, watch
 from clipdb.ingest.options import DECODE_MODES
+from clipdb.ingest.text import OCR_MODES
+from clipdb.ocr import DEFAULT_ENGINE as DEFAULT_OCR_ENGINE
+from clipdb.ocr import ENGINES as OCR_ENGINES
 from clipdb.terminal import printable
 
 EXAMPLES = """\
@@ -49,7 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_arguments(parser)
     _add_engine_arguments(parser)
     _add_finish_arguments(parser)
+    _add_text_arguments(parser)
     return parser
+
+
+def _add_text_arguments(parser: argparse.ArgumentParser) -> None:
+    """The text stage: names and keywords always, OCR when asked (clipdb.ingest.text)."""
+    parser.add_argument(
+        "--ocr",
+        choices=OCR_MODES,
+        default="auto",
+        help="read the text in images after their CLIP rows are committed (searchable with "
+        "search --text): on; off; only (no scan or encoding: the text of rows already "
+        "indexed); auto (default): on once this database has OCR text (OCR costs ~1 s an "
+        "image on 2 cores). File names and keywords are indexed in every mode but off",
+    )
+    parser.add_argument(
+        "--ocr-engine",
+        choices=OCR_ENGINES,
+        default=DEFAULT_OCR_ENGINE,
+        help="rapid: PP-OCRv4 (default, the more accurate); tesseract: the tesseract command",
+    )
 
 
 def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +212,8 @@ def ingest_options(args: argparse.Namespace, settings: Settings) -> IngestOption
         decode=args.decode,
         terminate_blockers=args.terminate_blockers,
         verbose=args.verbose,
+        ocr=args.ocr,
+        ocr_engine=args.ocr_engine,
     )
 
 

@@ -49,6 +49,9 @@ class IngestOptions:
     # EncoderWorker. Typed loosely so that options import nothing of the engines (the Ray
     # engine imports the pipeline, which imports these options).
     ray_worker_class: type[Any] | None = None
+    # The text stage (clipdb.ingest.text): auto, on, off or only; and which OCR engine.
+    ocr: str = "auto"
+    ocr_engine: str = "rapid"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -66,6 +69,10 @@ class IngestOptions:
             raise UsageError(
                 f"unknown decode {self.decode!r}; use one of {', '.join(DECODE_MODES)}"
             )
+        if self.ocr not in ("auto", "on", "off", "only"):
+            raise UsageError(f"unknown --ocr {self.ocr!r}; use auto, on, off or only")
+        if self.ocr_engine not in ("rapid", "tesseract"):
+            raise UsageError(f"unknown --ocr-engine {self.ocr_engine!r}; use rapid or tesseract")
         if self.device not in DEVICES:
             raise UsageError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
         if self.backend not in BACKENDS:
@@ -101,6 +108,8 @@ class IngestSummary:
     images_per_s: float = 0.0
     metadata_read: int = 0  # rows that got photo metadata without re-encoding (backfill)
     known_bad: int = 0  # of skipped: files skipped before, unchanged, not retried
+    text_stored: int = 0  # rows whose words (names, keywords, OCR text) were stored
+    ocr_read: int = 0  # images read by OCR
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,4 +123,6 @@ class IngestSummary:
             f"pruned {self.pruned}, {self.seconds:.2f} s"
             + (f", {rate_text(self.images_per_s)}" if self.new + self.updated else "")
             + (f", metadata read {self.metadata_read}" if self.metadata_read else "")
+            + (f", text of {self.text_stored}" if self.text_stored else "")
+            + (f" (OCR read {self.ocr_read})" if self.ocr_read else "")
         )

@@ -26,6 +26,7 @@ from clipdb.config import (
 )
 from clipdb.db import Database, open_database
 from clipdb.db.queries import Hit, indexed_path
+from clipdb.db.text import MATCHES
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.filters import SORTS, Filters, Near, offset_value, within_value
 from clipdb.query import EncoderOptions, Query, Searcher, Weights
@@ -48,6 +49,7 @@ examples:
   clipdb search --like ~/pics/cat.jpg       # an indexed image: SQL only, no model
   clipdb search photo.jpg --text "at night" --weights 0.7,0.3
   clipdb search --text "a beach" --minus "people" --json
+  clipdb search --text 'invoice "KX 5172"' --match text   # words in images and names
   clipdb search photo.jpg --under ~/pics/2024 --threshold 0.8 --paths
   clipdb search photo.jpg --plot result.png
   clipdb search --batch queries/ --out results/
@@ -91,6 +93,13 @@ def _add_query_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights",
         metavar="WI,WT[,WM]",
         help="weights of image, text and minus parts (default 1,1,0.5)",
+    )
+    parser.add_argument(
+        "--match",
+        choices=MATCHES,
+        help="how --text matches: clip (its CLIP embedding), text (words in the images, "
+        'their keywords and file names: whole words, "phrases", part-strings; no model), '
+        "hybrid (both, fused); default hybrid when the images' words are indexed, else clip",
     )
 
 
@@ -158,6 +167,7 @@ def check_arguments(args: argparse.Namespace) -> None:
                 ("--minus", args.minus),
                 ("--plot", args.plot),
                 ("--paths", args.paths),
+                ("--match", args.match),
             )
             if value
         ]
@@ -262,6 +272,7 @@ def run_query(args: argparse.Namespace, settings: Settings, database: Database) 
         like=args.like,
         minus=tuple(args.minus),
         weights=Weights.parse(args.weights) if args.weights else Weights(),
+        match=args.match,
     )
     query.check()  # a missing or broken image fails before the database is asked
     pipeline = searcher(args, settings, database)

@@ -13,6 +13,8 @@ from clipdb.terminal import exact_bytes, printable
 def format_table(hits: Sequence[Hit]) -> str:
     """``rank  similarity  path`` with aligned columns; ``taken_at (UTC)``, ``camera`` and
     ``place`` columns too when some hit has photo metadata."""
+    if any(hit.match is not None for hit in hits):
+        return _text_table(hits)
     if any(hit.has_metadata for hit in hits):
         return _metadata_table(hits)
     lines = [f"{'rank':>4}  {'similarity':>10}  path"]
@@ -63,5 +65,24 @@ def _metadata_table(hits: Sequence[Hit]) -> str:
         f"{hit.rank:>4}  {hit.similarity:>10.4f}  {when(hit):<17}  {camera:<{width}}  "
         f"{place(hit):<19}  {printable(hit.image_path)}"
         for hit, camera in zip(hits, cameras, strict=True)
+    ]
+    return "\n".join(lines)
+
+
+def _text_table(hits: Sequence[Hit]) -> str:
+    """A text search's table: which list found each hit, and the words around the match."""
+
+    def similarity(hit: Hit) -> str:
+        return f"{hit.similarity:>10.4f}" if hit.has_similarity else f"{'-':>10}"
+
+    def words(hit: Hit) -> str:
+        shown = printable(" ".join((hit.matched_text or "").split()))
+        return shown if len(shown) <= 40 else shown[:39] + "…"
+
+    lines = [f"{'rank':>4}  {'similarity':>10}  {'match':<5}  {'matched text':<40}  path"]
+    lines += [
+        f"{hit.rank:>4}  {similarity(hit)}  {hit.match or '-':<5}  {words(hit):<40}  "
+        f"{printable(hit.image_path)}"
+        for hit in hits
     ]
     return "\n".join(lines)

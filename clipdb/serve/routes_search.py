@@ -5,19 +5,26 @@ this", no model needed), and the query embedding itself. Search answers carry a
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
 from fastapi.responses import JSONResponse
 
 from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_TOP_K
+from clipdb.errors import UsageError
 from clipdb.filters import NO_FILTERS, Filters
 from clipdb.query import Query as ServiceQuery
 from clipdb.search import SearchOptions
 from clipdb.serve.limits import MAX_TOP_K, BadUpload, too_large_message
 from clipdb.serve.params import form_filters, query_filters
 from clipdb.serve.service import SearchService
+
+MatchKind = Literal["clip", "text", "hybrid"]
+MATCH_HELP = (
+    "clip, text (the words in the images, their keywords and file names) or hybrid (both); "
+    "default hybrid when the images' words are indexed, else clip"
+)
 
 
 def search_router(service: SearchService, max_upload_bytes: int) -> APIRouter:
@@ -105,6 +112,29 @@ def _search(
     return JSONResponse([hit.to_dict() for hit in hits], headers=_server_timing(**phases))
 
 
+def _text_match(service: SearchService, text: str, match: str | None, clip_only: bool) -> str:
+    """How a text is matched: as asked; by default clip where only CLIP can do what was
+    asked (hide duplicates, a similarity floor), else as the service decides."""
+    if not text:
+        return "clip"
+    if match is None and clip_only:
+        return "clip"
+    return service.match_for(text, match)
+
+
+def _search_words(
+    service: SearchService, text: str, match: str, options: SearchOptions
+) -> Response:
+    """A text or hybrid search: encoding (hybrid's text vector) and the query in one phase."""
+    started = time.perf_counter()
+    try:
+        hits = service.search_text(text, match, options)
+    except UsageError as err:  # an option a text match cannot honour: the client's request
+        raise HTTPException(400, str(err)) from None
+    phases = {"search": time.perf_counter() - started}
+    return JSONResponse([hit.to_dict() for hit in hits], headers=_server_timing(**phases))
+
+
 def _server_timing(**phases: float) -> dict[str, str]:
     return {"Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in phases.items())}
 
@@ -127,11 +157,20 @@ def _add_upload_routes(router: APIRouter, service: SearchService, max_upload_byt
             bool, Form(description="collapse exact/near duplicates to their kept image")
         ] = False,
         filters: Annotated[Filters, Depends(form_filters)] = NO_FILTERS,
+        match: Annotated[MatchKind | None, Form(description=MATCH_HELP)] = None,
     ) -> Response:
         """Results as a list of ``{rank, image_path, similarity, filename, image_id}``.
 
         With both an image and a text, the query is the normalised mean of their embeddings.
+        A text alone is also matched by the images' words (``match``, as in the GET search).
         """
+        words = (text or "").strip()
+        resolved = _text_match(service, words, match, hide_duplicates or threshold is not None)
+        if image is None and resolved != "clip":
+            options = SearchOptions(
+                k, DEFAULT_EF_SEARCH, under or None, threshold, filters, hide_duplicates
+            )
+            return _search_words(service, words, resolved, options)
         encoded = _encode(service, max_upload_bytes, image, (text or "").strip() or None)
         if encoded is None:
             raise HTTPException(400, "give a query: an image, a text, or both")
@@ -172,8 +211,24 @@ def _add_text_route(router: APIRouter, service: SearchService) -> None:
         under: Annotated[str | None, Query()] = None,
         hide_duplicates: bool = False,
         filters: Annotated[Filters, Depends(query_filters)] = NO_FILTERS,
+        match: Annotated[
+            Literal["clip", "text", "hybrid"] | None,
+            Query(
+                description="clip, text (words in the images and names) or hybrid; "
+                "default hybrid when the images' words are indexed, else clip"
+            ),
+        ] = None,
     ) -> Response:
-        """Results as a list of ``{rank, image_path, similarity, filename, image_id}``."""
+        """Results as a list of ``{rank, image_path, similarity, filename, image_id}``, plus
+        ``match`` (clip, text or both) and ``matched_text`` for a text or hybrid match."""
+        resolved = _text_match(
+            service, text.strip(), match, hide_duplicates or threshold is not None
+        )
+        if resolved != "clip":
+            options = SearchOptions(
+                k, DEFAULT_EF_SEARCH, under or None, threshold, filters, hide_duplicates
+            )
+            return _search_words(service, text, resolved, options)
         encoded = _encode_text(service, text.strip() or None)
         if encoded is None:
             raise HTTPException(400, "give a query: an image, a text, or both")

@@ -176,6 +176,15 @@ class SearchService:
     def search(self, vector: np.ndarray, options: SearchOptions) -> list[db_queries.Hit]:
         return self.searcher.top_k(vector, options, self.model())
 
+    def match_for(self, text: str, match: str | None) -> str:
+        """How a text query is matched (clipdb.query.Searcher.match_for)."""
+        return self.searcher.match_for(Query(text=text, match=match), self.model())
+
+    def search_text(self, text: str, match: str, options: SearchOptions) -> list[db_queries.Hit]:
+        """A text or hybrid search (``match`` text or hybrid) on the served model."""
+        query = Query(text=text, match=match)
+        return self.searcher.text_top_k(query, match, options, self.model())
+
     def duplicates(self, tiers: tuple[str, ...]) -> list[dict[str, Any]]:
         """Duplicate groups of the served model (``clipdb dupes --json``)."""
         from clipdb.dupes import find_duplicates

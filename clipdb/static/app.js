@@ -144,7 +144,8 @@ function render(hits) {
     caption.className = "caption";
     const similarity = document.createElement("span");
     similarity.className = "similarity";
-    similarity.textContent = hit.similarity.toFixed(3);
+    // A hit found by its words alone has no similarity: say so instead.
+    similarity.textContent = hit.similarity === null ? hit.match : hit.similarity.toFixed(3);
     const name = document.createElement("span");
     name.className = "filename";
     name.textContent = `#${hit.rank} ${hit.filename}`;
@@ -164,6 +165,7 @@ function render(hits) {
       taken.textContent = formatTaken(hit.taken_at);
       caption.append(taken);
     }
+    if (hit.matched_text) caption.append(matchedText(hit));
     card.append(img, caption);
     card.addEventListener("click", () => moreLike(hit));
     card.addEventListener("keydown", (event) => {
@@ -174,6 +176,26 @@ function render(hits) {
     });
     return card;
   }));
+}
+
+// The words around a text match, the query's words marked (built as nodes: the text is data).
+function matchedText(hit) {
+  const line = document.createElement("span");
+  line.className = "matched";
+  line.title = `found by ${hit.match === "both" ? "its words and CLIP" : hit.match}`;
+  const fold = (s) => s.normalize("NFKD").replace(/[\u0300-\u036f]/g, "").toLowerCase();
+  const words = fold(results.dataset.words || "").split(/[\s"]+/).filter((w) => w.length > 1);
+  for (const part of hit.matched_text.split(/(\s+)/)) {
+    const folded = fold(part);
+    if (words.some((w) => folded.includes(w))) {
+      const mark = document.createElement("mark");
+      mark.textContent = part;
+      line.append(mark);
+    } else {
+      line.append(part);
+    }
+  }
+  return line;
 }
 
 function searchForm() {
@@ -192,6 +214,7 @@ function searchForm() {
   body.append("k", kInput.value || "12");
   if (document.getElementById("hide-dupes").checked) body.append("hide_duplicates", "true");
   const label = queryFile && text ? `for "${text}" + image` : text ? `for "${text}"` : "by image";
+  results.dataset.words = text;  // a text alone is also matched by the images' words
   run(label, () => fetch("/api/search", { method: "POST", body }));
 }
 

@@ -1,0 +1,156 @@
+"""A labelled OCR set, generated: words rendered on photo-like and plain backgrounds.
+
+Each image carries a few words nobody tuned to (drawn from a fixed vocabulary with a seed):
+signs and captions on textured "photos" (noise, gradients, shapes), scanned-looking documents
+(grey paper, serif text, slight rotation), plates (``KX 5172``-style), and accented Latin.
+Several fonts, sizes, colours and angles. ``make_set(folder, count)`` writes PNGs and returns
+``{path: [words]}``; a word used as a unique key appears in exactly one image.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+FONTS = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationMono-Bold.ttf",
+]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ren",
+    "tus",
+    "vor",
+    "pel",
+    "dra",
+    "qui",
+    "zan",
+    "bex",
+    "hol",
+    "mun",
+    "sib",
+    "tor",
+    "gav",
+    "wel",
+    "fin",
+    "cod",
+    "jup",
+]
+ACCENTED = ["café", "Zürich", "naïve", "señor", "Ångström", "crème", "façade", "Málaga"]
+KINDS = ("sign", "document", "plate", "plain")
+
+
+def word(rng: random.Random) -> str:
+    """A pronounceable made-up word (no dictionary help for any engine)."""
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
+
+
+def plate(rng: random.Random) -> str:
+    letters = "".join(rng.choice("ABCDEFGHKLMNPRSTVXYZ") for _ in range(2))
+    return f"{letters} {rng.randint(1000, 9999)}"
+
+
+def background(rng: random.Random, size: tuple[int, int], kind: str) -> Image.Image:
+    """A textured photo-like background, grey paper, or a flat colour."""
+    import numpy as np
+
+    w, h = size
+    if kind == "document":
+        base = np.full((h, w, 3), rng.randint(215, 245), np.float32)
+        base += np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, 6, (h, w, 3))
+        return Image.fromarray(base.clip(0, 255).astype("uint8"))
+    if kind == "plain":
+        return Image.new("RGB", size, tuple(rng.randint(180, 255) for _ in range(3)))
+    gen = np.random.default_rng(rng.randint(0, 1 << 30))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack(
+        [(xx / w) * gen.uniform(40, 200) + (yy / h) * gen.uniform(20, 120) for _ in range(3)], -1
+    )
+    base += gen.normal(0, 18, (h, w, 3))
+    image = Image.fromarray(base.clip(0, 255).astype("uint8"))
+    draw = ImageDraw.Draw(image)
+    for _ in range(8):
+        x, y = rng.randint(0, w), rng.randint(0, h)
+        r = rng.randint(10, 80)
+        draw.ellipse(
+            (x - r, y - r, x + r, y + r), fill=tuple(rng.randint(0, 255) for _ in range(3))
+        )
+    return image.filter(ImageFilter.GaussianBlur(1.5))
+
+
+def render(rng: random.Random, kind: str, words: list[str]) -> Image.Image:
+    """``words`` as a sign, a document, a plate or plain text."""
+    size = (rng.choice([640, 800, 1024]), rng.choice([480, 600, 768]))
+    image = background(rng, size, kind)
+    draw = ImageDraw.Draw(image)
+    font_path = FONTS[rng.randrange(len(FONTS))] if kind != "plate" else FONTS[5]
+    px = {"sign": rng.randint(28, 64), "document": rng.randint(18, 26)}.get(
+        kind, rng.randint(36, 72)
+    )
+    font = ImageFont.truetype(font_path, px)
+    y = rng.randint(20, 60)
+    for line in words:
+        x = rng.randint(20, 80)
+        if kind == "sign":  # a panel behind the text, as on a real sign
+            left, top, right, bottom = draw.textbbox((x, y), line, font=font)
+            panel = tuple(rng.randint(0, 80) for _ in range(3))
+            draw.rectangle((left - 10, top - 8, right + 10, bottom + 8), fill=panel)
+            colour = tuple(rng.randint(200, 255) for _ in range(3))
+        elif kind == "plate":
+            left, top, right, bottom = draw.textbbox((x, y), line, font=font)
+            draw.rectangle(
+                (left - 12, top - 10, right + 12, bottom + 10),
+                fill="white",
+                outline="black",
+                width=4,
+            )
+            colour = (10, 10, 10)
+        else:
+            colour = tuple(rng.randint(0, 60) for _ in range(3))
+        draw.text((x, y), line, font=font, fill=colour)
+        y += int(px * 1.8)
+    angle = rng.uniform(-6, 6) if kind in ("sign", "plate") else rng.uniform(-1.5, 1.5)
+    fill = (128, 128, 128) if kind != "document" else (230, 230, 230)
+    return image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=fill)
+
+
+def make_set(folder: Path, count: int, seed: int = 7, blank: int = 0) -> dict[Path, list[str]]:
+    """``count`` images with text plus ``blank`` photo-like ones without, written as PNGs."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    truth: dict[Path, list[str]] = {}
+    used: set[str] = set()
+    for n in range(count):
+        kind = KINDS[n % len(KINDS)]
+        lines = []
+        for _ in range(rng.randint(1, 3) if kind != "plate" else 1):
+            if kind == "plate":
+                line = plate(rng)
+            else:
+                parts = [word(rng) for _ in range(rng.randint(1, 3))]
+                if rng.random() < 0.25:
+                    parts.append(rng.choice(ACCENTED))
+                if rng.random() < 0.3:
+                    parts.append(str(rng.randint(100, 99999)))
+                line = " ".join(parts)
+            lines.append(line)
+        words = [w for line in lines for w in line.split()]
+        if any(w.lower() in used for w in words if w not in ACCENTED):
+            pass  # a repeat is fine for precision; unique-word queries skip repeated words
+        used.update(w.lower() for w in words)
+        path = folder / f"text_{n:04d}.png"
+        render(rng, kind, lines).save(path)
+        truth[path] = words
+    for n in range(blank):
+        path = folder / f"photo_{n:04d}.png"
+        background(rng, (800, 600), "sign").save(path)
+        truth[path] = []
+    return truth
