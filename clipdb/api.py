@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
-from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_MODEL, Settings
+from clipdb.config import DEFAULT_EF_SEARCH, Settings
 from clipdb.db import Database, open_database
 from clipdb.db.queries import Hit
 from clipdb.db.registry import Model
@@ -82,7 +82,7 @@ class ClipDB:
 
     def __init__(
         self,
-        model_name: str = "ViT-B/32",
+        model_name: str | None = None,
         pretrained: str | None = None,
         database_url: str | None = None,
         device: str = "auto",
@@ -92,7 +92,7 @@ class ClipDB:
     ) -> None:
         self.settings = Settings.resolve(
             database_url=database_url,
-            model=model_name or DEFAULT_MODEL,
+            model=model_name,  # None: CLIPDB_MODEL, else the database's default, else ViT-B-32
             pretrained=pretrained,
             read_database_url=read_database_url,
         )

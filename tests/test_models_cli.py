@@ -1,0 +1,145 @@
+"""``clipdb models``: presets, the models side by side, the default stored in the database
+(every client follows it: the CLI's policy, ClipDB, SQL with no ``model =>``), dropping one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from helpers import TINY_MODEL, insert_rows
+
+from clipdb.config import Settings
+from clipdb.db import Database
+from clipdb.db.model_admin import default_model
+from clipdb.db.registry import Model, register_model
+from clipdb.models_cli.__main__ import main
+from clipdb.search import choose_model
+
+OTHER = "file:sha256:0123456789abcdef"  # the same architecture, other weights
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def two_models(database: Database, covered: int) -> tuple[Model, Model]:
+    """TINY_MODEL with random weights on 6 files, and other weights on ``covered`` of them."""
+    with database.connect() as conn:
+        first, _, paths = insert_rows(conn, TINY_MODEL, 32, 6, prefix="/lib")
+        second = register_model(conn, TINY_MODEL, OTHER, 32)
+        conn.execute(
+            "INSERT INTO clipdb.images (model_id, path, sha256, size, mtime_ns, width, height,"
+            " embedding) SELECT %s, path, sha256, size, mtime_ns, width, height, embedding"
+            " FROM clipdb.images WHERE model_id = %s AND path = ANY(%s)",
+            (second.model_id, first.model_id, paths[:covered]),
+        )
+        conn.commit()
+    return first, second
+
+
+def sql_search_model(database: Database) -> Any:
+    """Which model's rows ``clipdb.search(query)`` answers from, no ``model =>`` given."""
+    with database.connect() as conn:
+        query = np.ones(32, dtype=np.float32)
+        row = conn.execute(
+            "SELECT (clipdb.choose_model(NULL, NULL, %s, NULL)).pretrained, "
+            "(SELECT count(*) FROM clipdb.search(%s, 3))",
+            (32, query),
+        ).fetchone()
+    return row
+
+
+def test_presets_name_open_clip_models_and_show_non_commercial_licences(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import open_clip
+
+    code, out, _ = run(capsys, "presets", "--json")
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    for name in ("ViT-B-32", "ViT-B-32-SigLIP2-256", "ViT-B-16-SigLIP2", "ViT-L-14"):
+        assert name in rows
+    assert rows["xlm-roberta-base-ViT-B-32"]["pretrained"] == "laion5b_s13b_b90k"
+    assert rows["xlm-roberta-base-ViT-B-32"]["licence"] == "MIT"
+    for row in rows.values():  # the names and tags are open_clip's own
+        assert row["pretrained"] in open_clip.list_pretrained_tags_by_model(row["architecture"])
+        assert row["dim"] == open_clip.get_model_config(row["architecture"])["embed_dim"]
+        assert isinstance(row["cached"], bool)
+    assert [r["name"] for r in rows.values() if not r["commercial_use"]] == [
+        "nllb-clip-base-siglip"
+    ]
+    code, table, _ = run(capsys, "presets")
+    assert "CC-BY-NC-4.0 (non-commercial)" in table
+
+
+def test_default_is_refused_below_full_coverage_and_forced_says_what_is_missing(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    two_models(database, covered=4)
+    code, _, err = run(capsys, "default", f"{TINY_MODEL}/{OTHER}")
+    assert code == 1
+    assert "covers 4 of 6 files (2 missing)" in err and "--force" in err
+    assert "Traceback" not in err
+    code, out, err = run(capsys, "default", f"{TINY_MODEL}/{OTHER}", "--force")
+    assert code == 0, err
+    assert "searches will miss 2 of 6 files" in err
+    assert "/lib/img_00004.jpg" in err and "/lib/img_00005.jpg" in err
+    assert f"default model: {TINY_MODEL}/{OTHER}" in out
+
+
+def test_every_client_follows_the_stored_default(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    two_models(database, covered=6)
+    settings = Settings.resolve(database_url=database.url, model=None)
+    # Before: two weights of one architecture, neither the standard ones: SQL cannot pick.
+    with pytest.raises(psycopg.errors.RaiseException, match="several clipdb models match"):
+        sql_search_model(database)
+    code, _, err = run(capsys, "default", f"{TINY_MODEL}/{OTHER}")
+    assert code == 0, err
+    assert sql_search_model(database) == (OTHER, 3)
+    with database.connect() as conn:
+        assert choose_model(conn, settings).pretrained == OTHER
+        named = Settings.resolve(database_url=database.url, model=TINY_MODEL, pretrained="none")
+        assert choose_model(conn, named).pretrained == "none"  # a named model still wins
+    from clipdb import ClipDB
+
+    assert ClipDB(database_url=database.url)._searched_model().pretrained == OTHER
+
+
+def test_list_shows_coverage_index_and_default(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    two_models(database, covered=3)
+    code, out, _ = run(capsys, "--json")
+    assert code == 0
+    rows = {row["pretrained"]: row for row in json.loads(out)}
+    assert (rows["none"]["covered"], rows["none"]["known_files"]) == (6, 6)
+    assert (rows[OTHER]["covered"], rows[OTHER]["coverage_percent"]) == (3, 50.0)
+    assert rows["none"]["index_bytes"] > 0 and rows["none"]["last_ingest"]
+    assert not any(row["default"] for row in rows.values())
+    code, table, _ = run(capsys)
+    assert "3 of 6 (50%)" in table and "no default stored" in table
+
+
+def test_drop_asks_then_deletes_rows_index_and_default(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = two_models(database, covered=6)
+    assert run(capsys, "default", f"{TINY_MODEL}/{OTHER}")[0] == 0
+    code, _, err = run(capsys, "drop", f"{TINY_MODEL}/{OTHER}")  # stdin is not a terminal
+    assert code == 2 and "pass --yes" in err
+    code, out, _ = run(capsys, "drop", f"{TINY_MODEL}/{OTHER}", "--yes")
+    assert (code, out) == (0, f"dropped {TINY_MODEL}/{OTHER}: 6 images\n")
+    with database.connect() as conn:
+        assert default_model(conn) is None
+        left = conn.execute("SELECT DISTINCT model_id FROM clipdb.images").fetchall()
+        index = conn.execute("SELECT to_regclass(%s)", (f"clipdb.{second.index_name}",))
+        assert (left, index.fetchone()) == ([(first.model_id,)], (None,))
+    code, _, err = run(capsys, "drop", "nonsense", "--yes")
+    assert code == 1 and "no model nonsense" in err
