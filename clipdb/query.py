@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -194,6 +195,7 @@ class Searcher:
         self._model: Model | None = None
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
+        self._warned: set[str] = set()  # architectures already warned about a query's script
 
     @property
     def chosen_model(self) -> Model | None:
@@ -238,6 +240,8 @@ class Searcher:
         if not query.needs_encoder:
             return combine_query(indexed, weights=query.weights)
         encoder = self.encoder_for(model)
+        if query.text is not None:
+            self._warn_unread_script(encoder.architecture, query.text)
         picture = query.picture
         if query.image is not None:
             picture = open_image(query.image, encoder)  # at ingest's decoding scale
@@ -246,6 +250,15 @@ class Searcher:
             text = encoder.encode_texts([query.text])[0] if query.text is not None else None
             minus = list(encoder.encode_texts(list(query.minus))) if query.minus else []
         return combine_query(image, text, minus, query.weights)
+
+    def _warn_unread_script(self, architecture: str, text: str) -> None:
+        """One line, once per model, when a text is in a script the model cannot read."""
+        from clipdb.presets import language_warning
+
+        message = language_warning(architecture, text)
+        if message is not None and architecture not in self._warned:
+            self._warned.add(architecture)
+            print(f"warning: {message}", file=sys.stderr)
 
     def _indexed(self, model: Model, like: str | int) -> np.ndarray:
         with self._connect() as conn:
