@@ -143,3 +143,54 @@ def test_drop_asks_then_deletes_rows_index_and_default(
         assert (left, index.fetchone()) == ([(first.model_id,)], (None,))
     code, _, err = run(capsys, "drop", "nonsense", "--yes")
     assert code == 1 and "no model nonsense" in err
+
+
+def test_top_roots_keep_only_the_topmost_folders() -> None:
+    from clipdb.ingest.all_roots import top_roots
+
+    folders = ["/a", "/a/b", "/a/b/c", "/ab", "/data/x", "/data/x/y", "/data/z"]
+    assert top_roots(folders) == ["/a", "/ab", "/data/x", "/data/z"]
+
+
+def test_ingest_all_indexes_every_known_root_with_a_new_model_and_keeps_an_offline_one(
+    database: Database, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from helpers import TINY_WIDE_MODEL, make_images
+
+    from clipdb.ingest.__main__ import main as ingest_main
+
+    tiny = ["--model", TINY_MODEL, "--pretrained", "none", "--backend", "torch"]
+    wide = ["--model", TINY_WIDE_MODEL, "--pretrained", "none", "--backend", "torch"]
+    make_images(tmp_path / "one", 3)
+    make_images(tmp_path / "two" / "deep", 2, seed=1)
+    for root in ("one", "two"):
+        assert ingest_main([str(tmp_path / root), *tiny]) == 0
+    assert main(["default", f"{TINY_MODEL}/none"]) == 0
+    capsys.readouterr()
+    # Searches keep the default model while the new one covers part of the library.
+    assert ingest_main([str(tmp_path / "one"), *wide]) == 0
+    with database.connect() as conn:
+        assert choose_model(conn, Settings.resolve(database_url=database.url)).dim == 32
+    capsys.readouterr()
+    moved = shutil.move(tmp_path / "two", tmp_path / "unplugged")
+    assert ingest_main(["--all", *wide]) == 1  # a root was not reachable
+    err = capsys.readouterr().err
+    assert f"[1/2] {tmp_path / 'one'}" in err
+    assert f"[2/2] {tmp_path / 'two' / 'deep'}: not reachable; skipped, rows kept" in err
+    assert "make it the default" not in err  # 3 of 5 files
+    with database.connect() as conn:
+        counts = conn.execute(
+            "SELECT m.dim, count(*) FROM clipdb.images i JOIN clipdb.models m "
+            "ON m.id = i.model_id GROUP BY m.dim"
+        ).fetchall()
+    rows = dict(counts)
+    assert rows == {32: 5, 48: 3}  # nothing pruned
+    shutil.move(moved, tmp_path / "two")
+    assert ingest_main(["--all", *wide, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["new"] for line in out.splitlines()] == [0, 2]  # resumed
+    suggestion = "now covers all 5 files; make it the default for every client: clipdb models"
+    assert f"{suggestion} default {TINY_WIDE_MODEL}/none" in err
+    assert ingest_main(["--all", str(tmp_path)]) == 2

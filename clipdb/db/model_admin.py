@@ -105,3 +105,12 @@ def drop_model(conn: psycopg.Connection[Any], model: Model) -> int:
     ).fetchone()
     conn.execute("DELETE FROM clipdb.models WHERE id = %s", (int(model.model_id),))
     return int(row[0]) if row else 0
+
+
+def known_directories(conn: psycopg.Connection[Any]) -> list[str]:
+    """The folders of every file the database knows (any model), each once, sorted."""
+    rows = conn.execute(
+        "SELECT DISTINCT regexp_replace(path, '/[^/]*$', '') AS folder FROM clipdb.images "
+        "ORDER BY folder"
+    ).fetchall()
+    return [row[0] or "/" for row in rows]
