@@ -194,3 +194,19 @@ def test_ingest_all_indexes_every_known_root_with_a_new_model_and_keeps_an_offli
     suggestion = "now covers all 5 files; make it the default for every client: clipdb models"
     assert f"{suggestion} default {TINY_WIDE_MODEL}/none" in err
     assert ingest_main(["--all", str(tmp_path)]) == 2
+
+
+def test_help_and_presets_import_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from clipdb.__main__ import main\n"
+        "codes = [main(['models', '--help']), main(['models', 'presets'])]\n"
+        "heavy = sorted(m for m in ('torch', 'open_clip', 'fastapi') if m in sys.modules)\n"
+        "print('HEAVY', heavy, 'CODES', codes, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert "HEAVY [] CODES [0, 0]" in result.stderr, result.stderr
+    assert "usage: clipdb models" in result.stdout

@@ -115,7 +115,8 @@ def find_tokenizer_file(name: str, checkpoint: Path | None) -> Path:
     """The ``tokenizer.json`` beside the checkpoint, in the folder ``name`` names, or in the
     Hugging Face cache for repository ``name``; one clear error when none is there."""
     candidates = [checkpoint.parent / TOKENIZER_FILE] if checkpoint is not None else []
-    candidates.append(Path(name).expanduser() / TOKENIZER_FILE)
+    if Path(name).expanduser().is_absolute():  # a folder, never relative to the cwd
+        candidates.append(Path(name).expanduser() / TOKENIZER_FILE)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
