@@ -42,9 +42,10 @@ def two_models(database: Database, covered: int) -> tuple[Model, Model]:
     return first, second
 
 
-def sql_search_model(database: Database) -> Any:
+def sql_search_model(database: Database, role: str = "postgres") -> Any:
     """Which model's rows ``clipdb.search(query)`` answers from, no ``model =>`` given."""
-    with database.connect() as conn:
+    url = database.url.replace("postgres@", f"{role}@", 1)
+    with Database(url=url).connect() as conn:
         query = np.ones(32, dtype=np.float32)
         row = conn.execute(
             "SELECT (clipdb.choose_model(NULL, NULL, %s, NULL)).pretrained, "
@@ -103,6 +104,7 @@ def test_every_client_follows_the_stored_default(
     code, _, err = run(capsys, "default", f"{TINY_MODEL}/{OTHER}")
     assert code == 0, err
     assert sql_search_model(database) == (OTHER, 3)
+    assert sql_search_model(database, "clipdb_reader") == (OTHER, 3)  # readers see it too
     with database.connect() as conn:
         assert choose_model(conn, settings).pretrained == OTHER
         named = Settings.resolve(database_url=database.url, model=TINY_MODEL, pretrained="none")
