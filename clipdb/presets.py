@@ -250,7 +250,9 @@ def english_only(architecture: str) -> bool:
     entry = preset_for(architecture, None)
     if entry is not None:
         return not entry.multilingual
-    return not any(word in architecture.lower() for word in ("siglip", "xlm", "nllb", "mt5"))
+    # SigLIP 2 and the i18n SigLIPs were trained on many languages; SigLIP 1 on English.
+    words = ("siglip2", "i18n", "xlm", "nllb", "mt5", "worldwide")
+    return not any(word in architecture.lower() for word in words)
 
 
 def language_warning(architecture: str, text: str) -> str | None:

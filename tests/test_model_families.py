@@ -85,6 +85,7 @@ def test_a_query_in_a_script_the_model_cannot_read_warns_once_naming_a_preset(
     assert unreadable_script("سيارة حمراء") == "ARABIC"
     assert unreadable_script("a red car, São Paulo") is None
     assert language_warning("ViT-B-16-SigLIP2", "红色的汽车") is None  # it reads it
+    assert language_warning("ViT-B-16-SigLIP", "红色的汽车") is not None  # SigLIP 1: English
     searcher = Searcher(
         Settings.resolve(), EncoderOptions(TINY_MODEL), no_database, encoder=tiny_encoder
     )
