@@ -137,6 +137,29 @@ class EncoderOptions:
         return encoder
 
 
+def settings_with_stored_default(settings: Settings) -> Settings:
+    """The weights a command encodes new images with: with no model named, the database's
+    default model (``clipdb models default``), so a plain ``clipdb ingest`` after a switch
+    keeps the default covering every file."""
+    if settings.model_explicit or settings.pretrained is not None:
+        return settings
+    from clipdb.db import open_database
+    from clipdb.search import stored_default
+
+    with open_database(settings).connect() as conn:
+        stored = stored_default(conn)
+    if stored is None:
+        return settings
+    if stored.pretrained.startswith("file:"):
+        raise ClipdbError(
+            f"the default model {stored} was made from a checkpoint; pass ",
+            Option("model", stored.architecture),
+            " and ",
+            Option("pretrained", "FILE|DIR", placeholder=True),
+        )
+    return replace(settings, model=stored.architecture, pretrained=stored.pretrained)
+
+
 class NotIndexed(ClipdbError, LookupError):
     """The indexed image a query names is not there (HTTP 404)."""
 

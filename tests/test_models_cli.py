@@ -212,3 +212,23 @@ def test_help_and_presets_import_nothing_heavy() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert "HEAVY [] CODES [0, 0]" in result.stderr, result.stderr
     assert "usage: clipdb models" in result.stdout
+
+
+def test_plain_ingest_encodes_with_the_stored_default(
+    database: Database, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers import TINY_WIDE_MODEL, make_images
+
+    from clipdb.ingest.__main__ import main as ingest_main
+
+    make_images(tmp_path / "old", 2)
+    wide = ["--model", TINY_WIDE_MODEL, "--pretrained", "none", "--backend", "torch"]
+    assert ingest_main([str(tmp_path / "old"), *wide]) == 0
+    assert main(["default", f"{TINY_WIDE_MODEL}/none"]) == 0
+    make_images(tmp_path / "new", 1, seed=3)
+    assert ingest_main([str(tmp_path / "new"), "--backend", "torch"]) == 0  # no model named
+    with database.connect() as conn:
+        dims = conn.execute(
+            "SELECT DISTINCT m.dim FROM clipdb.images i JOIN clipdb.models m ON m.id = i.model_id"
+        ).fetchall()
+    assert dims == [(48,)]  # the default covers the new file; ViT-B-32 was never loaded

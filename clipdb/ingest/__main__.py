@@ -209,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.all and (args.watch or args.prune or args.prune_missing_roots):
             raise UsageError("--all never prunes nor watches; run those on a PATH")
         settings = Settings.from_args(args)
+        if not args.all:  # --all means another model; the stored default is what searches use
+            from clipdb.query import settings_with_stored_default
+
+            settings = settings_with_stored_default(settings)
         options = ingest_options(args, settings)
 
         def report(summary: IngestSummary) -> None:
