@@ -22,6 +22,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -125,7 +126,15 @@ class ClipDB:
 
     @property
     def encoder(self) -> Encoder:
-        """The CLIP model named by the settings (what ``build_image_index`` encodes with)."""
+        """The CLIP model named by the settings (what ``build_image_index`` encodes with):
+        with no model named, the database's default model, as ``clipdb ingest``."""
+        if self._searcher.encoder is None:
+            from clipdb.query import settings_with_stored_default
+
+            chosen = settings_with_stored_default(self.settings)
+            self._searcher.options = replace(
+                self._searcher.options, model=chosen.model, pretrained=chosen.pretrained
+            )
         return self._searcher.encoder_for(None)
 
     def _searched_model(self) -> Model:

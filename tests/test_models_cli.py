@@ -232,3 +232,6 @@ def test_plain_ingest_encodes_with_the_stored_default(
             "SELECT DISTINCT m.dim FROM clipdb.images i JOIN clipdb.models m ON m.id = i.model_id"
         ).fetchall()
     assert dims == [(48,)]  # the default covers the new file; ViT-B-32 was never loaded
+    from clipdb import ClipDB
+
+    assert ClipDB(database_url=database.url, backend="torch").encoder.dim == 48  # as ingest
