@@ -154,6 +154,7 @@ def test_top_roots_keep_only_the_topmost_folders() -> None:
     assert top_roots(folders) == ["/a", "/ab", "/data/x", "/data/z"]
 
 
+@pytest.mark.slow
 def test_ingest_all_indexes_every_known_root_with_a_new_model_and_keeps_an_offline_one(
     database: Database, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -198,6 +199,7 @@ def test_ingest_all_indexes_every_known_root_with_a_new_model_and_keeps_an_offli
     assert ingest_main(["--all", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_help_and_presets_import_nothing_heavy() -> None:
     import subprocess
     import sys
@@ -214,6 +216,7 @@ def test_help_and_presets_import_nothing_heavy() -> None:
     assert "usage: clipdb models" in result.stdout
 
 
+@pytest.mark.slow
 def test_plain_ingest_encodes_with_the_stored_default(
     database: Database, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
