@@ -19,7 +19,11 @@ COMMANDS = {
     "serve": "web page and JSON API on 127.0.0.1",
     "db": "the database: url, status, stop, upgrade, replicate, promote",
     "dupes": "duplicate groups (exact, near, similar) and a script to move them",
+    "models": "indexed models, presets, the default model; drop a model",
 }
+
+# Commands whose package is not named as the command (clipdb.models is the model registry).
+MODULES = {"models": "models_cli"}
 
 USAGE = "usage: clipdb [--version] [--help] COMMAND [ARGS...]"
 
@@ -71,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clipdb import cli
 
     cli.invoked_as = "clipdb "
-    module = importlib.import_module(f"clipdb.{command}.__main__")
+    module = importlib.import_module(f"clipdb.{MODULES.get(command, command)}.__main__")
     code: int = module.main(rest)
     return code
 

@@ -22,13 +22,14 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
-from clipdb.config import DEFAULT_EF_SEARCH, DEFAULT_MODEL, Settings
+from clipdb.config import DEFAULT_EF_SEARCH, Settings
 from clipdb.db import Database, open_database
 from clipdb.db.queries import Hit
 from clipdb.db.registry import Model
@@ -82,7 +83,7 @@ class ClipDB:
 
     def __init__(
         self,
-        model_name: str = "ViT-B/32",
+        model_name: str | None = None,
         pretrained: str | None = None,
         database_url: str | None = None,
         device: str = "auto",
@@ -92,7 +93,7 @@ class ClipDB:
     ) -> None:
         self.settings = Settings.resolve(
             database_url=database_url,
-            model=model_name or DEFAULT_MODEL,
+            model=model_name,  # None: CLIPDB_MODEL, else the database's default, else ViT-B-32
             pretrained=pretrained,
             read_database_url=read_database_url,
         )
@@ -125,7 +126,15 @@ class ClipDB:
 
     @property
     def encoder(self) -> Encoder:
-        """The CLIP model named by the settings (what ``build_image_index`` encodes with)."""
+        """The CLIP model named by the settings (what ``build_image_index`` encodes with):
+        with no model named, the database's default model, as ``clipdb ingest``."""
+        if self._searcher.encoder is None:
+            from clipdb.query import settings_with_stored_default
+
+            chosen = settings_with_stored_default(self.settings)
+            self._searcher.options = replace(
+                self._searcher.options, model=chosen.model, pretrained=chosen.pretrained
+            )
         return self._searcher.encoder_for(None)
 
     def _searched_model(self) -> Model:

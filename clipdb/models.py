@@ -97,7 +97,25 @@ def quick_model_spec(model: str, pretrained: str | None) -> ModelSpec | None:
         return ModelSpec(architecture, tag) if tag else None
     if pretrained.lower() == RANDOM_WEIGHTS:
         return ModelSpec(architecture, RANDOM_WEIGHTS)
-    path = Path(pretrained).expanduser()
-    if path.is_file():
+    path = local_checkpoint(pretrained)
+    if path is not None:
         return ModelSpec(architecture, file_identity(path), checkpoint=path.resolve())
     return ModelSpec(architecture, pretrained)
+
+
+# The weights files of a Hugging Face snapshot folder of an open_clip model, in open_clip's
+# order of preference.
+SNAPSHOT_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def local_checkpoint(pretrained: str) -> Path | None:
+    """The checkpoint file ``--pretrained`` names: a file, or the weights file in a snapshot
+    folder (``--pretrained DIR``); None when it names neither (a tag, or nothing there)."""
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in SNAPSHOT_WEIGHTS:
+            if (path / name).is_file():
+                return path / name
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -137,6 +138,29 @@ class EncoderOptions:
         return encoder
 
 
+def settings_with_stored_default(settings: Settings) -> Settings:
+    """The weights a command encodes new images with: with no model named, the database's
+    default model (``clipdb models default``), so a plain ``clipdb ingest`` after a switch
+    keeps the default covering every file."""
+    if settings.model_explicit or settings.pretrained is not None:
+        return settings
+    from clipdb.db import open_database
+    from clipdb.search import stored_default
+
+    with open_database(settings).connect() as conn:
+        stored = stored_default(conn)
+    if stored is None:
+        return settings
+    if stored.pretrained.startswith("file:"):
+        raise ClipdbError(
+            f"the default model {stored} was made from a checkpoint; pass ",
+            Option("model", stored.architecture),
+            " and ",
+            Option("pretrained", "FILE|DIR", placeholder=True),
+        )
+    return replace(settings, model=stored.architecture, pretrained=stored.pretrained)
+
+
 class NotIndexed(ClipdbError, LookupError):
     """The indexed image a query names is not there (HTTP 404)."""
 
@@ -199,6 +223,7 @@ class Searcher:
         self._model: Model | None = None
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
+        self._warned: set[str] = set()  # architectures already warned about a query's script
 
     @property
     def chosen_model(self) -> Model | None:
@@ -243,6 +268,8 @@ class Searcher:
         if not query.needs_encoder:
             return combine_query(indexed, weights=query.weights)
         encoder = self.encoder_for(model)
+        if query.text is not None:
+            self._warn_unread_script(encoder.architecture, query.text)
         picture = query.picture
         if query.image is not None:
             picture = open_image(query.image, encoder)  # at ingest's decoding scale
@@ -251,6 +278,15 @@ class Searcher:
             text = encoder.encode_texts([query.text])[0] if query.text is not None else None
             minus = list(encoder.encode_texts(list(query.minus))) if query.minus else []
         return combine_query(image, text, minus, query.weights)
+
+    def _warn_unread_script(self, architecture: str, text: str) -> None:
+        """One line, once per model, when a text is in a script the model cannot read."""
+        from clipdb.presets import language_warning
+
+        message = language_warning(architecture, text)
+        if message is not None and architecture not in self._warned:
+            self._warned.add(architecture)
+            print(f"warning: {message}", file=sys.stderr)
 
     def _indexed(self, model: Model, like: str | int) -> np.ndarray:
         with self._connect() as conn:

@@ -8,6 +8,7 @@ text query never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -20,6 +21,13 @@ from PIL import Image
 
 from clipdb.decode import PixelPipeline
 from clipdb.encoders.device import cpu_has_fast_bf16
+from clipdb.encoders.hf_tokenizer import (
+    TOKENIZER_CONFIG,
+    TOKENIZER_FILE,
+    HubTokenizer,
+    LazyHubTokenizer,
+    find_tokenizer_file,
+)
 from clipdb.encoders.openvino_cache import cache_target, convert_towers, converting, read_manifest
 from clipdb.encoders.tokenizer import ClipTokenizer
 from clipdb.encoders.torch import load_torch, used_positions
@@ -52,6 +60,7 @@ class OpenVinoEncoder:
     folder: Path
     hint: str  # INFERENCE_PRECISION_HINT: bf16 on CPUs with native bf16, else f32
     tokenizer_kind: str = "open_clip"
+    hub_tokenizer: dict[str, Any] = field(default_factory=dict)  # kind "hf": name, clean
     text_trim: bool = False  # the text IR takes any sequence length (see openvino_cache)
     # The torch model's resize/crop as PixelPipeline data; None in caches made before it was
     # recorded (then open_clip's default eval transform is rebuilt, which needs torch).
@@ -104,6 +113,14 @@ class OpenVinoEncoder:
     def tokenizer(self) -> Any:
         if self._tokenizer is None and self.tokenizer_kind == "clip-bpe":
             self._tokenizer = ClipTokenizer(self.context_length)  # torch-free, same ids
+        elif self._tokenizer is None and self.tokenizer_kind == "hf":
+            # The tokenizer.json copied in at conversion (verified with the IR); else found
+            # as the torch loader finds it.
+            file = self.folder / TOKENIZER_FILE
+            if not file.is_file():
+                file = find_tokenizer_file(self.hub_tokenizer["name"], self.spec.checkpoint)
+            clean = str(self.hub_tokenizer.get("clean", "whitespace"))
+            self._tokenizer = HubTokenizer(file, self.context_length, clean)
         elif self._tokenizer is None:
             import open_clip
 
@@ -207,6 +224,7 @@ def compile_cached(folder: Path, spec: ModelSpec, precision: str) -> OpenVinoEnc
         folder=folder,
         hint="bf16" if precision in ("bf16", "int8") and cpu_has_fast_bf16() else "f32",
         tokenizer_kind=str(manifest.get("tokenizer", "open_clip")),
+        hub_tokenizer=dict(manifest.get("hub_tokenizer") or {}),
         text_trim=bool(manifest.get("text_trim", False)),
         pixel_steps=None if steps is None else pixel_steps_from_json(steps),
     )
@@ -274,9 +292,20 @@ def _convert_and_load(folder: Path, spec: ModelSpec, chosen: str) -> OpenVinoEnc
         "mean": list(pixels.mean or OPENAI_MEAN),
         "std": list(pixels.std or OPENAI_STD),
     }
+    files: dict[str, Path] = {}
+    tokenizer = torch_encoder.tokenizer
+    if isinstance(tokenizer, LazyHubTokenizer):
+        extra["hub_tokenizer"] = dict(tokenizer.settings)
+        # Kept with the IR: a text query then needs neither the hub nor its cache. Without
+        # it, images still convert, and a text query says where the tokenizer is missing.
+        with contextlib.suppress(ClipdbError):
+            file = tokenizer.loaded().file
+            files[TOKENIZER_FILE] = file
+            if (file.parent / TOKENIZER_CONFIG).is_file():  # its padding token
+                files[TOKENIZER_CONFIG] = file.parent / TOKENIZER_CONFIG
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.trace deprecation notes from the converter
-        convert_towers(torch_encoder.model, torch_encoder.image_size, weights, folder, extra)
+        convert_towers(torch_encoder.model, torch_encoder.image_size, weights, folder, extra, files)
     encoder = compile_cached(folder, spec, chosen)
     if encoder is None:
         raise RuntimeError(f"the converted model in {folder} does not verify")
@@ -288,6 +317,8 @@ def tokenizer_kind(tokenizer: Any) -> str:
     CLIP BPE)."""
     from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
+    if isinstance(tokenizer, LazyHubTokenizer):
+        return "hf"
     plain = (
         type(tokenizer) is SimpleTokenizer
         and tokenizer.clean_fn is _clean_lower

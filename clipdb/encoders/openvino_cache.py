@@ -87,9 +87,15 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def convert_towers(
-    clip_model: Any, image_size: tuple[int, int], weights: str, folder: Path, extra: dict[str, Any]
+    clip_model: Any,
+    image_size: tuple[int, int],
+    weights: str,
+    folder: Path,
+    extra: dict[str, Any],
+    extra_files: dict[str, Path] | None = None,
 ) -> None:
-    """Convert both towers of a torch open_clip model to IR in ``folder`` (atomically)."""
+    """Convert both towers of a torch open_clip model to IR in ``folder`` (atomically);
+    ``extra_files`` (name -> source, e.g. the tokenizer) are copied in and verified alike."""
     global conversions
     import openvino as ov  # before anything is made: without it, nothing is
 
@@ -100,6 +106,8 @@ def convert_towers(
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:
         _save_towers(ov, _towers(clip_model, image_size, context, trim), weights, staging)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
         files: dict[str, str] = {}
         stats: dict[str, list[int]] = {}
         for name in sorted(os.listdir(staging)):

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from clipdb.config import model_config_dirs
 from clipdb.errors import ClipdbError, Option, UsageError, WeightsUnavailable
-from clipdb.models import RANDOM_WEIGHTS, ModelSpec, canonical_model_name, file_identity
+from clipdb.models import (
+    RANDOM_WEIGHTS,
+    SNAPSHOT_WEIGHTS,
+    ModelSpec,
+    canonical_model_name,
+    file_identity,
+    local_checkpoint,
+)
 
 # Where weights cannot be had: how to try everything anyway (the CLI adds the exact rerun line).
 RANDOM_WEIGHTS_HINT = (
@@ -64,9 +71,14 @@ def resolve_model_spec(model: str, pretrained: str | None) -> ModelSpec:
         return ModelSpec(architecture, default_pretrained(architecture))
     if pretrained.lower() == RANDOM_WEIGHTS:
         return ModelSpec(architecture, RANDOM_WEIGHTS)
-    path = Path(pretrained).expanduser()
-    if path.is_file():
+    path = local_checkpoint(pretrained)
+    if path is not None:
         return ModelSpec(architecture, file_identity(path), checkpoint=path.resolve())
+    if Path(pretrained).expanduser().is_dir():
+        raise ClipdbError(
+            f"{pretrained} holds no open_clip weights ({' or '.join(SNAPSHOT_WEIGHTS)}); "
+            "pass a Hugging Face snapshot folder of an open_clip model, or a checkpoint file"
+        )
     import open_clip
 
     if pretrained in open_clip.list_pretrained_tags_by_model(architecture):

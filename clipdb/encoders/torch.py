@@ -8,8 +8,9 @@ time. The OpenVINO backend uses :func:`load_torch` too, to convert a model once.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import logging
-import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from PIL import Image
 
 from clipdb.decode import PixelPipeline
 from clipdb.encoders.device import pick_device, pick_precision
+from clipdb.encoders.hf_tokenizer import LazyHubTokenizer, hub_tokenizer_settings
+from clipdb.encoders.hub import offline_hub_if_unreachable
 from clipdb.encoders.spec import RANDOM_WEIGHTS_HINT
 from clipdb.errors import ClipdbError, Option, WeightsUnavailable
 from clipdb.models import RANDOM_WEIGHTS, ModelSpec
@@ -28,7 +31,6 @@ if TYPE_CHECKING:
     import torch
 
 RANDOM_SEED = 0  # every process builds the identical random model
-HUB_HOST = ("huggingface.co", 443)
 _F = TypeVar("_F")
 
 
@@ -148,7 +150,12 @@ class ClipEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> (N, dim) normalised float32 from the text tower."""
 
-        tokens = self.tokenizer(list(texts)).to(self.device)
+        import torch
+
+        tokens = self.tokenizer(list(texts))
+        if isinstance(tokens, np.ndarray):  # clipdb's Hugging Face tokenizer: torch-free
+            tokens = torch.from_numpy(tokens)
+        tokens = tokens.to(self.device)
         with self._autocast():
             features = _encode_text_trimmed(self.model, tokens)
         return _normalise(features)
@@ -224,29 +231,6 @@ def _probe_dim(model: Any, preprocess: Any, device: torch.device) -> int:
     return int(model.encode_image(blank).shape[-1])
 
 
-def _hub_reachable() -> bool:
-    try:
-        with socket.create_connection(HUB_HOST, timeout=3):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _offline_hub_if_unreachable() -> Iterator[None]:
-    """Without a network, use the hub cache only: fail in a second, not after 50 s of retries."""
-    import huggingface_hub.constants as hub_constants
-
-    saved = hub_constants.HF_HUB_OFFLINE
-    if not saved and not _hub_reachable():
-        hub_constants.HF_HUB_OFFLINE = True
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        hub_constants.HF_HUB_OFFLINE = saved
-
-
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
     """open_clip logs through the root logger; our own stderr lines say what matters."""
@@ -257,26 +241,55 @@ def _quiet_root_logger() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
+def preprocess_overrides(spec: ModelSpec) -> dict[str, Any]:
+    """The image preprocessing of weights open_clip does not know by tag (a local file, a
+    snapshot folder, random weights): open_clip would fall back to CLIP's mean, std and
+    shortest-side resize, which is wrong for SigLIP (mean/std 0.5, squashed to a square).
+    A snapshot's ``open_clip_config.json`` says it; else the architecture's standard weights."""
+    import open_clip
+
+    if spec.checkpoint is None and spec.pretrained != RANDOM_WEIGHTS:
+        return {}  # a tag: open_clip applies its own
+    config: dict[str, Any] = {}
+    snapshot = spec.checkpoint.parent / "open_clip_config.json" if spec.checkpoint else None
+    if snapshot is not None and snapshot.is_file():
+        config = dict(json.loads(snapshot.read_text(encoding="utf-8")).get("preprocess_cfg", {}))
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(spec.architecture)
+        if tags:
+            tag = "openai" if "openai" in tags else tags[0]
+            config = dict(open_clip.get_pretrained_cfg(spec.architecture, tag))
+    keys = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation"}
+    keys["resize_mode"] = "image_resize_mode"
+    return {keys[k]: v for k, v in config.items() if k in keys and v is not None}
+
+
 def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
     import open_clip
     import torch
 
     torch_device = pick_device(device)
     chosen_precision = pick_precision(precision, torch_device)
+    text_config = (open_clip.get_model_config(spec.architecture) or {}).get("text_cfg", {})
+    if text_config.get("hf_model_name") and importlib.util.find_spec("transformers") is None:
+        raise ClipdbError(
+            f"{spec.architecture}'s text tower is a Hugging Face model: it needs the "
+            "'transformers' package (pip install transformers)"
+        )
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         if spec.pretrained == RANDOM_WEIGHTS:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_SEED)
                 clip_model, _, preprocess = open_clip.create_model_and_transforms(
-                    spec.architecture, pretrained=None
+                    spec.architecture, pretrained=None, **preprocess_overrides(spec)
                 )
         else:
             source = str(spec.checkpoint) if spec.checkpoint else spec.pretrained
             try:
-                with _offline_hub_if_unreachable():
+                with offline_hub_if_unreachable():
                     clip_model, _, preprocess = open_clip.create_model_and_transforms(
-                        spec.architecture, pretrained=source
+                        spec.architecture, pretrained=source, **preprocess_overrides(spec)
                     )
             except Exception as err:  # open_clip raises RuntimeError, OSError, KeyError...
                 hint = (
@@ -296,7 +309,12 @@ def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
                     *hint,
                 ) from None
     clip_model = clip_model.to(torch_device).eval()
-    tokenizer = open_clip.get_tokenizer(spec.architecture)
+    hub_settings = hub_tokenizer_settings(spec.architecture)
+    tokenizer = (
+        open_clip.get_tokenizer(spec.architecture)
+        if hub_settings is None
+        else LazyHubTokenizer(hub_settings, spec.checkpoint)
+    )
     dim = (
         int(clip_model.text_projection.shape[1])
         if hasattr(clip_model, "text_projection") and (clip_model.text_projection is not None)

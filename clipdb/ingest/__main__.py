@@ -30,6 +30,7 @@ EXAMPLES = """\
 examples:
   clipdb ingest ~/Pictures                      # index a directory tree
   clipdb ingest photos/ --prune                 # ... and forget deleted files
+  clipdb ingest --all --model ViT-B-32-SigLIP2-256  # every known root with another model
   clipdb ingest photos/ --watch --prune         # keep indexing until Ctrl-C
   clipdb ingest a.jpg b.png --json              # summary as one JSON object
   clipdb ingest photos/ --model ViT-B/16 --exclude '*.thumb.jpg'
@@ -44,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Unchanged files are skipped, moved files re-pointed, changed files re-encoded.",
         EXAMPLES,
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files or directories")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every root the database knows (e.g. with a new --model; never prunes)",
+    )
     add_common_arguments(parser)
     add_encoder_arguments(parser)
     _add_batch_arguments(parser)
@@ -223,7 +229,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--strict cannot be combined with --watch")
         if args.wait_replicas and args.watch:
             raise UsageError("--wait-replicas cannot be combined with --watch")
+        if bool(args.paths) == bool(args.all):
+            raise UsageError("give PATH... or --all (every root the database knows), not both")
+        if args.all and (args.watch or args.prune or args.prune_missing_roots):
+            raise UsageError("--all never prunes nor watches; run those on a PATH")
         settings = Settings.from_args(args)
+        if not args.all:  # --all means another model; the stored default is what searches use
+            from clipdb.query import settings_with_stored_default
+
+            settings = settings_with_stored_default(settings)
         options = ingest_options(args, settings)
 
         def report(summary: IngestSummary) -> None:
@@ -236,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
 
+        if args.all:
+            from clipdb.ingest.all_roots import ingest_all
+
+            return 1 if ingest_all(options, settings, report) else 0
         if args.watch:
             roots = ", ".join(printable(os.path.abspath(p)) for p in args.paths)
             announce = (

@@ -85,8 +85,10 @@ def choose_model(
     1. ``like`` (an indexed image) without an explicit ``--model``
        (``settings.model_explicit``): the model that image is indexed under, when that is
        exactly one (narrowed by ``--pretrained`` when given).
-    2. ``--pretrained`` given: exactly those weights of ``settings.model``.
-    3. ``--pretrained`` omitted: the only weights of ``settings.model`` that have rows; when
+    2. No model named (neither ``--model`` nor ``--pretrained``): the database's default model
+       (``clipdb models default``, :func:`stored_default`) when it has rows.
+    3. ``--pretrained`` given: exactly those weights of ``settings.model``.
+    4. ``--pretrained`` omitted: the only weights of ``settings.model`` that have rows; when
        several have rows, the architecture's standard weights if they are among them.
 
     Anything else is a one-line error naming the indexed models. No count over the table is
@@ -104,6 +106,10 @@ def choose_model(
             return owners[0]
         if not owners and with_rows:
             raise ClipdbError(f"{like} is not indexed")
+    if not settings.model_explicit and wanted is None:
+        stored = stored_default(conn)
+        if stored is not None and stored in with_rows:
+            return stored
     candidates = [
         m for m in with_rows if m.architecture == settings.model and wanted in (None, m.pretrained)
     ]
@@ -115,6 +121,14 @@ def choose_model(
             if model.pretrained == standard:
                 return model
     raise _no_model_error(conn, settings.model, wanted, several=len(candidates) > 1)
+
+
+def stored_default(conn: psycopg.Connection[Any]) -> Model | None:
+    """The database's default model; None when none is set, or on a server whose schema
+    predates it (a standby behind its primary)."""
+    from clipdb.db.model_admin import default_model, has_default_table
+
+    return default_model(conn) if has_default_table(conn) else None
 
 
 def _pretrained_identity(pretrained: str | None) -> str | None:
