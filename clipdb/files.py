@@ -15,9 +15,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# Photos: Pillow's own formats, phone formats (HEIC/HEIF, AVIF) and camera RAW (the decoder
+# for each is in clipdb.formats); videos are sampled into frames (clipdb.ingest.video).
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+    | {".heic", ".heif", ".hif", ".avif"}
+    | {".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"}
 )
+VIDEO_EXTENSIONS = frozenset({".mov", ".mp4", ".m4v", ".3gp", ".mkv", ".webm", ".avi"})
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+NO_EXTENSION = "(none)"  # the key of files without one in ScanResult.ignored
 
 # Skip reasons: the keys of IngestSummary.skipped and the text after "skipping <path>: ".
 BROKEN_SYMLINK = "broken symlink"
@@ -63,10 +70,21 @@ class FileStat:
 class ScanResult:
     files: list[FileStat] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # Files that are not an image or video by their name: lowercase extension -> count, so
+    # nothing under a root goes unaccounted for.
+    ignored: dict[str, int] = field(default_factory=dict)
 
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_video_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def is_media_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in MEDIA_EXTENSIONS
 
 
 def _excluded(path: str, root: str, patterns: Sequence[str]) -> bool:
@@ -86,7 +104,7 @@ def stat_reason(err: OSError) -> str:
 
 
 def scan(roots: Iterable[str | os.PathLike[str]], exclude: Sequence[str] = ()) -> ScanResult:
-    """Image files under ``roots`` (directories recursively, or files named directly).
+    """Image and video files under ``roots`` (directories recursively, or files named directly).
 
     Symlinks are followed; each directory is visited once, so symlink loops cannot hang.
     Paths stay as found (``os.path.abspath``, links not resolved) and come back sorted.
@@ -111,10 +129,22 @@ class _Scanner:
         self.result = ScanResult()
         self.seen_dirs: set[tuple[int, int]] = set()
         self.seen_files: set[str] = set()
+        self.ignored_paths: set[str] = set()
 
     def add_file(self, path: str, explicit: bool) -> None:
-        if path in self.seen_files or not (explicit or is_image_name(path)):
+        if path in self.seen_files:
             return
+        ext = os.path.splitext(path)[1].lower() or NO_EXTENSION
+        if not (explicit or is_media_name(path)):
+            if path not in self.ignored_paths:
+                self.ignored_paths.add(path)
+                self.result.ignored[ext] = self.result.ignored.get(ext, 0) + 1
+            return
+        if path in self.ignored_paths:  # named as a root after a walk passed it by
+            self.ignored_paths.discard(path)
+            self.result.ignored[ext] -= 1
+            if not self.result.ignored[ext]:
+                del self.result.ignored[ext]
         self.seen_files.add(path)
         try:
             info = os.stat(path)

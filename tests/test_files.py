@@ -248,3 +248,21 @@ def test_thumbnails_and_decoding_share_the_decoder_allow_list(data: bytes) -> No
         thumbnail.make_thumbnail(data, 128)
     with pytest.raises(decode.ImageError, match="not an image"):
         decode.open_image(data)
+
+
+def test_scan_counts_files_that_are_not_media_by_extension(tmp_path: Path) -> None:
+    write_jpeg(tmp_path / "a.jpg")
+    (tmp_path / "clip.MP4").write_bytes(b"x")
+    (tmp_path / "photo.HEIC").write_bytes(b"x")
+    for name in ("n.txt", "m.TXT", "side.xmp", "Makefile"):
+        (tmp_path / name).write_text("x")
+    named = tmp_path / "odd.data"
+    write_jpeg(named)
+    result = files.scan([tmp_path, named])
+    assert sorted(Path(f.path).name for f in result.files) == [
+        "a.jpg",
+        "clip.MP4",
+        "odd.data",
+        "photo.HEIC",
+    ]
+    assert result.ignored == {".txt": 2, ".xmp": 1, files.NO_EXTENSION: 1}

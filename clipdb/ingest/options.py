@@ -101,6 +101,8 @@ class IngestSummary:
     images_per_s: float = 0.0
     metadata_read: int = 0  # rows that got photo metadata without re-encoding (backfill)
     known_bad: int = 0  # of skipped: files skipped before, unchanged, not retried
+    # Files under the roots that are not an image or video by name: extension -> count.
+    ignored: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,4 +116,13 @@ class IngestSummary:
             f"pruned {self.pruned}, {self.seconds:.2f} s"
             + (f", {rate_text(self.images_per_s)}" if self.new + self.updated else "")
             + (f", metadata read {self.metadata_read}" if self.metadata_read else "")
+            + self._ignored_text()
         )
+
+    def _ignored_text(self) -> str:
+        """The summary's tail naming files ignored by type, e.g. "not an image or video 5
+        (.txt: 3, .xmp: 2)": every file under a root is accounted for."""
+        if not self.ignored:
+            return ""
+        kinds = ", ".join(f"{ext}: {n}" for ext, n in sorted(self.ignored.items()))
+        return f", not an image or video {sum(self.ignored.values())} ({kinds})"

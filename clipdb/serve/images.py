@@ -13,7 +13,26 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from clipdb import decode
 from clipdb.serve.service import THUMBNAIL_SIZE, FileChanged, SearchService
+from clipdb.thumbnail import make_thumbnail
+
+# What browsers show as they are; any other indexed format (HEIC/HEIF, RAW, TIFF) is served
+# as a JPEG rendition of at most RENDITION_SIZE pixels on its longer side.
+BROWSER_FORMATS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".avif"}
+)
+RENDITION_SIZE = 2048
+
+
+def rendition(service: SearchService, data: bytes, name: str) -> bytes | None:
+    """A JPEG of an indexed file the browser cannot show itself; None where it can."""
+    if os.path.splitext(name)[1].lower() in BROWSER_FORMATS:
+        return None
+    with service.decode_slots.held():  # a decode like a thumbnail's: the same budget
+        return make_thumbnail(
+            data, RENDITION_SIZE, max_pixels=service.max_pixels, name=name, quality=90
+        )
 
 
 def image_router(service: SearchService) -> APIRouter:
@@ -49,13 +68,19 @@ def image_router(service: SearchService) -> APIRouter:
     )
     def original(image_id: int) -> Response:
         """The indexed file itself, only while it still is the file that was indexed (same
-        size, mtime and sha256; 410 otherwise, 404 when gone). There is no way to name a path."""
+        size, mtime and sha256; 410 otherwise, 404 when gone). There is no way to name a path.
+        Formats browsers cannot show (HEIC/HEIF, RAW, TIFF) come as a JPEG rendition."""
         try:
             data, name = service.original(image_id)
+            shown = rendition(service, data, name)
         except FileChanged as err:
             raise HTTPException(410, str(err)) from None
         except LookupError as err:
             raise HTTPException(404, str(err)) from None
+        except decode.ImageError as err:
+            raise HTTPException(404, f"image {image_id} cannot be read: {err}") from None
+        if shown is not None:
+            data, name = shown, os.path.splitext(name)[0] + ".jpg"
         media_type = mimetypes.guess_type(name)[0] or ""
         if not media_type.startswith("image/") or media_type == "image/svg+xml":
             media_type = "application/octet-stream"
