@@ -290,6 +290,7 @@ def _hits(results: Sequence[dict[str, Any]]) -> list[Hit]:
             lat=r.get("lat"),
             lon=r.get("lon"),
             taken_at_naive=bool(r.get("taken_at_naive", False)),
+            frame_time=r.get("time"),
         )
         for r in results
     ]

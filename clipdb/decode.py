@@ -302,6 +302,8 @@ class Decoded:
     # EXIF orientation, for the encoding process to decode, turn and resize in batches.
     jpeg: bytes | None = None
     orientation: int = 1
+    frame_time: float | None = None  # a video's frame: seconds in (clipdb.ingest.video)
+    first_frame: bool = False  # the first of its video's frames in this pass
 
 
 def decode_task(

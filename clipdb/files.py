@@ -46,6 +46,8 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 # An image file is read whole into a decode worker's memory (several workers at once), so
 # images have a lower cap; a sparse multi-GB ".png" is refused before a byte is read.
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
+# Videos are streamed (hashed in 1 MiB chunks, decoded frame by frame), never read whole.
+MAX_VIDEO_BYTES = 64 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,20 @@ def is_image_name(name: str) -> bool:
 
 def is_video_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def split_frame(path_or_id: str) -> tuple[str, float | None]:
+    """``clip.mp4@83`` -> (``clip.mp4``, 83.0): a video's frame by its time in seconds (only
+    after a video's name, so no photo's name is ever split); anything else -> (it, None)."""
+    base, at, seconds = path_or_id.rpartition("@")
+    if at and is_video_name(base):
+        try:
+            value = float(seconds)
+        except ValueError:
+            return path_or_id, None
+        if value >= 0 and value == value and value != float("inf"):
+            return base, value
+    return path_or_id, None
 
 
 def is_media_name(name: str) -> bool:
@@ -342,7 +358,8 @@ def sha256_file(
 def hash_task(found: FileStat) -> tuple[str, bytes | None, str | None]:
     """(path, sha256, None) or (path, None, reason): for the move-detection pass. The file
     must still be what the scan saw (a FIFO, device or link swapped in is refused)."""
+    limit = MAX_VIDEO_BYTES if is_video_name(found.path) else MAX_FILE_BYTES
     try:
-        return found.path, sha256_file(found.path, **found.open_args()), None
+        return found.path, sha256_file(found.path, max_bytes=limit, **found.open_args()), None
     except FileRejected as err:
         return found.path, None, str(err)

@@ -160,3 +160,40 @@ def dng(
     body += exif_ifd + exif_extra + sub_ifd + sub_extra + ifd0 + ifd0_extra
     path.write_bytes(body)
     return path
+
+
+def video(
+    path: Path,
+    seconds: float = 3.0,
+    *,
+    fps: int = 10,
+    size: tuple[int, int] = (64, 64),
+    scenes: tuple[float, ...] = (),
+    gop: int = 10,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """A short H.264 (VP9 for .webm) clip: one flat colour per scene, a cut at each of
+    ``scenes`` (seconds), a keyframe every ``gop`` frames."""
+    import av
+
+    codec = "libvpx-vp9" if path.suffix == ".webm" else "libx264"
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40), (40, 220, 220)]
+    with av.open(str(path), mode="w") as container:
+        for name, value in (metadata or {}).items():
+            container.metadata[name] = value
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = gop
+        for index in range(int(seconds * fps)):
+            scene = sum(1 for cut in scenes if index / fps >= cut)
+            pixels = np.empty((size[1], size[0], 3), np.uint8)
+            pixels[:] = colours[scene % len(colours)]
+            x = index % (size[0] - 4)
+            pixels[:4, x : x + 4] = 255  # a little motion, far from a scene change
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -289,7 +289,7 @@ class Ingester:
     ) -> None:
         """Before loading a model (seconds, GBs): skip the leading files that cannot be
         decoded, until one can; a pass over only bad files then never loads it."""
-        from clipdb.decode import unusable
+        from clipdb.ingest.video import unusable
 
         while paths:
             reason = unusable(paths[0], stats.get(paths[0]), self.options.max_pixels)
