@@ -3,6 +3,7 @@ path and its time; searched as one hit at the best frame; a broken video is a sk
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -176,3 +177,43 @@ def test_the_server_serves_a_frame_thumbnail_and_the_video_with_ranges(
         clip.write_bytes(data + b"\0")  # changed after indexing
         assert c.get(f"/api/images/{ids[0.0]}/video").status_code == 410
         assert c.get(f"/api/images/{ids[0.0]}/thumbnail").status_code == 410
+
+
+def test_a_copied_video_is_one_exact_duplicate_group_of_two_files(database, tiny_encoder, tmp_path):
+    import shutil
+
+    from test_ingest import run
+
+    from clipdb.db.registry import registered_model
+    from clipdb.dupes import find_duplicates
+
+    root = tmp_path / "lib"
+    root.mkdir()
+    clip = video(root / "clip.mp4", 6, scenes=(4.0,))
+    shutil.copy(clip, root / "copy.mp4")
+    video(root / "other.mp4", 3, scenes=(1.0,), size=(64, 48))
+    run([root], database, tiny_encoder)
+    with database.connect() as conn:
+        model = registered_model(conn, tiny_encoder.architecture, tiny_encoder.pretrained)
+        assert model is not None
+        result = find_duplicates(conn, model, tiers=("exact",))
+    groups = [sorted(os.path.basename(m.image_path) for m in g.images) for g in result.groups]
+    assert groups == [["clip.mp4", "copy.mp4"]]
+
+
+def test_a_moved_video_keeps_all_its_frames_under_the_new_path(database, tiny_encoder, tmp_path):
+    from test_ingest import run
+
+    root = tmp_path / "lib"
+    root.mkdir()
+    clip = video(root / "clip.mp4", 6, scenes=(4.0,))
+    picture().save(root / "photo.jpg")
+    run([root], database, tiny_encoder)
+    clip.rename(root / "renamed.mp4")
+    run([root], database, tiny_encoder, prune=True)
+    with database.connect() as conn:
+        rows = conn.execute(
+            "SELECT path, frame_time FROM clipdb.images WHERE frame_time IS NOT NULL "
+            "ORDER BY frame_time"
+        ).fetchall()
+    assert rows == [(str(root / "renamed.mp4"), 0.0), (str(root / "renamed.mp4"), 4.0)]
