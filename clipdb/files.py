@@ -25,6 +25,7 @@ IMAGE_EXTENSIONS = frozenset(
 VIDEO_EXTENSIONS = frozenset({".mov", ".mp4", ".m4v", ".3gp", ".mkv", ".webm", ".avi"})
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 NO_EXTENSION = "(none)"  # the key of files without one in ScanResult.ignored
+STILLS = (".heic", ".heif", ".jpg", ".jpeg")  # a Live Photo's still, beside its .mov
 
 # Skip reasons: the keys of IngestSummary.skipped and the text after "skipping <path>: ".
 BROKEN_SYMLINK = "broken symlink"
@@ -75,6 +76,8 @@ class ScanResult:
     # Files that are not an image or video by their name: lowercase extension -> count, so
     # nothing under a root goes unaccounted for.
     ignored: dict[str, int] = field(default_factory=dict)
+    # Live Photos: the .mov beside a photo of the same name is its motion, not an item.
+    live_photos: int = 0
 
 
 def is_image_name(name: str) -> bool:
@@ -180,9 +183,14 @@ class _Scanner:
         names = self._list(directory)
         if names is None:
             return
+        stills = {os.path.splitext(n)[0].lower() for n in names if n.lower().endswith(STILLS)}
         for name in names:
             path = os.path.join(directory, name)
             if _excluded(path, root, self.exclude):
+                continue
+            stem, ext = os.path.splitext(name)
+            if ext.lower() == ".mov" and stem.lower() in stills:
+                self.result.live_photos += 1  # a Live Photo's motion: the photo is the item
                 continue
             try:
                 is_dir = os.path.isdir(path)  # follows symlinks; False for broken/looping ones

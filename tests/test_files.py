@@ -266,3 +266,12 @@ def test_scan_counts_files_that_are_not_media_by_extension(tmp_path: Path) -> No
         "photo.HEIC",
     ]
     assert result.ignored == {".txt": 2, ".xmp": 1, files.NO_EXTENSION: 1}
+
+
+def test_a_live_photos_mov_is_one_item_with_its_photo(tmp_path: Path) -> None:
+    write_jpeg(tmp_path / "IMG_0001.HEIC")  # the name is what counts here, not the content
+    (tmp_path / "IMG_0001.MOV").write_bytes(b"x")
+    (tmp_path / "IMG_0002.MOV").write_bytes(b"x")  # a video of its own
+    result = files.scan([tmp_path])
+    assert sorted(Path(f.path).name for f in result.files) == ["IMG_0001.HEIC", "IMG_0002.MOV"]
+    assert result.live_photos == 1 and result.ignored == {}

@@ -152,7 +152,7 @@ class Ingester:
         skips = SkipLedger(self.on_skip, verbose=self.options.verbose, watched=self.known_bad)
         scan = files.scan(self.roots, self.options.exclude)
         summary.found = len(scan.files) + len(scan.skipped)
-        summary.ignored = dict(sorted(scan.ignored.items()))
+        summary.ignored, summary.live_photos = dict(sorted(scan.ignored.items())), scan.live_photos
         # What exists (prune keeps it); a root that could not be listed is not a file in it.
         seen = {f.path for f in scan.files} | {p for p, _ in scan.skipped if p not in self.roots}
         skips.scan_skips(scan.skipped)

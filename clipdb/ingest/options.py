@@ -103,6 +103,7 @@ class IngestSummary:
     known_bad: int = 0  # of skipped: files skipped before, unchanged, not retried
     # Files under the roots that are not an image or video by name: extension -> count.
     ignored: dict[str, int] = field(default_factory=dict)
+    live_photos: int = 0  # .mov files of Live Photos: one item with their photo, not indexed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +123,8 @@ class IngestSummary:
     def _ignored_text(self) -> str:
         """The summary's tail naming files ignored by type, e.g. "not an image or video 5
         (.txt: 3, .xmp: 2)": every file under a root is accounted for."""
+        live = f", live photo videos {self.live_photos}" if self.live_photos else ""
         if not self.ignored:
-            return ""
+            return live
         kinds = ", ".join(f"{ext}: {n}" for ext, n in sorted(self.ignored.items()))
-        return f", not an image or video {sum(self.ignored.values())} ({kinds})"
+        return f", not an image or video {sum(self.ignored.values())} ({kinds}){live}"
