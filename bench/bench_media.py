@@ -97,24 +97,26 @@ def textured_video(path: Path, seconds: float, size: tuple[int, int], fps: int =
     return path
 
 
-def sample_child(path: str) -> None:
-    """In a fresh process: sample the video, print timings and its peak RSS as JSON (the peak
-    before it, with torch and clipdb imported, alongside)."""
-    import resource
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
 
+
+def sample_child(path: str) -> None:
+    """In a fresh process: sample the video, print timings and its peak RSS as JSON (the RSS
+    before it, with torch and clipdb imported, alongside)."""
     from clipdb.ingest.video import video_task
 
     pipeline = decode.PixelPipeline(input_size=224, pil_steps=(("resize", (224,), 3, None),))
     pipeline.to_pixels(Image.new("RGB", (448, 448)))  # torch's resize loaded, as in a worker
-    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before_kb = _status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # resets the peak (VmHWM): what follows is the video's own peak
     start = time.perf_counter()
     frames = video_task(path, pipeline=pipeline, max_pixels=None)
     seconds = time.perf_counter() - start
     assert isinstance(frames, tuple), frames
-    with open("/proc/self/status") as status:
-        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    peak_kb = _status_kb("VmHWM")
     print(
         json.dumps(
             {

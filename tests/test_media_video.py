@@ -71,7 +71,7 @@ def test_videos_are_frame_rows_searched_once_at_the_best_frame(database, tiny_en
     clip = video(root / "clip.mp4", 12, scenes=(4.0,))
     picture(seed=7).save(root / "photo.jpg")
     summary = run([root], database, tiny_encoder)
-    assert (summary.found, summary.skipped) == (2, {})
+    assert (summary.found, summary.new, summary.skipped) == (2, 2, {})  # files, not frames
     with database.connect() as conn:
         rows = conn.execute(
             "SELECT path, frame_time, width, height FROM clipdb.images ORDER BY path, frame_time"

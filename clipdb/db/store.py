@@ -50,6 +50,11 @@ class ImageRecord:
     # of it) are deleted before it is written.
     first_frame: bool = False
 
+    @property
+    def starts_file(self) -> bool:
+        """A photo, or a video's first frame: the row a file is counted by (new, updated)."""
+        return self.frame_time is None or self.first_frame
+
     def as_row(self) -> tuple[Any, ...]:
         embedding = np.asarray(self.embedding, dtype=np.float32)
         text, raw = db_path(self.path)
