@@ -3,8 +3,8 @@
     python bench/bench_media.py [--count 8] [--seconds 30] [--4k]
 
 Photos: one generated picture of 4032x3024 (an iPhone's 12 MP) saved as JPEG (q90), HEIC (q90)
-and DNG (16-bit Bayer, uncompressed; with and without a 1620-pixel JPEG preview, the size
-cameras embed), each decoded as ingest decodes it for a 224-pixel model
+and DNG (16-bit Bayer, uncompressed; with and without a JPEG preview of 2/5 the size, as
+cameras embed: 1612x1209 here), each decoded as ingest decodes it for a 224-pixel model
 (``decode.open_image(draft_size=448)``): bytes to upright RGB, one core. Rates are
 images/s and the ratio to JPEG at the same pixel count.
 
@@ -59,7 +59,8 @@ def rate(path: Path, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def photos(directory: Path, count: int) -> dict[str, float]:
+def photos(directory: Path, count: int, size: tuple[int, int]) -> dict[str, float]:
+    WIDTH, HEIGHT = size  # noqa: N806 - the module's defaults, overridden
     picture = photo(WIDTH, HEIGHT)
     jpeg = directory / "p.jpg"
     picture.save(jpeg, "JPEG", quality=90)
@@ -68,7 +69,10 @@ def photos(directory: Path, count: int) -> dict[str, float]:
         "heic": heic(directory / "p.heic", picture),
         "dng (demosaic)": dng(directory / "a.dng", WIDTH, HEIGHT),
         "dng (preview)": dng(
-            directory / "b.dng", WIDTH, HEIGHT, preview=picture.resize((1620, 1215))
+            directory / "b.dng",
+            WIDTH,
+            HEIGHT,
+            preview=picture.resize((WIDTH * 2 // 5, HEIGHT * 2 // 5)),
         ),
     }
     return {name: rate(path, count) for name, path in files.items()}
@@ -154,6 +158,7 @@ def videos(directory: Path, seconds: float, size: tuple[int, int]) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=8, help="decodes per photo format")
+    parser.add_argument("--size", default=f"{WIDTH}x{HEIGHT}", help="photo size, WxH")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the video")
     parser.add_argument("--4k", dest="uhd", action="store_true", help="also a 3840x2160 clip")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -165,16 +170,18 @@ def main() -> None:
         load = handle.read().split()[0]
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        rates = photos(directory, args.count)
+        size = tuple(int(part) for part in args.size.split("x"))
+        rates = photos(directory, args.count, (size[0], size[1]))
         jpeg = rates["jpeg"]
-        print(f"photos {WIDTH}x{HEIGHT}, decode for a 224-pixel model, one core, load {load}")
+        print(f"photos {args.size}, decode for a 224-pixel model, one core, load {load}")
         for name, value in rates.items():
             print(f"  {name:<15} {value:7.2f} img/s  {value / jpeg:6.3f}x JPEG")
-        sizes = [(1920, 1080)] + ([(3840, 2160)] if args.uhd else [])
-        for size in sizes:
-            got = videos(directory, args.seconds, size)
+        frame_sizes = [(1920, 1080)] + ([(3840, 2160)] if args.uhd else [])
+        for frame_size in frame_sizes:
+            got = videos(directory, args.seconds, frame_size)
             print(
-                f"video {size[0]}x{size[1]} H.264 {args.seconds:g} s ({got['file_mib']:.1f} MiB):"
+                f"video {frame_size[0]}x{frame_size[1]} H.264 {args.seconds:g} s"
+                f" ({got['file_mib']:.1f} MiB):"
                 f" {got['video_s_per_s']:.1f} s of video/s, {got['frames_per_s']:.2f} frames/s"
                 f" ({got['frames']} frames), peak RSS {got['peak_mib']:.0f} MiB"
                 f" ({got['before_mib']:.0f} MiB before, torch and clipdb imported)"
