@@ -217,3 +217,15 @@ def test_a_moved_video_keeps_all_its_frames_under_the_new_path(database, tiny_en
             "ORDER BY frame_time"
         ).fetchall()
     assert rows == [(str(root / "renamed.mp4"), 0.0), (str(root / "renamed.mp4"), 4.0)]
+
+
+def test_plot_shows_a_video_hit_as_its_frame(tmp_path):
+    from clipdb import viz
+    from clipdb.db.queries import Hit
+
+    clip = video(tmp_path / "clip.mp4", 6, scenes=(4.0,))
+    frame = viz._thumbnail(f"{clip}@4.0")
+    assert frame is not None and frame.size == (64, 64)
+    assert viz._thumbnail(f"{tmp_path / 'gone.mp4'}@1") is None
+    saved = viz.plot_results([Hit(1, str(clip), 0.9, 1, frame_time=4.0)], tmp_path / "p.png")
+    assert Path(saved).stat().st_size > 0
