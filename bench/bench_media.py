@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--size", default=f"{WIDTH}x{HEIGHT}", help="photo size, WxH")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the video")
     parser.add_argument("--4k", dest="uhd", action="store_true", help="also a 3840x2160 clip")
+    parser.add_argument("--only-4k", action="store_true", help="no photos, no 1080p clip")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -171,12 +172,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         size = tuple(int(part) for part in args.size.split("x"))
-        rates = photos(directory, args.count, (size[0], size[1]))
-        jpeg = rates["jpeg"]
+        rates = {} if args.only_4k else photos(directory, args.count, (size[0], size[1]))
         print(f"photos {args.size}, decode for a 224-pixel model, one core, load {load}")
         for name, value in rates.items():
-            print(f"  {name:<15} {value:7.2f} img/s  {value / jpeg:6.3f}x JPEG")
-        frame_sizes = [(1920, 1080)] + ([(3840, 2160)] if args.uhd else [])
+            print(f"  {name:<15} {value:7.2f} img/s  {value / rates['jpeg']:6.3f}x JPEG")
+        frame_sizes = [] if args.only_4k else [(1920, 1080)]
+        frame_sizes += [(3840, 2160)] if args.uhd or args.only_4k else []
         for frame_size in frame_sizes:
             got = videos(directory, args.seconds, frame_size)
             print(
