@@ -93,6 +93,12 @@ def test_videos_are_frame_rows_searched_once_at_the_best_frame(database, tiny_en
     best = next(hit for hit in hits if hit.image_path == str(clip))
     assert best.frame_time == 4.0 and best.to_dict()["media"] == "video"
     assert best.to_dict()["time"] == 4.0
+    # --hide-duplicates keeps the frame's time.
+    from clipdb.dupes.collapse import collapse_hits
+
+    with database.connect() as conn:
+        kept = collapse_hits(conn, model, hits, np.asarray(query), 10, among_hits=True)
+    assert [h.frame_time for h in kept if h.image_path == str(clip)] == [4.0]
     # --like clip.mp4@SECONDS: the frame nearest that time.
     from clipdb.db.queries import indexed_embedding
 
