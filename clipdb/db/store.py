@@ -185,7 +185,7 @@ def upsert_images(
         SELECT DISTINCT ON ({PATH_KEY}, frame_time) {model_id}, %s, {_COLUMNS},
             phash::bit(64), frame_time
         FROM clipdb_incoming
-        ON CONFLICT (model_id, ({PATH_KEY}), frame_time) DO UPDATE SET
+        ON CONFLICT (model_id, ({PATH_KEY}), (coalesce(frame_time, -1))) DO UPDATE SET
             sha256 = EXCLUDED.sha256, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns,
             width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding,
             path_bytes = EXCLUDED.path_bytes, source = EXCLUDED.source, updated_at = now(),

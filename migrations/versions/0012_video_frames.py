@@ -4,8 +4,8 @@ Why: a video is indexed as a few frames sampled from it (scene changes, at least
 at most one per second), each a row with the video's path and the frame's time in seconds.
 ``frame_time`` is NULL for a photo, so existing rows stay exactly as they are (a nullable
 column without a default: no table rewrite). The unique key of a row becomes (model, exact
-name bytes, frame time) with NULLS NOT DISTINCT, so a photo stays one row per file and a video
-one row per sampled time; the (model_id, path_key) prefix still serves every lookup by file.
+name bytes, ``coalesce(frame_time, -1)``), so a photo stays one row per file and a video one
+row per sampled time; the (model_id, path_key) prefix still serves every lookup by file.
 
 Delta applied to 0010's ``clipdb.search_rows`` (the body is 0010's text with exactly these
 three replacements, asserted when this migration runs; re-apply them onto a newer body):
@@ -42,8 +42,9 @@ ALTER TABLE clipdb.images ADD CONSTRAINT images_frame_time_check
     CHECK (frame_time IS NULL OR (frame_time >= 0 AND frame_time < 1e7)) NOT VALID;
 COMMENT ON COLUMN clipdb.images.frame_time IS
     'Seconds into the video of this frame; NULL for a photo.';
+-- A photo's NULL time counts as one value: coalesce, not NULLS NOT DISTINCT (PostgreSQL 15+).
 CREATE UNIQUE INDEX images_model_path_frame_key
-    ON clipdb.images (model_id, clipdb.path_key(path, path_bytes), frame_time) NULLS NOT DISTINCT;
+    ON clipdb.images (model_id, clipdb.path_key(path, path_bytes), coalesce(frame_time, -1));
 DROP INDEX clipdb.images_model_path_key;
 """
 
