@@ -188,16 +188,15 @@ class _Scanner:
             path = os.path.join(directory, name)
             if _excluded(path, root, self.exclude):
                 continue
-            stem, ext = os.path.splitext(name)
-            if ext.lower() == ".mov" and stem.lower() in stills:
-                self.result.live_photos += 1  # a Live Photo's motion: the photo is the item
-                continue
             try:
                 is_dir = os.path.isdir(path)  # follows symlinks; False for broken/looping ones
             except OSError:
                 is_dir = False
+            stem, ext = os.path.splitext(name)
             if is_dir:
                 self.walk(path, root)
+            elif ext.lower() == ".mov" and stem.lower() in stills:
+                self.result.live_photos += 1  # a Live Photo's motion: the photo is the item
             else:
                 self.add_file(path, explicit=False)
 

@@ -272,6 +272,13 @@ def test_a_live_photos_mov_is_one_item_with_its_photo(tmp_path: Path) -> None:
     write_jpeg(tmp_path / "IMG_0001.HEIC")  # the name is what counts here, not the content
     (tmp_path / "IMG_0001.MOV").write_bytes(b"x")
     (tmp_path / "IMG_0002.MOV").write_bytes(b"x")  # a video of its own
+    write_jpeg(tmp_path / "trip.jpg")
+    write_jpeg(tmp_path / "trip.mov" / "inside.jpg")  # a folder, walked whatever its name
     result = files.scan([tmp_path])
-    assert sorted(Path(f.path).name for f in result.files) == ["IMG_0001.HEIC", "IMG_0002.MOV"]
+    assert sorted(Path(f.path).name for f in result.files) == [
+        "IMG_0001.HEIC",
+        "IMG_0002.MOV",
+        "inside.jpg",
+        "trip.jpg",
+    ]
     assert result.live_photos == 1 and result.ignored == {}
