@@ -58,7 +58,9 @@ def sample_frames(container: Any, short_side: int) -> Iterator[tuple[float, Imag
     kept: list[float] = []
     last: np.ndarray | None = None
     for frame in container.decode(stream):
-        if frame.time is None or len(kept) >= MAX_FRAMES:
+        if len(kept) >= MAX_FRAMES:
+            break
+        if frame.time is None:
             continue
         since = frame.time - kept[-1] if kept else math.inf
         grey = _grey(frame)
