@@ -306,6 +306,7 @@ def _hits(results: Sequence[dict[str, Any]]) -> list[Hit]:
             taken_at_naive=bool(r.get("taken_at_naive", False)),
             match=r.get("match"),
             matched_text=r.get("matched_text"),
+            frame_time=r.get("time"),
         )
         for r in results
     ]

@@ -8,7 +8,6 @@ raise :class:`ImageError`, whose text is the skip reason.
 from __future__ import annotations
 
 import hashlib
-import io
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,8 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clipdb import files
-from clipdb.exif import PhotoMetadata, read_metadata
+from clipdb import files, formats, raw
+from clipdb.exif import PhotoMetadata
 from clipdb.files import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE
 from clipdb.phash import phash
 
@@ -30,8 +29,8 @@ SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 
 DRAFT_MARGIN = 2
 # The only decoders Pillow may use: those of files.IMAGE_EXTENSIONS. Pillow otherwise guesses
 # from the content, so EPS bytes in a .jpg would go to Ghostscript and fuzzed DDS/SPIDER bytes
-# to decoders that raise NotImplementedError/AttributeError.
-PILLOW_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG opens MPO too
+# to decoders that raise NotImplementedError/AttributeError. (+ HEIF/AVIF: clipdb.formats)
+PILLOW_FORMATS = formats.BASE_FORMATS
 
 
 class ImageError(Exception):
@@ -59,22 +58,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 @contextmanager
-def opened_image(data: bytes, max_pixels: int | None) -> Iterator[Image.Image]:
+def opened_image(
+    data: bytes, max_pixels: int | None, *, name: str | None = None, draft_size: int | None = None
+) -> Iterator[Image.Image]:
     """``data`` opened by one of the allowed decoders, its pixel count checked from the header
-    before anything is decoded; whatever fails inside (any decoder error) is an ImageError."""
+    before anything is decoded; whatever fails inside (any decoder error) is an ImageError.
+    ``name`` and ``draft_size``: see :func:`clipdb.raw.open_any`."""
     if not data:
         raise ImageError(EMPTY)
     limit = max_pixels or Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the limit
-            opened = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
+            opened = raw.open_any(data, limit, name, draft_size)
             width, height = opened.size
             if limit and width * height > limit:
                 raise ImageError(TOO_LARGE)
             yield opened
     except ImageError:
         raise
+    except raw.Refused as err:  # too many pixels, or a plugin this install lacks
+        raise ImageError(str(err)) from None
     except Image.DecompressionBombError:
         raise ImageError(TOO_LARGE) from None
     except UnidentifiedImageError:
@@ -90,16 +94,18 @@ def open_image(
     *,
     max_pixels: int | None = None,
     draft_size: int | None = None,
+    name: str | None = None,
 ) -> tuple[Image.Image, int, int]:
-    """Decode a file (path or its bytes) to an upright RGB image.
+    """Decode a file (path or its bytes; ``name``: the bytes' file name) to upright RGB.
 
     Returns the image and the full-resolution width and height after EXIF orientation. With
     ``draft_size``, JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale whose short side
     is still at least ``draft_size`` pixels. Raises :class:`ImageError` with the skip reason.
     """
     data = source if isinstance(source, bytes) else read_file(source)
-    with opened_image(data, max_pixels) as opened:
-        width, height = opened.size
+    name = name if isinstance(source, bytes) else source
+    with opened_image(data, max_pixels, name=name, draft_size=draft_size) as opened:
+        width, height = opened.info.get("full_size", opened.size)  # a RAW's sensor size
         orientation = opened.getexif().get(ORIENTATION_TAG, 1)
         if draft_size and opened.format == "JPEG":
             opened.draft(opened.mode, (draft_size, draft_size))
@@ -296,6 +302,8 @@ class Decoded:
     # EXIF orientation, for the encoding process to decode, turn and resize in batches.
     jpeg: bytes | None = None
     orientation: int = 1
+    frame_time: float | None = None  # a video's frame: seconds in (clipdb.ingest.video)
+    first_frame: bool = False  # the first of its video's frames in this pass
 
 
 def decode_task(
@@ -323,7 +331,9 @@ def decode_bytes(
     """:func:`decode_task` of bytes already read from ``path``."""
     try:
         draft_size = pipeline.input_size * DRAFT_MARGIN if draft else None
-        image, width, height = open_image(data, max_pixels=max_pixels, draft_size=draft_size)
+        image, width, height = open_image(
+            data, max_pixels=max_pixels, draft_size=draft_size, name=path
+        )
         pixels = pipeline.to_pixels(image)
         perceptual = phash(image)  # from the image already decoded: a 32x32 resize more
     except ImageError as err:
@@ -333,7 +343,7 @@ def decode_bytes(
     except Exception:  # noqa: BLE001 - e.g. a resize failing on odd pixels: skip this file only
         return Decoded(path, reason=CORRUPT)
     # The header is parsed again (cheap, no pixels): open_image's signature stays as it is.
-    metadata = read_metadata(data, PILLOW_FORMATS)
+    metadata = raw.file_metadata(data, path)
     digest = hashlib.sha256(data).digest()
     return Decoded(path, digest, width, height, pixels, metadata=metadata, phash=perceptual)
 
@@ -350,7 +360,7 @@ def phash_task(
     rows indexed before clipdb stored hashes."""
     try:
         image, _, _ = open_image(
-            read_file(path, found), max_pixels=max_pixels, draft_size=PHASH_DRAFT_SIZE
+            read_file(path, found), max_pixels=max_pixels, draft_size=PHASH_DRAFT_SIZE, name=path
         )
         return path, phash(image), None
     except ImageError as err:
@@ -365,7 +375,7 @@ def unusable(path: str, found: files.FileStat | None, max_pixels: int | None) ->
     """Why ``path`` cannot be used (a skip reason), or None: a full decode without a model,
     so files that are bad anyway never make ingest load one."""
     try:
-        open_image(read_file(path, found), max_pixels=max_pixels)
+        open_image(read_file(path, found), max_pixels=max_pixels, name=path)
     except ImageError as err:
         return str(err)
     except MemoryError:

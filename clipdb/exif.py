@@ -84,6 +84,19 @@ def read_metadata(
         return NO_METADATA
 
 
+def read_tiff_metadata(data: bytes) -> PhotoMetadata:
+    """The metadata of a TIFF-shaped file (most RAW formats) from its directories alone: no
+    decoder is asked to open it, so a sensor layout Pillow cannot decode costs nothing."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tiff = Image.Exif()
+            tiff.load(data)
+            return _from_exif(tiff)
+    except Exception:  # noqa: BLE001 - unreadable directories: no metadata
+        return NO_METADATA
+
+
 def _from_exif(exif: Image.Exif) -> PhotoMetadata:
     sub = _ifd(exif, ExifTags.IFD.Exif)
     gps = _ifd(exif, ExifTags.IFD.GPSInfo)

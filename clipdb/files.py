@@ -15,9 +15,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# Photos: Pillow's own formats, phone formats (HEIC/HEIF, AVIF) and camera RAW (the decoder
+# for each is in clipdb.formats); videos are sampled into frames (clipdb.ingest.video).
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+    | {".heic", ".heif", ".hif", ".avif"}
+    | {".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"}
 )
+VIDEO_EXTENSIONS = frozenset({".mov", ".mp4", ".m4v", ".3gp", ".mkv", ".webm", ".avi"})
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+NO_EXTENSION = "(none)"  # the key of files without one in ScanResult.ignored
+STILLS = (".heic", ".heif", ".jpg", ".jpeg")  # a Live Photo's still, beside its .mov
 
 # Skip reasons: the keys of IngestSummary.skipped and the text after "skipping <path>: ".
 BROKEN_SYMLINK = "broken symlink"
@@ -39,6 +47,8 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 # An image file is read whole into a decode worker's memory (several workers at once), so
 # images have a lower cap; a sparse multi-GB ".png" is refused before a byte is read.
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
+# Videos are streamed (hashed in 1 MiB chunks, decoded frame by frame), never read whole.
+MAX_VIDEO_BYTES = 64 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -63,10 +73,37 @@ class FileStat:
 class ScanResult:
     files: list[FileStat] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # Files that are not an image or video by their name: lowercase extension -> count, so
+    # nothing under a root goes unaccounted for.
+    ignored: dict[str, int] = field(default_factory=dict)
+    # Live Photos: the .mov beside a photo of the same name is its motion, not an item.
+    live_photos: int = 0
 
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_video_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def split_frame(path_or_id: str) -> tuple[str, float | None]:
+    """``clip.mp4@83`` -> (``clip.mp4``, 83.0): a video's frame by its time in seconds (only
+    after a video's name, so no photo's name is ever split); anything else -> (it, None)."""
+    base, at, seconds = path_or_id.rpartition("@")
+    if at and is_video_name(base):
+        try:
+            value = float(seconds)
+        except ValueError:
+            return path_or_id, None
+        if value >= 0 and value == value and value != float("inf"):
+            return base, value
+    return path_or_id, None
+
+
+def is_media_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in MEDIA_EXTENSIONS
 
 
 def _excluded(path: str, root: str, patterns: Sequence[str]) -> bool:
@@ -86,7 +123,7 @@ def stat_reason(err: OSError) -> str:
 
 
 def scan(roots: Iterable[str | os.PathLike[str]], exclude: Sequence[str] = ()) -> ScanResult:
-    """Image files under ``roots`` (directories recursively, or files named directly).
+    """Image and video files under ``roots`` (directories recursively, or files named directly).
 
     Symlinks are followed; each directory is visited once, so symlink loops cannot hang.
     Paths stay as found (``os.path.abspath``, links not resolved) and come back sorted.
@@ -111,10 +148,22 @@ class _Scanner:
         self.result = ScanResult()
         self.seen_dirs: set[tuple[int, int]] = set()
         self.seen_files: set[str] = set()
+        self.ignored_paths: set[str] = set()
 
     def add_file(self, path: str, explicit: bool) -> None:
-        if path in self.seen_files or not (explicit or is_image_name(path)):
+        if path in self.seen_files:
             return
+        ext = os.path.splitext(path)[1].lower() or NO_EXTENSION
+        if not (explicit or is_media_name(path)):
+            if path not in self.ignored_paths:
+                self.ignored_paths.add(path)
+                self.result.ignored[ext] = self.result.ignored.get(ext, 0) + 1
+            return
+        if path in self.ignored_paths:  # named as a root after a walk passed it by
+            self.ignored_paths.discard(path)
+            self.result.ignored[ext] -= 1
+            if not self.result.ignored[ext]:
+                del self.result.ignored[ext]
         self.seen_files.add(path)
         try:
             info = os.stat(path)
@@ -134,6 +183,7 @@ class _Scanner:
         names = self._list(directory)
         if names is None:
             return
+        stills = {os.path.splitext(n)[0].lower() for n in names if n.lower().endswith(STILLS)}
         for name in names:
             path = os.path.join(directory, name)
             if _excluded(path, root, self.exclude):
@@ -142,8 +192,11 @@ class _Scanner:
                 is_dir = os.path.isdir(path)  # follows symlinks; False for broken/looping ones
             except OSError:
                 is_dir = False
+            stem, ext = os.path.splitext(name)
             if is_dir:
                 self.walk(path, root)
+            elif ext.lower() == ".mov" and stem.lower() in stills:
+                self.result.live_photos += 1  # a Live Photo's motion: the photo is the item
             else:
                 self.add_file(path, explicit=False)
 
@@ -312,7 +365,8 @@ def sha256_file(
 def hash_task(found: FileStat) -> tuple[str, bytes | None, str | None]:
     """(path, sha256, None) or (path, None, reason): for the move-detection pass. The file
     must still be what the scan saw (a FIFO, device or link swapped in is refused)."""
+    limit = MAX_VIDEO_BYTES if is_video_name(found.path) else MAX_FILE_BYTES
     try:
-        return found.path, sha256_file(found.path, **found.open_args()), None
+        return found.path, sha256_file(found.path, max_bytes=limit, **found.open_args()), None
     except FileRejected as err:
         return found.path, None, str(err)

@@ -27,7 +27,14 @@ EXIF_TRANSPOSE = {
 }
 
 
-def make_thumbnail(source: str | bytes, size: int, *, max_pixels: int | None = None) -> bytes:
+def make_thumbnail(
+    source: str | bytes,
+    size: int,
+    *,
+    max_pixels: int | None = None,
+    name: str | None = None,
+    quality: int = 85,
+) -> bytes:
     """An upright JPEG at most ``size`` pixels on its longer side; ImageError if unreadable.
 
     The decoded image is shrunk by an integer factor (to at least twice ``size``) before it is
@@ -35,7 +42,8 @@ def make_thumbnail(source: str | bytes, size: int, *, max_pixels: int | None = N
     JPEGs are draft-decoded at 1/2..1/8 scale and never reach full size at all.
     """
     data = source if isinstance(source, bytes) else read_file(source)
-    with opened_image(data, max_pixels) as opened:
+    name = name if isinstance(source, bytes) else source
+    with opened_image(data, max_pixels, name=name, draft_size=2 * size) as opened:
         orientation = opened.getexif().get(ORIENTATION_TAG, 1)
         if opened.format == "JPEG":
             opened.draft(opened.mode, (size, size))
@@ -46,7 +54,7 @@ def make_thumbnail(source: str | bytes, size: int, *, max_pixels: int | None = N
         image = to_rgb(image)
         image.thumbnail((size, size))
         output = io.BytesIO()
-        image.save(output, "JPEG", quality=85)
+        image.save(output, "JPEG", quality=quality)
     return output.getvalue()
 
 

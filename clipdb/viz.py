@@ -59,14 +59,34 @@ def figure_pixels(result_count: int, with_query_image: bool) -> tuple[int, int]:
 def _thumbnail(path: str | os.PathLike[str]) -> Image.Image | None:
     """The picture for a cell, read the way ingest reads files (never blocks on a FIFO,
     refuses bombs), or None when it cannot be shown."""
-    from clipdb import decode
+    from clipdb import decode, files
 
+    video, seconds = files.split_frame(os.fspath(path))
+    if seconds is not None:
+        return _video_frame(video, seconds)
     try:
         image, _, _ = decode.open_image(os.fspath(path), draft_size=THUMBNAIL_PIXELS)
     except Exception:  # noqa: BLE001 - any unreadable picture is shown as "unreadable"
         return None
     image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
     return image
+
+
+def _video_frame(path: str, seconds: float) -> Image.Image | None:
+    """A video's frame at ``seconds`` (the file as it is now), or None."""
+    import io
+
+    from PIL import Image
+
+    from clipdb.files import FileStat
+    from clipdb.ingest.video import frame_jpeg
+
+    try:
+        info = os.stat(path)
+        found = FileStat(path, info.st_size, info.st_mtime_ns, link=True)
+        return Image.open(io.BytesIO(frame_jpeg(found, seconds, THUMBNAIL_PIXELS)))
+    except Exception:  # noqa: BLE001 - as for photos: shown as "unreadable"
+        return None
 
 
 @cache
@@ -154,7 +174,10 @@ def build_figure(
         position = 1
     for hit, axes in zip(hits, cells[position:], strict=False):
         caption = f"#{hit.rank}  {hit.similarity:.3f}\n" + label(shorten(hit.filename))
-        _show(axes, hit.image_path, caption)
+        if hit.frame_time is not None:  # a video: its best frame (clip.mp4@SECONDS)
+            _show(axes, f"{hit.image_path}@{hit.frame_time}", caption + f" @{hit.frame_time:.0f}s")
+        else:
+            _show(axes, hit.image_path, caption)
     if query_text is not None:
         lines = textwrap.wrap(label(f"“{query_text}”"), width=max(30, columns * 22))[:2]
         figure.suptitle(

@@ -72,3 +72,10 @@ def test_scale_benchmark_smoke(tmp_path: Path, embedded_home: Path) -> None:
     assert all(0.5 <= r["recall10"] <= 1.0 for r in result["search"])
     assert result["insert_with_index"]["rows"] == 100
     assert (out / "scale_recall_qps.png").stat().st_size > 0
+
+
+def test_media_benchmark_smoke() -> None:
+    script = SCRIPT.with_name("bench_media.py")
+    command = [sys.executable, str(script), "--count", "1", "--size", "320x240", "--seconds", "1"]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    assert "heic" in done.stdout and "s of video/s" in done.stdout

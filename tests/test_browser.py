@@ -428,3 +428,44 @@ def test_a_typed_text_finds_images_by_their_words_and_marks_them(
             expect(first.locator(".matched mark").first).to_contain_text("KX5172")
         finally:
             browser.close()
+
+
+def test_a_video_hit_shows_its_frame_and_opens_at_that_second(
+    database: Database, tiny_encoder: Any, tmp_path: Path
+):
+    import av
+    from media_samples import video
+    from playwright.sync_api import expect, sync_playwright
+    from test_ingest import run
+
+    from clipdb.ingest.video import sample_frames
+
+    root = tmp_path / "lib"
+    make_images(root, 2, size=(64, 64), seed=3)
+    clip = video(root / "clip.mp4", 6, scenes=(4.0,))
+    run([root], database, tiny_encoder)
+    with av.open(str(clip)) as container:
+        _, frame = list(sample_frames(container, 64))[1]
+    query = tmp_path / "frame.png"
+    frame.save(query)
+
+    with (
+        running(create_app(database, encoder=tiny_encoder)) as url,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.set_input_files("#image-input", str(query))
+            card = page.locator("#results .result", has_text="clip.mp4")
+            expect(card).to_have_count(1)  # one hit for the video, not one per frame
+            expect(card.locator(".filename")).to_contain_text("clip.mp4 @ 00:04")
+            href = card.locator("a.open").get_attribute("href") or ""
+            assert href.endswith("/video#t=4")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#results .result img')]"
+                ".every(img => img.complete && img.naturalWidth > 0)"
+            )
+        finally:
+            browser.close()

@@ -248,3 +248,37 @@ def test_thumbnails_and_decoding_share_the_decoder_allow_list(data: bytes) -> No
         thumbnail.make_thumbnail(data, 128)
     with pytest.raises(decode.ImageError, match="not an image"):
         decode.open_image(data)
+
+
+def test_scan_counts_files_that_are_not_media_by_extension(tmp_path: Path) -> None:
+    write_jpeg(tmp_path / "a.jpg")
+    (tmp_path / "clip.MP4").write_bytes(b"x")
+    (tmp_path / "photo.HEIC").write_bytes(b"x")
+    for name in ("n.txt", "m.TXT", "side.xmp", "Makefile"):
+        (tmp_path / name).write_text("x")
+    named = tmp_path / "odd.data"
+    write_jpeg(named)
+    result = files.scan([tmp_path, named])
+    assert sorted(Path(f.path).name for f in result.files) == [
+        "a.jpg",
+        "clip.MP4",
+        "odd.data",
+        "photo.HEIC",
+    ]
+    assert result.ignored == {".txt": 2, ".xmp": 1, files.NO_EXTENSION: 1}
+
+
+def test_a_live_photos_mov_is_one_item_with_its_photo(tmp_path: Path) -> None:
+    write_jpeg(tmp_path / "IMG_0001.HEIC")  # the name is what counts here, not the content
+    (tmp_path / "IMG_0001.MOV").write_bytes(b"x")
+    (tmp_path / "IMG_0002.MOV").write_bytes(b"x")  # a video of its own
+    write_jpeg(tmp_path / "trip.jpg")
+    write_jpeg(tmp_path / "trip.mov" / "inside.jpg")  # a folder, walked whatever its name
+    result = files.scan([tmp_path])
+    assert sorted(Path(f.path).name for f in result.files) == [
+        "IMG_0001.HEIC",
+        "IMG_0002.MOV",
+        "inside.jpg",
+        "trip.jpg",
+    ]
+    assert result.live_photos == 1 and result.ignored == {}

@@ -26,7 +26,8 @@ from clipdb.serve.__main__ import main
 # TestClient's default Host, "testserver", is refused like any non-local name.
 LOCAL = "http://127.0.0.1"
 RESULT_KEYS = {"rank", "image_path", "similarity", "filename", "image_id"} | {
-    "taken_at", "taken_at_naive", "camera", "lat", "lon"  # metadata: always present (null: unknown)
+    "taken_at", "taken_at_naive", "camera", "lat", "lon",  # metadata: present (null: unknown)
+    "media", "time",  # image|video, and a video's best frame's seconds (null for a photo)
 }  # fmt: skip
 
 

@@ -42,9 +42,12 @@ class DupeRow:
 def dupe_rows(
     conn: psycopg.Connection[Any], model: Model, prefixes: list[str] | None = None
 ) -> list[DupeRow]:
-    """This model's rows (all, or those whose path starts with one of ``prefixes``)."""
+    """This model's rows (all, or those whose path starts with one of ``prefixes``); one per
+    file: a video by its first frame (its frames share the file's sha256, and are not
+    duplicates of each other)."""
     sql = (
-        "SELECT id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint, "
+        f"SELECT DISTINCT ON ({PATH_KEY}) "
+        "id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint, "
         "num_nonnulls(taken_at, camera, lens, lat) "
         f"FROM clipdb.images WHERE model_id = {int(model.model_id)}"
     )
@@ -58,6 +61,7 @@ def dupe_rows(
         )
         ranges = [prefix_range(key(p.rstrip("/") + "/")) for p in prefixes]
         params = ([key(p) for p in prefixes], [r[0] for r in ranges], [r[1] for r in ranges])
+    sql += f" ORDER BY {PATH_KEY}, frame_time NULLS FIRST"
     return [
         DupeRow(row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value, exif)
         for row_id, path, raw, sha, size, mtime, width, height, value, exif in conn.execute(

@@ -22,7 +22,7 @@ from clipdb.db.paths import PATH_KEY, key, prefix_range
 from clipdb.db.registry import Model
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.exif import METADATA_VERSION
-from clipdb.files import fs_path
+from clipdb.files import fs_path, split_frame
 from clipdb.filters import NO_FILTERS, Filters
 
 EF_SEARCH_MAX = 1000  # pgvector refuses a larger hnsw.ef_search
@@ -56,6 +56,13 @@ class Hit:
     def has_similarity(self) -> bool:
         return self.similarity == self.similarity  # NaN: found by text alone, nothing compared
 
+    # Seconds into the video of the best-matching frame; None for a photo (migration 0012).
+    frame_time: float | None = None
+
+    @property
+    def media(self) -> str:
+        return "image" if self.frame_time is None else "video"
+
     @property
     def file_path(self) -> str:
         """The path as the file system knows it (what ``--paths --null`` prints)."""
@@ -72,14 +79,16 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         """``{"rank", "image_path", "similarity", "filename"}`` (+ ``image_id``, and
         ``taken_at`` (ISO 8601), ``camera``, ``lat``, ``lon``: null when unknown;
-        ``taken_at_naive``: true when taken_at is a wall clock of unknown time zone)."""
+        ``taken_at_naive``: true when taken_at is a wall clock of unknown time zone;
+        ``media``: image or video, ``time``: a video's best frame in seconds, else null)."""
         data = asdict(self)
-        del data["path_bytes"]
+        del data["path_bytes"], data["frame_time"]
         if self.match is None:
             del data["match"], data["matched_text"]
         if not self.has_similarity:
             data["similarity"] = None
         data["filename"] = self.filename
+        data["media"], data["time"] = self.media, self.frame_time
         data["taken_at"] = self.taken_at.isoformat() if self.taken_at is not None else None
         return data
 
@@ -88,7 +97,8 @@ class Hit:
 # (within), orders and pages; everything is a bound parameter.
 _SEARCH_ROWS = (
     "SELECT rank, path, similarity, id, taken_at, camera_name, lat, lon, taken_at_naive, "
-    "path_bytes FROM clipdb.search_rows(%(model)s::smallint, %(query)s::vector, %(k)s, %(ef)s, "
+    "path_bytes, frame_time "
+    "FROM clipdb.search_rows(%(model)s::smallint, %(query)s::vector, %(k)s, %(ef)s, "
     "after => %(after)s, before => %(before)s, camera => %(camera)s, near_lat => %(near_lat)s, "
     "near_lon => %(near_lon)s, near_km => %(near_km)s, within => %(within)s, sort => %(sort)s, "
     "skip => %(skip)s, under => %(under)s, min_similarity => %(min_similarity)s)"
@@ -169,7 +179,7 @@ def arrange(hits: list[Hit], k: int, filters: Filters) -> list[Hit]:
 
 def _hit(row: tuple[Any, ...]) -> Hit:
     """A result row of ``_SEARCH_ROWS`` as a Hit."""
-    rank, path, similarity, image_id, taken_at, camera, lat, lon, naive, raw = row
+    rank, path, similarity, image_id, taken_at, camera, lat, lon, naive, raw, frame_time = row
     return Hit(
         int(rank),
         path,
@@ -181,6 +191,7 @@ def _hit(row: tuple[Any, ...]) -> Hit:
         lon,
         naive,
         raw and bytes(raw),
+        frame_time,
     )
 
 
@@ -191,14 +202,17 @@ def check_result_count(k: int) -> None:
 
 
 def indexed_embedding(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -> np.ndarray:
-    """The stored embedding of an indexed image, by absolute/relative path or by row id."""
+    """The stored embedding of an indexed image, by absolute/relative path or by row id; a
+    video's frame as ``clip.mp4@SECONDS`` (the frame nearest that time; without: its first)."""
     found = None
     if path_or_id.isdigit():
         found = embedding_by_id(conn, model, int(path_or_id))
     if found is None:
+        path, seconds = split_frame(path_or_id)
         row = conn.execute(
-            f"SELECT embedding FROM clipdb.images WHERE model_id = %s AND {PATH_KEY} = %s",
-            (model.model_id, key(os.path.abspath(path_or_id))),
+            f"SELECT embedding FROM clipdb.images WHERE model_id = %s AND {PATH_KEY} = %s "
+            "ORDER BY abs(frame_time - %s::float8) NULLS LAST, frame_time LIMIT 1",
+            (model.model_id, key(os.path.abspath(path)), seconds),
         ).fetchone()
         found = as_array(row[0]) if row else None
     if found is None:
@@ -224,7 +238,7 @@ def as_array(value: Any) -> np.ndarray:
 
 def indexed_path(conn: psycopg.Connection[Any], model: Model, path_or_id: str) -> str | None:
     """The stored path of an indexed image given by path or row id (an id wins)."""
-    absolute = key(os.path.abspath(path_or_id))
+    absolute = key(os.path.abspath(split_frame(path_or_id)[0]))
     row_id = int(path_or_id) if path_or_id.isdigit() else None
     row = conn.execute(
         f"SELECT path FROM clipdb.images WHERE model_id = %s AND (id = %s OR {PATH_KEY} = %s) "
@@ -245,6 +259,12 @@ def image_file(conn: psycopg.Connection[Any], image_id: int) -> tuple[str, int, 
     if row is None:
         return None
     return (fs_path(row[0], row[1]), int(row[2]), int(row[3]), bytes(row[4]))
+
+
+def frame_time_of(conn: psycopg.Connection[Any], image_id: int) -> float | None:
+    """Seconds into its video of row ``image_id``'s frame; None for a photo (or no row)."""
+    row = conn.execute("SELECT frame_time FROM clipdb.images WHERE id = %s", (image_id,)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 # --- what ingest compares the scan against ------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from clipdb.db.paths import PATH_KEY, key
+from clipdb.files import split_frame
 
 _COLUMNS = "m.id, m.architecture, m.pretrained, m.dim"
 
@@ -81,7 +82,7 @@ def models_indexing(conn: psycopg.Connection[Any], path_or_id: str) -> set[int]:
     row_id = int(path_or_id) if path_or_id.isdigit() else None
     rows = conn.execute(
         f"SELECT DISTINCT model_id FROM clipdb.images WHERE {PATH_KEY} = %s OR id = %s",
-        (key(os.path.abspath(path_or_id)), row_id),
+        (key(os.path.abspath(split_frame(path_or_id)[0])), row_id),
     ).fetchall()
     return {row[0] for row in rows}
 

@@ -27,9 +27,10 @@ _META_COLUMNS = "taken_at, taken_at_naive, camera, lens, lat, lon, metadata_vers
 _META_TYPES = ["timestamptz", "bool", "text", "text", "float8", "float8", "int2"]
 _COLUMNS = f"{_COLUMNS}, {_META_COLUMNS}"
 _TYPES = [*_TYPES, *_META_TYPES]
-# Upserts also carry the perceptual hash: staged as int8, stored as bit(64) (int8::bit(64)).
-_UPSERT_COLUMNS = f"{_COLUMNS}, phash"
-_UPSERT_TYPES = [*_TYPES, "int8"]
+# Upserts also carry the perceptual hash: staged as int8, stored as bit(64) (int8::bit(64)),
+# and a video frame's time (migration 0012; NULL for a photo).
+_UPSERT_COLUMNS = f"{_COLUMNS}, phash, frame_time"
+_UPSERT_TYPES = [*_TYPES, "int8", "float8"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,15 @@ class ImageRecord:
     embedding: np.ndarray
     metadata: PhotoMetadata | None = None  # None: not read (metadata_version stays NULL)
     phash: int | None = None  # clipdb.phash (signed int64); None: not computed
+    frame_time: float | None = None  # seconds into a video; None for a photo
+    # A video's first frame of this pass: the file's earlier rows (frames of another version
+    # of it) are deleted before it is written.
+    first_frame: bool = False
+
+    @property
+    def starts_file(self) -> bool:
+        """A photo, or a video's first frame: the row a file is counted by (new, updated)."""
+        return self.frame_time is None or self.first_frame
 
     def as_row(self) -> tuple[Any, ...]:
         embedding = np.asarray(self.embedding, dtype=np.float32)
@@ -154,22 +164,29 @@ def upsert_images(
         return 0
     model_id = int(model.model_id)
     source = "import" if imported else "ingest"
+    videos = [key(r.path) for r in records if r.first_frame]
+    if videos:
+        conn.execute(
+            f"DELETE FROM clipdb.images WHERE model_id = {model_id} AND {PATH_KEY} = ANY(%s)",
+            (videos,),
+        )
     conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS clipdb_incoming ({_columns_ddl()}, phash bigint) "
-        "ON COMMIT DELETE ROWS"
+        f"CREATE TEMP TABLE IF NOT EXISTS clipdb_incoming ({_columns_ddl()}, phash bigint, "
+        "frame_time float8) ON COMMIT DELETE ROWS"
     )
     _copy(
         conn,
         f"clipdb_incoming ({_UPSERT_COLUMNS})",
-        ((*r.as_row(), r.phash) for r in records),
+        ((*r.as_row(), r.phash, r.frame_time) for r in records),
         _UPSERT_TYPES,
     )
     conn.execute(
         f"""
-        INSERT INTO clipdb.images (model_id, source, {_COLUMNS}, phash)
-        SELECT DISTINCT ON ({PATH_KEY}) {model_id}, %s, {_COLUMNS}, phash::bit(64)
+        INSERT INTO clipdb.images (model_id, source, {_COLUMNS}, phash, frame_time)
+        SELECT DISTINCT ON ({PATH_KEY}, frame_time) {model_id}, %s, {_COLUMNS},
+            phash::bit(64), frame_time
         FROM clipdb_incoming
-        ON CONFLICT (model_id, ({PATH_KEY})) DO UPDATE SET
+        ON CONFLICT (model_id, ({PATH_KEY}), (coalesce(frame_time, -1))) DO UPDATE SET
             sha256 = EXCLUDED.sha256, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns,
             width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding,
             path_bytes = EXCLUDED.path_bytes, source = EXCLUDED.source, updated_at = now(),

@@ -66,7 +66,14 @@ def collapse_hits(
         if image_id in by_id:
             hit = by_id[image_id]
             out.append(
-                Hit(rank, hit.image_path, hit.similarity, image_id, path_bytes=hit.path_bytes)
+                Hit(
+                    rank,
+                    hit.image_path,
+                    hit.similarity,
+                    image_id,
+                    path_bytes=hit.path_bytes,
+                    frame_time=hit.frame_time,  # a video's best frame keeps its time
+                )
             )
         else:
             from clipdb.files import db_path

@@ -158,6 +158,7 @@ class Ingester:
         skips = SkipLedger(self.on_skip, verbose=self.options.verbose, watched=self.known_bad)
         scan = files.scan(self.roots, self.options.exclude)
         summary.found = len(scan.files) + len(scan.skipped)
+        summary.ignored, summary.live_photos = dict(sorted(scan.ignored.items())), scan.live_photos
         # What exists (prune keeps it); a root that could not be listed is not a file in it.
         seen = {f.path for f in scan.files} | {p for p, _ in scan.skipped if p not in self.roots}
         skips.scan_skips(scan.skipped)
@@ -309,7 +310,7 @@ class Ingester:
     ) -> None:
         """Before loading a model (seconds, GBs): skip the leading files that cannot be
         decoded, until one can; a pass over only bad files then never loads it."""
-        from clipdb.decode import unusable
+        from clipdb.ingest.video import unusable
 
         while paths:
             reason = unusable(paths[0], stats.get(paths[0]), self.options.max_pixels)

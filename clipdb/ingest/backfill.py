@@ -12,7 +12,7 @@ from typing import Any
 
 from clipdb import files
 from clipdb.db import store
-from clipdb.exif import PhotoMetadata, read_metadata
+from clipdb.exif import PhotoMetadata
 from clipdb.ingest.decode_pool import isolated_map
 from clipdb.ingest.plan import SkipCallback
 
@@ -21,14 +21,14 @@ CHUNK = 500
 
 def _read(path: str, found: files.FileStat | None = None) -> PhotoMetadata | None:
     """The file's metadata; None when it cannot be read now (left for a later pass)."""
-    from clipdb.decode import PILLOW_FORMATS
+    from clipdb.raw import file_metadata
 
     try:
         args = found.open_args() if found is not None else {}
         data = files.read_regular(path, max_bytes=files.MAX_IMAGE_BYTES, **args)
     except (files.FileRejected, OSError):
         return None
-    return read_metadata(data, PILLOW_FORMATS)
+    return file_metadata(data, path)
 
 
 def backfill_metadata(

@@ -139,12 +139,12 @@ def write_encoded(
         for encoded in batches:
             for path, reason in encoded.skipped:
                 on_skip(path, reason)
-            for record in encoded.records:
+            files = [record for record in encoded.records if record.starts_file]  # by file
+            for record in files:
                 on_written(record.path)
             if encoded.records:
                 writer.put(encoded.records)
-            handled = len(encoded.skipped) + len(encoded.records)
-            bar.update(handled, written=len(encoded.records))
+            bar.update(len(encoded.skipped) + len(files), written=len(files))
     finally:
         bar.close()
         writer.close()  # commits what was queued

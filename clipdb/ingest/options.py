@@ -110,6 +110,9 @@ class IngestSummary:
     known_bad: int = 0  # of skipped: files skipped before, unchanged, not retried
     text_stored: int = 0  # rows whose words (names, keywords, OCR text) were stored
     ocr_read: int = 0  # images read by OCR
+    # Files under the roots that are not an image or video by name: extension -> count.
+    ignored: dict[str, int] = field(default_factory=dict)
+    live_photos: int = 0  # .mov files of Live Photos: one item with their photo, not indexed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,4 +128,14 @@ class IngestSummary:
             + (f", metadata read {self.metadata_read}" if self.metadata_read else "")
             + (f", text of {self.text_stored}" if self.text_stored else "")
             + (f" (OCR read {self.ocr_read})" if self.ocr_read else "")
+            + self._ignored_text()
         )
+
+    def _ignored_text(self) -> str:
+        """The summary's tail naming files ignored by type, e.g. "not an image or video 5
+        (.txt: 3, .xmp: 2)": every file under a root is accounted for."""
+        live = f", live photo videos {self.live_photos}" if self.live_photos else ""
+        if not self.ignored:
+            return live
+        kinds = ", ".join(f"{ext}: {n}" for ext, n in sorted(self.ignored.items()))
+        return f", not an image or video {sum(self.ignored.values())} ({kinds}){live}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from clipdb import decode, device_decode, files
 from clipdb.db.store import ImageRecord
+from clipdb.ingest import video
 from clipdb.ingest.decode_pool import MIN_FILES_FOR_POOL, DecodePool
 from clipdb.ingest.options import images_per_s, rate_text
 from clipdb.ingest.writer import Encoded
@@ -34,13 +35,14 @@ def decoded_images(
     back from worker processes costs this process ~0.5 ms each, which caps a GPU at ~2,000
     img/s (BENCHMARKS.md); every full decode still runs in the worker processes."""
     work = device_decode.prepare_task if on_device else decode.decode_task
-    task = partial(work, pipeline=pipeline, max_pixels=max_pixels)
+    # Videos come back as a tuple of frames (clipdb.ingest.video), flattened below.
+    task = partial(video.media_task, image_task=work, pipeline=pipeline, max_pixels=max_pixels)
     if workers == 0 or len(paths) < MIN_FILES_FOR_POOL:
-        yield from (task(path, found=stats.get(path)) for path in paths)
+        yield from video.flat(task(path, found=stats.get(path)) for path in paths)
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    def in_thread(path: str) -> decode.Decoded:
+    def in_thread(path: str) -> video.Item:
         found = stats.get(path)
         try:
             prepared = device_decode.prepare_jpeg(path, pipeline, max_pixels, found)
@@ -50,7 +52,7 @@ def decoded_images(
             return pool.submit(task, path, found=found).result()
         return prepared
 
-    def submit(path: str) -> Future[decode.Decoded]:
+    def submit(path: str) -> Future[video.Item]:
         if threads is not None and path.lower().endswith(device_decode.JPEG_SUFFIXES):
             return threads.submit(in_thread, path)
         return pool.submit(task, path, found=stats.get(path))
@@ -60,8 +62,10 @@ def decoded_images(
     # Bounded read-ahead: decoding may outrun encoding, and decoded pixels are big.
     ahead = max(read_ahead, 4 * workers)
     try:
-        yield from pool.ordered(
-            paths, submit, lambda path, reason: decode.Decoded(path, reason=reason), ahead
+        yield from video.flat(
+            pool.ordered(
+                paths, submit, lambda path, reason: decode.Decoded(path, reason=reason), ahead
+            )
         )
     finally:
         pool.close()
@@ -176,6 +180,8 @@ def record(item: decode.Decoded, stat: files.FileStat, embedding: Any) -> ImageR
         embedding,
         metadata=item.metadata,
         phash=item.phash,
+        frame_time=item.frame_time,
+        first_frame=item.first_frame,
     )
 
 

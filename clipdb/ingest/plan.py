@@ -110,6 +110,9 @@ def _reuse_by_hash(
     remaining, moved = [], 0
     with conn.transaction():
         for path in new:
+            if files.is_video_name(path):  # one row per frame: re-sampled, the old path pruned
+                remaining.append(path)
+                continue
             orphan = next(
                 (
                     (row_id, old)

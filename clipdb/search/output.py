@@ -18,10 +18,20 @@ def format_table(hits: Sequence[Hit]) -> str:
     if any(hit.has_metadata for hit in hits):
         return _metadata_table(hits)
     lines = [f"{'rank':>4}  {'similarity':>10}  path"]
-    lines += [
-        f"{hit.rank:>4}  {hit.similarity:>10.4f}  {printable(hit.image_path)}" for hit in hits
-    ]
+    lines += [f"{hit.rank:>4}  {hit.similarity:>10.4f}  {shown_path(hit)}" for hit in hits]
     return "\n".join(lines)
+
+
+def shown_path(hit: Hit) -> str:
+    """The path as a table shows it; a video's with the time of its best frame, as
+    ``clip.mp4 @ 01:23`` (``1:02:03`` past an hour)."""
+    path = printable(hit.image_path)
+    if hit.frame_time is None:
+        return path
+    minutes, seconds = divmod(int(hit.frame_time), 60)
+    hours, minutes = divmod(minutes, 60)
+    clock = f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+    return f"{path} @ {clock}"
 
 
 def result_dicts(hits: Sequence[Hit]) -> list[dict[str, Any]]:
@@ -63,7 +73,7 @@ def _metadata_table(hits: Sequence[Hit]) -> str:
     ]
     lines += [
         f"{hit.rank:>4}  {hit.similarity:>10.4f}  {when(hit):<17}  {camera:<{width}}  "
-        f"{place(hit):<19}  {printable(hit.image_path)}"
+        f"{place(hit):<19}  {shown_path(hit)}"
         for hit, camera in zip(hits, cameras, strict=True)
     ]
     return "\n".join(lines)

@@ -127,6 +127,15 @@ async function run(label, request) {
   setStatus(`${hits.length} result${hits.length === 1 ? "" : "s"} ${label} in ${ms} ms`);
 }
 
+// " @ 01:23" after a video's name (the time of its best frame), "" for a photo.
+function videoTime(hit) {
+  if (hit.media !== "video" || hit.time == null) return "";
+  const total = Math.floor(hit.time);
+  const [h, m, s] = [Math.floor(total / 3600), Math.floor(total / 60) % 60, total % 60];
+  const two = (n) => String(n).padStart(2, "0");
+  return ` @ ${h ? `${h}:${two(m)}` : two(m)}:${two(s)}`;
+}
+
 function render(hits) {
   results.replaceChildren(...hits.map((hit) => {
     // A focusable card (not a <button>, which may not contain the link to the original).
@@ -148,10 +157,13 @@ function render(hits) {
     similarity.textContent = hit.similarity === null ? hit.match : hit.similarity.toFixed(3);
     const name = document.createElement("span");
     name.className = "filename";
-    name.textContent = `#${hit.rank} ${hit.filename}`;
+    name.textContent = `#${hit.rank} ${hit.filename}${videoTime(hit)}`;
     const open = document.createElement("a");
     open.className = "open";
-    open.href = `/api/images/${hit.image_id}/file`;
+    // A video opens in the browser's player at the frame's second (a media fragment).
+    open.href = hit.media === "video"
+      ? `/api/images/${hit.image_id}/video#t=${hit.time}`
+      : `/api/images/${hit.image_id}/file`;
     open.target = "_blank";
     open.rel = "noopener";
     open.textContent = "open";

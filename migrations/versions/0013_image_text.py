@@ -19,14 +19,14 @@ of ``clipdb.search_rows``; ``clipdb.search_hybrid`` fuses it with ``clipdb.searc
 not copied) by reciprocal rank fusion.
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
