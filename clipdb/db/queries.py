@@ -191,7 +191,7 @@ def _hit(row: tuple[Any, ...]) -> Hit:
         lon,
         naive,
         raw and bytes(raw),
-        frame_time,
+        frame_time=frame_time,
     )
 
 
