@@ -14,8 +14,10 @@ So the rule, first difference wins:
 6. the most bytes;
 7. the shortest path, then the path (so the choice is stable).
 
-A copy never wins on bytes alone: bytes count only between files of the same metadata, the
-same pixels and the same modification time.
+A copy never wins on bytes alone against an original that the rule can tell: bytes count only
+between files of the same metadata, the same pixels and the same modification time (a copy
+whose time was forged to its original's, with the EXIF copied verbatim, is told from it by
+nothing clipdb stores; BENCHMARKS.md measures that case too).
 """
 
 from __future__ import annotations
