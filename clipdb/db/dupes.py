@@ -97,6 +97,10 @@ def pairs(
 # Images whose neighbours one statement asks the HNSW index for: a batch is one round trip
 # and holds only the pairs at or above the threshold.
 KNN_BATCH = 1000
+# The HNSW candidate list per image. A copy at cosine >= 0.9 is its original's nearest
+# neighbour by a wide margin, so a short list finds it: on 512-d vectors ef 16 found the same
+# pairs as ef 100 at a third of the time (BENCHMARKS.md, "Duplicates: the similar tier").
+KNN_EF_SEARCH = 20
 
 
 def knn_sql(dim: int, model_id: int) -> str:
@@ -120,7 +124,7 @@ def knn_pairs(
     ids: list[int] | None,
     threshold: float,
     k: int,
-    ef_search: int = 100,
+    ef_search: int = KNN_EF_SEARCH,
     batch: int = KNN_BATCH,
 ) -> Iterator[tuple[int, int, float]]:
     """(image_id, other_id, cosine similarity) for each of ``ids``' (None: every row's) ``k``
