@@ -1,12 +1,16 @@
-"""The similar tier's groups (stars around the kept image, never chains) and the paged
-duplicates API."""
+"""The similar tier's groups (stars around the kept image, never chains), the paged
+duplicates API, and the keep-rule benchmark's smoke run."""
 
 from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import make_images
 
 from clipdb.db.registry import models_with_rows
@@ -81,3 +85,33 @@ def test_duplicates_api_pages_with_limit_and_cursor(database, tiny_encoder, tmp_
         bad = c.get("/api/duplicates", params={"cursor": "x; DROP"})
         assert bad.status_code == 422
         assert c.get("/api/duplicates", params={"limit": 0}).status_code == 422
+
+
+@pytest.mark.slow
+def test_keep_rule_benchmark_smoke(tmp_path, embedded_home):
+    """bench/bench_keep_rule.py end to end on three made-up camera photos (its figure is
+    measured on real ones)."""
+    from PIL import ExifTags, Image
+
+    photos = tmp_path / "photos"
+    for n, picture in enumerate(make_images(tmp_path / "src", 3, size=(320, 240), seed=7)):
+        exif = Image.Exif()
+        exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = "NIKON", f"D{n}"
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = "2008:10:22 16:28:39"
+        photos.mkdir(exist_ok=True)
+        Image.open(picture).save(photos / f"DSCN{n:04d}.jpg", quality=92, exif=exif)
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_keep_rule.py"
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), "--photos", str(photos), "--home", str(embedded_home)],
+            capture_output=True, text=True, timeout=300, check=True,
+        )  # fmt: skip
+    finally:
+        subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; "
+             "from clipdb.db.embedded import stop_server; stop_server(Path(sys.argv[1]))",
+             str(embedded_home)],
+            check=False, timeout=60,
+        )  # fmt: skip
+    assert "written after: original kept in" in done.stdout
+    assert "times preserved: original kept in" in done.stdout
