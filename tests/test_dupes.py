@@ -357,6 +357,7 @@ def test_duplicates_view_in_the_browser(database, tiny_encoder, tmp_path):
             expect(page.locator(".dupe-group .dupe")).to_have_count(3)
             kept = page.locator(".dupe.keep")
             expect(kept).to_have_count(1)
+            expect(kept.locator(".dupe-note")).to_contain_text("kept: ")
             assert kept.get_attribute("title") == str(paths["big"])
             thumb = kept.locator("img")
             expect(thumb).to_have_js_property("complete", True)
