@@ -155,7 +155,8 @@ class _Context:
     inside: set[int] | None  # None: every row is asked about
 
     def key(self, image_id: int) -> Any:
-        return keep_key(self.by_id[image_id], image_id in self.files.links)
+        row = self.by_id[image_id]
+        return keep_key(row, self.files.is_link(row.path))
 
     def reason(self, ordered: Sequence[int]) -> str:
         """Why the first of ``ordered`` (in keep order) is kept over the second."""
@@ -308,7 +309,7 @@ def _member(
         identical=row.sha256 == kept.sha256,
         outside=context.inside is not None and image_id not in context.inside,
         aliases=context.files.aliases.get(image_id, ()),
-        link=image_id in context.files.links,
+        link=context.files.is_link(row.path),
     )
 
 
