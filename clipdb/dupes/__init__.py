@@ -213,9 +213,9 @@ def _hard_groups(
     groups: list[Group] = []
     grouped: set[int] = set()
     for component in hard.components():
+        grouped.update(component)  # shown or not, never also a similar group's member
         if not context.wanted(component):
             continue
-        grouped.update(component)
         groups.append(_hard_group(context, component, near))
     return groups, grouped
 
