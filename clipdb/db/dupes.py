@@ -97,10 +97,10 @@ def pairs(
 # Images whose neighbours one statement asks the HNSW index for: a batch is one round trip
 # and holds only the pairs at or above the threshold.
 KNN_BATCH = 1000
-# The HNSW candidate list per image. A copy at cosine >= 0.9 is its original's nearest
-# neighbour by a wide margin, so a short list finds it: on 512-d vectors ef 16 found the same
-# pairs as ef 100 at a third of the time (BENCHMARKS.md, "Duplicates: the similar tier").
-KNN_EF_SEARCH = 20
+# The HNSW candidate list per image. Shorter lists are faster but miss pairs: on 100k random
+# 512-d vectors, ef 20 / 40 / 100 found 90% / 94% / 100% of the planted pairs at 2.3 / 3.9 /
+# 8.5 ms an image (BENCHMARKS.md, "Duplicates: the similar tier"); finding every pair wins.
+KNN_EF_SEARCH = 100
 
 
 def knn_sql(dim: int, model_id: int) -> str:
