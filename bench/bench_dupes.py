@@ -12,6 +12,7 @@ of clipdb.dupes.find_duplicates (files are not stat'ed: there are none) and its 
 
     python bench/bench_dupes.py quality
     python bench/bench_dupes.py scale --rows 100000 --home /tmp/clipdb-bench-dupes
+    python bench/bench_dupes.py scale --reuse --home /tmp/clipdb-bench-dupes   # time again
 """
 
 from __future__ import annotations
@@ -114,13 +115,17 @@ def quality(max_d: int) -> None:
         print(f"  {kind:<22} {cells}   (median {np.median(dist):.0f} bits)")
 
 
-def scale(rows: int, home: str, dim: int, group_every: int, tiers: list[str]) -> None:
+def scale(
+    rows: int, home: str, dim: int, group_every: int, tiers: list[str], reuse: bool = False
+) -> None:
     from benchutil import fresh_database
 
     from clipdb.db.registry import register_model
     from clipdb.db.store import ImageRecord, bulk_load
-    from clipdb.dupes import find_duplicates
 
+    if reuse:
+        time_tiers(home, tiers)
+        return
     database = fresh_database(Path(home), "bench_dupes")
     rng = np.random.default_rng(0)
     started = time.perf_counter()
@@ -155,19 +160,42 @@ def scale(rows: int, home: str, dim: int, group_every: int, tiers: list[str]) ->
                 "'0') || '.jpg'",
                 (hashes.tolist(),),
             )
-            loaded = time.perf_counter()
-            if "similar" in tiers:  # only the similar tier reads the HNSW index
-                ddl = conn.execute(
-                    "SELECT clipdb.model_index_ddl(%s::smallint, %s)", (model.model_id, dim)
-                ).fetchone()
-                assert ddl is not None
-                conn.execute(ddl[0])
-        print(f"HNSW build {time.perf_counter() - loaded:.1f} s")
+        # VACUUM before the index build: vacuuming an HNSW index walks its whole graph (at
+        # 100k 512-d rows on a loaded machine it ran over 10 minutes after the build).
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE clipdb.images")
+        loaded = time.perf_counter()
+        if "similar" in tiers:  # only the similar tier reads the HNSW index
+            ddl = conn.execute(
+                "SELECT clipdb.model_index_ddl(%s::smallint, %s)", (model.model_id, dim)
+            ).fetchone()
+            assert ddl is not None
+            conn.execute(ddl[0])
+            conn.execute("ANALYZE clipdb.images")
+        print(f"HNSW build {time.perf_counter() - loaded:.1f} s")
         print(
             f"{rows} rows, {planted} planted groups loaded in {time.perf_counter() - started:.1f} s"
         )
+    time_tiers(home, tiers)
+
+
+def time_tiers(home: str, tiers: list[str]) -> None:
+    """Time each tier of find_duplicates on the database the last scale run loaded, and the
+    first page of the similar tier's pairs (one kNN batch)."""
+    import psycopg
+
+    from clipdb.db.dupes import knn_pairs
+    from clipdb.db.embedded import ensure_server
+    from clipdb.db.registry import models_with_rows
+    from clipdb.dupes import find_duplicates
+
+    server = ensure_server(Path(home))
+    print(f"load average {Path('/proc/loadavg').read_text().split()[:3]}")
+    with psycopg.connect(server.url(database="bench_dupes"), autocommit=True) as conn:
+        model = models_with_rows(conn)[0]
+        t0 = time.perf_counter()
+        first = list(itertools.islice(knn_pairs(conn, model, None, 0.99, 10), 1))
+        print(f"  first kNN batch (1000 images) {time.perf_counter() - t0:.2f} s, {len(first)}")
         runs = [("exact",), ("near",), ("exact", "near"), ("similar",)]
         for selected in [run for run in runs if set(run) <= set(tiers)]:
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -183,6 +211,7 @@ def scale(rows: int, home: str, dim: int, group_every: int, tiers: list[str]) ->
                 f"sizes {dict((i, int(n)) for i, n in enumerate(sizes) if n)}  "
                 f"client peak RSS {peak / 1024:.0f} MiB (was {before / 1024:.0f})"
             )
+    print(f"load average {Path('/proc/loadavg').read_text().split()[:3]}")
 
 
 def main() -> None:
@@ -196,11 +225,12 @@ def main() -> None:
     s.add_argument("--dim", type=int, default=64)
     s.add_argument("--group-every", type=int, default=100)
     s.add_argument("--tiers", default="exact,near,similar", help="tiers to time")
+    s.add_argument("--reuse", action="store_true", help="time the database the last run loaded")
     args = parser.parse_args()
     if args.what == "quality":
         quality(args.max_d)
     else:
-        scale(args.rows, args.home, args.dim, args.group_every, args.tiers.split(","))
+        scale(args.rows, args.home, args.dim, args.group_every, args.tiers.split(","), args.reuse)
 
 
 if __name__ == "__main__":

@@ -320,18 +320,23 @@ class Searcher:
         """Top-k hits for ``query``, best first (``model``: as :meth:`model` chooses)."""
         query.check()
         model = model or self.model(query.like)
-        match = self.match_for(query, model)
+        match = self.match_for(query, model, options)
         if match == "clip":
             return self.top_k(self.vector(query, model), options, model)
         return self.text_top_k(query, match, options, model)
 
-    def match_for(self, query: Query, model: Model) -> str:
+    def match_for(self, query: Query, model: Model, options: SearchOptions | None = None) -> str:
         """How ``query`` is matched: its own ``match``; else hybrid for a text query when
-        ``model``'s rows have words stored, else clip."""
+        ``model``'s rows have words stored, else clip. Options only a CLIP ranking has
+        (hiding duplicates, a similarity threshold) keep a defaulted match at clip, so they
+        work as before words were stored."""
         if query.match is not None:
             check_text_query(query.text, query.match)
             return query.match
-        if query.text is None:
+        clip_only = options is not None and (
+            options.hide_duplicates or options.threshold is not None
+        )
+        if query.text is None or clip_only:
             return "clip"
         with self._connect() as conn:
             return "hybrid" if has_text(conn, model) else "clip"

@@ -161,11 +161,32 @@ def test_empty_database_and_unindexed_path_give_no_groups(database, tmp_path, ca
     assert code == 0 and out == ""
 
 
-def test_path_limits_groups(database, tiny_encoder, tmp_path, capsys):
-    make_library(tmp_path / "lib")
+def test_path_shows_groups_with_a_member_under_it_and_marks_the_others_outside(
+    database, tiny_encoder, tmp_path, capsys
+):
+    """DIR: the groups with at least one member under DIR, members found anywhere (every
+    tier, by index hops from DIR's rows), those outside DIR marked ``outside``."""
+    paths = make_library(tmp_path / "lib")
     run_ingest(database, tiny_encoder, tmp_path / "lib")
     code, out, err = run_dupes(capsys, "--json", str(tmp_path / "lib" / "sub"))
-    assert (code, json.loads(out)) == (0, [])
+    [group] = json.loads(out)
+    outside = {m["image_path"]: m["outside"] for m in group["images"]}
+    assert outside == {str(paths["big"]): True, str(paths["copy"]): True,
+                       str(paths["small"]): False}  # fmt: skip
+    # exact only: small.jpg has no exact twin; big.png's twin lies outside sub/ but is found
+    code, out, _ = run_dupes(capsys, "--json", str(tmp_path / "lib" / "sub"), "--tier", "exact")
+    assert json.loads(out) == []
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copyfile(paths["big"], tmp_path / "elsewhere" / "twin.png")
+    run_ingest(database, tiny_encoder, tmp_path / "elsewhere")
+    with database.connect() as conn:  # a row without a pHash is still an exact copy
+        conn.execute("UPDATE clipdb.images SET phash = NULL WHERE path LIKE '%twin.png'")
+        conn.commit()
+    code, out, _ = run_dupes(capsys, "--json", str(tmp_path / "elsewhere"), "--tier", "exact")
+    [group] = json.loads(out)
+    assert {(Path(m["image_path"]).name, m["outside"]) for m in group["images"]} == {
+        ("big.png", True), ("copy of big.png", True), ("twin.png", False)
+    }  # fmt: skip
     code, out, _ = run_dupes(capsys, "--json", str(tmp_path / "lib"), "--tier", "exact,near")
     assert len(json.loads(out)) == 1
 
@@ -336,6 +357,7 @@ def test_duplicates_view_in_the_browser(database, tiny_encoder, tmp_path):
             expect(page.locator(".dupe-group .dupe")).to_have_count(3)
             kept = page.locator(".dupe.keep")
             expect(kept).to_have_count(1)
+            expect(kept.locator(".dupe-note")).to_contain_text("kept: ")
             assert kept.get_attribute("title") == str(paths["big"])
             thumb = kept.locator("img")
             expect(thumb).to_have_js_property("complete", True)
@@ -388,11 +410,9 @@ def test_a_closed_pipe_ends_quietly(database, tiny_encoder, tmp_path, output):
 
 def test_help_says_the_keep_rule_of_the_readme():
     from clipdb.dupes import __main__ as cli
+    from clipdb.dupes.keep import RULE
 
-    rule = (
-        "most pixels, then most bytes, then most EXIF fields (date, camera, lens, place), "
-        "then the shortest path"
-    )
+    rule = " ".join(RULE.split())
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert rule in " ".join(cli.EXAMPLES.split())
     assert rule in " ".join(readme.split())

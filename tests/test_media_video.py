@@ -207,6 +207,30 @@ def test_a_copied_video_is_one_exact_duplicate_group_of_two_files(database, tiny
     assert groups == [["clip.mp4", "copy.mp4"]]
 
 
+def test_a_video_is_never_a_duplicate_of_itself_in_any_tier(database, tiny_encoder, tmp_path):
+    """Its frames are rows of one file: near-identical, same sha256, never a group."""
+    from test_ingest import run
+
+    from clipdb.db.registry import registered_model
+    from clipdb.dupes import find_duplicates
+
+    root = tmp_path / "lib"
+    root.mkdir()
+    video(root / "still.mp4", 12, scenes=(4.0, 8.0))
+    run([root], database, tiny_encoder)
+    with database.connect() as conn:
+        model = registered_model(conn, tiny_encoder.architecture, tiny_encoder.pretrained)
+        assert model is not None
+        frames = conn.execute(
+            "SELECT count(*) FROM clipdb.images WHERE model_id = %s", (model.model_id,)
+        ).fetchone()
+        assert frames is not None and frames[0] >= 2
+        result = find_duplicates(
+            conn, model, tiers=("exact", "near", "similar"), similar_threshold=-1.0
+        )
+    assert result.groups == []
+
+
 def test_a_moved_video_keeps_all_its_frames_under_the_new_path(database, tiny_encoder, tmp_path):
     from test_ingest import run
 

@@ -15,7 +15,6 @@ from typing import Any
 import psycopg
 
 from clipdb.db.paths import PATH_KEY, key, prefix_range
-from clipdb.db.queries import ID_CHUNK
 from clipdb.db.registry import Model
 from clipdb.files import fs_path
 
@@ -35,8 +34,30 @@ class DupeRow:
     width: int
     height: int
     phash: int | None  # clipdb.phash as a signed int64
-    # EXIF fields known (taken_at, camera, lens, place: 0..4), a keep-best tie-breaker.
-    exif_fields: int = 0
+    # The capture metadata the row has, of CAPTURE_FIELDS (read from EXIF at ingest,
+    # migration 0006): what marks a camera original, which copies made by editors and
+    # converters lose.
+    metadata: tuple[str, ...] = ()
+
+    @property
+    def exif_fields(self) -> int:
+        return len(self.metadata)
+
+
+# The capture metadata columns, by the name users see.
+CAPTURE_FIELDS = ("date", "camera", "lens", "GPS")
+_ROW_COLUMNS = (
+    "id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint, "
+    "taken_at IS NOT NULL, camera IS NOT NULL, lens IS NOT NULL, lat IS NOT NULL"
+)
+
+
+def _dupe_row(values: tuple[Any, ...]) -> DupeRow:
+    row_id, path, raw, sha, size, mtime, width, height, value, *flags = values
+    metadata = tuple(name for name, known in zip(CAPTURE_FIELDS, flags, strict=True) if known)
+    return DupeRow(
+        row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value, metadata
+    )
 
 
 def dupe_rows(
@@ -46,9 +67,7 @@ def dupe_rows(
     file: a video by its first frame (its frames share the file's sha256, and are not
     duplicates of each other)."""
     sql = (
-        f"SELECT DISTINCT ON ({PATH_KEY}) "
-        "id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint, "
-        "num_nonnulls(taken_at, camera, lens, lat) "
+        f"SELECT DISTINCT ON ({PATH_KEY}) {_ROW_COLUMNS} "
         f"FROM clipdb.images WHERE model_id = {int(model.model_id)}"
     )
     params: tuple[Any, ...] = ()
@@ -62,12 +81,7 @@ def dupe_rows(
         ranges = [prefix_range(key(p.rstrip("/") + "/")) for p in prefixes]
         params = ([key(p) for p in prefixes], [r[0] for r in ranges], [r[1] for r in ranges])
     sql += f" ORDER BY {PATH_KEY}, frame_time NULLS FIRST"
-    return [
-        DupeRow(row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value, exif)
-        for row_id, path, raw, sha, size, mtime, width, height, value, exif in conn.execute(
-            sql, params
-        )
-    ]
+    return [_dupe_row(values) for values in conn.execute(sql, params)]
 
 
 def pairs(
@@ -86,46 +100,64 @@ def pairs(
         yield from cur
 
 
-def similar_pairs(
-    conn: psycopg.Connection[Any],
-    model: Model,
-    threshold: float,
-    k: int,
-    ef_search: int = 100,
-) -> Iterator[tuple[int, int, float]]:
-    """(image_id, other_id, cosine similarity) for each image's ``k`` nearest neighbours by
-    the model's HNSW index (halfvec ranking, exact float32 similarity) at >= ``threshold``."""
-    dim, model_id = int(model.dim), int(model.model_id)
+# Images whose neighbours one statement asks the HNSW index for: a batch is one round trip
+# and holds only the pairs at or above the threshold.
+KNN_BATCH = 1000
+# The HNSW candidate list per image. Shorter lists are faster but miss pairs: on 100k random
+# 512-d vectors, ef 20 / 40 / 100 found 90% / 94% / 100% of the planted pairs at 2.3 / 3.9 /
+# 8.5 ms an image (BENCHMARKS.md, "Duplicates: the similar tier"); finding every pair wins.
+KNN_EF_SEARCH = 100
+# Row b is a photo, or a frame of a different file than row a (a video's frames are rows of
+# one file: pairing them would offer a video as a duplicate of itself).
+_FRAME_OF_OTHER_FILE = (
+    "b.frame_time IS NULL OR clipdb.path_key(b.path, b.path_bytes) "
+    "<> clipdb.path_key(a.path, a.path_bytes)"
+)
+
+
+def knn_sql(dim: int, model_id: int) -> str:
+    """The k-nearest-neighbours statement (parameters: ids, k, threshold): one LATERAL HNSW
+    scan per image of the batch, ranked by the very expression the model's index is built on
+    (``clipdb.model_index_ddl``: ``embedding::halfvec(dim)`` with cosine ops), similarity
+    exact in float32. The one place that spells the index expression for duplicates."""
     indexed = f"b.embedding::halfvec({dim}) <=> a.embedding::vector({dim})::halfvec({dim})"
     exact = f"b.embedding::vector({dim}) <=> a.embedding::vector({dim})"
-    sql = (
+    return (
         f"SELECT a.id, n.id, 1 - n.d FROM clipdb.images a CROSS JOIN LATERAL ("
         f"  SELECT b.id, {exact} AS d FROM clipdb.images b WHERE b.model_id = {model_id}"
+        # A video's other frames are the same file, never its duplicates.
+        f"  AND ({_FRAME_OF_OTHER_FILE})"
         f"  ORDER BY {indexed} LIMIT %s) n "
-        f"WHERE a.model_id = {model_id} AND n.id <> a.id AND 1 - n.d >= %s"
+        f"WHERE a.id = ANY(%s) AND a.model_id = {model_id} AND n.id <> a.id AND 1 - n.d >= %s"
     )
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(ef_search, k)),))
-        cur.execute(sql, (k + 1, threshold))
-        yield from cur
 
 
-def similarities(
-    conn: psycopg.Connection[Any], model: Model, pairs: list[tuple[int, int]]
-) -> dict[tuple[int, int], float]:
-    """Cosine similarity (exact, float32) of each (image_id, other_id) pair."""
-    dim = int(model.dim)
-    found: dict[tuple[int, int], float] = {}
-    for offset in range(0, len(pairs), ID_CHUNK):
-        chunk = pairs[offset : offset + ID_CHUNK]
-        for a, b, similarity in conn.execute(
-            f"SELECT p.a, p.b, 1 - (x.embedding::vector({dim}) <=> y.embedding::vector({dim})) "
-            "FROM unnest(%s::bigint[], %s::bigint[]) p(a, b) "
-            "JOIN clipdb.images x ON x.id = p.a JOIN clipdb.images y ON y.id = p.b",
-            ([a for a, _ in chunk], [b for _, b in chunk]),
-        ):
-            found[(a, b)] = float(similarity)
-    return found
+def knn_pairs(
+    conn: psycopg.Connection[Any],
+    model: Model,
+    ids: list[int] | None,
+    threshold: float,
+    k: int,
+    ef_search: int = KNN_EF_SEARCH,
+    batch: int = KNN_BATCH,
+) -> Iterator[tuple[int, int, float]]:
+    """(image_id, other_id, cosine similarity) for each of ``ids``' (None: every row's) ``k``
+    nearest neighbours by the model's HNSW index at >= ``threshold``, ``batch`` images a
+    statement."""
+    model_id = int(model.model_id)
+    if ids is None:
+        ids = [
+            row_id
+            for (row_id,) in conn.execute(
+                f"SELECT id FROM clipdb.images WHERE model_id = {model_id} ORDER BY id"
+            )
+        ]
+    sql = knn_sql(int(model.dim), model_id)
+    for offset in range(0, len(ids), batch):
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(ef_search, k)),))
+            cur.execute(sql, (k + 1, ids[offset : offset + batch], threshold))
+            yield from cur.fetchall()
 
 
 def indexed_trees(conn: psycopg.Connection[Any], model: Model) -> list[str]:
@@ -152,39 +184,40 @@ def indexed_trees(conn: psycopg.Connection[Any], model: Model) -> list[str]:
 
 
 def neighbour_pairs(
-    conn: psycopg.Connection[Any], model: Model, ids: list[int], max_distance: int
+    conn: psycopg.Connection[Any], model: Model, ids: list[int], max_distance: int | None
 ) -> list[tuple[int, int]]:
     """(id, other) for each of ``ids`` and every row of the model that is its exact (same
-    sha256) or near (pHash within ``max_distance``, 0..7) duplicate: one hop, by index."""
+    sha256) or near (pHash within ``max_distance``, 0..8; None: exact only) duplicate: one
+    hop, by index."""
     model_id = int(model.model_id)
-    radius = int(max_distance) // 3
+    radius = int(max_distance or 0) // 3
     branches = [
         f"SELECT a.id, b.id FROM clipdb.images a JOIN clipdb.images b ON b.model_id = {model_id} "
-        "AND b.sha256 = a.sha256 AND b.id <> a.id WHERE a.id = ANY(%(ids)s)"
+        f"AND b.sha256 = a.sha256 AND b.id <> a.id AND ({_FRAME_OF_OTHER_FILE}) "
+        "WHERE a.id = ANY(%(ids)s)"
     ]
-    for first, width in PHASH_BANDS:  # the band indexes of migrations/versions/0007
+    for first, width in PHASH_BANDS if max_distance is not None else ():  # migration 0007
         band = f"substring({{}}.phash FROM {first} FOR {width})"
         branches.append(
             f"SELECT a.id, b.id FROM clipdb.images a "
             f"CROSS JOIN clipdb.phash_band_masks({width}, {radius}) m(mask) "
             f"JOIN clipdb.images b ON b.model_id = {model_id} AND b.phash IS NOT NULL "
             f"AND {band.format('b')} = ({band.format('a')} # m.mask::bit({width})) "
-            "AND b.id <> a.id AND bit_count(a.phash # b.phash) <= %(d)s "
+            f"AND b.id <> a.id AND ({_FRAME_OF_OTHER_FILE}) "
+            "AND bit_count(a.phash # b.phash) <= %(d)s "
             "WHERE a.id = ANY(%(ids)s) AND a.phash IS NOT NULL"
         )
     sql = " UNION ".join(branches)
-    return [(a, b) for a, b in conn.execute(sql, {"ids": list(ids), "d": int(max_distance)})]
+    found = conn.execute(sql, {"ids": list(ids), "d": int(max_distance or 0)})
+    return [(a, b) for a, b in found]
 
 
 def rows_by_id(conn: psycopg.Connection[Any], ids: list[int]) -> list[DupeRow]:
     """The rows of ``ids`` as :class:`DupeRow`."""
     return [
-        DupeRow(row_id, fs_path(path, raw), bytes(sha), size, mtime, width, height, value, exif)
-        for row_id, path, raw, sha, size, mtime, width, height, value, exif in conn.execute(
-            "SELECT id, path, path_bytes, sha256, size, mtime_ns, width, height, phash::bigint, "
-            "num_nonnulls(taken_at, camera, lens, lat) "
-            "FROM clipdb.images WHERE id = ANY(%s)",
-            (list(ids),),
+        _dupe_row(values)
+        for values in conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM clipdb.images WHERE id = ANY(%s)", (list(ids),)
         )
     ]
 

@@ -8,31 +8,43 @@ Tiers, strongest first:
   pairs are each image's nearest neighbours in the model's HNSW index, from the stored
   embeddings (no model is loaded).
 
-Groups are the connected components (union-find) of the selected tiers' pairs. Exact pairs
-are also near pairs, so with both tiers an exact group that near copies join becomes one near
-group (each member says how far it is from the kept image); a group whose members all share
-one sha256 is ``exact``. Similar pairs only join images that no exact/near group holds: each
+Exact and near groups are the connected components (union-find) of the selected tiers'
+pairs. Exact pairs are also near pairs, so with both tiers an exact group that near copies
+join becomes one near group (each member says how far it is from the kept image); a group
+whose members all share one sha256 is ``exact``. Similar groups are stars, never chains: each
+member's cosine similarity to the kept image is at least the threshold (see
+:func:`_similar_groups`). Similar pairs only join images that no exact/near group holds: each
 image is in at most one group, in its strongest tier.
 
-Keep-best (:func:`keep_key`): most pixels, then most bytes, then most EXIF fields (of
-taken_at, camera, lens and place, as stored at ingest: migration 0006), then the shortest path
-(then the path, so the choice is stable).
+The kept image: :mod:`clipdb.dupes.keep` (the original: capture metadata and age before pixels
+and bytes); each kept member says why (``reason``).
 
-Files whose size or mtime differ from their row (or that are gone) are reported as stale and
-not grouped: their row no longer describes them.
+Files are one file, not duplicates, when their names lead to one inode (a symbolic link and
+its target, hard links, a name through a linked folder): only one name (a real one, not a link)
+takes part, the others are listed as its ``aliases``. Files whose size or mtime differ from
+their row (or that are gone) are reported as stale and not grouped: their row no longer
+describes them.
+
+Paths: a group is shown when at least one member is under the paths; members anywhere else
+in the index are found too (every tier) and marked ``outside``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from clipdb import phash
 from clipdb.db import dupes as queries
 from clipdb.db.dupes import DupeRow
 from clipdb.db.registry import Model
+from clipdb.dupes.files import Files, stat_rows
+from clipdb.dupes.groups import DupesResult as DupesResult
+from clipdb.dupes.groups import Group as Group
+from clipdb.dupes.groups import Member as Member
+from clipdb.dupes.keep import extra_metadata, keep_key, reason
 from clipdb.errors import UsageError
 
 TIERS = ("exact", "near", "similar")
@@ -43,61 +55,7 @@ MAX_NEAR_DISTANCE = 8  # the banded index answers up to 8 (clipdb.duplicates)
 # Cannot be measured with random weights (see BENCHMARKS.md): a conservative cut for real CLIP.
 DEFAULT_SIMILAR_THRESHOLD = 0.95
 SIMILAR_NEIGHBOURS = 10  # nearest neighbours per image that the similar tier looks at
-
-
-@dataclass(frozen=True)
-class Member:
-    """One image of a group; ``distance`` (exact/near: pHash bits from the kept image) or
-    ``similarity`` (similar: cosine to the kept image)."""
-
-    image_id: int
-    image_path: str
-    width: int
-    height: int
-    size: int
-    keep: bool
-    distance: int | None = None
-    similarity: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        from clipdb.files import display
-
-        data: dict[str, Any] = {
-            "image_path": display(self.image_path),
-            "image_id": self.image_id,
-            "width": self.width,
-            "height": self.height,
-            "size": self.size,
-            "keep": self.keep,
-        }
-        if self.distance is not None:
-            data["distance"] = self.distance
-        if self.similarity is not None:
-            data["similarity"] = round(self.similarity, 6)
-        return data
-
-
-@dataclass(frozen=True)
-class Group:
-    tier: str
-    images: tuple[Member, ...]
-
-    @property
-    def kept(self) -> Member:
-        return next(m for m in self.images if m.keep)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tier": self.tier, "images": [m.to_dict() for m in self.images]}
-
-
-@dataclass
-class DupesResult:
-    """Groups, and what could not be judged."""
-
-    groups: list[Group] = field(default_factory=list)
-    images: int = 0  # rows looked at (under the paths)
-    stale: list[str] = field(default_factory=list)  # changed or gone since indexing
-    unhashed: int = 0  # rows without a pHash yet (near tier blind to them)
+HOP_CHUNK = 5000  # ids per index hop statement when following groups out of the paths
 
 
 def parse_tiers(text: str) -> tuple[str, ...]:
@@ -107,12 +65,6 @@ def parse_tiers(text: str) -> tuple[str, ...]:
     if unknown or not tiers:
         raise UsageError(f"--tier takes a comma list of {', '.join(TIERS)}, not {text!r}")
     return tiers
-
-
-def keep_key(row: DupeRow) -> tuple[int, int, int, int, str]:
-    """Sort key whose first row is kept: most pixels, most bytes, most EXIF fields, shortest
-    path, path."""
-    return (-row.width * row.height, -row.size, -row.exif_fields, len(row.path), row.path)
 
 
 class _UnionFind:
@@ -139,15 +91,6 @@ class _UnionFind:
         return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
-def is_stale(row: DupeRow) -> bool:
-    """Gone, or not the file the row describes (size or mtime differ)."""
-    try:
-        found = os.stat(row.path)
-    except OSError:
-        return True
-    return (found.st_size, found.st_mtime_ns) != (row.size, row.mtime_ns)
-
-
 def find_duplicates(
     conn: Any,
     model: Model,
@@ -159,9 +102,11 @@ def find_duplicates(
     neighbours: int = SIMILAR_NEIGHBOURS,
     check_files: bool = True,
 ) -> DupesResult:
-    """Duplicate groups of ``model``'s images under ``paths`` (absolute; None: all).
+    """Duplicate groups of ``model``'s images with a member under ``paths`` (absolute; None:
+    all); members outside ``paths`` are marked so.
 
-    ``check_files``: stat each file and leave out (as stale) those changed since indexing.
+    ``check_files``: stat each file and leave out (as stale) those changed since indexing,
+    and take the names of one file (links) as one member.
     """
     tiers = tuple(tiers)
     if not 0 <= near_distance <= MAX_NEAR_DISTANCE:
@@ -171,109 +116,200 @@ def find_duplicates(
     prefixes = None if paths is None else [os.path.abspath(p) for p in paths]
     rows = queries.dupe_rows(conn, model, prefixes)
     result = DupesResult(images=len(rows))
-    if check_files:
-        result.stale = sorted(r.path for r in rows if is_stale(r))
-        stale = set(result.stale)
-        rows = [r for r in rows if r.path not in stale]
-    by_id = {r.image_id: r for r in rows}
-    result.unhashed = sum(1 for r in rows if r.phash is None)
-    hard, grouped = _hard_groups(conn, model, by_id, tiers, near_distance)
+    inside = {r.image_id for r in rows}
+    hard_pairs: list[tuple[int, int]] = []
+    if prefixes is not None and rows and ("exact" in tiers or "near" in tiers):
+        hard_pairs, found = _pairs_around(conn, model, sorted(inside), tiers, near_distance)
+        rows += queries.rows_by_id(conn, sorted(found - inside))
+    soft_pairs: list[tuple[int, int, float]] = []
+    if "similar" in tiers and rows:
+        soft_pairs = list(
+            queries.knn_pairs(
+                conn, model, None if prefixes is None else sorted(inside), similar_threshold,
+                neighbours,
+            )
+        )  # fmt: skip
+        known = {r.image_id for r in rows}
+        rows += queries.rows_by_id(conn, sorted({b for _, b, _ in soft_pairs} - known))
+    files = stat_rows(rows) if check_files else Files()
+    stale = set(files.stale)
+    result.stale = sorted({r.path for r in rows if r.path in stale and r.image_id in inside})
+    by_id = {r.image_id: r for r in rows if r.path not in stale and r.image_id not in files.dropped}
+    result.unhashed = sum(1 for r in by_id.values() if r.phash is None and r.image_id in inside)
+    context = _Context(by_id, files, None if prefixes is None else inside)
+    if prefixes is None:
+        hard_pairs = _global_pairs(conn, model, tiers, near_distance)
+    hard, grouped = _hard_groups(context, hard_pairs, "near" in tiers)
     result.groups.extend(hard)
     if "similar" in tiers:
-        result.groups.extend(
-            _similar_groups(conn, model, by_id, grouped, similar_threshold, neighbours)
-        )
+        result.groups.extend(_similar_groups(context, grouped, soft_pairs))
     order = {tier: n for n, tier in enumerate(TIERS)}
     result.groups.sort(key=lambda g: (order[g.tier], g.kept.image_path))
     return result
 
 
-def _hard_groups(
-    conn: Any,
-    model: Model,
-    by_id: dict[int, DupeRow],
-    tiers: tuple[str, ...],
-    near_distance: int,
-) -> tuple[list[Group], set[int]]:
-    """The exact and near groups among ``by_id``'s rows, and the ids they hold."""
-    hard = _UnionFind()
+@dataclass
+class _Context:
+    by_id: dict[int, DupeRow]
+    files: Files
+    inside: set[int] | None  # None: every row is asked about
+
+    def key(self, image_id: int) -> Any:
+        row = self.by_id[image_id]
+        return keep_key(row, self.files.is_link(row.path))
+
+    def reason(self, ordered: Sequence[int]) -> str:
+        """Why the first of ``ordered`` (in keep order) is kept over the second."""
+        second = self.key(ordered[1]) if len(ordered) > 1 else None
+        return reason(self.key(ordered[0]), second, self.by_id[ordered[0]])
+
+    def wanted(self, ids: Iterable[int]) -> bool:
+        return self.inside is None or any(i in self.inside for i in ids)
+
+
+def _global_pairs(
+    conn: Any, model: Model, tiers: tuple[str, ...], near_distance: int
+) -> list[tuple[int, int]]:
+    """The model's exact and near pairs (``clipdb.duplicates``)."""
+    found: list[tuple[int, int]] = []
     if "exact" in tiers:
-        for first, other, _ in queries.pairs(conn, model, "exact", 0):
-            if first != other and first in by_id and other in by_id:
-                hard.union(first, other)
+        found.extend((a, b) for a, b, _ in queries.pairs(conn, model, "exact", 0) if a != b)
     if "near" in tiers:
-        for a, b, _ in queries.pairs(conn, model, "near", near_distance):
-            if a in by_id and b in by_id:
-                hard.union(a, b)
+        found.extend((a, b) for a, b, _ in queries.pairs(conn, model, "near", near_distance))
+    return found
+
+
+def _pairs_around(
+    conn: Any, model: Model, ids: list[int], tiers: tuple[str, ...], near_distance: int
+) -> tuple[list[tuple[int, int]], set[int]]:
+    """Exact and near pairs reachable from ``ids`` (hop by hop by index, anywhere in the
+    index), and every id they reach."""
+    distance = near_distance if "near" in tiers else None
+    found: list[tuple[int, int]] = []
+    seen = set(ids)
+    frontier = ids
+    while frontier:
+        step = [
+            pair
+            for offset in range(0, len(frontier), HOP_CHUNK)
+            for pair in queries.neighbour_pairs(
+                conn, model, frontier[offset : offset + HOP_CHUNK], distance
+            )
+        ]
+        found.extend(step)
+        frontier = sorted({b for _, b in step} - seen)
+        seen.update(frontier)
+    return found, seen
+
+
+def _hard_groups(
+    context: _Context, pairs: list[tuple[int, int]], near: bool
+) -> tuple[list[Group], set[int]]:
+    """The exact and near groups among the context's rows, and the ids they hold."""
+    hard = _UnionFind()
+    for a, b in pairs:
+        if a in context.by_id and b in context.by_id:
+            hard.union(a, b)
     groups: list[Group] = []
     grouped: set[int] = set()
     for component in hard.components():
-        members = [by_id[i] for i in component]
-        grouped.update(component)
-        groups.append(_hard_group(members, "near" in tiers))
+        grouped.update(component)  # shown or not, never also a similar group's member
+        if not context.wanted(component):
+            continue
+        groups.append(_hard_group(context, component, near))
     return groups, grouped
 
 
 def _similar_groups(
-    conn: Any,
-    model: Model,
-    by_id: dict[int, DupeRow],
-    grouped: set[int],
-    similar_threshold: float,
-    neighbours: int,
+    context: _Context, grouped: set[int], pairs: list[tuple[int, int, float]]
 ) -> list[Group]:
-    """The similar groups among ``by_id``'s rows not already in an exact or near group."""
-    soft = _UnionFind()
-    for a, b, _ in queries.similar_pairs(conn, model, similar_threshold, neighbours):
-        if a in by_id and b in by_id and a not in grouped and b not in grouped:
-            soft.union(a, b)
-    components = soft.components()
-    kept = {tuple(c): min(c, key=lambda i: keep_key(by_id[i])) for c in components}
-    wanted = [(k, i) for c, k in kept.items() for i in c if i != k]
-    similarity = queries.similarities(conn, model, wanted)
+    """Similar groups among rows no exact or near group holds: stars, not chains.
+
+    Images are taken in keep order; each one not yet in a group starts one with every
+    neighbour (at or above the threshold) not yet in a group. Earlier images were offered this
+    one already, so the start is the best of its group: the kept image, and every member is
+    within the threshold of it (single-link chains would show members far below it).
+    """
+    near: dict[int, dict[int, float]] = {}
+    for a, b, similarity in pairs:
+        if a in context.by_id and b in context.by_id and a not in grouped and b not in grouped:
+            near.setdefault(a, {})[b] = similarity
+            near.setdefault(b, {})[a] = similarity
+    taken: set[int] = set()
     groups: list[Group] = []
-    for ids, keep in kept.items():
-        members = sorted((by_id[i] for i in ids), key=keep_key)
+    for start in sorted(near, key=context.key):
+        if start in taken:
+            continue
+        members = [b for b in near[start] if b not in taken]
+        if not members:
+            continue
+        taken.add(start)
+        taken.update(members)
+        if not context.wanted([start, *members]):
+            continue
+        to_start = {b: near[start][b] for b in members}
+        ordered = sorted([start, *members], key=context.key)
+        why = context.reason(ordered)
         groups.append(
             Group(
                 "similar",
                 tuple(
-                    _member(r, r.image_id == keep, similarity=similarity.get((keep, r.image_id)))
-                    for r in members
+                    _member(context, i, start, similarity=to_start.get(i), why=why) for i in ordered
                 ),
             )
         )
     return groups
 
 
-def _hard_group(members: list[DupeRow], near: bool) -> Group:
-    members.sort(key=keep_key)
-    best = members[0]
-    tier = "exact" if len({r.sha256 for r in members}) == 1 or not near else "near"
-    return Group(
-        tier,
-        tuple(
-            _member(
-                r,
-                r is best,
-                distance=0
-                if r.sha256 == best.sha256
-                else (
-                    phash.distance(r.phash, best.phash)
-                    if r.phash is not None and best.phash is not None
-                    else None
-                ),
+def _hard_group(context: _Context, ids: list[int], near: bool) -> Group:
+    ordered = sorted(ids, key=context.key)
+    best = context.by_id[ordered[0]]
+    why = context.reason(ordered)
+    tier = "exact" if len({context.by_id[i].sha256 for i in ids}) == 1 or not near else "near"
+    members = []
+    for image_id in ordered:
+        row = context.by_id[image_id]
+        distance = (
+            0
+            if row.sha256 == best.sha256
+            else (
+                phash.distance(row.phash, best.phash)
+                if row.phash is not None and best.phash is not None
+                else None
             )
-            for r in members
-        ),
-    )
+        )
+        members.append(_member(context, image_id, best.image_id, distance=distance, why=why))
+    return Group(tier, tuple(members))
 
 
 def _member(
-    row: DupeRow, keep: bool, *, distance: int | None = None, similarity: float | None = None
+    context: _Context,
+    image_id: int,
+    kept_id: int,
+    *,
+    distance: int | None = None,
+    similarity: float | None = None,
+    why: str | None = None,
 ) -> Member:
+    row, kept = context.by_id[image_id], context.by_id[kept_id]
+    keep = image_id == kept_id
     return Member(
-        row.image_id, row.path, row.width, row.height, row.size, keep, distance, similarity
+        row.image_id,
+        row.path,
+        row.width,
+        row.height,
+        row.size,
+        keep,
+        distance,
+        similarity,
+        mtime_ns=row.mtime_ns,
+        metadata=row.metadata,
+        reason=why if keep else None,
+        extra_metadata=() if keep else extra_metadata(row, kept),
+        identical=row.sha256 == kept.sha256,
+        outside=context.inside is not None and image_id not in context.inside,
+        aliases=context.files.aliases.get(image_id, ()),
+        link=context.files.is_link(row.path),
     )
 
 

@@ -18,9 +18,11 @@ from clipdb.dupes import (
     TIERS,
     DupesResult,
     Group,
+    Member,
     dupes_for,
     parse_tiers,
 )
+from clipdb.dupes.keep import RULE
 from clipdb.errors import UsageError
 from clipdb.files import display
 from clipdb.terminal import printable
@@ -28,22 +30,31 @@ from clipdb.terminal import printable
 EXAMPLES = f"""\
 tiers: exact = same bytes (sha256); near = perceptual hash within --near-distance bits
 (re-encoded, resized, converted copies); similar = CLIP cosine >= --similar-threshold (the same
-scene, another shot). Each image is in at most one group, in its strongest tier. Kept image:
-most pixels, then most bytes, then most EXIF fields (date, camera, lens, place), then the
-shortest path.
+scene, another shot; every member is within the threshold of the kept image). Each image is
+in at most one group, in its strongest tier. Two names of one file (a link and its target, hard
+links) are one file, never duplicates of each other.
+
+kept image (the original): {RULE}. A copy never wins on bytes alone; each kept image says why
+(reason), and a duplicate with capture metadata the kept one lacks is flagged.
+
+PATH: the groups with at least one image under a PATH; their other images, wherever they
+are, are shown too, marked outside.
 
 examples:
   clipdb dupes                               # every group of the model's images
   clipdb dupes ~/Pictures/2024 --tier exact,near
   clipdb dupes --json > groups.json
   clipdb dupes --script move.sh --move-to ~/dupes   # then: sh move.sh; clipdb ingest --prune
+  (the script checks each group again when it runs and skips a group whose files changed)
 (defaults: --near-distance {DEFAULT_NEAR_DISTANCE}, --similar-threshold {DEFAULT_SIMILAR_THRESHOLD})
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("dupes", "Find duplicate images among the indexed ones.", EXAMPLES)
-    parser.add_argument("paths", nargs="*", metavar="PATH", help="only images under these")
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="only groups with an image under these"
+    )
     parser.add_argument(
         "--tier",
         metavar="TIERS",
@@ -74,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--move-to", metavar="DIR", help="where the script moves duplicates")
     parser.add_argument(
+        "--table",
+        action="store_true",
+        help="with --script: print the groups too (by default only what was written is said)",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="replace an existing --script FILE (a regular file; never a link) with a new one",
@@ -82,41 +98,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _how(m: Member) -> str:
+    if m.distance is not None and not m.keep:
+        return f"{m.distance} bits"
+    return f"{m.similarity:.4f}" if m.similarity is not None else "-"
+
+
 def format_table(groups: Sequence[Group]) -> str:
-    lines = []
-    for number, group in enumerate(groups, 1):
-        lines.append(f"group {number}: {group.tier}, {len(group.images)} images")
+    """Aligned columns (widths from the widest value, so none drifts), the path last; under
+    the kept image why it is kept, under a duplicate the metadata it has that the kept lacks."""
+    rows: list[tuple[Group | None, list[str], list[str]]] = []
+    for group in groups:
+        rows.append((group, [], []))
         for m in group.images:
-            how = (
-                f"{m.distance} bits"
-                if m.distance is not None and not m.keep
-                else f"{m.similarity:.4f}"
-                if m.similarity is not None
-                else ""
-            )
-            lines.append(
-                f"  {'keep' if m.keep else 'dupe'}  {m.width}x{m.height}  {m.size:>10} B  "
-                f"{how:>9}  {printable(display(m.image_path))}"
-            )
+            flags = ",".join(
+                f for f, on in (("outside", m.outside), ("link", m.link)) if on
+            )  # fmt: skip
+            cells = [
+                "keep" if m.keep else "dupe",
+                f"{m.width}x{m.height}",
+                f"{m.size} B",
+                _how(m),
+                flags or "-",
+                printable(display(m.image_path)),
+            ]
+            notes = []
+            if m.keep:
+                notes.append(f"kept: {m.reason}")
+            elif m.extra_metadata:
+                notes.append(f"note: has {', '.join(m.extra_metadata)} that the kept file lacks")
+            if m.aliases:
+                names = ", ".join(printable(display(a)) for a in m.aliases)
+                notes.append(f"same file as: {names}")
+            rows.append((None, cells, notes))
+    widths = [max((len(c[i]) for _, c, _ in rows if c), default=0) for i in range(5)]
+    right = (False, True, True, True, False)
+    lines = []
+    number = 0
+    for header, cells, notes in rows:
+        if header is not None:
+            number += 1
+            lines.append(f"group {number}: {header.tier}, {len(header.images)} images")
+            continue
+        padded = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=False)
+        ]
+        lines.append("  " + "  ".join([*padded, cells[5]]))
+        lines.extend(f"        {note}" for note in notes)
     return "\n".join(lines)
+
+
+def _csv_value(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ";".join(str(v) for v in value)
+    return value
 
 
 def format_csv(groups: Sequence[Group]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    columns = ["image_path", "image_id", "width", "height", "size", "keep", "distance"]
-    writer.writerow(["group", "tier", *columns, "similarity"])
+    columns = ["image_path", "image_id", "width", "height", "size", "keep", "distance",
+               "similarity", "reason", "metadata", "extra_metadata", "outside"]  # fmt: skip
+    writer.writerow(["group", "tier", *columns])
     for number, group in enumerate(groups, 1):
         for m in group.images:
             data = m.to_dict()
-            writer.writerow(
-                [
-                    number,
-                    group.tier,
-                    *(data.get(c, "") for c in columns),
-                    data.get("similarity", ""),
-                ]
-            )
+            writer.writerow([number, group.tier, *(_csv_value(data.get(c, "")) for c in columns)])
     return out.getvalue().rstrip("\n")
 
 
@@ -147,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--script and --move-to go together")
         if args.force and args.script is None:
             raise UsageError("--force goes with --script")
+        if args.table and args.script is None:
+            raise UsageError("--table goes with --script (without it the table is the output)")
         if args.script is not None:
             from clipdb.dupes.script import check_script
 
@@ -181,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps([g.to_dict() for g in result.groups], indent=2, ensure_ascii=False))
         elif args.csv:
             print(format_csv(result.groups))
-        elif result.groups:
+        elif result.groups and (args.script is None or args.table):
             print(format_table(result.groups))
         report(result, args.paths)
         return 0

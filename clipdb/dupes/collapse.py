@@ -16,7 +16,8 @@ import numpy as np
 from clipdb.db import dupes as queries
 from clipdb.db.queries import Hit
 from clipdb.db.registry import Model
-from clipdb.dupes import DEFAULT_NEAR_DISTANCE, _UnionFind, keep_key
+from clipdb.dupes import DEFAULT_NEAR_DISTANCE, _UnionFind
+from clipdb.dupes.keep import keep_key
 
 
 def collapse_hits(

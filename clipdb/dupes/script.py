@@ -3,7 +3,16 @@
 clipdb itself never moves or deletes a user's file: it writes a script the user can read and
 run. The script moves each non-kept file to DIR/<its path relative to the files' common root>,
 creates directories with ``mkdir -p``, skips (with a message) a file that is gone or whose
-target exists (``mv -n`` is not POSIX, so it tests first), and never deletes. Names are written
+target exists (``mv -n`` is not POSIX, so it tests first), and never deletes.
+
+Advice goes stale between ``clipdb dupes`` and running the script: the kept file may be deleted
+(moving its copies would move the last one away), or a new photo saved under a dupe's name. So
+each group is checked when the script runs, before any of its moves: the kept file must still
+be a file of its recorded size, each dupe a file of its recorded size and modification time
+(to the second: ``touch -t`` and ``find -newer`` are what POSIX offers), and a dupe recorded as
+the same bytes as the kept file must still be (``cmp``); otherwise the whole group is skipped
+and the script says why. A dupe that is the same file as another indexed name (a link to it, a
+hard link) is not moved: moving the target would leave the link dangling. Names are written
 as their exact bytes inside single quotes (a quote becomes ``'\\''``), which sh takes literally
 whatever they hold: spaces, ``$``, backslashes, newlines, bytes that are not UTF-8. Comments
 carry only escaped display forms, so no name can end a comment line.
@@ -23,7 +32,7 @@ import stat
 import time
 from collections.abc import Sequence
 
-from clipdb.dupes import Group
+from clipdb.dupes import Group, Member
 from clipdb.errors import ClipdbError, UsageError, disk_full
 from clipdb.files import display
 from clipdb.terminal import printable
@@ -35,10 +44,57 @@ HEADER = """\
 # keeping their paths relative to
 #   {root}
 # Nothing is deleted or overwritten: a file that is gone, or whose target exists, is skipped.
+# Each group is checked before its moves (the kept file still there with its size, each
+# duplicate unchanged since clipdb dupes ran); a group that fails is skipped, saying why.
 # Afterwards, run: clipdb ingest --prune {root_arg}
 set -u
+TZ=UTC0
+export TZ
 moved=0
 skipped=0
+skipped_groups=0
+stamps="${{TMPDIR:-/tmp}}/clipdb-dupes.$$"
+mkdir -m 700 "$stamps" || exit 1
+trap 'rm -f "$stamps/lo" "$stamps/hi"; rmdir "$stamps"' 0
+trap 'exit 1' HUP INT TERM
+filesize() {{
+    wc -c < "$1" | tr -d ' '
+}}
+skip_group() {{
+    if [ "$ok" = 1 ]; then
+        printf 'skipped group %s: %s\n' "$group" "$1" >&2
+        skipped_groups=$((skipped_groups + 1))
+    fi
+    ok=0
+}}
+# group NUMBER KEPT SIZE: the kept file must still be a file of the recorded size.
+group() {{
+    group=$1
+    kept=$2
+    ok=1
+    if [ ! -f "$2" ]; then
+        skip_group "the kept file is gone: $2"
+    elif [ "$(filesize "$2")" != "$3" ]; then
+        skip_group "the kept file changed since clipdb dupes ran: $2"
+    fi
+}}
+# check DUPE SIZE STAMP NEXT IDENTICAL: the dupe is still the file clipdb saw (size, and a
+# modification time from STAMP to NEXT, UTC seconds as touch -t takes them); IDENTICAL=1:
+# still the kept file's bytes.
+check() {{
+    [ "$ok" = 1 ] || return 0
+    if [ ! -f "$1" ]; then
+        skip_group "a duplicate is gone: $1"
+    elif [ "$(filesize "$1")" != "$2" ]; then
+        skip_group "a duplicate changed since clipdb dupes ran (size): $1"
+    elif ! touch -t "$3" "$stamps/lo" || ! touch -t "$4" "$stamps/hi" \
+        || [ -n "$(find -H "$stamps/lo" -newer "$1")" ] \
+        || [ -z "$(find -H "$stamps/hi" -newer "$1")" ]; then
+        skip_group "a duplicate changed since clipdb dupes ran (time): $1"
+    elif [ "$5" = 1 ] && ! cmp -s "$kept" "$1"; then
+        skip_group "a duplicate no longer has the kept file's bytes: $1"
+    fi
+}}
 move() {{
     if [ ! -e "$1" ] && [ ! -L "$1" ]; then
         printf 'skipped (gone): %s\\n' "$1" >&2
@@ -57,7 +113,9 @@ move() {{
     fi
 }}
 """
-FOOTER = 'printf \'moved %s, skipped %s\\n\' "$moved" "$skipped"\n'
+FOOTER = (
+    'printf \'moved %s, skipped %s, skipped groups %s\\n\' "$moved" "$skipped" "$skipped_groups"\n'
+)
 
 
 def quote(path: str) -> bytes:
@@ -98,7 +156,7 @@ def check_move_to(move_to: str, indexed_trees: Sequence[str]) -> str:
 def script_bytes(groups: Sequence[Group], move_to: str) -> bytes:
     """The script for ``groups`` (all of them: the caller picks the tiers)."""
     root = common_root(groups)
-    moves = [m for g in groups for m in g.images if not m.keep]
+    moves = [m for g in groups for m in movable(g)]
     parts = [
         HEADER.format(
             date=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -109,20 +167,63 @@ def script_bytes(groups: Sequence[Group], move_to: str) -> bytes:
         ).encode("utf-8", "backslashreplace")
     ]
     for number, group in enumerate(groups, 1):
-        parts.append(_comment(f"group {number} ({group.tier}): keep {group.kept.image_path}"))
-        for member in group.images:
-            if member.keep:
-                continue
-            target = os.path.join(move_to, os.path.relpath(member.image_path, root))
-            parts.append(
-                b"move "
-                + b" ".join(
-                    (quote(member.image_path), quote(os.path.dirname(target)), quote(target))
-                )
-                + b"\n"
-            )
+        parts.extend(_group(number, group, move_to, root))
     parts.append(FOOTER.encode())
     return b"".join(parts)
+
+
+def movable(group: Group) -> list[Member]:
+    """The group's dupes the script moves: not one that is also indexed under another name
+    (moving a link's target strands the link)."""
+    return [m for m in group.images if not m.keep and not m.aliases]
+
+
+def _group(number: int, group: Group, move_to: str, root: str) -> list[bytes]:
+    """One group's lines: comments, the run-time checks, then the moves (only if they pass)."""
+    kept = group.kept
+    parts = [_comment(f"group {number} ({group.tier}): keep {kept.image_path} ({kept.reason})")]
+    for member in group.images:
+        if member.extra_metadata:
+            parts.append(
+                _comment(
+                    f"  note: {member.image_path} has {', '.join(member.extra_metadata)} "
+                    "that the kept file lacks"
+                )
+            )
+        if not member.keep and member.aliases:
+            parts.append(
+                _comment(
+                    f"  not moved: {member.image_path} is the same file as "
+                    f"{', '.join(member.aliases)}"
+                )
+            )
+    moves = movable(group)
+    if not moves:
+        return parts
+    parts.append(f"group {number} ".encode() + quote(kept.image_path) + f" {kept.size}\n".encode())
+    for member in moves:
+        second = member.mtime_ns // 1_000_000_000
+        parts.append(
+            b"check "
+            + quote(member.image_path)
+            + f" {member.size} {_stamp(second)} {_stamp(second + 1)} "
+            f"{int(member.identical)}\n".encode()
+        )
+    parts.append(b'if [ "$ok" = 1 ]; then\n')
+    for member in moves:
+        target = os.path.join(move_to, os.path.relpath(member.image_path, root))
+        parts.append(
+            b"    move "
+            + b" ".join((quote(member.image_path), quote(os.path.dirname(target)), quote(target)))
+            + b"\n"
+        )
+    parts.append(b"fi\n")
+    return parts
+
+
+def _stamp(second: int) -> str:
+    """A UTC second as ``touch -t`` takes it (the script sets TZ=UTC0)."""
+    return time.strftime("%Y%m%d%H%M.%S", time.gmtime(second))
 
 
 def check_script(path: str, force: bool) -> None:
@@ -185,7 +286,7 @@ def write_script(path: str, groups: Sequence[Group], move_to: str, *, force: boo
         if err.errno == errno.ENOSPC:
             raise disk_full(f"writing --script {_shown(path)}", err) from None
         raise ClipdbError(f"cannot write --script {_shown(path)}: {err.strerror}") from None
-    return sum(1 for g in groups for m in g.images if not m.keep)
+    return sum(len(movable(g)) for g in groups)
 
 
 def _temporary(path: str) -> str:

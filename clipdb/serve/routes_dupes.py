@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 
 from clipdb.serve.service import SearchService
 
+MAX_PAGE = 10_000
+
 
 def dupes_router(service: SearchService) -> APIRouter:
     router = APIRouter()
@@ -18,10 +20,18 @@ def dupes_router(service: SearchService) -> APIRouter:
         tier: Annotated[str, Query(description="comma list of exact, near, similar")] = (
             "exact,near"
         ),
+        limit: Annotated[
+            int | None, Query(ge=1, le=MAX_PAGE, description="groups per page (default: all)")
+        ] = None,
+        cursor: Annotated[
+            str | None, Query(description="the X-Next-Cursor of the previous page")
+        ] = None,
     ) -> JSONResponse:
         """A list of ``{tier, images: [{image_path, image_id, width, height, size, keep,
-        distance | similarity}]}``, as ``clipdb dupes --json``; files are stat'ed (stale
-        ones are left out)."""
+        distance | similarity, metadata, reason | extra_metadata, outside}]}``, as ``clipdb
+        dupes --json``; files are stat'ed (stale ones are left out). With ``limit``, one page
+        of groups (in the CLI's order) and, when more follow, an ``X-Next-Cursor`` header to
+        pass as ``cursor``. Each page is found afresh (a page never holds stale advice)."""
         from clipdb.dupes import parse_tiers
         from clipdb.errors import UsageError
 
@@ -29,6 +39,16 @@ def dupes_router(service: SearchService) -> APIRouter:
             tiers = parse_tiers(tier)
         except UsageError as err:
             raise HTTPException(422, str(err)) from None
-        return JSONResponse(service.duplicates(tiers))
+        start = 0
+        if cursor is not None:
+            if not cursor.isdigit() or len(cursor) > 9:
+                raise HTTPException(422, "cursor: pass the X-Next-Cursor of the previous page")
+            start = int(cursor)
+        groups = service.duplicates(tiers)
+        if limit is None and cursor is None:
+            return JSONResponse(groups)
+        end = len(groups) if limit is None else start + limit
+        headers = {"X-Next-Cursor": str(end)} if end < len(groups) else {}
+        return JSONResponse(groups[start:end], headers=headers)
 
     return router

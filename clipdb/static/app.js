@@ -306,6 +306,17 @@ fetch("/api/stats")
   })
   .catch(() => {});
 
+// Why the kept image is kept, or what a duplicate has that the kept one lacks (a line).
+function dupeNote(image) {
+  const note = document.createElement("div");
+  note.className = "dupe-note";
+  if (image.keep && image.reason) note.textContent = `kept: ${image.reason}`;
+  else if (image.extra_metadata && image.extra_metadata.length) {
+    note.textContent = `has ${image.extra_metadata.join(", ")} the kept image lacks`;
+  }
+  return note;
+}
+
 // Duplicates view: the groups of GET /api/duplicates (exact and near), the kept image first.
 function renderGroups(groups) {
   results.replaceChildren(...groups.map((group, index) => {
@@ -330,6 +341,7 @@ function renderGroups(groups) {
           ? image.similarity.toFixed(3) : "";
       caption.textContent = `${how} · ${image.width}×${image.height} · ${img.alt}`;
       caption.append(folderLine(image.image_path));
+      caption.append(dupeNote(image));
       card.append(img, caption);
       box.append(card);
     }
