@@ -251,7 +251,9 @@ def search_text(
     params: dict[str, Any] = {
         "model": model.model_id,
         "query": vector if match != "text" else None,
-        "text": text,
+        # PostgreSQL text holds no NUL; for matching words it is a separator like a space
+        # (the CLIP side tokenizes the text as typed).
+        "text": None if text is None else text.replace("\x00", " "),
         "k": k,
         "ef": ef_search,
         **filters.sql_params(),
