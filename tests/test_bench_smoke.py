@@ -72,3 +72,33 @@ def test_scale_benchmark_smoke(tmp_path: Path, embedded_home: Path) -> None:
     assert all(0.5 <= r["recall10"] <= 1.0 for r in result["search"])
     assert result["insert_with_index"]["rows"] == 100
     assert (out / "scale_recall_qps.png").stat().st_size > 0
+
+
+def test_models_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
+    """bench/bench_models.py end to end on the tiny model: both backends, the index bytes per
+    row and a re-index of a few images while searches run."""
+    from helpers import MODEL_CONFIGS, TINY_MODEL
+
+    out = tmp_path / "models.json"
+    env = {**os.environ, "CLIPDB_MODEL_CONFIGS": str(MODEL_CONFIGS)}
+    command = [
+        sys.executable,
+        str(SCRIPT.with_name("bench_models.py")),
+        "--families",
+        TINY_MODEL,
+        "--images",
+        "2",
+        "--index-rows",
+        "20",
+        "--reindex",
+        "2",
+        "--search-rows",
+        "200",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(command, check=True, timeout=900, env=env, capture_output=True)
+    result = json.loads(out.read_text())
+    (family,) = result["families"]
+    assert family["torch"]["dim"] == family["openvino"]["dim"] == 32
+    assert set(result["index"]) == {"512", "768"} and result["reindex"]["images"] == 2
