@@ -151,7 +151,7 @@ def index_bytes_per_row(dims: list[int], rows: int, home: Path) -> dict[int, dic
     return out
 
 
-def search_during_reindex(home: Path, images: int, searches: int) -> dict[str, float]:
+def search_during_reindex(home: Path, images: int, searches: int, rows: int) -> dict[str, float]:
     """p95 of vector searches on model A, idle and while ``clipdb ingest`` indexes a folder
     with model B in another process."""
     from helpers import insert_rows, make_images, unit_vectors
@@ -160,7 +160,7 @@ def search_during_reindex(home: Path, images: int, searches: int) -> dict[str, f
 
     database = fresh_database(home, "bench_reindex")
     with database.connect() as conn:
-        model, _, _ = insert_rows(conn, "bench-a", 512, 20_000, prefix="/lib")
+        model, _, _ = insert_rows(conn, "bench-a", 512, rows, prefix="/lib")
     queries = unit_vectors(searches, 512, seed=7)
 
     def p95() -> float:
@@ -175,7 +175,12 @@ def search_during_reindex(home: Path, images: int, searches: int) -> dict[str, f
     idle = p95()
     folder = Path(tempfile.mkdtemp()) / "photos"
     make_images(folder, images, size=(640, 480))
-    env = dict(os.environ, CLIPDB_DATABASE_URL=database.url, PYTHONPATH=ROOT)
+    env = dict(
+        os.environ,
+        CLIPDB_DATABASE_URL=database.url,
+        PYTHONPATH=ROOT,
+        CLIPDB_HOME=str(home.parent / "home"),  # its OpenVINO cache: the run's, not the user's
+    )
     ingest = subprocess.Popen(
         [
             sys.executable,
@@ -215,6 +220,7 @@ def main() -> None:
     parser.add_argument("--large-images", type=int, default=4, help="... for ViT-L-14")
     parser.add_argument("--index-rows", type=int, default=5000)
     parser.add_argument("--reindex", type=int, default=300, help="images re-indexed (0: skip)")
+    parser.add_argument("--search-rows", type=int, default=20_000, help="rows searched")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-models-"))
@@ -226,7 +232,9 @@ def main() -> None:
         os.environ,
         CLIPDB_HOME=str(work / "home"),
         PYTHONPATH=ROOT,
-        CLIPDB_MODEL_CONFIGS=str(configs),
+        CLIPDB_MODEL_CONFIGS=os.pathsep.join(
+            [str(configs), *filter(None, [os.environ.get("CLIPDB_MODEL_CONFIGS")])]
+        ),
     )
     result: dict[str, object] = {"loadavg_start": Path("/proc/loadavg").read_text().strip()}
     families = []
@@ -238,11 +246,16 @@ def main() -> None:
         families.append(figures)
     result["families"] = families
     home = work / "db"
-    result["index"] = index_bytes_per_row([512, 768], args.index_rows, home)
-    print(json.dumps(result["index"]), flush=True)
-    if args.reindex:
-        result["reindex"] = search_during_reindex(home, args.reindex, 100)
-        print(json.dumps(result["reindex"]), flush=True)
+    try:
+        result["index"] = index_bytes_per_row([512, 768], args.index_rows, home)
+        print(json.dumps(result["index"]), flush=True)
+        if args.reindex:
+            result["reindex"] = search_during_reindex(home, args.reindex, 100, args.search_rows)
+            print(json.dumps(result["reindex"]), flush=True)
+    finally:
+        from clipdb.db.embedded import stop_server
+
+        stop_server(home)  # the embedded server this run started
     result["loadavg_end"] = Path("/proc/loadavg").read_text().strip()
     result["max_rss_parent_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.out:

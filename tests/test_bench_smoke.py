@@ -79,3 +79,33 @@ def test_media_benchmark_smoke() -> None:
     command = [sys.executable, str(script), "--count", "1", "--size", "320x240", "--seconds", "1"]
     done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
     assert "heic" in done.stdout and "s of video/s" in done.stdout
+
+
+def test_models_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
+    """bench/bench_models.py end to end on the tiny model: both backends, the index bytes per
+    row and a re-index of a few images while searches run."""
+    from helpers import MODEL_CONFIGS, TINY_MODEL
+
+    out = tmp_path / "models.json"
+    env = {**os.environ, "CLIPDB_MODEL_CONFIGS": str(MODEL_CONFIGS)}
+    command = [
+        sys.executable,
+        str(SCRIPT.with_name("bench_models.py")),
+        "--families",
+        TINY_MODEL,
+        "--images",
+        "2",
+        "--index-rows",
+        "20",
+        "--reindex",
+        "2",
+        "--search-rows",
+        "200",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(command, check=True, timeout=900, env=env, capture_output=True)
+    result = json.loads(out.read_text())
+    (family,) = result["families"]
+    assert family["torch"]["dim"] == family["openvino"]["dim"] == 32
+    assert set(result["index"]) == {"512", "768"} and result["reindex"]["images"] == 2
