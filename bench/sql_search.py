@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_filters import FILTERS, K, columns, exact_filtered  # noqa: E402
+from bench_filters import FILTERS, K, columns  # noqa: E402
 from datagen import ClusteredSphere  # noqa: E402
 
 from clipdb.config import DEFAULT_EF_SEARCH  # noqa: E402
@@ -125,6 +125,8 @@ def main() -> int:
             conn.execute(SEARCH, params(Filters(), None, q, model_id)).fetchall()
         for name, (filters, under, predicate) in FILTERS.items():
             mask = predicate(cols)
+            rows = np.flatnonzero(mask)
+            subset = data[rows]  # once per filter: the exact answers are a product per query
             sql = SEARCH if under is None else SEARCH_UNDER
             times, bare_times, hits, counts = [], [], 0, []
             for q in queries:
@@ -138,7 +140,8 @@ def main() -> int:
                     bare_times.append(time.perf_counter() - t)
                 ids = [int(path.rsplit("/", 1)[1][:-4]) for _, path in found]
                 counts.append(len(ids))
-                hits += len(set(ids) & set(exact_filtered(data, mask, q)))
+                best = rows[np.argsort(-(subset @ q), kind="stable")[:K]]
+                hits += len(set(ids) & {int(r) for r in best})
             ms = np.array(times) * 1000
             row: dict[str, Any] = {
                 "filter": name,
