@@ -93,6 +93,14 @@ def test_videos_are_frame_rows_searched_once_at_the_best_frame(database, tiny_en
     best = next(hit for hit in hits if hit.image_path == str(clip))
     assert best.frame_time == 4.0 and best.to_dict()["media"] == "video"
     assert best.to_dict()["time"] == 4.0
+    # SQL callers: clipdb.search returns the video once; its id is the best frame's row.
+    with database.connect() as conn:
+        sql_rows = conn.execute(
+            "SELECT s.path, i.frame_time FROM clipdb.search(%s::vector, 10) s "
+            "JOIN clipdb.images i ON i.id = s.id",
+            (np.asarray(query).tolist(),),
+        ).fetchall()
+    assert [t for p, t in sql_rows if p == str(clip)] == [4.0]
     # --hide-duplicates keeps the frame's time.
     from clipdb.dupes.collapse import collapse_hits
 
