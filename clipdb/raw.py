@@ -81,8 +81,19 @@ def open_raw(data: bytes, max_pixels: int | None, draft_size: int | None = None)
         min_side = draft_size // DRAFT_MARGIN if draft_size else PREVIEW_MIN_SIDE
         image = _preview(raw, min_side, draft_size, max_pixels, orientation)
         if image is None:
-            rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
-            image = Image.fromarray(rgb, "RGB")  # LibRaw applied the flip
+            try:
+                rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
+            except rawpy.LibRawError:
+                # Sensor data this LibRaw cannot decode (newer compressions, e.g. a Nikon Z's
+                # high-efficiency RAW) still carries the camera's rendering: a smaller
+                # preview is a better index entry than a skip.
+                # (LibRaw refuses any further call on the failed handle: a fresh one.)
+                with rawpy.imread(io.BytesIO(data)) as again:
+                    image = _preview(again, 1, draft_size, max_pixels, orientation)
+                if image is None:
+                    raise
+            else:
+                image = Image.fromarray(rgb, "RGB")  # LibRaw applied the flip
     image.info["full_size"] = (width, height)
     return image
 
