@@ -132,3 +132,27 @@ def _open(path: str) -> Any:
     from clipdb import decode
 
     return decode.open_image(path)[0]
+
+
+def test_at_most_one_other_searcher_is_kept_the_most_recent():
+    from clipdb.config import Settings
+    from clipdb.db.registry import Model
+    from clipdb.query import EncoderOptions, Searcher
+    from clipdb.serve.picker import OtherSearchers
+
+    def connect() -> Any:
+        raise AssertionError("building a searcher does no I/O")
+
+    built: list[Searcher] = []
+
+    def make() -> Searcher:
+        built.append(Searcher(Settings.resolve(), EncoderOptions(), connect))
+        return built[-1]
+
+    others = OtherSearchers(make)
+    first, second = Model(2, "a", "x", 32), Model(3, "b", "y", 48)
+    kept = others.searcher_for(first)
+    assert others.searcher_for(first) is kept and len(built) == 1  # built once
+    others.searcher_for(second)
+    assert others.loaded == [3]  # the first (and its encoder) let go
+    assert others.searcher_for(first) is not kept and len(built) == 3
