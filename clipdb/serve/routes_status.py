@@ -30,4 +30,10 @@ def status_router(service: SearchService) -> APIRouter:
     def stats() -> dict[str, Any]:
         return service.stats()
 
+    @router.get("/api/models", summary="The indexed models a search may name")
+    def models() -> list[dict[str, Any]]:
+        """Every model with indexed images, as ``clipdb models --json`` lists them, plus
+        ``serving``: the one that answers a search naming no ``model``."""
+        return service.models()
+
     return router

@@ -30,6 +30,7 @@ from clipdb.db.registry import Model
 from clipdb.models import RANDOM_WEIGHTS
 from clipdb.query import EncoderOptions, Query, Searcher
 from clipdb.search import SearchOptions
+from clipdb.serve import picker
 from clipdb.serve.limits import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_PIXELS,
@@ -98,6 +99,10 @@ class SearchService:
             encoder=encoder,
             keep_model=True,  # one model, chosen once, whatever the query
         )
+        # Another indexed model, when a request names one: its own searcher and encoder.
+        self.others = picker.OtherSearchers(
+            lambda: Searcher(settings, self.searcher.options, self.connection)
+        )
         self._thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE_ENTRIES)(self._render_thumbnail)
         self._rendering: dict[tuple[int, int], threading.Lock] = {}  # one decode per key
         self.pool = ServerPool(
@@ -142,16 +147,45 @@ class SearchService:
         """The registered model whose rows this server searches (chosen once)."""
         return self.searcher.model()
 
-    def encoder(self) -> Encoder:
-        """The CLIP encoder of the served model, loaded on first use and then kept."""
-        return self.searcher.encoder_for(self.model())
+    def encoder(self, model: Model | None = None) -> Encoder:
+        """The CLIP encoder of ``model`` (None: the served one), loaded on first use, kept."""
+        model = model or self.model()
+        return self._searcher(model).encoder_for(model)
+
+    def picked(self, name: str | None) -> Model:
+        """The indexed model a request names (None: the served one); UnknownModel if none.
+
+        Another model's rows are searched with that model's own encoder, so one made from a
+        checkpoint file can only be the served one (the file is a ``clipdb serve`` option)."""
+        served = self.model()
+        if name is None:
+            return served
+        with self.connection() as conn:
+            model = picker.named_model(conn, name)
+        if model != served and model.pretrained.startswith("file:"):
+            raise picker.UnknownModel(
+                f"{model} was made from a checkpoint file; serve it with "
+                f"clipdb serve --model {model.architecture} --pretrained FILE"
+            )
+        return model
+
+    def models(self) -> list[dict[str, Any]]:
+        """The indexed models a request may name (picker.indexed_models)."""
+        served = self.model()
+        with self.connection() as conn:
+            return picker.indexed_models(conn, served)
+
+    def _searcher(self, model: Model) -> Searcher:
+        if model == self.model():
+            return self.searcher
+        return self.others.searcher_for(model)
 
     def warm(self) -> None:
         """Choose the model and load the encoder now, so the first query is fast."""
         self.encoder()
 
     def encode_upload(
-        self, read: Callable[[], bytes], text: str | None
+        self, read: Callable[[], bytes], text: str | None, model: Model | None = None
     ) -> tuple[np.ndarray, float]:
         """The query vector of an uploaded image (and ``text``), its bytes from ``read``, and
         the seconds until the image was decoded (waiting for a slot included).
@@ -161,29 +195,38 @@ class SearchService:
         concurrent uploads hold at most DECODE_SLOTS images, whatever N is.
         """
         started = time.perf_counter()
-        small_side = max(self.encoder().image_size) * decode.DRAFT_MARGIN
+        small_side = max(self.encoder(model).image_size) * decode.DRAFT_MARGIN
         with self.decode_slots.held():
             image = decode_upload(read(), max_pixels=self.max_upload_pixels, small_side=small_side)
             decoded = time.perf_counter() - started
-            vector = self.vector(Query(picture=image, text=text))
+            vector = self.vector(Query(picture=image, text=text), model)
             del image  # before the slot is released (and the heap trimmed)
         return vector, decoded
 
-    def vector(self, query: Query) -> np.ndarray:
-        """The query vector on the served model (``text`` + picture: the normalised mean)."""
-        return self.searcher.vector(query, self.model())
+    def vector(self, query: Query, model: Model | None = None) -> np.ndarray:
+        """The query vector on ``model`` (None: the served one; ``text`` + picture: the
+        normalised mean)."""
+        model = model or self.model()
+        return self._searcher(model).vector(query, model)
 
-    def search(self, vector: np.ndarray, options: SearchOptions) -> list[db_queries.Hit]:
-        return self.searcher.top_k(vector, options, self.model())
+    def search(
+        self, vector: np.ndarray, options: SearchOptions, model: Model | None = None
+    ) -> list[db_queries.Hit]:
+        model = model or self.model()
+        return self._searcher(model).top_k(vector, options, model)
 
-    def match_for(self, text: str, match: str | None) -> str:
+    def match_for(self, text: str, match: str | None, model: Model | None = None) -> str:
         """How a text query is matched (clipdb.query.Searcher.match_for)."""
-        return self.searcher.match_for(Query(text=text, match=match), self.model())
+        model = model or self.model()
+        return self._searcher(model).match_for(Query(text=text, match=match), model)
 
-    def search_text(self, text: str, match: str, options: SearchOptions) -> list[db_queries.Hit]:
-        """A text or hybrid search (``match`` text or hybrid) on the served model."""
+    def search_text(
+        self, text: str, match: str, options: SearchOptions, model: Model | None = None
+    ) -> list[db_queries.Hit]:
+        """A text or hybrid search (``match`` text or hybrid) on ``model`` (None: served)."""
+        model = model or self.model()
         query = Query(text=text, match=match)
-        return self.searcher.text_top_k(query, match, options, self.model())
+        return self._searcher(model).text_top_k(query, match, options, model)
 
     def duplicates(self, tiers: tuple[str, ...]) -> list[dict[str, Any]]:
         """Duplicate groups of the served model (``clipdb dupes --json``)."""

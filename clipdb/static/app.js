@@ -124,7 +124,9 @@ async function run(label, request) {
   const ms = Math.round(performance.now() - started);
   render(hits);
   results.dataset.query = label;
-  setStatus(`${hits.length} result${hits.length === 1 ? "" : "s"} ${label} in ${ms} ms`);
+  results.dataset.model = response.headers.get("X-Clipdb-Model") || "";
+  const count = `${hits.length} result${hits.length === 1 ? "" : "s"}`;
+  setStatus(`${count} ${label} in ${ms} ms${answeredBy(response)}`);
 }
 
 // " @ 01:23" after a video's name (the time of its best frame), "" for a photo.
@@ -224,6 +226,7 @@ function searchForm() {
   if (queryFile) body.append("image", queryFile);
   if (text) body.append("text", text);
   body.append("k", kInput.value || "12");
+  if (pickedModel()) body.append("model", pickedModel());
   if (document.getElementById("hide-dupes").checked) body.append("hide_duplicates", "true");
   const label = queryFile && text ? `for "${text}" + image` : text ? `for "${text}"` : "by image";
   results.dataset.words = text;  // a text alone is also matched by the images' words
@@ -239,6 +242,9 @@ function moreLike(hit) {
   setQueryImage(null, `/api/images/${hit.image_id}/thumbnail`);
   hint.textContent = `more like ${hit.filename}`;
   const query = new URLSearchParams([["k", kInput.value || "12"], ...filters]);
+  // The image's id is a row of the model that found it: ask that model for more like it.
+  const model = results.dataset.model || pickedModel();
+  if (model) query.append("model", model);
   run(`like ${hit.filename}`, () => fetch(`/api/similar/${hit.image_id}?${query}`));
   window.scrollTo({ top: 0, behavior: "smooth" });
 }
@@ -249,6 +255,12 @@ for (const control of [afterInput, beforeInput, sortSelect]) {
     if (lastSearch) lastSearch();
   });
 }
+
+// Another model answers the query on screen again; "more like" an image stays with the
+// model that found it (its id is that model's row), so there the pick applies from the next.
+modelSelect.addEventListener("change", () => {
+  if (lastSearch === searchForm) searchForm();
+});
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -288,6 +300,7 @@ document.getElementById("clear-button").addEventListener("click", () => {
   textInput.value = "";
   results.replaceChildren();
   delete results.dataset.query;
+  delete results.dataset.model;
   lastSearch = null;
   setStatus("");
 });
