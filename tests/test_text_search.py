@@ -21,13 +21,14 @@ WORDS = {
     3: "invoice draft",
     4: "",
     5: "Grand Hotel facad",  # OCR misread "façade"
+    6: "增值税发票号码 0042",  # Chinese: no spaces between words
 }
 
 
 @pytest.fixture
 def rows(database):
     with database.connect() as conn:
-        model, vectors, paths = insert_rows(conn, "m", 8, 6, prefix="/photos/trip")
+        model, vectors, paths = insert_rows(conn, "m", 8, 7, prefix="/photos/trip")
         ids = [r[0] for r in conn.execute("SELECT id FROM clipdb.images ORDER BY id")]
         text.write(
             conn,
@@ -66,6 +67,9 @@ def test_words_phrases_part_strings_and_accents(rows):
         assert [i for i, _ in found(conn, model, "CAFÉ flore")] == [ids[2]]
         assert [i for i, _ in found(conn, model, "img_00004")] == [ids[4]]  # its file name
         assert found(conn, model, "nothing-like-this") == []
+        # Chinese words are two or three characters inside an unspaced run: part-strings.
+        assert [i for i, _ in found(conn, model, "发票")] == [ids[6]]
+        assert [i for i, _ in found(conn, model, "发票 0042")] == [ids[6]]
 
 
 def test_a_word_ocr_misread_by_a_letter_is_found_when_nothing_matches_exactly(rows):

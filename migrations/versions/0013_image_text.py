@@ -175,7 +175,10 @@ BEGIN
     FROM (SELECT btrim(coalesce(m[1], m[2])) AS term
           FROM regexp_matches(folded, '"([^"]*)"|([^\s"]+)', 'g') AS m) x
     WHERE x.term <> '' AND x.term <> 'or' AND left(x.term, 1) <> '-';
-    IF EXISTS (SELECT FROM unnest(terms) u WHERE length(u) >= 3) THEN
+    -- Part-strings from three characters, or any length in a script written without spaces
+    -- between words (Chinese, Japanese): "发票" inside "增值税发票号码". Outside ASCII the trigram
+    -- index (C collation) sees no trigrams, so such a pattern is checked row by row.
+    IF EXISTS (SELECT FROM unnest(terms) u WHERE length(u) >= 3 OR u ~ '[^\x01-\x7f]') THEN
         -- Each pattern its own LIKE, so the trigram index serves every one of them.
         SELECT '(' || matching || ' OR (' || string_agg(format('t.haystack LIKE $2[%s]', n),
             ' AND ') || '))'
