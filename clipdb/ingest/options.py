@@ -10,6 +10,10 @@ from clipdb.errors import UsageError
 from clipdb.ingest.plan import SkipCallback
 
 ENGINES = ("local", "ray")
+# When the OpenVINO IR is not cached yet, ingest converts it in a thread while it scans and
+# decodes, and encodes the first batches with the torch model meanwhile (same vectors), instead
+# of spending the conversion's seconds before the first image (bench/first_run.py).
+FIRST_RUN_CONVERSION = "torch"
 DECODE_MODES = ("auto", "cpu", "device")  # auto: on the device when the encoder is on CUDA
 
 
