@@ -64,24 +64,17 @@ def main() -> None:
     import open_clip  # noqa: F401 - imported once up front, so no mode pays for the import
 
     try:
-        rates: dict[str, float] = {}
+        rows: list[str] = []
         for mode in args.modes.split(","):
             cache = caches / mode
-            rates[f"first ({mode})"] = timed_run(server, paths, args.model, mode, cache)
-            rates["warm"] = timed_run(server, paths, args.model, mode, cache)
-            print(
-                f"{mode}: first {rates[f'first ({mode})']:.1f} img/s, warm "
-                f"{rates['warm']:.1f} img/s",
-                flush=True,
-            )
-        warm = rates.pop("warm")
-        print(
-            f"\n{args.count} photos {args.size}, {args.model} random init; load "
-            f"{Path('/proc/loadavg').read_text().split()[:3]}"
-        )
-        print(f"| warm (IR cached) | {warm:.1f} img/s | 1.00 |")
-        for name, rate in rates.items():
-            print(f"| {name} | {rate:.1f} img/s | {rate / warm:.2f} |")
+            first = timed_run(server, paths, args.model, mode, cache)
+            warm = timed_run(server, paths, args.model, mode, cache)  # the IR now cached
+            load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            rows.append(f"| {mode} | {first:.1f} | {warm:.1f} | {first / warm:.2f} | {load} |")
+            print(rows[-1], flush=True)
+        print(f"\n{args.count} photos {args.size}, {args.model} random init")
+        print("| first-run mode | first img/s | warm img/s | first / warm | load |")
+        print("\n".join(rows))
     finally:
         stop_server(home)
         shutil.rmtree(home, ignore_errors=True)
