@@ -8,7 +8,7 @@ Modules, each importing only those listed before it (no cycle, tests/test_import
 ``device`` (device and precision choice), ``spec`` (names against open_clip), ``protocol``
 (:class:`Encoder`), ``tokenizer`` (CLIP BPE without torch), ``torch`` (:class:`ClipEncoder`,
 ``load_torch``), ``openvino_cache`` (the IR cache), ``openvino`` (the OpenVINO encoder),
-``factory`` (:func:`load_encoder`).
+``openvino_background`` (a first conversion in a thread), ``factory`` (:func:`load_encoder`).
 """
 
 from __future__ import annotations

@@ -14,11 +14,14 @@ from clipdb.config import BACKENDS, PRECISIONS
 from clipdb.encoders.device import pick_device
 from clipdb.encoders.openvino import load as load_openvino
 from clipdb.encoders.openvino import load_cached
+from clipdb.encoders.openvino_background import load_in_background
 from clipdb.encoders.protocol import Encoder
 from clipdb.encoders.spec import resolve_model_spec
 from clipdb.encoders.torch import load_torch
 from clipdb.errors import ClipdbError, Option, UsageError
 from clipdb.models import RANDOM_WEIGHTS, ModelSpec, quick_model_spec
+
+BACKGROUND_MODES = ("off", "wait", "torch")
 
 
 def load_encoder(
@@ -28,12 +31,17 @@ def load_encoder(
     device: str = "auto",
     precision: str = "auto",
     backend: str = "auto",
+    background: str = "off",
 ) -> Encoder:
     """Load a CLIP model for inference (hub cache, local checkpoint, or seeded random weights).
 
     ``backend`` auto is OpenVINO on CPU and torch on CUDA/MPS; when OpenVINO is missing or
-    fails, one line says why and torch encodes instead.
+    fails, one line says why and torch encodes instead. ``background`` (ingest): when the
+    OpenVINO IR must first be converted, ``wait`` converts in a thread while the caller decodes
+    and the first encode waits for it; ``torch`` also encodes with the torch model until then.
     """
+    if background not in BACKGROUND_MODES:
+        raise ValueError(f"background must be one of {BACKGROUND_MODES}")
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
@@ -60,6 +68,8 @@ def load_encoder(
     _warn_if_random(spec)
     if backend == "openvino":
         try:
+            if background != "off":
+                return load_in_background(spec, precision, meanwhile=background == "torch")
             return load_openvino(spec, precision)
         except ClipdbError:
             raise

@@ -274,13 +274,32 @@ def load(spec: ModelSpec, precision: str) -> OpenVinoEncoder:
         return _convert_and_load(folder, spec, chosen)
 
 
-def _convert_and_load(folder: Path, spec: ModelSpec, chosen: str) -> OpenVinoEncoder:
+def convert_when_missing(folder: Path, spec: ModelSpec, chosen: str, torch_encoder: Any) -> Any:
+    """The encoder of ``folder``, converted from ``torch_encoder`` (a loaded fp32 torch model)
+    unless another process did it meanwhile; what a background conversion runs."""
+    with converting(folder):
+        encoder = compile_cached(folder, spec, chosen)
+        if encoder is not None:
+            return encoder
+        print(
+            f"converting {spec.architecture} to OpenVINO {chosen} in the background (once per "
+            "model and precision; seconds to a minute)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return _convert_and_load(folder, spec, chosen, torch_encoder)
+
+
+def _convert_and_load(
+    folder: Path, spec: ModelSpec, chosen: str, torch_encoder: Any = None
+) -> OpenVinoEncoder:
     import warnings
 
     weights = "int8" if chosen == "int8" else "fp32"
     if folder.exists():
         warn(f"OpenVINO cache {folder} is corrupt or stale; rebuilding it")
-    torch_encoder = load_torch(spec, "cpu", "fp32")
+    if torch_encoder is None:
+        torch_encoder = load_torch(spec, "cpu", "fp32")
     pixels = torch_encoder.pixel_pipeline
     if pixels.whole is not None:
         raise RuntimeError("its image transform is not a resize + crop clipdb can run alone")

@@ -24,9 +24,9 @@ from clipdb.errors import UsageError
 from clipdb.ingest.bulk import index_window
 from clipdb.ingest.engine import check_engine, start_engine, write_encoded
 from clipdb.ingest.options import ENGINES as ENGINES
+from clipdb.ingest.options import FIRST_RUN_CONVERSION, images_per_s
 from clipdb.ingest.options import IngestOptions as IngestOptions
 from clipdb.ingest.options import IngestSummary as IngestSummary
-from clipdb.ingest.options import images_per_s
 from clipdb.ingest.phash_backfill import backfill_phashes
 from clipdb.ingest.plan import Plan, SkipCallback, make_plan, prune
 from clipdb.ingest.skips import Skip, SkipLedger
@@ -128,6 +128,7 @@ class Ingester:
                 device=self.options.device,
                 precision=self.options.precision,
                 backend=self.options.backend,
+                background=FIRST_RUN_CONVERSION,
             )
         return self.encoder
 

@@ -57,6 +57,7 @@ def ingest_all(
         print(f"[{number}/{len(roots)}] {shown}", file=sys.stderr, flush=True)
         if encoder is None:
             from clipdb.encoders import load_encoder
+            from clipdb.ingest.options import FIRST_RUN_CONVERSION
 
             encoder = load_encoder(
                 options.model or settings.model,
@@ -64,6 +65,7 @@ def ingest_all(
                 device=options.device,
                 precision=options.precision,
                 backend=options.backend,
+                background=FIRST_RUN_CONVERSION,
             )
         report(ingest([root], options, database=database, encoder=encoder))
     if encoder is not None:

@@ -10,6 +10,11 @@ from clipdb.errors import UsageError
 from clipdb.ingest.plan import SkipCallback
 
 ENGINES = ("local", "ray")
+# When the OpenVINO IR is not cached yet, ingest converts it in a thread while it scans, hashes
+# and decodes; the first encode waits for it. Encoding with the torch model meanwhile ("torch")
+# was slower on 2 cores: both compete with the conversion for the CPU and the GIL (a first run
+# at 0.61 of a warm run's rate against 0.89 waiting; 0.55 converting first; BENCHMARKS.md).
+FIRST_RUN_CONVERSION = "wait"
 DECODE_MODES = ("auto", "cpu", "device")  # auto: on the device when the encoder is on CUDA
 
 
