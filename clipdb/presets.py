@@ -199,7 +199,10 @@ def format_presets(rows: list[dict[str, Any]]) -> str:
         out.append(f"  {source}")
     needs = [row["name"] for row in rows if row["needs"]]
     if needs:
-        out.append(f"{', '.join(needs)}: the text tower needs the 'transformers' package")
+        out.append(
+            f"{', '.join(needs)}: the text tower needs the 'transformers' package "
+            "(pip install 'clipdb-pg[multilingual]')"
+        )
     out.append("index with one: clipdb ingest --model NAME [--pretrained FILE|DIR] PATH")
     return "\n".join(out)
 

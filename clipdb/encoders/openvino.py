@@ -324,7 +324,15 @@ def _convert_and_load(
                 files[TOKENIZER_CONFIG] = file.parent / TOKENIZER_CONFIG
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.trace deprecation notes from the converter
-        convert_towers(torch_encoder.model, torch_encoder.image_size, weights, folder, extra, files)
+        convert_towers(
+            torch_encoder.model,
+            torch_encoder.image_size,
+            weights,
+            folder,
+            extra,
+            files,
+            context_length=getattr(tokenizer, "context_length", None),
+        )
     encoder = compile_cached(folder, spec, chosen)
     if encoder is None:
         raise RuntimeError(f"the converted model in {folder} does not verify")

@@ -93,15 +93,18 @@ def convert_towers(
     folder: Path,
     extra: dict[str, Any],
     extra_files: dict[str, Path] | None = None,
+    context_length: int | None = None,
 ) -> None:
     """Convert both towers of a torch open_clip model to IR in ``folder`` (atomically);
-    ``extra_files`` (name -> source, e.g. the tokenizer) are copied in and verified alike."""
+    ``extra_files`` (name -> source, e.g. the tokenizer) are copied in and verified alike.
+    ``context_length``: the tokenizer's, where it differs from the model's (a Hugging Face
+    text tower reports its position table, 514 for XLM-R, while its tokenizer pads to 77)."""
     global conversions
     import openvino as ov  # before anything is made: without it, nothing is
 
     trim = text_is_causal_argmax(clip_model)
     clip_model = clip_model.float().eval()
-    context = int(getattr(clip_model, "context_length", 77))
+    context = context_length or int(getattr(clip_model, "context_length", 77))
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:

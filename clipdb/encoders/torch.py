@@ -264,6 +264,25 @@ def preprocess_overrides(spec: ModelSpec) -> dict[str, Any]:
     return {keys[k]: v for k, v in config.items() if k in keys and v is not None}
 
 
+@contextlib.contextmanager
+def _hf_text_config_needed(text_config: dict[str, Any]) -> Iterator[None]:
+    """A Hugging Face text tower is built from its ``config.json`` (hub cache or folder) even
+    with random weights: one clear line when that cannot be had offline."""
+    name = text_config.get("hf_model_name")
+    if not name:
+        yield
+        return
+    try:
+        with offline_hub_if_unreachable():
+            yield
+    except OSError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ClipdbError(
+            f"the text tower {name} (its Hugging Face config.json) is not in the Hugging Face "
+            f"cache and could not be downloaded: {reason}"
+        ) from None
+
+
 def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
     import open_clip
     import torch
@@ -271,25 +290,32 @@ def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
     torch_device = pick_device(device)
     chosen_precision = pick_precision(precision, torch_device)
     text_config = (open_clip.get_model_config(spec.architecture) or {}).get("text_cfg", {})
-    if text_config.get("hf_model_name") and importlib.util.find_spec("transformers") is None:
+    hf_text = bool(text_config.get("hf_model_name"))
+    if hf_text and importlib.util.find_spec("transformers") is None:
         raise ClipdbError(
             f"{spec.architecture}'s text tower is a Hugging Face model: it needs the "
-            "'transformers' package (pip install transformers)"
+            "'transformers' package (pip install 'clipdb-pg[multilingual]')"
         )
+    # A Hugging Face text tower would otherwise fetch its pretrained weights from the hub even
+    # for random weights; a checkpoint carries the text tower's weights itself.
+    hf_weights = {"pretrained_hf": False} if hf_text else {}
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         if spec.pretrained == RANDOM_WEIGHTS:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), _hf_text_config_needed(text_config):
                 torch.manual_seed(RANDOM_SEED)
                 clip_model, _, preprocess = open_clip.create_model_and_transforms(
-                    spec.architecture, pretrained=None, **preprocess_overrides(spec)
+                    spec.architecture, pretrained=None, **hf_weights, **preprocess_overrides(spec)
                 )
         else:
             source = str(spec.checkpoint) if spec.checkpoint else spec.pretrained
             try:
                 with offline_hub_if_unreachable():
                     clip_model, _, preprocess = open_clip.create_model_and_transforms(
-                        spec.architecture, pretrained=source, **preprocess_overrides(spec)
+                        spec.architecture,
+                        pretrained=source,
+                        **(hf_weights if spec.checkpoint else {}),
+                        **preprocess_overrides(spec),
                     )
             except Exception as err:  # open_clip raises RuntimeError, OSError, KeyError...
                 hint = (
