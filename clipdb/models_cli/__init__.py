@@ -25,13 +25,18 @@ def model_name(model: Model) -> str:
     return f"{model.architecture}/{model.pretrained}"
 
 
+def models_named(models: list[Model], name: str) -> list[Model]:
+    """Those of ``models`` that ``name`` means: the one named ``architecture/pretrained``, else
+    every one with that architecture (one match is an answer, several are ambiguous)."""
+    exact = [m for m in models if model_name(m) == name]
+    return exact or [m for m in models if m.architecture == name]
+
+
 def find_model(conn: psycopg.Connection[Any], name: str) -> Model:
     """The registered model ``name`` means: ``architecture/pretrained``, or an architecture
     registered with one set of weights. Anything else: one line naming the choices."""
     models = list_models(conn)
-    wanted = canonical_model_name(name)
-    exact = [m for m in models if model_name(m) == wanted]
-    matches = exact or [m for m in models if m.architecture == wanted]
+    matches = models_named(models, canonical_model_name(name))
     if len(matches) == 1:
         return matches[0]
     known = ", ".join(model_name(m) for m in models) or "none"

@@ -17,7 +17,7 @@ import psycopg
 from clipdb.db.model_admin import model_rows
 from clipdb.db.registry import Model, models_with_rows
 from clipdb.errors import UsageError
-from clipdb.models_cli import model_name, row_json
+from clipdb.models_cli import model_name, models_named, row_json
 from clipdb.query import Searcher
 
 # Encoders of models other than the served one kept at once: with the served one's, two.
@@ -38,8 +38,7 @@ def named_model(conn: psycopg.Connection[Any], name: str) -> Model:
     """The indexed model ``name`` means: ``architecture/pretrained`` (as ``clipdb models``
     names it), or an architecture indexed with one set of weights."""
     with_rows = models_with_rows(conn)
-    exact = [m for m in with_rows if model_name(m) == name]
-    matches = exact or [m for m in with_rows if m.architecture == name]
+    matches = models_named(with_rows, name)
     if len(matches) == 1:
         return matches[0]
     known = ", ".join(model_name(m) for m in with_rows) or "none"
