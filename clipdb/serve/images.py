@@ -76,32 +76,8 @@ def image_router(service: SearchService) -> APIRouter:
         Formats browsers cannot show (HEIC/HEIF, RAW, TIFF) come as a JPEG rendition; a
         video frame's row gets its video, as ``/video`` serves it (range requests too)."""
         if is_video_row(service, image_id):
-            return video(image_id, range)
-        try:
-            data, name = service.original(image_id)
-            shown = rendition(service, data, name)
-        except FileChanged as err:
-            raise HTTPException(410, str(err)) from None
-        except LookupError as err:
-            raise HTTPException(404, str(err)) from None
-        except decode.ImageError as err:
-            raise HTTPException(404, f"image {image_id} cannot be read: {err}") from None
-        if shown is not None:
-            data, name = shown, os.path.splitext(name)[0] + ".jpg"
-        media_type = mimetypes.guess_type(name)[0] or ""
-        if not media_type.startswith("image/") or media_type == "image/svg+xml":
-            media_type = "application/octet-stream"
-        quoted = urllib.parse.quote(os.fsencode(name), safe="")  # exact bytes, non-UTF-8 too
-        return Response(
-            data,
-            media_type=media_type,
-            headers={
-                "Content-Disposition": f"inline; filename*=UTF-8''{quoted}",
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "sandbox; default-src 'none'",
-                "Cache-Control": "max-age=300",
-            },
-        )
+            return video_response(service, image_id, range)
+        return original_response(service, image_id)
 
     @router.get(
         "/api/images/{image_id}/video",
@@ -114,34 +90,70 @@ def image_router(service: SearchService) -> APIRouter:
         file, while it has the row's size and mtime: 410 otherwise, 404 when gone or not a
         video); ``Range: bytes=a-b`` gets 206 with that span. The page links it with
         ``#t=SECONDS`` so the player starts at the frame."""
-        try:
-            found, _ = videos.video_row(service, image_id)
-            span = videos.byte_range(range, found.size)
-            body = videos.open_span(found, span)
-        except videos.NotVideo as err:
-            raise HTTPException(404, str(err)) from None
-        except ValueError as err:
-            raise HTTPException(416, str(err), {"Content-Range": "bytes */*"}) from None
-        except files.FileRejected as err:
-            if str(err) in (files.PERMISSION_DENIED, files.UNREADABLE):
-                raise HTTPException(404, f"video {image_id}: {err}") from None
-            raise HTTPException(410, f"image {image_id} has changed since it was indexed") from None
-        first, last = span if span is not None else (0, found.size - 1)
-        headers = {
-            "Accept-Ranges": "bytes",
-            "Content-Length": str(last - first + 1),
-            "X-Content-Type-Options": "nosniff",
-            # The browser shows a video as a document holding a player: media from here only.
-            "Content-Security-Policy": "sandbox; default-src 'none'; media-src 'self'",
-            "Cache-Control": "max-age=300",
-        }
-        if span is not None:
-            headers["Content-Range"] = f"bytes {first}-{last}/{found.size}"
-        return StreamingResponse(
-            body, 206 if span else 200, headers, media_type=videos.media_type(found.path)
-        )
+        return video_response(service, image_id, range)
 
     return router
+
+
+def original_response(service: SearchService, image_id: int) -> Response:
+    """Row ``image_id``'s photo as ``/file`` serves it: the indexed file (or a JPEG rendition
+    of a format browsers cannot show), sandboxed; 410 when changed, 404 when gone."""
+    try:
+        data, name = service.original(image_id)
+        shown = rendition(service, data, name)
+    except FileChanged as err:
+        raise HTTPException(410, str(err)) from None
+    except LookupError as err:
+        raise HTTPException(404, str(err)) from None
+    except decode.ImageError as err:
+        raise HTTPException(404, f"image {image_id} cannot be read: {err}") from None
+    if shown is not None:
+        data, name = shown, os.path.splitext(name)[0] + ".jpg"
+    media_type = mimetypes.guess_type(name)[0] or ""
+    if not media_type.startswith("image/") or media_type == "image/svg+xml":
+        media_type = "application/octet-stream"
+    quoted = urllib.parse.quote(os.fsencode(name), safe="")  # exact bytes, non-UTF-8 too
+    return Response(
+        data,
+        media_type=media_type,
+        headers={
+            "Content-Disposition": f"inline; filename*=UTF-8''{quoted}",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+            "Cache-Control": "max-age=300",
+        },
+    )
+
+
+def video_response(service: SearchService, image_id: int, range: str | None) -> Response:
+    """Row ``image_id``'s video as ``/video`` serves it: the indexed file while it has the
+    row's size and mtime, the ``range`` span with 206 when one is asked for."""
+    try:
+        found, _ = videos.video_row(service, image_id)
+        span = videos.byte_range(range, found.size)
+        body = videos.open_span(found, span)
+    except videos.NotVideo as err:
+        raise HTTPException(404, str(err)) from None
+    except ValueError as err:
+        raise HTTPException(416, str(err), {"Content-Range": "bytes */*"}) from None
+    except files.FileRejected as err:
+        if str(err) in (files.PERMISSION_DENIED, files.UNREADABLE):
+            raise HTTPException(404, f"video {image_id}: {err}") from None
+        raise HTTPException(410, f"image {image_id} has changed since it was indexed") from None
+    first, last = span if span is not None else (0, found.size - 1)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(last - first + 1),
+        "X-Content-Type-Options": "nosniff",
+        # The browser shows a video as a document holding a player: media from here only.
+        "Content-Security-Policy": "sandbox; default-src 'none'; media-src 'self'",
+        "Cache-Control": "max-age=300",
+    }
+    if span is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{found.size}"
+    return StreamingResponse(
+        body, 206 if span else 200, headers, media_type=videos.media_type(found.path)
+    )
 
 
 def is_video_row(service: SearchService, image_id: int) -> bool:
