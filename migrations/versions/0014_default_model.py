@@ -14,6 +14,9 @@ Revises: 0013
 Create Date: 2026-12-07
 """
 
+import importlib.util
+from pathlib import Path
+
 from alembic import op
 
 revision = "0014"
@@ -123,77 +126,19 @@ COMMENT ON FUNCTION clipdb.choose_model(text, text, integer, text) IS
     'model (clipdb.default_model), else {DEFAULT_ARCHITECTURE}''s {STANDARD_WEIGHTS} weights.';
 """
 
+
 # 0008's function, restored by a downgrade.
-OLD_CHOOSE_MODEL = rf"""
-CREATE OR REPLACE FUNCTION clipdb.choose_model(
-    p_model text, p_pretrained text, p_dim integer, p_path text DEFAULT NULL)
-RETURNS clipdb.models LANGUAGE plpgsql STABLE AS $fn$
-DECLARE
-    matches clipdb.models[];
-    picked clipdb.models[];
-    asked text;
-    names text;
-BEGIN
-    IF length(p_model) > {MAX_NAME} OR length(p_pretrained) > {MAX_NAME} THEN
-        RAISE EXCEPTION 'model and pretrained are names of at most {MAX_NAME} characters';
-    END IF;
-    IF length(p_path) > {MAX_PATH} THEN
-        RAISE EXCEPTION 'an image path is at most {MAX_PATH} characters';
-    END IF;
-    IF p_dim IS NOT NULL AND p_dim NOT BETWEEN 1 AND 2000 THEN
-        RAISE EXCEPTION 'a model has 1 to 2000 dimensions, not %', p_dim;
-    END IF;
-    SELECT array_agg(m ORDER BY m.id) INTO matches FROM clipdb.models m
-        WHERE (p_model IS NULL OR m.architecture = p_model
-               OR m.architecture || '/' || m.pretrained = p_model)
-          AND (p_pretrained IS NULL OR m.pretrained = p_pretrained)
-          AND (p_dim IS NULL OR m.dim = p_dim)
-          AND (p_path IS NULL OR EXISTS (SELECT 1 FROM clipdb.images i
-                                         WHERE i.model_id = m.id AND i.path = p_path));
-    IF cardinality(matches) > 1 THEN  -- as the CLI: models that have rows
-        SELECT array_agg(m ORDER BY m.id) INTO picked FROM unnest(matches) m
-            WHERE EXISTS (SELECT 1 FROM clipdb.images i WHERE i.model_id = m.id);
-        matches := coalesce(picked, matches);
-    END IF;
-    IF cardinality(matches) > 1 AND p_pretrained IS NULL THEN
-        -- The default: the named architecture's standard weights, else the default model's.
-        SELECT array_agg(m ORDER BY m.id) INTO picked FROM unnest(matches) m
-            WHERE m.architecture = coalesce(p_model, '{DEFAULT_ARCHITECTURE}')
-              AND m.pretrained = '{STANDARD_WEIGHTS}';
-        IF cardinality(picked) = 1 THEN
-            matches := picked;
-        END IF;
-    END IF;
-    IF cardinality(matches) = 1 THEN
-        RETURN matches[1];
-    END IF;
-    asked := concat_ws(', ', 'model => ' || quote_literal(p_model),
-        'pretrained => ' || quote_literal(p_pretrained), p_dim || ' dimensions');
-    IF matches IS NULL THEN
-        IF p_path IS NOT NULL THEN
-            RAISE EXCEPTION 'image % is not indexed%', p_path,
-                coalesce(' (' || nullif(asked, '') || ')', '');
-        END IF;
-        SELECT string_agg(quote_literal(m.architecture || '/' || m.pretrained), ', '
-                          ORDER BY m.id) INTO names FROM clipdb.models m;
-        RAISE EXCEPTION 'no clipdb model matches%; indexed: %',
-            coalesce(' (' || nullif(asked, '') || ')', ''), coalesce(names, 'none');
-    END IF;
-    SELECT string_agg(quote_literal(m.architecture || '/' || m.pretrained), ', ' ORDER BY m.id)
-        INTO names FROM unnest(matches) m;
-    IF p_path IS NOT NULL THEN
-        RAISE EXCEPTION 'image % is indexed by several models; pass model => one of %',
-            p_path, names;
-    END IF;
-    RAISE EXCEPTION 'several clipdb models match%; pass model => one of %',
-        coalesce(' (' || nullif(asked, '') || ')', ''), names;
-END
-$fn$;
-COMMENT ON FUNCTION clipdb.choose_model(text, text, integer, text) IS
-    'Which model a SQL call means (the CLI''s policy): model => architecture or '
-    'architecture/pretrained; an image path indexed by one model means that model; else the '
-    'named architecture''s (or {DEFAULT_ARCHITECTURE}''s) {STANDARD_WEIGHTS} weights.';
-"""
+def _old_choose_model() -> str:
+    """0008's ``choose_model`` (and ``resolve_model``), replacing this one on downgrade."""
+    path = Path(__file__).with_name("0008_reader_bounds_model_policy.py")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sql: str = module.CHOOSE_MODEL
+    return sql.replace(
+        "CREATE FUNCTION clipdb.choose_model(", "CREATE OR REPLACE FUNCTION clipdb.choose_model(", 1
+    )
 
 
 def upgrade() -> None:
@@ -202,5 +147,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(OLD_CHOOSE_MODEL)
+    op.execute(_old_choose_model())
     op.execute("DROP TABLE clipdb.default_model")
