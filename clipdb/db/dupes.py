@@ -44,6 +44,15 @@ class DupeRow:
         return len(self.metadata)
 
 
+# One row per file: a photo, or the first frame of a video (its other frames are rows of the
+# same file, never its duplicates); the rows `dupe_rows` picks, for a row aliased ``i``.
+ONE_PER_FILE = (
+    "(i.frame_time IS NULL OR NOT EXISTS (SELECT FROM clipdb.images f "
+    "WHERE f.model_id = i.model_id AND clipdb.path_key(f.path, f.path_bytes) = "
+    "clipdb.path_key(i.path, i.path_bytes) AND f.frame_time < i.frame_time))"
+)
+
+
 # The capture metadata columns, by the name users see.
 CAPTURE_FIELDS = ("date", "camera", "lens", "GPS")
 _ROW_COLUMNS = (
@@ -212,14 +221,29 @@ def neighbour_pairs(
     return [(a, b) for a, b in found]
 
 
-def rows_by_id(conn: psycopg.Connection[Any], ids: list[int]) -> list[DupeRow]:
-    """The rows of ``ids`` as :class:`DupeRow`."""
+def rows_by_id(
+    conn: psycopg.Connection[Any], ids: list[int], *, one_per_file: bool = False
+) -> list[DupeRow]:
+    """The rows of ``ids`` as :class:`DupeRow` (``one_per_file``: only those ``dupe_rows``
+    would pick, a video by its first frame)."""
+    only = f"AND {ONE_PER_FILE}" if one_per_file else ""
     return [
         _dupe_row(values)
         for values in conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM clipdb.images WHERE id = ANY(%s)", (list(ids),)
+            f"SELECT {_ROW_COLUMNS} FROM clipdb.images i WHERE id = ANY(%s) {only}", (list(ids),)
         )
     ]
+
+
+def file_counts(conn: psycopg.Connection[Any], model: Model) -> tuple[int, int]:
+    """(files, files without a pHash) of the model: one row per file, as ``dupe_rows``."""
+    found = conn.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE phash IS NULL) FROM clipdb.images i "
+        f"WHERE model_id = %s AND {ONE_PER_FILE}",
+        (model.model_id,),
+    ).fetchone()
+    assert found is not None
+    return int(found[0]), int(found[1])
 
 
 def query_similarities(

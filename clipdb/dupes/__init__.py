@@ -5,8 +5,8 @@ Tiers, strongest first:
 - ``near``: perceptual hashes within ``near_distance`` bits (re-encoded, resized, converted
   copies); pairs come from the banded pHash index (``clipdb.duplicates``), never all pairs.
 - ``similar``: CLIP cosine similarity >= ``similar_threshold`` (the same scene, another shot);
-  pairs are each image's nearest neighbours in the model's HNSW index, from the stored
-  embeddings (no model is loaded).
+  pairs are each image's nearest neighbours among the stored embeddings (no model is
+  loaded), looked for once per image and kept in the database (:mod:`clipdb.dupes.similar`).
 
 Exact and near groups are the connected components (union-find) of the selected tiers'
 pairs. Exact pairs are also near pairs, so with both tiers an exact group that near copies
@@ -45,6 +45,7 @@ from clipdb.dupes.groups import DupesResult as DupesResult
 from clipdb.dupes.groups import Group as Group
 from clipdb.dupes.groups import Member as Member
 from clipdb.dupes.keep import extra_metadata, keep_key, reason
+from clipdb.dupes.similar import similar_pairs
 from clipdb.errors import UsageError
 
 TIERS = ("exact", "near", "similar")
@@ -114,31 +115,41 @@ def find_duplicates(
     if not -1.0 <= similar_threshold <= 1.0:
         raise UsageError("--similar-threshold must be in [-1, 1]")
     prefixes = None if paths is None else [os.path.abspath(p) for p in paths]
-    rows = queries.dupe_rows(conn, model, prefixes)
-    result = DupesResult(images=len(rows))
-    inside = {r.image_id for r in rows}
     hard_pairs: list[tuple[int, int]] = []
-    if prefixes is not None and rows and ("exact" in tiers or "near" in tiers):
-        hard_pairs, found = _pairs_around(conn, model, sorted(inside), tiers, near_distance)
-        rows += queries.rows_by_id(conn, sorted(found - inside))
     soft_pairs: list[tuple[int, int, float]] = []
-    if "similar" in tiers and rows:
-        soft_pairs = list(
-            queries.knn_pairs(
-                conn, model, None if prefixes is None else sorted(inside), similar_threshold,
-                neighbours,
+    if prefixes is None:
+        # The whole index: the pairs first, then only the rows they name (a million-row
+        # library is not read, nor its files stat'ed, to show its duplicates).
+        files_count, unhashed = queries.file_counts(conn, model)
+        result = DupesResult(images=files_count, unhashed=unhashed)
+        hard_pairs = _global_pairs(conn, model, tiers, near_distance)
+        if "similar" in tiers:
+            soft_pairs = similar_pairs(conn, model, None, similar_threshold, neighbours)
+        named = {i for pair in hard_pairs for i in pair} | {
+            i for a, b, _ in soft_pairs for i in (a, b)
+        }
+        rows = queries.rows_by_id(conn, sorted(named), one_per_file=True)
+        inside = {r.image_id for r in rows}
+    else:
+        rows = queries.dupe_rows(conn, model, prefixes)
+        result = DupesResult(images=len(rows))
+        inside = {r.image_id for r in rows}
+        if rows and ("exact" in tiers or "near" in tiers):
+            hard_pairs, found = _pairs_around(conn, model, sorted(inside), tiers, near_distance)
+            rows += queries.rows_by_id(conn, sorted(found - inside))
+        if "similar" in tiers and rows:
+            soft_pairs = similar_pairs(conn, model, sorted(inside), similar_threshold, neighbours)
+            known = {r.image_id for r in rows}
+            rows += queries.rows_by_id(
+                conn, sorted({i for a, b, _ in soft_pairs for i in (a, b)} - known)
             )
-        )  # fmt: skip
-        known = {r.image_id for r in rows}
-        rows += queries.rows_by_id(conn, sorted({b for _, b, _ in soft_pairs} - known))
     files = stat_rows(rows) if check_files else Files()
     stale = set(files.stale)
     result.stale = sorted({r.path for r in rows if r.path in stale and r.image_id in inside})
     by_id = {r.image_id: r for r in rows if r.path not in stale and r.image_id not in files.dropped}
-    result.unhashed = sum(1 for r in by_id.values() if r.phash is None and r.image_id in inside)
+    if prefixes is not None:
+        result.unhashed = sum(1 for r in by_id.values() if r.phash is None and r.image_id in inside)
     context = _Context(by_id, files, None if prefixes is None else inside)
-    if prefixes is None:
-        hard_pairs = _global_pairs(conn, model, tiers, near_distance)
     hard, grouped = _hard_groups(context, hard_pairs, "near" in tiers)
     result.groups.extend(hard)
     if "similar" in tiers:

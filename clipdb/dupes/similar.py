@@ -1,0 +1,97 @@
+"""The similar tier's pairs: stored ones read, the rest found once and stored.
+
+Each image's CLIP neighbours at or above the threshold are looked for once per content
+(``clipdb.similar_checked``, migration 0017) and kept (``clipdb.similar_pairs``), so a
+repeated ``clipdb dupes --tier similar`` or API page reads pairs instead of searching:
+
+- a few images to check (new since the last call, or changed): the model's HNSW index, per
+  image (2-9 ms each, no vector leaves the server);
+- many (a first call on a library): one pass over every vector in this process
+  (:mod:`clipdb.dupes.scan`), ~``sqrt(n)`` times cheaper than n index searches at a million.
+
+A database the caller may not write to (a reader role, a standby) still gets its answer: the
+pairs found are used and not kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from clipdb.db import dupes as dupe_queries
+from clipdb.db import similar as queries
+from clipdb.db.registry import Model
+from clipdb.dupes import scan
+
+# Up to this many images to check, the HNSW index answers per image (2-9 ms each: ~10 s);
+# beyond, a bulk pass over every vector costs less (~1 min at a million vectors).
+INDEX_MAX_IMAGES = 2_000
+
+
+def similar_pairs(
+    conn: psycopg.Connection[Any],
+    model: Model,
+    ids: list[int] | None,
+    threshold: float,
+    neighbours: int,
+) -> list[tuple[int, int, float]]:
+    """(image_id, other_id, cosine similarity) pairs at or above ``threshold`` with a member
+    among ``ids`` (None: every file of the model), each image's ``neighbours`` nearest at
+    most (more where others count it among theirs)."""
+    todo = queries.unchecked(conn, model, ids, threshold, neighbours)
+    found: list[tuple[int, int, float]] = []
+    if todo:
+        if len(todo) <= INDEX_MAX_IMAGES:
+            found = list(dupe_queries.knn_pairs(conn, model, sorted(todo), threshold, neighbours))
+        else:
+            found = _bulk_pairs(conn, model, sorted(todo), threshold, neighbours)
+        kept = _store(conn, model, todo, found, threshold, neighbours)
+        if kept:
+            found = []
+    stored = queries.stored_pairs(conn, model, ids, threshold)
+    if not found:
+        return stored
+    # Not stored (read-only): the pairs found, and the stored ones of images checked before.
+    pending = set(todo)
+    fresh = [(a, b, s) for a, b, s in stored if a not in pending and b not in pending]
+    return fresh + found
+
+
+def _bulk_pairs(
+    conn: psycopg.Connection[Any],
+    model: Model,
+    todo: list[int],
+    threshold: float,
+    neighbours: int,
+) -> list[tuple[int, int, float]]:
+    ids, vectors = queries.file_vectors(conn, model)
+    wanted = np.isin(ids, np.asarray(todo, dtype=np.int64))
+    pairs = scan.similar_pairs(vectors, threshold, neighbours, wanted)
+    del vectors
+    return list(
+        zip(
+            ids[pairs.rows].tolist(),
+            ids[pairs.others].tolist(),
+            pairs.similarity.tolist(),
+            strict=True,
+        )
+    )
+
+
+def _store(
+    conn: psycopg.Connection[Any],
+    model: Model,
+    todo: dict[int, bytes],
+    found: list[tuple[int, int, float]],
+    threshold: float,
+    neighbours: int,
+) -> bool:
+    """Keep the pairs; False where this connection may not write (nothing is changed)."""
+    try:
+        with conn.transaction():
+            queries.store(conn, model, todo, found, threshold, neighbours)
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
+        return False
+    return True

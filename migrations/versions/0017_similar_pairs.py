@@ -1,0 +1,66 @@
+"""The similar tier's neighbour lists live in the database, each image checked once.
+
+Why: finding each image's CLIP neighbours cost 2-9 ms an image through the HNSW index, so
+`clipdb dupes --tier similar` and `GET /api/duplicates?tier=similar` redid 40 minutes to 2
+hours of work at a million images on every call, and paging the API made answers smaller,
+not faster. Now the pairs found are kept: ``clipdb.similar_pairs`` holds each pair at or
+above the threshold it was looked for at (once, lower id first), ``clipdb.similar_checked``
+the images whose neighbours were looked for, with the sha256 they had then, that floor and
+the neighbour count. A later call looks only for images not checked yet (new, or changed
+since: another sha256), and reads the rest. Rows deleted or dropped with their model take
+their pairs and marks with them (ON DELETE CASCADE).
+
+Revision ID: 0017
+Revises: 0014
+Create Date: 2026-12-07
+"""
+
+from alembic import op
+
+revision = "0017"
+down_revision = "0014"
+branch_labels = None
+depends_on = None
+
+TABLES = """
+CREATE TABLE clipdb.similar_checked (
+    image_id bigint PRIMARY KEY REFERENCES clipdb.images (id) ON DELETE CASCADE,
+    model_id smallint NOT NULL,
+    sha256 bytea NOT NULL,
+    floor real NOT NULL,
+    neighbours smallint NOT NULL
+);
+CREATE INDEX similar_checked_model ON clipdb.similar_checked (model_id);
+COMMENT ON TABLE clipdb.similar_checked IS
+    'Images whose CLIP neighbours (at most neighbours, cosine >= floor) are in '
+    'clipdb.similar_pairs, while the image keeps this sha256.';
+CREATE TABLE clipdb.similar_pairs (
+    image_id bigint NOT NULL REFERENCES clipdb.images (id) ON DELETE CASCADE,
+    other_id bigint NOT NULL REFERENCES clipdb.images (id) ON DELETE CASCADE,
+    model_id smallint NOT NULL,
+    similarity real NOT NULL,
+    PRIMARY KEY (image_id, other_id),
+    CHECK (image_id < other_id)
+);
+CREATE INDEX similar_pairs_other ON clipdb.similar_pairs (other_id);
+CREATE INDEX similar_pairs_model ON clipdb.similar_pairs (model_id, similarity);
+COMMENT ON TABLE clipdb.similar_pairs IS
+    'Pairs of one model''s images at CLIP cosine similarity >= the floor they were looked for '
+    'at (clipdb.similar_checked); lower id first.';
+DO $do$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'clipdb_reader') THEN
+        GRANT SELECT ON clipdb.similar_checked, clipdb.similar_pairs TO clipdb_reader;
+    END IF;
+END
+$do$;
+"""
+
+
+def upgrade() -> None:
+    op.execute(TABLES)
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE clipdb.similar_pairs")
+    op.execute("DROP TABLE clipdb.similar_checked")
