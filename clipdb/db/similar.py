@@ -2,8 +2,9 @@
 their pairs, and the vectors a bulk pass reads.
 
 An image is *checked* for (threshold, neighbours) when ``clipdb.similar_checked`` holds it
-with its current sha256, a floor at or below the threshold and at least that many
-neighbours: its pairs at or above the floor are then in ``clipdb.similar_pairs``.
+with a floor at or below the threshold and at least that many neighbours: its pairs at or
+above the floor are then in ``clipdb.similar_pairs``. A change of the row's sha256 or
+embedding removes its mark and pairs (the trigger of migration 0017).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from clipdb.db.registry import Model
 
 _CHECKED = (
     "EXISTS (SELECT FROM clipdb.similar_checked c WHERE c.image_id = i.id "
-    "AND c.sha256 = i.sha256 AND c.floor <= %(threshold)s AND c.neighbours >= %(neighbours)s)"
+    "AND c.floor <= %(threshold)s AND c.neighbours >= %(neighbours)s)"
 )
 # Rows of halfvec vectors read in one piece of the binary COPY stream.
 _READ_ROWS = 65_536
@@ -32,18 +33,41 @@ def unchecked(
     threshold: float,
     neighbours: int,
 ) -> dict[int, bytes]:
-    """Of ``ids`` (None: every file of the model), those not checked for (threshold,
-    neighbours), with their sha256 now (what :func:`store` marks them checked with: a row
-    that changes meanwhile no longer matches its mark, and is checked again next time)."""
+    """Of ``ids`` (None: every row of the model), those not checked for (threshold,
+    neighbours), with their sha256 now: :func:`store` marks a row checked only while it still
+    has it (a row that changes meanwhile is looked up again next time)."""
     scope = "" if ids is None else "AND i.id = ANY(%(ids)s)"
+    params = {"model": model.model_id, "ids": ids, "threshold": threshold, "neighbours": neighbours}
+    # Reads only the (model_id, id) index and the marks while every row is checked.
+    todo = [
+        row_id
+        for (row_id,) in conn.execute(
+            f"SELECT i.id FROM clipdb.images i WHERE i.model_id = %(model)s {scope} "
+            f"AND NOT {_CHECKED}",
+            params,
+        )
+    ]
+    if not todo:
+        return {}
     return {
         row_id: bytes(sha)
         for row_id, sha in conn.execute(
-            f"SELECT i.id, i.sha256 FROM clipdb.images i WHERE i.model_id = %(model)s {scope} "
-            f"AND {_ONE_PER_FILE} AND NOT {_CHECKED} ORDER BY i.id",
-            {"model": model.model_id, "ids": ids, "threshold": threshold, "neighbours": neighbours},
+            "SELECT id, sha256 FROM clipdb.images WHERE id = ANY(%s) ORDER BY id", (todo,)
         )
     }
+
+
+def files_among(conn: psycopg.Connection[Any], ids: list[int]) -> list[int]:
+    """Of ``ids``, one row per file (a video's other frames are not looked up: they are the
+    same file as its first, which is)."""
+    return [
+        row_id
+        for (row_id,) in conn.execute(
+            f"SELECT i.id FROM clipdb.images i WHERE i.id = ANY(%s) AND {_ONE_PER_FILE} "
+            "ORDER BY i.id",
+            (ids,),
+        )
+    ]
 
 
 def file_vectors(conn: psycopg.Connection[Any], model: Model) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +146,9 @@ def store(
     model_id = int(model.model_id)
     with conn.cursor() as cur:
         cur.execute(
-            "CREATE TEMP TABLE similar_done (id bigint, sha256 bytea) ON COMMIT DROP; "
-            "CREATE TEMP TABLE similar_found (a bigint, b bigint, s real) ON COMMIT DROP"
+            "CREATE TEMP TABLE IF NOT EXISTS similar_done (id bigint, sha256 bytea) "
+            "ON COMMIT DROP; CREATE TEMP TABLE IF NOT EXISTS similar_found "
+            "(a bigint, b bigint, s real) ON COMMIT DROP; TRUNCATE similar_done, similar_found"
         )
         with cur.copy("COPY similar_done FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int8", "bytea"])
@@ -146,7 +171,8 @@ def store(
         cur.execute(
             "INSERT INTO clipdb.similar_checked (image_id, model_id, sha256, floor, neighbours) "
             "SELECT d.id, %s, d.sha256, %s, %s FROM similar_done d "
-            "JOIN clipdb.images i ON i.id = d.id "  # gone meanwhile: nothing to mark
+            # Gone or changed meanwhile: not marked (looked up again next time).
+            "JOIN clipdb.images i ON i.id = d.id AND i.sha256 = d.sha256 "
             "ON CONFLICT (image_id) DO UPDATE SET sha256 = excluded.sha256, "
             "floor = excluded.floor, neighbours = excluded.neighbours",
             (model_id, threshold, neighbours),

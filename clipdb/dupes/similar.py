@@ -44,7 +44,8 @@ def similar_pairs(
     found: list[tuple[int, int, float]] = []
     if todo:
         if len(todo) <= INDEX_MAX_IMAGES:
-            found = list(dupe_queries.knn_pairs(conn, model, sorted(todo), threshold, neighbours))
+            files = queries.files_among(conn, sorted(todo))
+            found = list(dupe_queries.knn_pairs(conn, model, files, threshold, neighbours))
         else:
             found = _bulk_pairs(conn, model, sorted(todo), threshold, neighbours)
         kept = _store(conn, model, todo, found, threshold, neighbours)

@@ -234,7 +234,7 @@ class SearchService:
 
         model = self.model()
         with self.scan_slots.held(), self.connection() as conn:
-            result = find_duplicates(conn, model, tiers=tiers)
+            result = find_duplicates(conn, model, tiers=tiers, counts=False)
         return [group.to_dict() for group in result.groups]
 
     def thumbnail(self, image_id: int, size: int = THUMBNAIL_SIZE) -> bytes:

@@ -6,9 +6,11 @@ hours of work at a million images on every call, and paging the API made answers
 not faster. Now the pairs found are kept: ``clipdb.similar_pairs`` holds each pair at or
 above the threshold it was looked for at (once, lower id first), ``clipdb.similar_checked``
 the images whose neighbours were looked for, with the sha256 they had then, that floor and
-the neighbour count. A later call looks only for images not checked yet (new, or changed
-since: another sha256), and reads the rest. Rows deleted or dropped with their model take
-their pairs and marks with them (ON DELETE CASCADE).
+the neighbour count. A later call looks only for images not checked yet and reads the rest:
+a new row has no mark; a row whose sha256 or embedding an upsert changes loses its mark and
+its pairs (trigger ``similar_forget``); rows deleted or dropped with their model take theirs
+with them (ON DELETE CASCADE). The index on (model_id, id) lets "which rows have no mark"
+read the index instead of the table (1.3 GB at a million 512-d rows).
 
 Revision ID: 0017
 Revises: 0014
@@ -47,6 +49,19 @@ CREATE INDEX similar_pairs_model ON clipdb.similar_pairs (model_id, similarity);
 COMMENT ON TABLE clipdb.similar_pairs IS
     'Pairs of one model''s images at CLIP cosine similarity >= the floor they were looked for '
     'at (clipdb.similar_checked); lower id first.';
+CREATE INDEX images_model_id ON clipdb.images (model_id, id);
+CREATE FUNCTION clipdb.similar_forget() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    DELETE FROM clipdb.similar_checked WHERE image_id = NEW.id;
+    DELETE FROM clipdb.similar_pairs WHERE image_id = NEW.id;
+    DELETE FROM clipdb.similar_pairs WHERE other_id = NEW.id;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER similar_forget AFTER UPDATE OF sha256, embedding ON clipdb.images
+    FOR EACH ROW
+    WHEN (OLD.sha256 IS DISTINCT FROM NEW.sha256 OR OLD.embedding IS DISTINCT FROM NEW.embedding)
+    EXECUTE FUNCTION clipdb.similar_forget();
 DO $do$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'clipdb_reader') THEN
@@ -62,5 +77,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER similar_forget ON clipdb.images")
+    op.execute("DROP FUNCTION clipdb.similar_forget()")
+    op.execute("DROP INDEX clipdb.images_model_id")
     op.execute("DROP TABLE clipdb.similar_pairs")
     op.execute("DROP TABLE clipdb.similar_checked")
