@@ -97,17 +97,20 @@ def timed_call(database: Database, model: Model, **options: Any) -> dict[str, An
     }
 
 
-def first_page(database: Database) -> dict[str, Any]:
+def first_page(database: Database, model: Model) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from clipdb.serve import create_app
 
-    with TestClient(create_app(database), base_url="http://127.0.0.1") as client:
-        started = time.perf_counter()
-        response = client.get("/api/duplicates", params={"tier": "similar", "limit": 50})
-        seconds = time.perf_counter() - started
-    assert response.status_code == 200, response.text
-    return {"seconds": round(seconds, 3), "groups": len(response.json())}
+    app = create_app(database, model=model.architecture, pretrained=model.pretrained)
+    times = []
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        for _ in range(2):  # the first request also opens the server's connection pool
+            started = time.perf_counter()
+            response = client.get("/api/duplicates", params={"tier": "similar", "limit": 50})
+            times.append(round(time.perf_counter() - started, 3))
+            assert response.status_code == 200, response.text
+    return {"seconds": times, "groups": len(response.json())}
 
 
 def recall(
@@ -147,8 +150,8 @@ def recall(
         "true_pairs": len(truth),
         "found": len(truth & found),
         "recall": round(len(truth & found) / max(1, len(truth)), 4),
-        "planted_found": sum(1 for o, c in planted.items() if (o, c) in found),
-        "planted": len(planted),
+        "planted_sampled": len(originals),
+        "planted_sampled_found": sum(1 for o in originals if (int(o), planted[int(o)]) in found),
     }
 
 
@@ -166,6 +169,7 @@ def main() -> int:
     upgrade(database)
     with database.connect() as conn:
         model = models_with_rows(conn)[0]
+        conn.execute("DELETE FROM clipdb.images WHERE path LIKE '/bench/copies-%'")  # a rerun
         conn.execute("DELETE FROM clipdb.similar_checked")
         conn.execute("DELETE FROM clipdb.similar_pairs")
         conn.commit()
@@ -185,13 +189,13 @@ def main() -> int:
     out["recall"] = recall(database, model, planted, args.sample, threshold)
     log(json.dumps(out["recall"]))
     out["repeat_call"] = timed_call(database, model)
-    out["api_first_page"] = first_page(database)
+    out["api_first_page"] = first_page(database, model)
     log(f"repeat {out['repeat_call']}, API page {out['api_first_page']}")
     started = time.perf_counter()
     add_copies(database, model, args.new, 2, "b")
     out["new"] = {"count": args.new, "insert_s": round(time.perf_counter() - started, 1)}
     out["after_new_call"] = timed_call(database, model)
-    out["after_new_api_first_page"] = first_page(database)
+    out["after_new_api_first_page"] = first_page(database, model)
     out["load_after"] = load()
     log(json.dumps(out))
     RESULTS.mkdir(exist_ok=True)

@@ -179,3 +179,30 @@ def test_a_read_only_connection_gets_the_pairs_and_keeps_nothing(database, copie
     assert len(result.groups) == 3
     with database.connect() as conn:
         assert conn.execute("SELECT count(*) FROM clipdb.similar_checked").fetchone()[0] == 0
+
+
+def test_ingest_looks_up_new_images_once_the_tier_was_asked_for(
+    database, tiny_encoder, copies, tmp_path
+):
+    """Before any similar-tier call, ingest does nothing for it; after one, ingest looks up
+    the images it adds, so the next call finds nothing left to look up."""
+    pictures, model = copies
+    extra = make_images(tmp_path / "more", 1, size=(64, 48), seed=9)
+    first = ingest([str(tmp_path / "more")], database=database, encoder=tiny_encoder,
+                   workers=0, progress=False)  # fmt: skip
+    assert first.new == 1 and first.similar_checked == 0
+    similar_names(database, model)  # the tier is asked for: every image checked
+    shutil.copyfile(extra[0], tmp_path / "more" / "again.jpg")
+    second = ingest([str(tmp_path / "more")], database=database, encoder=tiny_encoder,
+                    workers=0, progress=False)  # fmt: skip
+    assert second.new == 1 and second.similar_checked == 1
+    with database.connect() as conn:
+        from clipdb.db.similar import unchecked
+
+        assert unchecked(conn, model, None, 0.95, 10) == {}
+        pair = conn.execute(
+            "SELECT count(*) FROM clipdb.similar_pairs p JOIN clipdb.images a ON a.id = p.image_id "
+            "JOIN clipdb.images b ON b.id = p.other_id WHERE a.sha256 = b.sha256 "
+            "AND (a.path LIKE '%%/again.jpg' OR b.path LIKE '%%/again.jpg')"
+        ).fetchone()[0]
+    assert pair == 1  # the byte copy and its source: cosine 1

@@ -26,7 +26,8 @@ from clipdb.ingest.__main__ import main
 
 SUMMARY_KEYS = [
     "found", "new", "updated", "moved", "unchanged", "skipped", "pruned", "seconds", "images_per_s",
-    "metadata_read", "known_bad", "text_stored", "ocr_read", "ignored", "live_photos",
+    "metadata_read", "known_bad", "text_stored", "ocr_read", "similar_checked", "ignored",
+    "live_photos",
 ]  # fmt: skip
 # Fast decode path (JPEG draft at >= 2x the input size) vs full decode, as a cosine distance.
 DRAFT_TOLERANCE = 1e-4

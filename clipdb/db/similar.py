@@ -57,6 +57,18 @@ def unchecked(
     }
 
 
+def checked_setting(conn: psycopg.Connection[Any], model: Model) -> tuple[float, int] | None:
+    """The lowest floor and the most neighbours the model's marks were made with; None when
+    no image of the model was ever checked."""
+    found = conn.execute(
+        "SELECT min(floor), max(neighbours) FROM clipdb.similar_checked WHERE model_id = %s",
+        (model.model_id,),
+    ).fetchone()
+    if found is None or found[0] is None:
+        return None
+    return float(found[0]), int(found[1])
+
+
 def files_among(conn: psycopg.Connection[Any], ids: list[int]) -> list[int]:
     """Of ``ids``, one row per file (a video's other frames are not looked up: they are the
     same file as its first, which is)."""

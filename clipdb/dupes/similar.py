@@ -40,24 +40,45 @@ def similar_pairs(
     """(image_id, other_id, cosine similarity) pairs at or above ``threshold`` with a member
     among ``ids`` (None: every file of the model), each image's ``neighbours`` nearest at
     most (more where others count it among theirs)."""
-    todo = queries.unchecked(conn, model, ids, threshold, neighbours)
-    found: list[tuple[int, int, float]] = []
-    if todo:
-        if len(todo) <= INDEX_MAX_IMAGES:
-            files = queries.files_among(conn, sorted(todo))
-            found = list(dupe_queries.knn_pairs(conn, model, files, threshold, neighbours))
-        else:
-            found = _bulk_pairs(conn, model, sorted(todo), threshold, neighbours)
-        kept = _store(conn, model, todo, found, threshold, neighbours)
-        if kept:
-            found = []
+    todo, found, kept = _look_up(conn, model, ids, threshold, neighbours)
     stored = queries.stored_pairs(conn, model, ids, threshold)
-    if not found:
+    if kept or not todo:
         return stored
     # Not stored (read-only): the pairs found, and the stored ones of images checked before.
-    pending = set(todo)
-    fresh = [(a, b, s) for a, b, s in stored if a not in pending and b not in pending]
+    fresh = [(a, b, s) for a, b, s in stored if a not in todo and b not in todo]
     return fresh + found
+
+
+def keep_current(conn: psycopg.Connection[Any], model: Model) -> int:
+    """Look up the model's images not checked yet (added or changed since), at the most
+    inclusive threshold and neighbour count its marks hold; nothing where the similar tier
+    was never asked for. The number of images looked up (ingest runs this after writing,
+    so the next ``clipdb dupes --tier similar`` or API page only reads)."""
+    setting = queries.checked_setting(conn, model)
+    if setting is None:
+        return 0
+    todo, _, _ = _look_up(conn, model, None, *setting)
+    return len(todo)
+
+
+def _look_up(
+    conn: psycopg.Connection[Any],
+    model: Model,
+    ids: list[int] | None,
+    threshold: float,
+    neighbours: int,
+) -> tuple[dict[int, bytes], list[tuple[int, int, float]], bool]:
+    """The images of ``ids`` not checked yet, the pairs found for them, and whether those
+    were stored."""
+    todo = queries.unchecked(conn, model, ids, threshold, neighbours)
+    if not todo:
+        return todo, [], True
+    if len(todo) <= INDEX_MAX_IMAGES:
+        files = queries.files_among(conn, sorted(todo))
+        found = list(dupe_queries.knn_pairs(conn, model, files, threshold, neighbours))
+    else:
+        found = _bulk_pairs(conn, model, sorted(todo), threshold, neighbours)
+    return todo, found, _store(conn, model, todo, found, threshold, neighbours)
 
 
 def _bulk_pairs(

@@ -186,10 +186,20 @@ class Ingester:
             with self.database.connect(autocommit=True) as conn:
                 self._finish(conn, model, seen, skips, summary)
         self._read_text(model, summary)  # after the CLIP rows: they are searchable already
+        if model is not None and summary.new + summary.updated:
+            self._keep_similar_current(model, summary)
         summary.skipped = dict(skips.counts)
         summary.seconds = round(time.perf_counter() - start, 3)
         summary.images_per_s = images_per_s(summary.new + summary.updated, summary.seconds)
         return summary
+
+    def _keep_similar_current(self, model: Model, summary: IngestSummary) -> None:
+        """New and changed rows get their similar-tier neighbours now (milliseconds each,
+        through the index), where the tier was ever asked for: ``clipdb dupes`` then reads."""
+        from clipdb.dupes.similar import keep_current
+
+        with self.database.connect(autocommit=True) as conn:
+            summary.similar_checked = keep_current(conn, model)
 
     def _read_text(self, model: Model | None, summary: IngestSummary) -> None:
         if model is None or self.options.ocr == "off":

@@ -115,6 +115,7 @@ class IngestSummary:
     known_bad: int = 0  # of skipped: files skipped before, unchanged, not retried
     text_stored: int = 0  # rows whose words (names, keywords, OCR text) were stored
     ocr_read: int = 0  # images read by OCR
+    similar_checked: int = 0  # images whose similar-tier neighbours were looked up (dupes)
     # Files under the roots that are not an image or video by name: extension -> count.
     ignored: dict[str, int] = field(default_factory=dict)
     live_photos: int = 0  # .mov files of Live Photos: one item with their photo, not indexed
@@ -133,6 +134,7 @@ class IngestSummary:
             + (f", metadata read {self.metadata_read}" if self.metadata_read else "")
             + (f", text of {self.text_stored}" if self.text_stored else "")
             + (f" (OCR read {self.ocr_read})" if self.ocr_read else "")
+            + (f", similar images looked up {self.similar_checked}" if self.similar_checked else "")
             + self._ignored_text()
         )
 
