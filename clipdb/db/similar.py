@@ -38,7 +38,17 @@ def unchecked(
     has it (a row that changes meanwhile is looked up again next time)."""
     scope = "" if ids is None else "AND i.id = ANY(%(ids)s)"
     params = {"model": model.model_id, "ids": ids, "threshold": threshold, "neighbours": neighbours}
-    # Reads only the (model_id, id) index and the marks while every row is checked.
+    if ids is None:
+        # As many marks as rows means every row has one (a mark names one existing row of the
+        # model, at most once): two counts over indexes, not a join of a million rows each.
+        counts = conn.execute(
+            "SELECT (SELECT count(*) FROM clipdb.images WHERE model_id = %(model)s) = "
+            "(SELECT count(*) FROM clipdb.similar_checked WHERE model_id = %(model)s "
+            "AND floor <= %(threshold)s AND neighbours >= %(neighbours)s)",
+            params,
+        ).fetchone()
+        if counts is not None and counts[0]:
+            return {}
     todo = [
         row_id
         for (row_id,) in conn.execute(

@@ -194,9 +194,8 @@ def _project(vectors: np.ndarray, projection: np.ndarray, centre: np.ndarray) ->
 
 def _kmeans(points: np.ndarray, cells: int, rng: np.random.Generator) -> np.ndarray:
     centroids = points[rng.choice(len(points), cells, replace=False)].copy()
-    squared = np.einsum("ij,ij->i", points, points)
     for _ in range(KMEANS_ROUNDS):
-        labels = _closest(points, squared, centroids, 1)[:, 0]
+        labels = _closest(points, centroids, 1)[:, 0]
         sums = np.zeros_like(centroids)
         np.add.at(sums, labels, points)
         sizes = np.bincount(labels, minlength=cells)
@@ -208,13 +207,13 @@ def _kmeans(points: np.ndarray, cells: int, rng: np.random.Generator) -> np.ndar
     return out
 
 
-def _closest(
-    points: np.ndarray, squared: np.ndarray, centroids: np.ndarray, count: int
-) -> np.ndarray:
+def _closest(points: np.ndarray, centroids: np.ndarray, count: int) -> np.ndarray:
     """Indexes of each point's ``count`` nearest centroids (Euclidean), nearest first."""
-    distance = (
-        squared[:, None] - 2 * points @ centroids.T + np.einsum("ij,ij->i", centroids, centroids)
-    )
+    # |p - c|^2 = |p|^2 - 2 p.c + |c|^2; |p|^2 is the same for all of a point's centroids,
+    # so the ranking needs only |c|^2 - 2 p.c, computed in place (one temporary).
+    distance = points @ centroids.T
+    distance *= -2
+    distance += np.einsum("ij,ij->i", centroids, centroids)
     if count == 1:
         nearest: np.ndarray = np.argmin(distance, axis=1)[:, None]
         return nearest
@@ -239,7 +238,6 @@ def _nearest_cells(
 
     def nearest(start: int) -> np.ndarray:
         points = _project(vectors[start : start + 16_384], projection, centre)
-        squared = np.einsum("ij,ij->i", points, points)
-        return _closest(points, squared, centroids, count).astype(np.int32)
+        return _closest(points, centroids, count).astype(np.int32)
 
     return np.concatenate(list(pool.map(nearest, range(0, len(vectors), 16_384))))

@@ -32,7 +32,7 @@ CREATE TABLE clipdb.similar_checked (
     floor real NOT NULL,
     neighbours smallint NOT NULL
 );
-CREATE INDEX similar_checked_model ON clipdb.similar_checked (model_id);
+CREATE INDEX similar_checked_model ON clipdb.similar_checked (model_id, floor, neighbours);
 COMMENT ON TABLE clipdb.similar_checked IS
     'Images whose CLIP neighbours (at most neighbours, cosine >= floor) are in '
     'clipdb.similar_pairs, while the image keeps this sha256.';
