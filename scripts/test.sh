@@ -37,12 +37,18 @@ ruff check clipdb tests bench migrations
 ruff format --check clipdb tests bench migrations
 mypy clipdb
 [ -z "$apt_pid" ] || wait "$apt_pid"  # its exit status ends the run here if it failed
+# Both tiers on one pytest-xdist worker per core (at most 8: each runs its own PostgreSQL);
+# loadgroup keeps a file's tests that share a module fixture on one worker (tests/conftest.py)
+# and hands every other test to whichever worker is free.
+workers=$(nproc 2>/dev/null || echo 2)
+[ "$workers" -le 8 ] || workers=8
+parallel=(-n "$workers" --dist loadgroup)
 times=()
 for tier in $tiers; do
     start=$(date +%s)
     case "$tier" in
-        fast) python -m pytest -m "not slow" --durations=20 ;;
-        slow) python -m pytest -m slow --durations=20 ;;
+        fast) python -m pytest "${parallel[@]}" -m "not slow" --durations=20 ;;
+        slow) python -m pytest "${parallel[@]}" -m slow --durations=20 ;;
         args) python -m pytest "${pytest_args[@]}" ;;
     esac
     times+=("$tier tier: $(( $(date +%s) - start )) s")
