@@ -40,7 +40,7 @@ mypy clipdb
 # Both tiers on one pytest-xdist worker per core (at most 8: each runs its own PostgreSQL);
 # loadgroup keeps a file's tests that share a module fixture on one worker (tests/conftest.py)
 # and hands every other test to whichever worker is free.
-workers=$(nproc 2>/dev/null || echo 2)
+workers=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)  # nproc obeys OMP_*
 [ "$workers" -le 8 ] || workers=8
 parallel=(-n "$workers" --dist loadgroup)
 times=()
