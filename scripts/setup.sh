@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with clipdb (and, with --test, its test tools). Idempotent: a second run only checks.
 #   bash scripts/setup.sh          # what `clipdb` needs to run
-#   bash scripts/setup.sh --test   # ... plus pytest, ruff, mypy, playwright, ray
+#   bash scripts/setup.sh --test   # ... plus pytest (+ pytest-xdist), ruff, mypy, playwright, ray
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -35,7 +35,7 @@ EOT
         || pip_install "${index[@]}" "torch>=2.1,<3" "torchvision>=0.16,<1"
 fi
 check="import clipdb, psycopg_pool, open_clip"
-[ -n "$extra" ] && check="$check, pytest, playwright, ruff, mypy, ray"
+[ -n "$extra" ] && check="$check, pytest, xdist, playwright, ruff, mypy, ray"
 # Asked from outside the checkout (inside it, the folder alone makes clipdb importable), and
 # clipdb must come from this checkout on a path entry (setup.py: editable "compat" mode), so a
 # .venv installed the older way (an import hook) is installed again.

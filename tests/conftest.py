@@ -105,3 +105,18 @@ def tiny_encoder():
 @pytest.fixture
 def image_factory():
     return make_images
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns xdist_group marks into node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``-n N --dist loadgroup`` (scripts/test.sh), keep a file whose tests share a
+    module- or class-scoped fixture (a wheel built once, a Ray cluster, a loaded model) on one
+    worker, so that fixture is set up once, not once per worker; every other test is
+    scheduled on its own. Without xdist the mark does nothing."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures is None:
+            continue
+        scopes = {defs[-1].scope for defs in fixtures.name2fixturedefs.values() if defs}
+        if scopes & {"module", "class", "package"}:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
