@@ -11,9 +11,12 @@ compiled from source every run (a copy of the tree, PYTHONDONTWRITEBYTECODE=1: e
 child may cache bytecode, as an installed package has it); and a child that runs the same
 search in phases (imports, argument parsing, the embedded server check, the schema check, the
 connection, the model choice, the stored embedding, the top-k, the JSON) with a clock between
-them (what ``python -c pass`` takes is the interpreter's own start and exit). Prints p50/min
-wall time and p50 CPU time of each, the ratio to ``python -c pass``, the phases' p50 and the
-slowest imports of one ``-X importtime`` run; writes bench/results/cli_start.json.
+them (what ``python -c pass`` takes is the interpreter's own start and exit); and the whole
+search timed inside a process that imported everything first, its first call and the
+median of five more (``--compare``'s tree too: two versions compared without the noise of
+their imports). Prints p50/min wall time and p50 CPU
+time of each, the ratio to ``python -c pass``, the phases' p50 and the slowest imports of one
+``-X importtime`` run; writes bench/results/cli_start.json.
 
 ``--database NAME``: a database of the embedded server in --home other than clipdb's own
 (bench/bench_filters.py loads ``clipdb_bench_filters``); the CLI then gets it as
@@ -91,6 +94,26 @@ before = start
 for name, at in marks:
     print(f"PHASE {name} {at - before:.6f}", file=sys.stderr)
     before = at
+"""
+
+
+# The whole search in a process that has already imported everything it needs: what is left
+# once imports are paid (the server and schema checks, connections, queries, printing). The
+# first call also pays for what a process does once (first connection, adapters); the next
+# ones show the database work alone. Run for --compare's tree too: two versions compared
+# without the noise of their imports.
+AFTER_IMPORTS = r"""
+import contextlib, io, json, statistics, sys, time
+import clipdb.db.embedded, clipdb.db.migrate, clipdb.search.__main__, pgvector.psycopg
+from clipdb.__main__ import main
+took = []
+for _ in range(6):
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["search", *sys.argv[1:]]) == 0
+    took.append(time.perf_counter() - start)
+print(f"AFTER_IMPORTS first {took[0]:.6f}", file=sys.stderr)
+print(f"AFTER_IMPORTS again {statistics.median(took[1:]):.6f}", file=sys.stderr)
 """
 
 
@@ -216,6 +239,7 @@ def main() -> int:
         "clipdb search --like PATH --json": [script, *search],
         "python -m clipdb search --like PATH --json": [python, "-m", "clipdb", *search],
         "phases (in one process)": [python, "-c", PHASES, *search[1:]],
+        "search after its imports (in one process)": [python, "-c", AFTER_IMPORTS, *search[1:]],
     }
     envs = {name: env for name in commands}
     # The same search with clipdb compiled from source every run: a copy of the tree that
@@ -232,9 +256,13 @@ def main() -> int:
         name = f"python -m clipdb search --like PATH --json ({args.compare})"
         commands[name] = [python, "-m", "clipdb", *search]
         envs[name] = tree_env(args.compare.resolve(), home)
+        name = f"search after its imports (in one process) ({args.compare})"
+        commands[name] = [python, "-c", AFTER_IMPORTS, *search[1:]]
+        envs[name] = tree_env(args.compare.resolve(), home)
     times: dict[str, list[float]] = {name: [] for name in commands}
     cpu: dict[str, list[float]] = {name: [] for name in commands}
     phases: dict[str, list[float]] = {}
+    after_imports: dict[str, list[float]] = {}
     for name, command in commands.items():  # warm: bytecode written, files in the OS cache
         run(command, envs[name])
     load_before = Path("/proc/loadavg").read_text().split()[:3]
@@ -245,6 +273,8 @@ def main() -> int:
             cpu[name].append(seconds_cpu)
             for phase, seconds in re.findall(r"^PHASE (\S+) (\S+)$", stderr, re.MULTILINE):
                 phases.setdefault(phase, []).append(float(seconds))
+            for call, seconds in re.findall(r"^AFTER_IMPORTS (\S+) (\S+)$", stderr, re.MULTILINE):
+                after_imports.setdefault(f"{name}, {call} call", []).append(float(seconds))
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     shutil.rmtree(source_tree)
     imports = slowest_imports(
@@ -270,6 +300,9 @@ def main() -> int:
             for name, values in times.items()
         },
         "phases_p50_ms": {name: 1000 * statistics.median(v) for name, v in phases.items()},
+        "after_imports_p50_ms": {
+            name: 1000 * statistics.median(v) for name, v in after_imports.items()
+        },
         "imports_one_run": imports,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +317,9 @@ def main() -> int:
             f"| `{name}` | {row['p50_ms']:.0f} | {row['min_ms']:.0f} | {ratio:.1f} "
             f"| {row['cpu_p50_ms']:.0f} |"
         )
+    print("\n| the search once imports are paid (p50) | ms |\n|---|---|")
+    for name, ms in result["after_imports_p50_ms"].items():
+        print(f"| `{name}` | {ms:.1f} |")
     print("\n| phase (p50) | ms |\n|---|---|")
     for name, ms in result["phases_p50_ms"].items():
         print(f"| {name} | {ms:.1f} |")

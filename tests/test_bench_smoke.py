@@ -128,7 +128,9 @@ def test_cli_start_benchmark_smoke(tmp_path: Path, embedded_home: Path) -> None:
         _stop_server(embedded_home)
     result = json.loads(out.read_text())
     assert result["like"] == "/bench/cli/0.jpg"
-    assert len(result["commands"]) == 7
+    assert len(result["commands"]) == 8
+    after = "search after its imports (in one process)"
+    assert list(result["after_imports_p50_ms"]) == [f"{after}, first call", f"{after}, again call"]
     assert all(row["p50_ms"] > 0 for row in result["commands"].values())
     assert list(result["phases_p50_ms"])[:4] == ["imports", "parse", "server", "schema"]
     assert list(result["phases_p50_ms"])[4:] == ["connect", "model", "embedding", "top-k", "print"]
