@@ -20,9 +20,10 @@ import re
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import ExifTags, Image
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Tags (numbers, so a Pillow without a name for one still works).
 MAKE, MODEL = 0x010F, 0x0110
@@ -72,6 +73,8 @@ def read_metadata(
 
     ``formats``: the decoders Pillow may try (clipdb.decode.PILLOW_FORMATS, its allow-list).
     """
+    from PIL import Image  # here: a search imports this module for METADATA_VERSION alone
+
     try:
         with warnings.catch_warnings():  # "Corrupt EXIF data": the fields say so by being None
             warnings.simplefilter("ignore")
@@ -87,6 +90,8 @@ def read_metadata(
 def read_tiff_metadata(data: bytes) -> PhotoMetadata:
     """The metadata of a TIFF-shaped file (most RAW formats) from its directories alone: no
     decoder is asked to open it, so a sensor layout Pillow cannot decode costs nothing."""
+    from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -98,6 +103,8 @@ def read_tiff_metadata(data: bytes) -> PhotoMetadata:
 
 
 def _from_exif(exif: Image.Exif) -> PhotoMetadata:
+    from PIL import ExifTags
+
     sub = _ifd(exif, ExifTags.IFD.Exif)
     gps = _ifd(exif, ExifTags.IFD.GPSInfo)
     taken_at, naive = _safe(_taken_at, sub, exif) or (None, False)

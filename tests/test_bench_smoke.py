@@ -109,3 +109,29 @@ def test_models_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
     (family,) = result["families"]
     assert family["torch"]["dim"] == family["openvino"]["dim"] == 32
     assert set(result["index"]) == {"512", "768"} and result["reindex"]["images"] == 2
+
+
+def test_cli_start_benchmark_smoke(tmp_path: Path, embedded_home: Path) -> None:
+    """bench/cli_start.py on 50 rows, one round: every command runs and each phase is timed."""
+    out = tmp_path / "cli_start.json"
+    script = str(SCRIPT.with_name("cli_start.py"))
+    flags = ["--home", str(embedded_home), "--make", "50", "--runs", "1", "--out", str(out)]
+    try:
+        subprocess.run(
+            [sys.executable, script, *flags],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        _stop_server(embedded_home)
+    result = json.loads(out.read_text())
+    assert result["like"] == "/bench/cli/0.jpg"
+    assert len(result["commands"]) == 8
+    after = "search after its imports (in one process)"
+    assert list(result["after_imports_p50_ms"]) == [f"{after}, first call", f"{after}, again call"]
+    assert all(row["p50_ms"] > 0 for row in result["commands"].values())
+    assert list(result["phases_p50_ms"])[:4] == ["imports", "parse", "server", "schema"]
+    assert list(result["phases_p50_ms"])[4:] == ["connect", "model", "embedding", "top-k", "print"]
+    assert result["imports_one_run"][0]["module"] == "(all imports)"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from clipdb.cli import (
     add_encoder_arguments,
@@ -29,7 +31,7 @@ from clipdb.db.queries import Hit, indexed_path
 from clipdb.db.text import MATCHES
 from clipdb.errors import ClipdbError, UsageError
 from clipdb.filters import SORTS, Filters, Near, offset_value, within_value
-from clipdb.query import EncoderOptions, Query, Searcher, Weights
+from clipdb.query import Connect, EncoderOptions, Query, Searcher, Weights
 from clipdb.search import BATCH_RESULTS_FILE, SearchOptions, image_files
 from clipdb.search.output import (
     format_json,
@@ -38,6 +40,9 @@ from clipdb.search.output import (
     null_separated_paths,
 )
 from clipdb.terminal import printable
+
+if TYPE_CHECKING:
+    import psycopg
 
 EXAMPLES = """\
 query = normalise(Wi*image + Wt*text - Wm*mean(minus)), each part a unit CLIP embedding
@@ -260,11 +265,26 @@ def search_options(args: argparse.Namespace) -> SearchOptions:
     )
 
 
-def searcher(args: argparse.Namespace, settings: Settings, database: Database) -> Searcher:
-    return Searcher(settings, EncoderOptions.from_args(args, settings), database.connect)
+@contextmanager
+def one_connection(database: Database) -> Iterator[Connect]:
+    """A :data:`Connect` that lends the same autocommit connection every time (closed at the
+    end): the model choice, the stored embedding and the top-k of one command then share one
+    connection, where each used to open its own (a server process and the pgvector type
+    lookups each, a good part of a ``--like`` search's own time)."""
+    with database.connect(autocommit=True) as conn:
+
+        @contextmanager
+        def lend() -> Iterator[psycopg.Connection[Any]]:
+            yield conn
+
+        yield lend
 
 
-def run_query(args: argparse.Namespace, settings: Settings, database: Database) -> list[Hit]:
+def searcher(args: argparse.Namespace, settings: Settings, connect: Connect) -> Searcher:
+    return Searcher(settings, EncoderOptions.from_args(args, settings), connect)
+
+
+def run_query(args: argparse.Namespace, settings: Settings, connect: Connect) -> list[Hit]:
     """One query from the parsed flags, through the one query pipeline (clipdb.query)."""
     query = Query(
         image=args.query_image,
@@ -275,7 +295,7 @@ def run_query(args: argparse.Namespace, settings: Settings, database: Database) 
         match=args.match,
     )
     query.check()  # a missing or broken image fails before the database is asked
-    pipeline = searcher(args, settings, database)
+    pipeline = searcher(args, settings, connect)
     model = pipeline.model(args.like)
     hits = pipeline.search(query, search_options(args), model)
     if args.plot:
@@ -283,14 +303,14 @@ def run_query(args: argparse.Namespace, settings: Settings, database: Database) 
 
         query_path = args.query_image
         if args.like:
-            with database.connect() as conn:
+            with connect() as conn:
                 query_path = indexed_path(conn, model, args.like)
         saved = plot_results(hits, args.plot, query_image=query_path, query_text=args.text)
         print(f"saved plot to {printable(str(saved))}", file=sys.stderr)
     return hits
 
 
-def batch(args: argparse.Namespace, settings: Settings, database: Database) -> int:
+def batch(args: argparse.Namespace, settings: Settings, connect: Connect) -> int:
     """``--batch DIR --out DIR``: a JSON of all results and one grid per query."""
     import json
 
@@ -301,7 +321,7 @@ def batch(args: argparse.Namespace, settings: Settings, database: Database) -> i
         raise ClipdbError(f"no images in {args.batch}")
     out = Path(args.out)
     skipped = 0
-    pipeline = searcher(args, settings, database)
+    pipeline = searcher(args, settings, connect)
     model = pipeline.model()
     pipeline.encoder_for(model)  # loaded (or refused) before the progress bar shows
     progress = tqdm(
@@ -336,9 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_arguments(args)
         settings = Settings.from_args(args)
         database = open_database(settings, reads=True)
-        if args.batch is not None:
-            return batch(args, settings, database)
-        hits = run_query(args, settings, database)
+        with one_connection(database) as connect:
+            if args.batch is not None:
+                return batch(args, settings, connect)
+            hits = run_query(args, settings, connect)
         if args.json:
             print(format_json(hits))
         elif args.null:
