@@ -5,6 +5,8 @@
     python bench/bench_ocr.py --part rate --images 12          # ingest, OCR on vs off
     python bench/bench_ocr.py --part latency --n 100000        # hybrid vs CLIP-only queries
     python bench/bench_ocr.py --part latency --n 1000000 --text-only   # text search at 1M
+    python bench/bench_ocr.py --part latency --home H --database clipdb_bench_filters
+        # text rows added to bench/bench_filters.py's rows; text and hybrid at its scale
 
 The images are bench/ocr_set.py's: made-up words (no dictionary helps any engine), accented
 Latin and plates rendered as signs on photo-like textures, scanned-looking documents, plates
@@ -17,7 +19,6 @@ side is noise and every rank comes from the words. Writes bench/results/ocr_<par
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import re
@@ -160,61 +161,57 @@ def rate(args: argparse.Namespace) -> dict[str, Any]:
 
 def latency(args: argparse.Namespace) -> dict[str, Any]:
     from datagen import ClusteredSphere
+    from text_latency import add_text, load_images, measure, query_kinds
 
-    from clipdb.db import queries, text
-    from clipdb.db.registry import register_model
-    from clipdb.db.store import ImageRecord, bulk_load
+    from clipdb.db import Database, queries
+    from clipdb.db.embedded import ensure_server
+    from clipdb.db.registry import register_model, registered_model
 
-    # --text-only: vectors of 8 dimensions and no HNSW index (the text side never reads them).
-    sphere = ClusteredSphere(dim=8) if args.text_only else ClusteredSphere()
-    data = sphere.sample(args.n)
-    probes = sphere.sample(args.queries, stream=1)
-    database = fresh_database(HOME, "clipdb_bench_ocr_latency")
-
-    def records() -> Any:
-        for i, vector in enumerate(data):
-            path = f"/bench/{i}.jpg"
-            yield ImageRecord(path, hashlib.sha256(path.encode()).digest(), 1, 1, 1, 1, vector)
-
-    with database.connect() as conn:
-        model = register_model(conn, "bench-ocr", "none", sphere.dim)
-        bulk_load(conn, model, records(), rebuild_index=not args.text_only)
-        # Synthetic words: 8 per row from a 50,000-word vocabulary (Zipf-like: low ids common).
-        conn.execute(
-            "INSERT INTO clipdb.image_text (image_id, sha256, path_key, engine, ocr_text, "
-            "name_text) SELECT i.id, i.sha256, convert_to(i.path, 'UTF8'), 'synthetic', "
-            "(SELECT string_agg('w' || floor(50000 * random() ^ 2)::int, ' ') "
-            "FROM generate_series(1, 8) WHERE i.id > 0), i.path FROM clipdb.images i"
-        )
-        conn.execute("ANALYZE clipdb.images, clipdb.image_text")
-        conn.commit()
-    log(f"loaded {args.n} rows")
-    rng = random.Random(args.seed)
-    names = ("text",) if args.text_only else ("clip", "hybrid", "text")
-    timings: dict[str, list[float]] = {name: [] for name in names}
+    result: dict[str, Any] = {"loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
+    if args.database:  # an existing database's rows (bench/bench_filters.py's model)
+        server = ensure_server(Path(args.home))
+        database = Database(url=server.url(database=args.database))
+        with database.connect() as conn:
+            model = registered_model(conn, args.model, "none")
+            result["text_rows_added"], result["text_load_s"] = add_text(conn, model.model_id)
+            conn.commit()
+        sphere = ClusteredSphere(dim=model.dim)
+    else:
+        # --text-only: vectors of 8 dimensions and no HNSW index (the text side never reads
+        # them, and a live index would cost a graph search per row loaded).
+        sphere = ClusteredSphere(dim=8) if args.text_only else ClusteredSphere()
+        database = fresh_database(args.home, "clipdb_bench_ocr_latency")
+        with database.connect() as conn:
+            model = register_model(conn, "bench-ocr", "none", sphere.dim)
+            conn.execute(f"DROP INDEX clipdb.{model.index_name}")
+            result["image_load_s"] = load_images(conn, model.model_id, args.n, sphere.dim)
+            if not args.text_only:
+                ddl = conn.execute(
+                    "SELECT clipdb.model_index_ddl(%s::smallint, %s)", (model.model_id, model.dim)
+                ).fetchone()
+                assert ddl is not None
+                conn.execute(ddl[0])
+            result["text_rows_added"], result["text_load_s"] = add_text(conn, model.model_id)
+            conn.commit()
+    log(f"loaded: {result}")
     with database.connect(autocommit=True) as conn:
-        for n, vector in enumerate(probes):
-            word = f"w{rng.randrange(50, 50000)}"
-            for name in timings:
+        rows = conn.execute(
+            "SELECT count(*) FROM clipdb.images WHERE model_id = %s", (model.model_id,)
+        ).fetchone()
+        result["n"] = int(rows[0]) if rows else 0
+        kinds = query_kinds(conn, model.model_id, args.queries, args.seed)
+        vectors = None if args.text_only else sphere.sample(args.queries, stream=1)
+        result["kinds"] = measure(conn, model.model_id, kinds, vectors)
+        if vectors is not None:  # the CLIP-only baseline of the same run
+            times = []
+            for n, vector in enumerate(vectors):
                 t = time.perf_counter()
-                if name == "clip":
-                    queries.search_vector(conn, model, vector, 10)
-                else:
-                    hybrid = name == "hybrid"
-                    text.search_text(
-                        conn, model, word, 10, vector=vector if hybrid else None, match=name
-                    )
-                if n >= 10:  # the first ten warm the caches
-                    timings[name].append(time.perf_counter() - t)
-    p50 = {name: round(float(np.median(t)) * 1000, 2) for name, t in timings.items()}
-    return {
-        "n": args.n,
-        "dim": sphere.dim,
-        "queries": len(timings["text"]),
-        "p50_ms": p50,
-        "hybrid_over_clip": None if args.text_only else round(p50["hybrid"] / p50["clip"], 2),
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-    }
+                queries.search_vector(conn, model, vector, 10)
+                if n >= 10:
+                    times.append(time.perf_counter() - t)
+            result["clip_p50_ms"] = round(float(np.median(times)) * 1000, 2)
+    result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    return result
 
 
 def main() -> int:
@@ -227,6 +224,11 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=110)
     parser.add_argument("--text-only", action="store_true", help="latency: time text search only")
+    parser.add_argument("--home", default=HOME, help="latency: the embedded server's home")
+    parser.add_argument(
+        "--database", help="latency: add text rows to this existing database (its rows, index)"
+    )
+    parser.add_argument("--model", default="bench-filters", help="latency: with --database")
     args = parser.parse_args()
     import os
 
