@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from helpers import insert_rows
 
@@ -115,3 +116,11 @@ def test_a_misread_word_is_found_through_words_written_later(rows):
         conn.commit()
         hits = text.search_text(conn, model, "lighthouse", 5, match="text")
         assert [h.image_id for h in hits] == [ids[4]]
+    # The read-only role reads the words table too.
+    url = database.url.replace("postgres@", "clipdb_reader@", 1)
+    with psycopg.connect(url) as conn:
+        found = conn.execute(
+            "SELECT id FROM clipdb.search_text_rows(%s::smallint, 'lighthouse')",
+            (model.model_id,),
+        ).fetchall()
+        assert found == [(ids[4],)]

@@ -157,6 +157,8 @@ BEGIN
     RETURN NULL;
 END
 $fn$;
+-- A trigger's own: nobody calls it (firing it needs no EXECUTE right).
+REVOKE ALL ON FUNCTION clipdb.image_text_words() FROM PUBLIC;
 CREATE TRIGGER image_text_words_insert AFTER INSERT ON clipdb.image_text
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
     EXECUTE FUNCTION clipdb.image_text_words();
