@@ -120,7 +120,7 @@ def retrieval(args: argparse.Namespace) -> dict[str, Any]:
             owners.setdefault(word, set()).add(path)
     unique = {w: next(iter(p)) for w, p in owners.items() if len(p) == 1 and len(w) >= 3}
     rng = random.Random(args.seed)
-    ranks, parts = [], []
+    ranks, parts, misses = [], [], []
     with database.connect() as conn:
         model = registered_model(conn, "clipdb-tiny", "none")
         for word, path in sorted(unique.items()):
@@ -128,6 +128,13 @@ def retrieval(args: argparse.Namespace) -> dict[str, Any]:
             hits = text.search_text(conn, model, word, 10, vector=vector, match="hybrid")
             names = [h.image_path for h in hits]
             ranks.append(names.index(str(path)) + 1 if str(path) in names else 99)
+            if ranks[-1] > 1:  # what was read from the image the word names
+                read = conn.execute(
+                    "SELECT t.ocr_text FROM clipdb.image_text t JOIN clipdb.images i "
+                    "ON i.id = t.image_id WHERE i.path = %s",
+                    (str(path),),
+                ).fetchone()
+                misses.append({"word": word, "rank": ranks[-1], "read": read and read[0]})
             if len(word) >= 6:  # a part-string: 4 letters from inside the word
                 start = rng.randrange(1, len(word) - 4)
                 piece = word[start : start + 4]
@@ -143,6 +150,7 @@ def retrieval(args: argparse.Namespace) -> dict[str, Any]:
         "top5": round(float((ranks_a <= 5).mean()), 3),
         "part_strings": len(parts),
         "part_string_recall_at_1": round(float(np.mean(parts)), 3) if parts else None,
+        "misses": misses,
     }
 
 
@@ -165,12 +173,14 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
 
     from clipdb.db import Database, queries
     from clipdb.db.embedded import ensure_server
+    from clipdb.db.migrate import upgrade
     from clipdb.db.registry import register_model, registered_model
 
     result: dict[str, Any] = {"loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
     if args.database:  # an existing database's rows (bench/bench_filters.py's model)
         server = ensure_server(Path(args.home))
         database = Database(url=server.url(database=args.database))
+        upgrade(database)
         with database.connect() as conn:
             model = registered_model(conn, args.model, "none")
             result["text_rows_added"], result["text_load_s"] = add_text(conn, model.model_id)
@@ -239,7 +249,10 @@ def main() -> int:
     result = part[args.part](args)
     result["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"ocr_{args.part}{'_text_only' if args.text_only else ''}.json"
+    suffix = ("_text_only" if args.text_only else "") + (
+        f"_{args.database}" if args.database else ""
+    )
+    out = RESULTS / f"ocr_{args.part}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
