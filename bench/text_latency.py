@@ -81,6 +81,13 @@ def add_text(conn: psycopg.Connection[Any], model_id: int) -> tuple[int, float]:
     """A synthetic text row for each of the model's image rows lacking one: (rows, seconds).
     The text indexes are rebuilt once after the insert, with their own definitions."""
     started = time.perf_counter()
+    missing = conn.execute(
+        "SELECT EXISTS (SELECT FROM clipdb.images i WHERE i.model_id = %s AND NOT EXISTS "
+        "(SELECT FROM clipdb.image_text t WHERE t.image_id = i.id))",
+        (model_id,),
+    ).fetchone()
+    if not (missing and missing[0]):  # loaded by an earlier run
+        return 0, 0.0
     definitions = [
         row[0]
         for row in conn.execute(
