@@ -58,3 +58,13 @@ def test_a_misread_word_is_looked_up_among_words_not_rows(database):
         assert [h.image_id for h in text.search_text(conn, model, "façade", 5, match="text")] == [
             ids[0]
         ]
+
+
+def test_a_phrase_as_part_string_is_found_through_the_document_index(database):
+    model, ids = _rows(database, ["KX 5172", "KX 9172", "box 51720", "kx-5172"])
+    plans = _plans(database, model, '"kx 517"', 5)
+    # Its last word starts a word of the text: a prefix search narrows the rows first.
+    assert "document @@ '''517'':*'" in plans
+    with database.connect() as conn:
+        hits = text.search_text(conn, model, '"kx 517"', 5, match="text")
+    assert [h.image_id for h in hits] == [ids[0]]

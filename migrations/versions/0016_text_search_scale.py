@@ -196,6 +196,8 @@ DECLARE
     more_scores float8[];
     spellings text;
     found_all boolean;
+    narrow text;
+    narrow_all boolean;
     source text := 'clipdb.image_text t JOIN clipdb.images i ON i.id = t.image_id '
         'WHERE i.model_id = $4';
 BEGIN
@@ -251,8 +253,27 @@ BEGIN
     -- while whole words left room: they rank above every part-string.
     IF cardinality(ids) < k
             AND EXISTS (SELECT FROM unnest(terms) u WHERE length(u) >= 3 OR u ~ '[^\x01-\x7f]') THEN
-        -- Each pattern its own LIKE, so the trigram index serves every one of them.
-        SELECT string_agg(format('t.haystack LIKE $2[%s]', n), ' AND ')
+        -- A quoted phrase's inner words are whole words of the text and its last word starts
+        -- one: the document index finds the rows that may hold it (a prefix search), far
+        -- fewer than the trigram index, whose common trigrams span much of the table. Only
+        -- when each of those words is one word to the parser as well.
+        SELECT string_agg(p.words, ' & '), bool_and(p.words IS NOT NULL)
+        INTO narrow, narrow_all
+        FROM (SELECT (SELECT CASE WHEN bool_and(tsvector_to_array(to_tsvector(
+                                'clipdb.simple_unaccent', w.piece)) = ARRAY[w.piece])
+                                FILTER (WHERE w.n > 1)
+                            THEN string_agg('''' || replace(replace(w.piece, '\', '\\'), '''',
+                                '''''') || '''' || CASE WHEN w.n = w.total THEN ':*' ELSE '' END,
+                                ' & ') FILTER (WHERE w.n > 1) END
+                      FROM (SELECT x.piece, x.n, count(*) OVER () AS total
+                            FROM unnest(regexp_split_to_array(u, '\s+'))
+                                WITH ORDINALITY AS x(piece, n)) w) AS words
+              FROM unnest(terms) u WHERE u ~ '\s') p;
+        -- Each other pattern its own LIKE, so the trigram index serves every one of them.
+        SELECT string_agg(format(CASE WHEN narrow_all AND terms[n] ~ '\s'
+                THEN '(t.haystack || '''') LIKE $2[%s]' ELSE 't.haystack LIKE $2[%s]' END, n),
+            ' AND ')
+            || CASE WHEN narrow_all THEN ' AND t.document @@ $17' ELSE '' END
         INTO parts FROM generate_series(1, cardinality(patterns)) n;
         -- How much of the word holding it each term covers, averaged (at most 1).
         EXECUTE 'SELECT array_agg(r.image_id ORDER BY r.score DESC, r.image_id), '
@@ -266,7 +287,7 @@ BEGIN
             'LIMIT $14 - cardinality($15)) r'
         INTO more_ids, more_scores
         USING query, patterns, folded, p_model_id, after, before, camera, near_lat, near_lon,
-            near_km, under, f.under_high, f.cameras, k, ids, terms, NULL::tsquery;
+            near_km, under, f.under_high, f.cameras, k, ids, terms, narrow::tsquery;
         ids := ids || coalesce(more_ids, '{{}}');
         scores := scores || coalesce(more_scores, '{{}}');
     END IF;
