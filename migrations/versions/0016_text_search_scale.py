@@ -9,6 +9,9 @@ a trigram similarity scan of every row's text (seconds). Now:
   ``ts_rank_cd`` alone. Part-strings are looked for only when fewer than k rows match whole
   words, since whole-word rows always ranked first; they rank by how much of the word holding
   them the query covers ("2275" in "w2275" before "w22750"), a few string functions a row.
+  A quoted phrase's part-string search starts from the document index (its inner words
+  whole, its last word as a prefix) rather than the trigram index, whose common trigrams
+  span much of the table.
 - a misread word (nothing matched) is looked up in ``clipdb.text_words``, the distinct words
   of all documents (a trigram index over words, not over rows): each query word becomes its
   closest known spellings, whose rows the GIN index finds; at most ``FUZZY_POOL`` of them
