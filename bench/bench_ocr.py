@@ -5,6 +5,8 @@
     python bench/bench_ocr.py --part rate --images 12          # ingest, OCR on vs off
     python bench/bench_ocr.py --part latency --n 100000        # hybrid vs CLIP-only queries
     python bench/bench_ocr.py --part latency --n 1000000 --text-only   # text search at 1M
+    python bench/bench_ocr.py --part latency --home H --database clipdb_bench_filters
+        # text rows added to bench/bench_filters.py's rows; text and hybrid at its scale
 
 The images are bench/ocr_set.py's: made-up words (no dictionary helps any engine), accented
 Latin and plates rendered as signs on photo-like textures, scanned-looking documents, plates
@@ -17,7 +19,6 @@ side is noise and every rank comes from the words. Writes bench/results/ocr_<par
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import re
@@ -119,7 +120,7 @@ def retrieval(args: argparse.Namespace) -> dict[str, Any]:
             owners.setdefault(word, set()).add(path)
     unique = {w: next(iter(p)) for w, p in owners.items() if len(p) == 1 and len(w) >= 3}
     rng = random.Random(args.seed)
-    ranks, parts = [], []
+    ranks, parts, misses = [], [], []
     with database.connect() as conn:
         model = registered_model(conn, "clipdb-tiny", "none")
         for word, path in sorted(unique.items()):
@@ -127,6 +128,13 @@ def retrieval(args: argparse.Namespace) -> dict[str, Any]:
             hits = text.search_text(conn, model, word, 10, vector=vector, match="hybrid")
             names = [h.image_path for h in hits]
             ranks.append(names.index(str(path)) + 1 if str(path) in names else 99)
+            if ranks[-1] > 1:  # what was read from the image the word names
+                read = conn.execute(
+                    "SELECT t.ocr_text FROM clipdb.image_text t JOIN clipdb.images i "
+                    "ON i.id = t.image_id WHERE i.path = %s",
+                    (str(path),),
+                ).fetchone()
+                misses.append({"word": word, "rank": ranks[-1], "read": read and read[0]})
             if len(word) >= 6:  # a part-string: 4 letters from inside the word
                 start = rng.randrange(1, len(word) - 4)
                 piece = word[start : start + 4]
@@ -142,6 +150,7 @@ def retrieval(args: argparse.Namespace) -> dict[str, Any]:
         "top5": round(float((ranks_a <= 5).mean()), 3),
         "part_strings": len(parts),
         "part_string_recall_at_1": round(float(np.mean(parts)), 3) if parts else None,
+        "misses": misses,
     }
 
 
@@ -160,61 +169,59 @@ def rate(args: argparse.Namespace) -> dict[str, Any]:
 
 def latency(args: argparse.Namespace) -> dict[str, Any]:
     from datagen import ClusteredSphere
+    from text_latency import add_text, load_images, measure, query_kinds
 
-    from clipdb.db import queries, text
-    from clipdb.db.registry import register_model
-    from clipdb.db.store import ImageRecord, bulk_load
+    from clipdb.db import Database, queries
+    from clipdb.db.embedded import ensure_server
+    from clipdb.db.migrate import upgrade
+    from clipdb.db.registry import register_model, registered_model
 
-    # --text-only: vectors of 8 dimensions and no HNSW index (the text side never reads them).
-    sphere = ClusteredSphere(dim=8) if args.text_only else ClusteredSphere()
-    data = sphere.sample(args.n)
-    probes = sphere.sample(args.queries, stream=1)
-    database = fresh_database(HOME, "clipdb_bench_ocr_latency")
-
-    def records() -> Any:
-        for i, vector in enumerate(data):
-            path = f"/bench/{i}.jpg"
-            yield ImageRecord(path, hashlib.sha256(path.encode()).digest(), 1, 1, 1, 1, vector)
-
-    with database.connect() as conn:
-        model = register_model(conn, "bench-ocr", "none", sphere.dim)
-        bulk_load(conn, model, records(), rebuild_index=not args.text_only)
-        # Synthetic words: 8 per row from a 50,000-word vocabulary (Zipf-like: low ids common).
-        conn.execute(
-            "INSERT INTO clipdb.image_text (image_id, sha256, path_key, engine, ocr_text, "
-            "name_text) SELECT i.id, i.sha256, convert_to(i.path, 'UTF8'), 'synthetic', "
-            "(SELECT string_agg('w' || floor(50000 * random() ^ 2)::int, ' ') "
-            "FROM generate_series(1, 8) WHERE i.id > 0), i.path FROM clipdb.images i"
-        )
-        conn.execute("ANALYZE clipdb.images, clipdb.image_text")
-        conn.commit()
-    log(f"loaded {args.n} rows")
-    rng = random.Random(args.seed)
-    names = ("text",) if args.text_only else ("clip", "hybrid", "text")
-    timings: dict[str, list[float]] = {name: [] for name in names}
+    result: dict[str, Any] = {"loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
+    if args.database:  # an existing database's rows (bench/bench_filters.py's model)
+        server = ensure_server(Path(args.home))
+        database = Database(url=server.url(database=args.database))
+        upgrade(database)
+        with database.connect() as conn:
+            model = registered_model(conn, args.model, "none")
+            result["text_rows_added"], result["text_load_s"] = add_text(conn, model.model_id)
+            conn.commit()
+        sphere = ClusteredSphere(dim=model.dim)
+    else:
+        # --text-only: vectors of 8 dimensions and no HNSW index (the text side never reads
+        # them, and a live index would cost a graph search per row loaded).
+        sphere = ClusteredSphere(dim=8) if args.text_only else ClusteredSphere()
+        database = fresh_database(args.home, "clipdb_bench_ocr_latency")
+        with database.connect() as conn:
+            model = register_model(conn, "bench-ocr", "none", sphere.dim)
+            conn.execute(f"DROP INDEX clipdb.{model.index_name}")
+            result["image_load_s"] = load_images(conn, model.model_id, args.n, sphere.dim)
+            if not args.text_only:
+                ddl = conn.execute(
+                    "SELECT clipdb.model_index_ddl(%s::smallint, %s)", (model.model_id, model.dim)
+                ).fetchone()
+                assert ddl is not None
+                conn.execute(ddl[0])
+            result["text_rows_added"], result["text_load_s"] = add_text(conn, model.model_id)
+            conn.commit()
+    log(f"loaded: {result}")
     with database.connect(autocommit=True) as conn:
-        for n, vector in enumerate(probes):
-            word = f"w{rng.randrange(50, 50000)}"
-            for name in timings:
+        rows = conn.execute(
+            "SELECT count(*) FROM clipdb.images WHERE model_id = %s", (model.model_id,)
+        ).fetchone()
+        result["n"] = int(rows[0]) if rows else 0
+        kinds = query_kinds(conn, model.model_id, args.queries, args.seed)
+        vectors = None if args.text_only else sphere.sample(args.queries, stream=1)
+        if vectors is not None:  # the CLIP-only baseline of the same run (first: it warms
+            times = []  # the HNSW index that hybrid queries read too)
+            for n, vector in enumerate(vectors):
                 t = time.perf_counter()
-                if name == "clip":
-                    queries.search_vector(conn, model, vector, 10)
-                else:
-                    hybrid = name == "hybrid"
-                    text.search_text(
-                        conn, model, word, 10, vector=vector if hybrid else None, match=name
-                    )
-                if n >= 10:  # the first ten warm the caches
-                    timings[name].append(time.perf_counter() - t)
-    p50 = {name: round(float(np.median(t)) * 1000, 2) for name, t in timings.items()}
-    return {
-        "n": args.n,
-        "dim": sphere.dim,
-        "queries": len(timings["text"]),
-        "p50_ms": p50,
-        "hybrid_over_clip": None if args.text_only else round(p50["hybrid"] / p50["clip"], 2),
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-    }
+                queries.search_vector(conn, model, vector, 10)
+                if n >= 10:
+                    times.append(time.perf_counter() - t)
+            result["clip_p50_ms"] = round(float(np.median(times)) * 1000, 2)
+        result["kinds"] = measure(conn, model.model_id, kinds, vectors)
+    result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    return result
 
 
 def main() -> int:
@@ -227,6 +234,11 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=110)
     parser.add_argument("--text-only", action="store_true", help="latency: time text search only")
+    parser.add_argument("--home", default=HOME, help="latency: the embedded server's home")
+    parser.add_argument(
+        "--database", help="latency: add text rows to this existing database (its rows, index)"
+    )
+    parser.add_argument("--model", default="bench-filters", help="latency: with --database")
     args = parser.parse_args()
     import os
 
@@ -237,7 +249,10 @@ def main() -> int:
     result = part[args.part](args)
     result["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"ocr_{args.part}{'_text_only' if args.text_only else ''}.json"
+    suffix = ("_text_only" if args.text_only else "") + (
+        f"_{args.database}" if args.database else ""
+    )
+    out = RESULTS / f"ocr_{args.part}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0

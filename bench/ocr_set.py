@@ -9,6 +9,7 @@ Several fonts, sizes, colours and angles. ``make_set(folder, count)`` writes PNG
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -86,8 +87,23 @@ def background(rng: random.Random, size: tuple[int, int], kind: str) -> Image.Im
     return image.filter(ImageFilter.GaussianBlur(1.5))
 
 
-def render(rng: random.Random, kind: str, words: list[str]) -> Image.Image:
-    """``words`` as a sign, a document, a plate or plain text."""
+def _inside(corners: list[tuple[float, float]], size: tuple[int, int], angle: float) -> bool:
+    """Whether a box's corners stay on the canvas once it is rotated by ``angle`` degrees
+    about its centre (as ``Image.rotate`` turns it: counter-clockwise)."""
+    w, h = size
+    cx, cy = w / 2, h / 2
+    a = math.radians(angle)
+    for x, y in corners:
+        rx = cx + (x - cx) * math.cos(a) + (y - cy) * math.sin(a)
+        ry = cy - (x - cx) * math.sin(a) + (y - cy) * math.cos(a)
+        if not (0 <= rx < w and 0 <= ry < h):
+            return False
+    return True
+
+
+def render(rng: random.Random, kind: str, words: list[str]) -> tuple[Image.Image, list[str]]:
+    """``words`` as a sign, a document, a plate or plain text; and the words that are on the
+    image whole (a long line runs off the canvas: its last words are not in the picture)."""
     size = (rng.choice([640, 800, 1024]), rng.choice([480, 600, 768]))
     image = background(rng, size, kind)
     draw = ImageDraw.Draw(image)
@@ -97,6 +113,7 @@ def render(rng: random.Random, kind: str, words: list[str]) -> Image.Image:
     )
     font = ImageFont.truetype(font_path, px)
     y = rng.randint(20, 60)
+    boxes: list[tuple[str, list[tuple[float, float]]]] = []
     for line in words:
         x = rng.randint(20, 80)
         if kind == "sign":  # a panel behind the text, as on a real sign
@@ -116,10 +133,20 @@ def render(rng: random.Random, kind: str, words: list[str]) -> Image.Image:
         else:
             colour = tuple(rng.randint(0, 60) for _ in range(3))
         draw.text((x, y), line, font=font, fill=colour)
+        # Each word's box, to tell which ones the canvas holds (a plate is one piece).
+        pieces = [line] if kind == "plate" else line.split(" ")
+        start = 0
+        for piece in pieces:
+            offset = draw.textlength(line[: line.index(piece, start)], font=font)
+            start = line.index(piece, start) + len(piece)
+            left, top, right, bottom = draw.textbbox((x + offset, y), piece, font=font)
+            boxes.append((piece, [(left, top), (right, top), (left, bottom), (right, bottom)]))
         y += int(px * 1.8)
     angle = rng.uniform(-6, 6) if kind in ("sign", "plate") else rng.uniform(-1.5, 1.5)
     fill = (128, 128, 128) if kind != "document" else (230, 230, 230)
-    return image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=fill)
+    image = image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=fill)
+    shown = [w for piece, corners in boxes if _inside(corners, size, angle) for w in piece.split()]
+    return image, shown
 
 
 def make_set(folder: Path, count: int, seed: int = 7, blank: int = 0) -> dict[Path, list[str]]:
@@ -142,12 +169,11 @@ def make_set(folder: Path, count: int, seed: int = 7, blank: int = 0) -> dict[Pa
                     parts.append(str(rng.randint(100, 99999)))
                 line = " ".join(parts)
             lines.append(line)
-        words = [w for line in lines for w in line.split()]
-        if any(w.lower() in used for w in words if w not in ACCENTED):
-            pass  # a repeat is fine for precision; unique-word queries skip repeated words
-        used.update(w.lower() for w in words)
         path = folder / f"text_{n:04d}.png"
-        render(rng, kind, lines).save(path)
+        image, words = render(rng, kind, lines)
+        image.save(path)
+        # A repeat is fine for precision; unique-word queries skip repeated words.
+        used.update(w.lower() for w in words)
         truth[path] = words
     for n in range(blank):
         path = folder / f"photo_{n:04d}.png"

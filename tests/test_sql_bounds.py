@@ -120,6 +120,11 @@ OUT_OF_RANGE = [
     ("SELECT * FROM clipdb.search_text_rows(1::smallint, 'x', 0)", "must be 1 to 10000, not 0$"),
     ("SELECT clipdb.text_fold(repeat('x', 200001))", "at most 200000 characters$"),
     (
+        "SELECT * FROM clipdb.search_filter(1::smallint, NULL, NULL, repeat('x', 201), NULL, "
+        "NULL, NULL, NULL)",
+        "camera is at most 200 characters$",
+    ),
+    (
         "SELECT clipdb.text_snippet(NULL::clipdb.image_text, NULL, array_fill('x'::text, "
         "ARRAY[101]))",
         "at most 100 terms$",

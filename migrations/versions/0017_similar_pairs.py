@@ -13,14 +13,14 @@ with them (ON DELETE CASCADE). The index on (model_id, id) lets "which rows have
 read the index instead of the table (1.3 GB at a million 512-d rows).
 
 Revision ID: 0017
-Revises: 0014
+Revises: 0016
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
 revision = "0017"
-down_revision = "0014"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
