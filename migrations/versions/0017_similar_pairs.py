@@ -58,6 +58,8 @@ BEGIN
     RETURN NULL;
 END
 $fn$;
+-- A trigger's function, not for callers (the reader role calls only bounded functions).
+REVOKE ALL ON FUNCTION clipdb.similar_forget() FROM PUBLIC;
 CREATE TRIGGER similar_forget AFTER UPDATE OF sha256, embedding ON clipdb.images
     FOR EACH ROW
     WHEN (OLD.sha256 IS DISTINCT FROM NEW.sha256 OR OLD.embedding IS DISTINCT FROM NEW.embedding)
