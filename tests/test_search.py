@@ -287,7 +287,7 @@ def test_like_still_migrates_a_database_without_schema(empty_database, monkeypat
     monkeypatch.setenv("CLIPDB_DATABASE_URL", empty_database.url)
     assert main(["--like", "/nowhere.jpg"]) == 1
     assert "no indexed images" in capsys.readouterr().err
-    assert current_revision_of(empty_database) == head_from_files() == "0014"
+    assert current_revision_of(empty_database) == head_from_files() == "0015"
 
 
 @pytest.mark.parametrize("output", [["--json"], [], ["--paths"]])
