@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import psycopg
+import pytest
 from helpers import TINY_MODEL, insert_rows
 
 from clipdb.db import Database
@@ -112,3 +114,17 @@ def test_a_deleted_model_takes_its_static_statement_with_it(database: Database) 
     with database.connect() as conn:
         conn.execute("DELETE FROM clipdb.models WHERE id = %s", (model.model_id,))
         assert conn.execute("SELECT to_regproc(%s)", (topk,)).fetchone()[0] is None
+
+
+def test_search_finds_the_one_model_of_the_querys_dimension(database: Database) -> None:
+    model, vectors, paths = _rows(database)
+    with database.connect() as conn:
+        other, others, other_paths = insert_rows(conn, "other-arch", 8, 20, prefix="/eight")
+        for query, names in ((vectors[4], paths), (others[3], other_paths)):
+            found = conn.execute("SELECT path FROM clipdb.search(%s, 3)", (query,)).fetchall()
+            assert found[0][0] == names[4 if names is paths else 3]
+        # A second 8-dimensional model: the model policy decides, as before.
+        insert_rows(conn, "third-arch", 8, 5, prefix="/third")
+        with pytest.raises(psycopg.errors.RaiseException, match="several clipdb models match"):
+            conn.execute("SELECT * FROM clipdb.search(%s, 3)", (others[3],)).fetchall()
+        assert model.model_id != other.model_id
