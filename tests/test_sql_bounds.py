@@ -102,6 +102,8 @@ OUT_OF_RANGE = [
         "min_similarity must be -1 to 1, not 2$",
     ),
     ("SELECT * FROM clipdb.search_rows(1::smallint, NULL)", "the query vector is NULL$"),
+    # The model's plan-cached unfiltered statement (migration 0015), which search_rows calls.
+    (f"SELECT * FROM clipdb.topk_model_1({QUERY}, 5, 996)", "k \\+ skip at most 1000$"),
     ("SELECT * FROM clipdb.similar(NULL::bigint, 5)", "no indexed image with id NULL$"),
     ("SELECT clipdb.resolve_model(NULL, NULL, 5000)", "1 to 2000 dimensions, not 5000"),
     ("SELECT clipdb.choose_model(NULL, repeat('x', 300), NULL)", "at most 200 characters"),

@@ -29,7 +29,7 @@ a trigram similarity scan of every row's text (seconds). Now:
 ``clipdb.search_hybrid`` calls ``search_text_rows`` by name and is unchanged.
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-07
 """
 
@@ -40,7 +40,7 @@ from typing import Any
 from alembic import op
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
