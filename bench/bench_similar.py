@@ -37,7 +37,7 @@ from clipdb.db import Database  # noqa: E402
 from clipdb.db.embedded import ensure_server  # noqa: E402
 from clipdb.db.migrate import upgrade  # noqa: E402
 from clipdb.db.registry import Model, models_with_rows  # noqa: E402
-from clipdb.db.similar import file_vectors  # noqa: E402
+from clipdb.db.similar import model_vectors  # noqa: E402
 from clipdb.db.store import ImageRecord, copy_new_images  # noqa: E402
 from clipdb.dupes import DEFAULT_SIMILAR_THRESHOLD, SIMILAR_NEIGHBOURS, find_duplicates  # noqa: E402
 
@@ -56,7 +56,8 @@ def add_copies(database: Database, model: Model, count: int, seed: int, tag: str
     """Insert ``count`` copies of random rows; {original id: copy id}."""
     rng = np.random.default_rng(seed)
     with database.connect() as conn:
-        ids, vectors = file_vectors(conn, model)
+        rows = model_vectors(conn, model)
+        ids, vectors = rows.ids[rows.files], rows.vectors
         picked = rng.choice(len(ids), count, replace=False)
         records = []
         for n, row in enumerate(picked):
@@ -90,20 +91,27 @@ def timed_call(database: Database, model: Model, **options: Any) -> dict[str, An
         return pool.submit(_call, database.url, model, options).result()
 
 
+def _peak_rss_mib() -> int:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def _call(url: str, model: Model, options: dict[str, Any]) -> dict[str, Any]:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_mib()
     with Database(url=url).connect() as conn:
         started = time.perf_counter()
         result = find_duplicates(conn, model, tiers=("similar",), check_files=False, **options)
         conn.commit()
         seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "seconds": round(seconds, 2),
         "groups": len(result.groups),
         "members": sum(len(g.images) for g in result.groups),
-        "client_peak_rss_mib": round(peak / 1024),
-        "rss_at_start_mib": round(before / 1024),
+        "client_peak_rss_mib": _peak_rss_mib(),
+        "rss_after_imports_mib": before,
     }
 
 
@@ -130,7 +138,8 @@ def recall(
     exhaustively) that the stored pairs hold."""
     rng = np.random.default_rng(7)
     with database.connect() as conn:
-        ids, vectors = file_vectors(conn, model)
+        rows = model_vectors(conn, model)
+        ids, vectors = rows.ids[rows.files], rows.vectors
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         position = {int(i): n for n, i in enumerate(ids)}
         originals = rng.choice(sorted(planted), min(sample // 2, len(planted)), replace=False)

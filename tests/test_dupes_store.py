@@ -199,7 +199,7 @@ def test_ingest_looks_up_new_images_once_the_tier_was_asked_for(
     with database.connect() as conn:
         from clipdb.db.similar import unchecked
 
-        assert unchecked(conn, model, None, 0.95, 10) == {}
+        assert unchecked(conn, model, None, 0.95, 10) == []
         pair = conn.execute(
             "SELECT count(*) FROM clipdb.similar_pairs p JOIN clipdb.images a ON a.id = p.image_id "
             "JOIN clipdb.images b ON b.id = p.other_id WHERE a.sha256 = b.sha256 "

@@ -10,6 +10,7 @@ embedding removes its mark and pairs (the trigger of migration 0017).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,10 +33,9 @@ def unchecked(
     ids: list[int] | None,
     threshold: float,
     neighbours: int,
-) -> dict[int, bytes]:
+) -> list[int]:
     """Of ``ids`` (None: every row of the model), those not checked for (threshold,
-    neighbours), with their sha256 now: :func:`store` marks a row checked only while it still
-    has it (a row that changes meanwhile is looked up again next time)."""
+    neighbours)."""
     scope = "" if ids is None else "AND i.id = ANY(%(ids)s)"
     params = {"model": model.model_id, "ids": ids, "threshold": threshold, "neighbours": neighbours}
     if ids is None:
@@ -48,23 +48,27 @@ def unchecked(
             params,
         ).fetchone()
         if counts is not None and counts[0]:
-            return {}
-    todo = [
+            return []
+    return [
         row_id
         for (row_id,) in conn.execute(
             f"SELECT i.id FROM clipdb.images i WHERE i.model_id = %(model)s {scope} "
-            f"AND NOT {_CHECKED}",
+            f"AND NOT {_CHECKED} ORDER BY i.id",
             params,
         )
     ]
-    if not todo:
-        return {}
-    return {
-        row_id: bytes(sha)
-        for row_id, sha in conn.execute(
-            "SELECT id, sha256 FROM clipdb.images WHERE id = ANY(%s) ORDER BY id", (todo,)
-        )
-    }
+
+
+def content_of(conn: psycopg.Connection[Any], ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, sha256s as 32-byte strings) of the rows ``ids`` now: what :func:`store` marks
+    them checked with (a row that changes meanwhile is not marked, and is looked up again)."""
+    rows = conn.execute(
+        "SELECT id, sha256 FROM clipdb.images WHERE id = ANY(%s) ORDER BY id", (ids,)
+    ).fetchall()
+    return (
+        np.array([r[0] for r in rows], dtype=np.int64),
+        np.array([bytes(r[1]) for r in rows], dtype="S32"),
+    )
 
 
 def checked_setting(conn: psycopg.Connection[Any], model: Model) -> tuple[float, int] | None:
@@ -92,40 +96,58 @@ def files_among(conn: psycopg.Connection[Any], ids: list[int]) -> list[int]:
     ]
 
 
-def file_vectors(conn: psycopg.Connection[Any], model: Model) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors): every file of the model (one row per file), its embedding as an
-    n x dim float32 array; read as binary halfvec (2 bytes a value) and converted in pieces,
-    so the client holds the float32 array and one piece."""
+@dataclass
+class ModelVectors:
+    """Every row of a model: ids and sha256s (as 32-byte strings); and the embeddings of one
+    row per file (``files``: a mask over the rows) as an n_files x dim float32 array."""
+
+    ids: np.ndarray
+    sha256: np.ndarray
+    files: np.ndarray
+    vectors: np.ndarray
+
+
+def model_vectors(conn: psycopg.Connection[Any], model: Model) -> ModelVectors:
+    """The model's rows as :class:`ModelVectors`, read as binary COPY (halfvec: 2 bytes a
+    value) and converted in pieces; frames other than a video's first are listed (they are
+    marked checked too) but their embeddings are not kept."""
     dim = int(model.dim)
-    # Binary COPY row: field count (int16), id (int32 length + int64), embedding (int32
-    # length + halfvec: int16 dim, int16 unused, dim big-endian float16).
+    # Binary COPY row: field count (int16), then each field as int32 length + value: id
+    # (int64), sha256 (32 bytes), one-per-file (bool), halfvec (int16 dim, int16 unused,
+    # dim big-endian float16).
     row = np.dtype(
-        [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("vec_len", ">i4"),
+        [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("sha_len", ">i4"),
+         ("sha", "S32"), ("file_len", ">i4"), ("file", "?"), ("vec_len", ">i4"),
          ("dim", ">i2"), ("unused", ">i2"), ("vec", ">f2", (dim,))]
     )  # fmt: skip
     count = conn.execute(
-        f"SELECT count(*) FROM clipdb.images i WHERE i.model_id = %s AND {_ONE_PER_FILE}",
-        (model.model_id,),
+        "SELECT count(*) FROM clipdb.images WHERE model_id = %s", (model.model_id,)
     ).fetchone()
     assert count is not None
-    ids = np.empty(int(count[0]) + 1024, dtype=np.int64)  # a margin for rows added meanwhile
-    vectors = np.empty((len(ids), dim), dtype=np.float32)
-    filled = 0
+    size = int(count[0]) + 1024  # a margin for rows added meanwhile
+    ids = np.empty(size, dtype=np.int64)
+    shas = np.empty(size, dtype="S32")
+    files = np.empty(size, dtype=bool)
+    # Pages never written are never resident: the unused tail costs address space only.
+    vectors = np.empty((size, dim), dtype=np.float32)
+    done = kept = 0
     for piece in _copy_rows(
         conn,
-        f"COPY (SELECT i.id, i.embedding::halfvec({dim}) FROM clipdb.images i "
-        f"WHERE i.model_id = {int(model.model_id)} AND {_ONE_PER_FILE}) "
+        f"COPY (SELECT i.id, i.sha256, {_ONE_PER_FILE}, i.embedding::halfvec({dim}) "
+        f"FROM clipdb.images i WHERE i.model_id = {int(model.model_id)}) "
         "TO STDOUT (FORMAT BINARY)",
         row.itemsize,
     ):
         rows = np.frombuffer(piece, dtype=row)
-        if filled + len(rows) > len(ids):
-            ids = np.resize(ids, filled + len(rows))
-            vectors = np.resize(vectors, (filled + len(rows), dim))
-        ids[filled : filled + len(rows)] = rows["id"]
-        vectors[filled : filled + len(rows)] = rows["vec"]
-        filled += len(rows)
-    return ids[:filled], vectors[:filled]
+        if done + len(rows) > size:
+            raise RuntimeError("rows were added while reading the vectors; run it again")
+        ids[done : done + len(rows)] = rows["id"]
+        shas[done : done + len(rows)] = rows["sha"]
+        files[done : done + len(rows)] = rows["file"]
+        wanted = rows["vec"][rows["file"]]
+        vectors[kept : kept + len(wanted)] = wanted
+        done, kept = done + len(rows), kept + len(wanted)
+    return ModelVectors(ids[:done], shas[:done], files[:done], vectors[:kept])
 
 
 def _copy_rows(conn: psycopg.Connection[Any], sql: str, row_size: int) -> Iterator[bytes]:
@@ -158,14 +180,24 @@ def _copy_rows(conn: psycopg.Connection[Any], sql: str, row_size: int) -> Iterat
 def store(
     conn: psycopg.Connection[Any],
     model: Model,
-    checked: dict[int, bytes],
+    checked: tuple[np.ndarray, np.ndarray],
     pairs: list[tuple[int, int, float]],
     threshold: float,
     neighbours: int,
 ) -> None:
-    """Replace the pairs of ``checked`` (id: the sha256 its neighbours were looked for with)
-    with ``pairs``, and mark them checked. Call in a transaction."""
+    """Replace the pairs of the ``checked`` rows (ids, and the sha256 each had when its
+    neighbours were looked for) with ``pairs``, and mark them checked; a row whose sha256 is
+    another now is not marked. Call in a transaction."""
     model_id = int(model.model_id)
+    ids, shas = checked
+    # Binary COPY rows built as one array (a million rows: one write, not a million calls).
+    done = np.empty(
+        len(ids),
+        dtype=[("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("sha_len", ">i4"),
+               ("sha", "S32")],
+    )  # fmt: skip
+    done["fields"], done["id_len"], done["id"] = 2, 8, ids
+    done["sha_len"], done["sha"] = 32, shas
     with conn.cursor() as cur:
         cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS similar_done (id bigint, sha256 bytea) "
@@ -173,9 +205,7 @@ def store(
             "(a bigint, b bigint, s real) ON COMMIT DROP; TRUNCATE similar_done, similar_found"
         )
         with cur.copy("COPY similar_done FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "bytea"])
-            for row in checked.items():
-                copy.write_row(row)
+            copy.write(_COPY_HEADER + done.tobytes() + _COPY_TRAILER)
         with cur.copy("COPY similar_found FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int8", "int8", "float4"])
             for a, b, similarity in pairs:
@@ -199,6 +229,10 @@ def store(
             "floor = excluded.floor, neighbours = excluded.neighbours",
             (model_id, threshold, neighbours),
         )
+
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, extension length
+_COPY_TRAILER = b"\xff\xff"
 
 
 def stored_pairs(

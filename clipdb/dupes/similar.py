@@ -67,18 +67,19 @@ def _look_up(
     ids: list[int] | None,
     threshold: float,
     neighbours: int,
-) -> tuple[dict[int, bytes], list[tuple[int, int, float]], bool]:
+) -> tuple[set[int], list[tuple[int, int, float]], bool]:
     """The images of ``ids`` not checked yet, the pairs found for them, and whether those
     were stored."""
     todo = queries.unchecked(conn, model, ids, threshold, neighbours)
     if not todo:
-        return todo, [], True
+        return set(), [], True
     if len(todo) <= INDEX_MAX_IMAGES:
-        files = queries.files_among(conn, sorted(todo))
+        checked = queries.content_of(conn, todo)
+        files = queries.files_among(conn, todo)
         found = list(dupe_queries.knn_pairs(conn, model, files, threshold, neighbours))
     else:
-        found = _bulk_pairs(conn, model, sorted(todo), threshold, neighbours)
-    return todo, found, _store(conn, model, todo, found, threshold, neighbours)
+        checked, found = _bulk_pairs(conn, model, todo, threshold, neighbours)
+    return set(todo), found, _store(conn, model, checked, found, threshold, neighbours)
 
 
 def _bulk_pairs(
@@ -87,25 +88,28 @@ def _bulk_pairs(
     todo: list[int],
     threshold: float,
     neighbours: int,
-) -> list[tuple[int, int, float]]:
-    ids, vectors = queries.file_vectors(conn, model)
-    wanted = np.isin(ids, np.asarray(todo, dtype=np.int64))
-    pairs = scan.similar_pairs(vectors, threshold, neighbours, wanted)
-    del vectors
-    return list(
+) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[int, int, float]]]:
+    """(the rows of ``todo`` with their sha256s, the pairs found for them) by one pass over
+    every vector."""
+    rows = queries.model_vectors(conn, model)
+    asked = np.isin(rows.ids, np.asarray(todo, dtype=np.int64))
+    file_ids = rows.ids[rows.files]
+    pairs = scan.similar_pairs(rows.vectors, threshold, neighbours, asked[rows.files])
+    found = list(
         zip(
-            ids[pairs.rows].tolist(),
-            ids[pairs.others].tolist(),
+            file_ids[pairs.rows].tolist(),
+            file_ids[pairs.others].tolist(),
             pairs.similarity.tolist(),
             strict=True,
         )
     )
+    return (rows.ids[asked], rows.sha256[asked]), found
 
 
 def _store(
     conn: psycopg.Connection[Any],
     model: Model,
-    todo: dict[int, bytes],
+    checked: tuple[np.ndarray, np.ndarray],
     found: list[tuple[int, int, float]],
     threshold: float,
     neighbours: int,
@@ -113,7 +117,7 @@ def _store(
     """Keep the pairs; False where this connection may not write (nothing is changed)."""
     try:
         with conn.transaction():
-            queries.store(conn, model, todo, found, threshold, neighbours)
+            queries.store(conn, model, checked, found, threshold, neighbours)
     except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
         return False
     return True
