@@ -149,6 +149,18 @@ def test_pairs_are_looked_for_once_per_content_and_kept(database, copies):
         assert conn.execute("SELECT max(floor) FROM clipdb.similar_checked").fetchone()[0] < floor
 
 
+def test_a_deleted_image_takes_its_marks_and_pairs_with_it(database, copies):
+    pictures, model = copies
+    similar_names(database, model)
+    with database.connect() as conn:
+        conn.execute("DELETE FROM clipdb.images WHERE path LIKE %s", ("%/copy2.jpg",))
+        conn.commit()
+        marks = conn.execute("SELECT count(*) FROM clipdb.similar_checked").fetchone()[0]
+        pairs = conn.execute("SELECT count(*) FROM clipdb.similar_pairs").fetchone()[0]
+    assert (marks, pairs) == (5, 2)
+    assert frozenset({pictures[2].name, "copy2.jpg"}) not in similar_names(database, model)
+
+
 def test_the_bulk_pass_and_the_index_find_the_same_pairs(database, copies, monkeypatch):
     """The bulk pass reads every vector through binary COPY (halfvec) and compares them in
     this process; the index path asks HNSW per image: same pairs, same similarities."""

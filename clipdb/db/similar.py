@@ -153,28 +153,26 @@ def model_vectors(conn: psycopg.Connection[Any], model: Model) -> ModelVectors:
 def _copy_rows(conn: psycopg.Connection[Any], sql: str, row_size: int) -> Iterator[bytes]:
     """The rows of a binary COPY of fixed-size rows, in pieces of whole rows."""
     header, trailer = 19, b"\xff\xff"  # signature, flags, extension length; field count -1
-    chunks: list[bytes] = []
-    size = 0
+    # libpq hands over one row at a time: appending to a bytearray is the cheapest step.
+    buffer = bytearray()
     started = False
     with conn.cursor() as cur, cur.copy(sql) as copy:
         for data in copy:
-            chunks.append(bytes(data))
-            size += len(data)
-            if size < row_size * _READ_ROWS + header:
+            buffer += data
+            if len(buffer) < row_size * _READ_ROWS + header:
                 continue
-            buffer = b"".join(chunks)
             if not started:
-                buffer, started = buffer[header:], True
+                del buffer[:header]
+                started = True
             whole = len(buffer) // row_size * row_size
-            yield buffer[:whole]
-            chunks, size = [buffer[whole:]], len(buffer) - whole
-    buffer = b"".join(chunks)
+            yield bytes(buffer[:whole])
+            del buffer[:whole]
     if not started:
-        buffer = buffer[header:]
+        del buffer[:header]
     if not buffer.endswith(trailer) or (len(buffer) - len(trailer)) % row_size:
         raise RuntimeError("the vectors' COPY stream did not end as rows of one size")
     if len(buffer) > len(trailer):
-        yield buffer[: -len(trailer)]
+        yield bytes(buffer[: -len(trailer)])
 
 
 def store(
@@ -216,7 +214,10 @@ def store(
             )
         cur.execute(
             "INSERT INTO clipdb.similar_pairs (image_id, other_id, model_id, similarity) "
-            "SELECT a, b, %s, max(s) FROM similar_found GROUP BY a, b "
+            "SELECT a, b, %s, max(s) FROM similar_found f "
+            # Deleted meanwhile: no pair (the delete's trigger ran before this insert).
+            "WHERE EXISTS (SELECT FROM clipdb.images WHERE id = f.a) "
+            "AND EXISTS (SELECT FROM clipdb.images WHERE id = f.b) GROUP BY a, b "
             "ON CONFLICT (image_id, other_id) DO UPDATE SET similarity = excluded.similarity",
             (model_id,),
         )
