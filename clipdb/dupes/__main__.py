@@ -32,8 +32,9 @@ tiers: exact = same bytes (sha256); near = perceptual hash within --near-distanc
 (re-encoded, resized, converted copies); similar = CLIP cosine >= --similar-threshold (the same
 scene, another shot; every member is within the threshold of the kept image; each image's
 neighbours are looked for once and kept in the database, so only the first run over a library
-compares every embedding). Each image is in at most one group, in its strongest tier. Two names of one file (a link and its target, hard
-links) are one file, never duplicates of each other.
+compares every embedding). Each image is in at most one group, in its strongest tier. Two
+names of one file (a link and its target, hard links) are one file, never duplicates of each
+other.
 
 kept image (the original): {RULE}. A copy never wins on bytes alone; each kept image says why
 (reason), and a duplicate with capture metadata the kept one lacks is flagged.
