@@ -64,6 +64,13 @@ RETURNS TABLE (rank bigint, id bigint, path text, similarity double precision,
 LANGUAGE plpgsql STABLE
 -- One generic plan for the session: the model's partial HNSW index matches its constants.
 SET plan_cache_mode = force_generic_plan
+-- A generic plan guesses LIMIT k + skip as a tenth of the rows, so on a small table it chose
+-- to read and sort every row (2,000 rows: a test caught it). The index is what this statement
+-- is for, at any size: every other way to order the rows is a sort of them, so with sorts
+-- and sequential scans disabled the plan with the fewest disabled steps is the index scan
+-- (the sorts of the pool's few rows stay: nothing else can do them).
+SET enable_seqscan = off
+SET enable_sort = off
 AS $topk$
 #variable_conflict use_variable
 BEGIN
