@@ -52,9 +52,11 @@ COMMENT ON TABLE clipdb.similar_pairs IS
 CREATE INDEX images_model_id ON clipdb.images (model_id, id);
 CREATE FUNCTION clipdb.similar_forget() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
-    DELETE FROM clipdb.similar_checked WHERE image_id = NEW.id;
-    DELETE FROM clipdb.similar_pairs WHERE image_id = NEW.id;
-    DELETE FROM clipdb.similar_pairs WHERE other_id = NEW.id;
+    IF OLD.sha256 IS DISTINCT FROM NEW.sha256 OR OLD.embedding IS DISTINCT FROM NEW.embedding THEN
+        DELETE FROM clipdb.similar_checked WHERE image_id = NEW.id;
+        DELETE FROM clipdb.similar_pairs WHERE image_id = NEW.id;
+        DELETE FROM clipdb.similar_pairs WHERE other_id = NEW.id;
+    END IF;
     RETURN NULL;
 END
 $fn$;
@@ -75,10 +77,11 @@ REVOKE ALL ON FUNCTION clipdb.similar_forget_deleted() FROM PUBLIC;
 CREATE TRIGGER similar_forget_deleted AFTER DELETE ON clipdb.images
     REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
     EXECUTE FUNCTION clipdb.similar_forget_deleted();
-CREATE TRIGGER similar_forget AFTER UPDATE OF sha256, embedding ON clipdb.images
-    FOR EACH ROW
-    WHEN (OLD.sha256 IS DISTINCT FROM NEW.sha256 OR OLD.embedding IS DISTINCT FROM NEW.embedding)
-    EXECUTE FUNCTION clipdb.similar_forget();
+-- The columns are compared in the function, not named by the trigger (UPDATE OF, WHEN): a
+-- trigger naming a column depends on it, and the online move to halfvec storage (clipdb db
+-- upgrade) drops the old embedding column and renames the new one.
+CREATE TRIGGER similar_forget AFTER UPDATE ON clipdb.images
+    FOR EACH ROW EXECUTE FUNCTION clipdb.similar_forget();
 DO $do$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'clipdb_reader') THEN
