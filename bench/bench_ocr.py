@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from benchutil import fresh_database  # noqa: E402
-from ocr_score import fold, holds, is_cjk, score, truth_words  # noqa: E402
+from ocr_score import fold, holds, in_part, is_cjk, score, truth_words  # noqa: E402
 from ocr_set import ACCENTED, ALL_KINDS, make_labelled, make_set  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -97,7 +97,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         engine.read(Image.open(next(iter(truth))))  # models load
         load_s = time.perf_counter() - started
-        counts: dict[str, list[int]] = {}  # row: [found, missed, extra]
+        counts: dict[str, list[int]] = {}  # row: [found, missed, extra, found as a part]
         text_s: list[float] = []
         blank_s: list[float] = []
         skipped: dict[str, str] = {}
@@ -109,20 +109,23 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter()
             boxes = engine.read(Image.open(path))
             (text_s if words else blank_s).append(time.perf_counter() - t)
-            marks, extra = score(words, " ".join(box.text for box in boxes))
-            for word, found in marks:
+            read = " ".join(box.text for box in boxes)
+            marks, extra = score(words, read)
+            for (word, found), part in zip(marks, in_part(words, read), strict=True):
                 for row in _buckets(kind, word):
-                    counts.setdefault(row, [0, 0, 0])[0 if found else 1] += 1
+                    counts.setdefault(row, [0, 0, 0, 0])[0 if found else 1] += 1
+                    counts[row][3] += part
             for row in ("all", kind):
-                counts.setdefault(row, [0, 0, 0])[2] += extra
+                counts.setdefault(row, [0, 0, 0, 0])[2] += extra
         per_kind: dict[str, Any] = dict(skipped)
-        for row, (found, missed, extra) in counts.items():
+        for row, (found, missed, extra, part) in counts.items():
             if found + missed == 0:  # images without text: only what was read off them counts
                 per_kind[row] = {"extra_words": extra}
                 continue
             per_kind[row] = {
                 "words": found + missed,
                 "word_recall": round(found / max(1, found + missed), 3),
+                "part_recall": round(part / max(1, found + missed), 3),
                 # "accented" counts words, not images: it has no extras of its own.
                 "word_precision": None
                 if row == "accented"
@@ -132,6 +135,8 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
         result[name] = {
             "word_recall": overall["word_recall"],
             "word_precision": overall["word_precision"],
+            # A word inside a longer run of read text (spaces lost): a part-string finds it.
+            "part_recall": overall.get("part_recall"),
             "s_per_text_image": round(float(np.mean(text_s)), 3) if text_s else None,
             "s_per_blank_image": round(float(np.mean(blank_s)), 3) if blank_s else None,
             "first_image_s": round(load_s, 2),

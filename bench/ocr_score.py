@@ -5,7 +5,8 @@ text's words are ``\\w+`` runs, and each true word found takes one of them. Chin
 spaces between words and an engine may or may not put one where the set did, so a word with a
 CJK character counts as found when the read text, with spaces between CJK characters removed,
 contains it; the part it matched is taken out before the Latin words and the leftovers are
-counted. Every ``\\w+`` run left over is an extra word (it lowers precision).
+counted. Every ``\\w+`` run left over is an extra word (it lowers precision). ``in_part`` also
+says which Latin words are in the read text as a part (an engine may run words together).
 """
 
 from __future__ import annotations
@@ -40,7 +41,18 @@ def truth_words(words: list[str]) -> list[str]:
 def score(words: list[str], read: str) -> tuple[list[tuple[str, bool]], int]:
     """Each true word with whether the read text holds it, and the count of extra words."""
     text = _CJK_GAP.sub("", " ".join(words_of(read)))
-    truth = truth_words(words)
+    return _score(truth_words(words), text)
+
+
+def in_part(words: list[str], read: str) -> list[bool]:
+    """For each true word: whether the read text holds it at least as a part (``kabex`` in
+    ``tormunvorkabexcodlo``, read where the engine lost the spaces): what a part-string
+    search still finds."""
+    text = "".join(words_of(read))
+    return [word in text for word in truth_words(words)]
+
+
+def _score(truth: list[str], text: str) -> tuple[list[tuple[str, bool]], int]:
     found: dict[int, bool] = {}
     for n, word in enumerate(truth):
         if is_cjk(word):
