@@ -59,9 +59,6 @@ def labelled(args: argparse.Namespace, prefix: str) -> dict[Path, tuple[str, lis
     kinds = tuple(args.kinds.split(","))
     if "accented" in kinds:  # accented words sit in the sign, document and plain images
         kinds += ("sign", "document", "plain")
-    unknown = set(kinds) - {*ALL_KINDS, "accented"}
-    if unknown:
-        raise SystemExit(f"no such kind: {', '.join(sorted(unknown))}")
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     return make_labelled(
         folder,
@@ -321,6 +318,9 @@ def main() -> int:
     )
     parser.add_argument("--model", default="bench-filters", help="latency: with --database")
     args = parser.parse_args()
+    unknown = set(args.kinds.split(",")) - {*ALL_KINDS, "accented"}
+    if unknown:
+        parser.error(f"no such kind: {', '.join(sorted(unknown))} (kinds: {', '.join(ALL_KINDS)})")
     import os
 
     os.environ.setdefault(
