@@ -14,6 +14,16 @@ and plain captions, in six fonts, 18-72 px, rotated up to 6 degrees; plus blank 
 images. Nothing was tuned to them (the engines' settings were chosen before, on seed 7;
 the bench uses seed 11). Retrieval uses the clipdb-tiny model with random weights, so the CLIP
 side is noise and every rank comes from the words. Writes bench/results/ocr_<part>.json.
+
+Accuracy and retrieval also take ``--screenshots N`` (HTML pages rendered by Debian's headless
+Chromium: settings dialogs, tables, receipts, chat lists; bench/ocr_screens.py) and
+``--chinese N`` (Chinese words and prices, in WenQuanYi Micro Hei: ``apt-get install
+fonts-wqy-microhei``), and report each kind apart (sign, document, plate, plain, screenshot,
+chinese; "accented" counts the accented Latin words wherever they are) as well as overall;
+``--kinds screenshot,chinese`` keeps only those. How words are counted (Chinese: as a part of
+the read text): bench/ocr_score.py.
+
+    python bench/bench_ocr.py --part accuracy --images 40 --screenshots 16 --chinese 16
 """
 
 from __future__ import annotations
@@ -21,11 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import tempfile
 import time
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from benchutil import fresh_database  # noqa: E402
-from ocr_set import make_set  # noqa: E402
+from ocr_score import fold, holds, in_part, is_cjk, score, truth_words  # noqa: E402
+from ocr_set import ACCENTED, ALL_KINDS, make_labelled, make_set  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HOME = "/tmp/clipdb-bench-ocr"
@@ -46,13 +55,28 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def fold(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+def labelled(args: argparse.Namespace, prefix: str) -> dict[Path, tuple[str, list[str]]]:
+    kinds = tuple(args.kinds.split(","))
+    if "accented" in kinds:  # accented words sit in the sign, document and plain images
+        kinds += ("sign", "document", "plain")
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    return make_labelled(
+        folder,
+        args.images,
+        seed=args.seed,
+        blank=args.blank,
+        screenshots=args.screenshots,
+        chinese=args.chinese,
+        kinds=kinds,
+    )
 
 
-def words_of(text: str) -> list[str]:
-    return re.findall(r"\w+", fold(text))
+ACCENTED_FOLDED = {fold(w) for w in ACCENTED}
+
+
+def _buckets(kind: str, word: str) -> list[str]:
+    """The rows a true word counts in: overall, its image's kind, and "accented"."""
+    return ["all", kind] + (["accented"] if word in ACCENTED_FOLDED else [])
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,35 +84,60 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
 
     from clipdb.ocr import load_engine
 
-    folder = Path(tempfile.mkdtemp(prefix="ocr-acc-"))
-    truth = make_set(folder, args.images, seed=args.seed, blank=args.blank)
-    result: dict[str, Any] = {"images": args.images, "blank": args.blank}
+    truth = labelled(args, "ocr-acc-")
+    images: dict[str, int] = {}
+    for kind, _ in truth.values():
+        images[kind] = images.get(kind, 0) + 1
+    result: dict[str, Any] = {"images": images}
     for name in args.engines.split(","):
         engine = load_engine(name)
         started = time.perf_counter()
         engine.read(Image.open(next(iter(truth))))  # models load
         load_s = time.perf_counter() - started
-        found = missed = extra = 0
+        counts: dict[str, list[int]] = {}  # row: [found, missed, extra, found as a part]
         text_s: list[float] = []
         blank_s: list[float] = []
-        for path, words in truth.items():
+        skipped: dict[str, str] = {}
+        for path, (kind, words) in truth.items():
+            if kind == "chinese" and name == "tesseract":
+                # Only English trained data is installed for it here (no chi_sim).
+                skipped[kind] = "not supported (tesseract has eng trained data only)"
+                continue
             t = time.perf_counter()
             boxes = engine.read(Image.open(path))
             (text_s if words else blank_s).append(time.perf_counter() - t)
-            got = words_of(" ".join(box.text for box in boxes))
-            for word in words_of(" ".join(words)):
-                if word in got:
-                    found += 1
-                    got.remove(word)
-                else:
-                    missed += 1
-            extra += len(got)
+            read = " ".join(box.text for box in boxes)
+            marks, extra = score(words, read)
+            for (word, found), part in zip(marks, in_part(words, read), strict=True):
+                for row in _buckets(kind, word):
+                    counts.setdefault(row, [0, 0, 0, 0])[0 if found else 1] += 1
+                    counts[row][3] += part
+            for row in ("all", kind):
+                counts.setdefault(row, [0, 0, 0, 0])[2] += extra
+        per_kind: dict[str, Any] = dict(skipped)
+        for row, (found, missed, extra, part) in counts.items():
+            if found + missed == 0:  # images without text: only what was read off them counts
+                per_kind[row] = {"extra_words": extra}
+                continue
+            per_kind[row] = {
+                "words": found + missed,
+                "word_recall": round(found / max(1, found + missed), 3),
+                "part_recall": round(part / max(1, found + missed), 3),
+                # "accented" counts words, not images: it has no extras of its own.
+                "word_precision": None
+                if row == "accented"
+                else round(found / max(1, found + extra), 3),
+            }
+        overall = per_kind.pop("all", {"word_recall": None, "word_precision": None})
         result[name] = {
-            "word_recall": round(found / (found + missed), 3),
-            "word_precision": round(found / max(1, found + extra), 3),
-            "s_per_text_image": round(float(np.mean(text_s)), 3),
+            "word_recall": overall["word_recall"],
+            "word_precision": overall["word_precision"],
+            # A word inside a longer run of read text (spaces lost): a part-string finds it.
+            "part_recall": overall.get("part_recall"),
+            "s_per_text_image": round(float(np.mean(text_s)), 3) if text_s else None,
             "s_per_blank_image": round(float(np.mean(blank_s)), 3) if blank_s else None,
             "first_image_s": round(load_s, 2),
+            "kinds": per_kind,
         }
         log(f"{name}: {result[name]}")
     return result
@@ -110,44 +159,62 @@ def retrieval(args: argparse.Namespace) -> dict[str, Any]:
     from clipdb.db import text
     from clipdb.db.registry import registered_model
 
-    folder = Path(tempfile.mkdtemp(prefix="ocr-ret-"))
-    truth = make_set(folder, args.images, seed=args.seed, blank=args.blank)
+    truth = labelled(args, "ocr-ret-")
+    folder = next(iter(truth)).parent
     database, encoder, summary = _ingested(folder, "on")
     log(f"ingested: {summary.format()}")
     owners: dict[str, set[Path]] = {}
-    for path, words in truth.items():
-        for word in words_of(" ".join(words)):
+    for path, (_, words) in truth.items():
+        for word in truth_words(words):
             owners.setdefault(word, set()).add(path)
-    unique = {w: next(iter(p)) for w, p in owners.items() if len(p) == 1 and len(w) >= 3}
+    for word in [w for w in owners if is_cjk(w)]:  # a Chinese word is also inside longer ones
+        owners[word] = {p for p, (_, words) in truth.items() if holds(words, word)}
+    # Latin words of 3+ letters; Chinese ones of 2+ characters (most Chinese words have two).
+    unique = {
+        w: next(iter(p))
+        for w, p in owners.items()
+        if len(p) == 1 and (len(w) >= 3 or (is_cjk(w) and len(w) >= 2))
+    }
     rng = random.Random(args.seed)
-    ranks, parts, misses = [], [], []
+    ranks: dict[str, list[int]] = {}
+    parts, misses = [], []
     with database.connect() as conn:
         model = registered_model(conn, "clipdb-tiny", "none")
         for word, path in sorted(unique.items()):
             vector = encoder.encode_texts([word])[0]
             hits = text.search_text(conn, model, word, 10, vector=vector, match="hybrid")
             names = [h.image_path for h in hits]
-            ranks.append(names.index(str(path)) + 1 if str(path) in names else 99)
-            if ranks[-1] > 1:  # what was read from the image the word names
+            rank = names.index(str(path)) + 1 if str(path) in names else 99
+            for row in _buckets(truth[path][0], word):
+                ranks.setdefault(row, []).append(rank)
+            if rank > 1:  # what was read from the image the word names
                 read = conn.execute(
                     "SELECT t.ocr_text FROM clipdb.image_text t JOIN clipdb.images i "
                     "ON i.id = t.image_id WHERE i.path = %s",
                     (str(path),),
                 ).fetchone()
-                misses.append({"word": word, "rank": ranks[-1], "read": read and read[0]})
-            if len(word) >= 6:  # a part-string: 4 letters from inside the word
+                misses.append({"word": word, "rank": rank, "read": read and read[0]})
+            if len(word) >= 6 and not is_cjk(word):  # a part: 4 letters from inside the word
                 start = rng.randrange(1, len(word) - 4)
                 piece = word[start : start + 4]
                 holders = {p for w, ps in owners.items() if piece in w for p in ps}
                 if holders == {path}:
                     found = text.search_text(conn, model, piece, 5, match="text")
                     parts.append(bool(found) and found[0].image_path == str(path))
-    ranks_a = np.array(ranks)
+
+    def row(values: list[int]) -> dict[str, Any]:
+        ranks_a = np.array(values)
+        return {
+            "unique_words": len(values),
+            "rank1": round(float((ranks_a == 1).mean()), 3),
+            "top5": round(float((ranks_a <= 5).mean()), 3),
+        }
+
+    overall = row(ranks.pop("all", []) or [99])
     return {
-        "images": args.images,
-        "unique_words": len(ranks),
-        "rank1": round(float((ranks_a == 1).mean()), 3),
-        "top5": round(float((ranks_a <= 5).mean()), 3),
+        "images": len(truth),
+        **overall,
+        "kinds": {kind: row(values) for kind, values in sorted(ranks.items())},
         "part_strings": len(parts),
         "part_string_recall_at_1": round(float(np.mean(parts)), 3) if parts else None,
         "misses": misses,
@@ -231,6 +298,17 @@ def main() -> int:
     parser.add_argument("--blank", type=int, default=8)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--engines", default="rapid,tesseract")
+    parser.add_argument(
+        "--screenshots", type=int, default=0, help="accuracy, retrieval: Chromium screenshots"
+    )
+    parser.add_argument(
+        "--chinese", type=int, default=0, help="accuracy, retrieval: images of Chinese text"
+    )
+    parser.add_argument(
+        "--kinds",
+        default=",".join(ALL_KINDS),
+        help="accuracy, retrieval: keep only these kinds (comma-separated; blank images stay)",
+    )
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=110)
     parser.add_argument("--text-only", action="store_true", help="latency: time text search only")
@@ -240,6 +318,9 @@ def main() -> int:
     )
     parser.add_argument("--model", default="bench-filters", help="latency: with --database")
     args = parser.parse_args()
+    unknown = set(args.kinds.split(",")) - {*ALL_KINDS, "accented"}
+    if unknown:
+        parser.error(f"no such kind: {', '.join(sorted(unknown))} (kinds: {', '.join(ALL_KINDS)})")
     import os
 
     os.environ.setdefault(

@@ -5,6 +5,11 @@ signs and captions on textured "photos" (noise, gradients, shapes), scanned-look
 (grey paper, serif text, slight rotation), plates (``KX 5172``-style), and accented Latin.
 Several fonts, sizes, colours and angles. ``make_set(folder, count)`` writes PNGs and returns
 ``{path: [words]}``; a word used as a unique key appears in exactly one image.
+
+``make_labelled`` adds two kinds and says each image's kind: screenshots of HTML pages rendered
+by headless Chromium (``ocr_screens``) and Chinese (common two- to four-character words: shop
+signs, menu items, places; and prices such as ``28元``) on sign and document backgrounds, in
+WenQuanYi Micro Hei (Debian's ``fonts-wqy-microhei``, which only the bench needs).
 """
 
 from __future__ import annotations
@@ -47,6 +52,72 @@ SYLLABLES = [
 ]
 ACCENTED = ["café", "Zürich", "naïve", "señor", "Ångström", "crème", "façade", "Málaga"]
 KINDS = ("sign", "document", "plate", "plain")
+CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
+# Common words; none is part of another, so each is found (or not) on its own.
+CHINESE = [
+    "欢迎光临",
+    "超市",
+    "药店",
+    "银行",
+    "书店",
+    "面包店",
+    "咖啡馆",
+    "理发店",
+    "花店",
+    "水果店",
+    "便利店",
+    "五金店",
+    "眼镜店",
+    "洗衣店",
+    "牛肉面",
+    "饺子",
+    "炒饭",
+    "米饭",
+    "豆腐",
+    "鸡蛋",
+    "红烧肉",
+    "小笼包",
+    "馄饨",
+    "绿茶",
+    "啤酒",
+    "豆浆",
+    "油条",
+    "烤鸭",
+    "北京",
+    "上海",
+    "广州",
+    "深圳",
+    "杭州",
+    "南京",
+    "成都",
+    "西安",
+    "武汉",
+    "天津",
+    "重庆",
+    "苏州",
+    "火车站",
+    "机场",
+    "地铁站",
+    "医院",
+    "学校",
+    "公园",
+    "图书馆",
+    "博物馆",
+    "出口",
+    "入口",
+    "停车场",
+    "营业时间",
+    "禁止吸烟",
+    "请勿停车",
+    "收银台",
+    "会员卡",
+    "特价",
+    "新鲜",
+    "发票",
+    "电话",
+    "地址",
+]
+ALL_KINDS = (*KINDS, "screenshot", "chinese")
 
 
 def word(rng: random.Random) -> str:
@@ -101,13 +172,16 @@ def _inside(corners: list[tuple[float, float]], size: tuple[int, int], angle: fl
     return True
 
 
-def render(rng: random.Random, kind: str, words: list[str]) -> tuple[Image.Image, list[str]]:
+def render(
+    rng: random.Random, kind: str, words: list[str], font_path: str | None = None
+) -> tuple[Image.Image, list[str]]:
     """``words`` as a sign, a document, a plate or plain text; and the words that are on the
     image whole (a long line runs off the canvas: its last words are not in the picture)."""
     size = (rng.choice([640, 800, 1024]), rng.choice([480, 600, 768]))
     image = background(rng, size, kind)
     draw = ImageDraw.Draw(image)
-    font_path = FONTS[rng.randrange(len(FONTS))] if kind != "plate" else FONTS[5]
+    if font_path is None:
+        font_path = FONTS[rng.randrange(len(FONTS))] if kind != "plate" else FONTS[5]
     px = {"sign": rng.randint(28, 64), "document": rng.randint(18, 26)}.get(
         kind, rng.randint(36, 72)
     )
@@ -151,9 +225,67 @@ def render(rng: random.Random, kind: str, words: list[str]) -> tuple[Image.Image
 
 def make_set(folder: Path, count: int, seed: int = 7, blank: int = 0) -> dict[Path, list[str]]:
     """``count`` images with text plus ``blank`` photo-like ones without, written as PNGs."""
-    rng = random.Random(seed)
+    return {path: words for path, (_, words) in _make(folder, count, seed, blank).items()}
+
+
+def chinese_lines(rng: random.Random) -> list[str]:
+    """One to three lines of Chinese words, a space apart (as on menus and signs), some with
+    a price or a number: ``牛肉面 28元``."""
+    lines = []
+    for _ in range(rng.randint(1, 3)):
+        parts = rng.sample(CHINESE, rng.randint(1, 3))
+        if rng.random() < 0.35:
+            parts.append(f"{rng.randint(2, 399)}{rng.choice('元号楼')}")
+        lines.append(" ".join(parts))
+    return lines
+
+
+def make_chinese(folder: Path, count: int, seed: int = 7) -> dict[Path, list[str]]:
+    """``count`` images of Chinese text on sign, document or plain backgrounds."""
+    rng = random.Random(seed * 7919 + 2)  # its own stream: the other kinds stay as they were
     folder.mkdir(parents=True, exist_ok=True)
     truth: dict[Path, list[str]] = {}
+    for n in range(count):
+        kind = ("sign", "document", "plain")[n % 3]
+        path = folder / f"chinese_{n:04d}.png"
+        image, words = render(rng, kind, chinese_lines(rng), font_path=CJK_FONT)
+        image.save(path)
+        truth[path] = words
+    return truth
+
+
+def make_labelled(
+    folder: Path,
+    count: int,
+    seed: int = 7,
+    blank: int = 0,
+    screenshots: int = 0,
+    chinese: int = 0,
+    kinds: tuple[str, ...] = ALL_KINDS,
+) -> dict[Path, tuple[str, list[str]]]:
+    """``make_set``'s images (the same ones for the same seed), then ``screenshots`` pages
+    rendered by Chromium and ``chinese`` images; each path with its kind ("blank" for an image
+    without text) and words. Only the images of ``kinds`` are kept (blank ones always)."""
+    truth = {
+        path: (kind, words)
+        for path, (kind, words) in _make(folder, count, seed, blank).items()
+        if kind in kinds or kind == "blank"
+    }
+    if screenshots and "screenshot" in kinds:
+        from ocr_screens import render_pages
+
+        pages = render_pages(folder, screenshots, seed=seed * 7919 + 1)
+        truth.update((path, ("screenshot", words)) for path, words in pages.items())
+    if chinese and "chinese" in kinds:
+        written = make_chinese(folder, chinese, seed)
+        truth.update((path, ("chinese", words)) for path, words in written.items())
+    return truth
+
+
+def _make(folder: Path, count: int, seed: int, blank: int) -> dict[Path, tuple[str, list[str]]]:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    truth: dict[Path, tuple[str, list[str]]] = {}
     used: set[str] = set()
     for n in range(count):
         kind = KINDS[n % len(KINDS)]
@@ -174,9 +306,9 @@ def make_set(folder: Path, count: int, seed: int = 7, blank: int = 0) -> dict[Pa
         image.save(path)
         # A repeat is fine for precision; unique-word queries skip repeated words.
         used.update(w.lower() for w in words)
-        truth[path] = words
+        truth[path] = (kind, words)
     for n in range(blank):
         path = folder / f"photo_{n:04d}.png"
         background(rng, (800, 600), "sign").save(path)
-        truth[path] = []
+        truth[path] = ("blank", [])
     return truth
