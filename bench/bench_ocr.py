@@ -68,6 +68,7 @@ def labelled(args: argparse.Namespace, prefix: str) -> dict[Path, tuple[str, lis
         screenshots=args.screenshots,
         chinese=args.chinese,
         kinds=kinds,
+        photos=args.captioned,
     )
 
 
@@ -303,6 +304,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--chinese", type=int, default=0, help="accuracy, retrieval: images of Chinese text"
+    )
+    parser.add_argument(
+        "--captioned",
+        type=int,
+        default=0,
+        help="accuracy, retrieval: real photographs (bench/sample_photos.py) with words on them",
     )
     parser.add_argument(
         "--kinds",

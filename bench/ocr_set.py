@@ -117,7 +117,7 @@ CHINESE = [
     "电话",
     "地址",
 ]
-ALL_KINDS = (*KINDS, "screenshot", "chinese")
+ALL_KINDS = (*KINDS, "screenshot", "chinese", "photo")
 
 
 def word(rng: random.Random) -> str:
@@ -131,10 +131,13 @@ def plate(rng: random.Random) -> str:
 
 
 def background(rng: random.Random, size: tuple[int, int], kind: str) -> Image.Image:
-    """A textured photo-like background, grey paper, or a flat colour."""
+    """A real photograph (``photo``), a textured photo-like background, grey paper, or a flat
+    colour."""
     import numpy as np
 
     w, h = size
+    if kind == "photo":
+        return _photo(rng, size)
     if kind == "document":
         base = np.full((h, w, 3), rng.randint(215, 245), np.float32)
         base += np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, 6, (h, w, 3))
@@ -156,6 +159,20 @@ def background(rng: random.Random, size: tuple[int, int], kind: str) -> Image.Im
             (x - r, y - r, x + r, y + r), fill=tuple(rng.randint(0, 255) for _ in range(3))
         )
     return image.filter(ImageFilter.GaussianBlur(1.5))
+
+
+def _photo(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    """A crop of one of bench/sample_photos.py's real photographs (scikit-image and
+    scikit-learn's permissively licensed photos), scaled to cover ``size``."""
+    from sample_photos import sample_photos
+
+    with Image.open(rng.choice(sample_photos())) as source:
+        photo = source.convert("RGB")
+    w, h = size
+    scale = max(w / photo.width, h / photo.height) * rng.uniform(1.0, 1.4)
+    photo = photo.resize((max(w, round(photo.width * scale)), max(h, round(photo.height * scale))))
+    left, top = rng.randint(0, photo.width - w), rng.randint(0, photo.height - h)
+    return photo.crop((left, top, left + w, top + h))
 
 
 def _inside(corners: list[tuple[float, float]], size: tuple[int, int], angle: float) -> bool:
@@ -182,9 +199,11 @@ def render(
     draw = ImageDraw.Draw(image)
     if font_path is None:
         font_path = FONTS[rng.randrange(len(FONTS))] if kind != "plate" else FONTS[5]
-    px = {"sign": rng.randint(28, 64), "document": rng.randint(18, 26)}.get(
-        kind, rng.randint(36, 72)
-    )
+    px = {
+        "sign": rng.randint(28, 64),
+        "photo": rng.randint(28, 56),
+        "document": rng.randint(18, 26),
+    }.get(kind, rng.randint(36, 72))
     font = ImageFont.truetype(font_path, px)
     y = rng.randint(20, 60)
     boxes: list[tuple[str, list[tuple[float, float]]]] = []
@@ -206,7 +225,13 @@ def render(
             colour = (10, 10, 10)
         else:
             colour = tuple(rng.randint(0, 60) for _ in range(3))
-        draw.text((x, y), line, font=font, fill=colour)
+        if kind == "photo":  # a caption on the picture itself: light or dark, with an outline
+            light = rng.random() < 0.6
+            colour = (255, 255, 255) if light else (15, 15, 15)
+            outline = (0, 0, 0) if light else (255, 255, 255)
+            draw.text((x, y), line, font=font, fill=colour, stroke_width=2, stroke_fill=outline)
+        else:
+            draw.text((x, y), line, font=font, fill=colour)
         # Each word's box, to tell which ones the canvas holds (a plate is one piece).
         pieces = [line] if kind == "plate" else line.split(" ")
         start = 0
@@ -254,6 +279,22 @@ def make_chinese(folder: Path, count: int, seed: int = 7) -> dict[Path, list[str
     return truth
 
 
+def make_photo_captions(folder: Path, count: int, seed: int = 7) -> dict[Path, list[str]]:
+    """``count`` real photographs with made-up words written on them (captions, signs)."""
+    rng = random.Random(seed * 7919 + 3)  # its own stream: the other kinds stay as they were
+    folder.mkdir(parents=True, exist_ok=True)
+    truth: dict[Path, list[str]] = {}
+    for n in range(count):
+        lines = [
+            " ".join(word(rng) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 2))
+        ]
+        path = folder / f"photo_{n:04d}.png"
+        image, words = render(rng, "photo", lines)
+        image.save(path)
+        truth[path] = words
+    return truth
+
+
 def make_labelled(
     folder: Path,
     count: int,
@@ -262,9 +303,11 @@ def make_labelled(
     screenshots: int = 0,
     chinese: int = 0,
     kinds: tuple[str, ...] = ALL_KINDS,
+    photos: int = 0,
 ) -> dict[Path, tuple[str, list[str]]]:
     """``make_set``'s images (the same ones for the same seed), then ``screenshots`` pages
-    rendered by Chromium and ``chinese`` images; each path with its kind ("blank" for an image
+    rendered by Chromium, ``chinese`` images and ``photos`` real photographs with words on
+    them; each path with its kind ("blank" for an image
     without text) and words. Only the images of ``kinds`` are kept (blank ones always)."""
     truth = {
         path: (kind, words)
@@ -279,6 +322,9 @@ def make_labelled(
     if chinese and "chinese" in kinds:
         written = make_chinese(folder, chinese, seed)
         truth.update((path, ("chinese", words)) for path, words in written.items())
+    if photos and "photo" in kinds:
+        captioned = make_photo_captions(folder, photos, seed)
+        truth.update((path, ("photo", words)) for path, words in captioned.items())
     return truth
 
 
