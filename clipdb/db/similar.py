@@ -112,14 +112,8 @@ def model_vectors(conn: psycopg.Connection[Any], model: Model) -> ModelVectors:
     value) and converted in pieces; frames other than a video's first are listed (they are
     marked checked too) but their embeddings are not kept."""
     dim = int(model.dim)
-    # Binary COPY row: field count (int16), then each field as int32 length + value: id
-    # (int64), sha256 (32 bytes), one-per-file (bool), halfvec (int16 dim, int16 unused,
-    # dim big-endian float16).
-    row = np.dtype(
-        [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("sha_len", ">i4"),
-         ("sha", "S32"), ("file_len", ">i4"), ("file", "?"), ("vec_len", ">i4"),
-         ("dim", ">i2"), ("unused", ">i2"), ("vec", ">f2", (dim,))]
-    )  # fmt: skip
+    halfvec = [("dim", ">i2"), ("unused", ">i2"), ("values", ">f2", (dim,))]
+    row = _copy_row([("id", ">i8"), ("sha", "S32"), ("file", "?"), ("vec", halfvec)])
     count = conn.execute(
         "SELECT count(*) FROM clipdb.images WHERE model_id = %s", (model.model_id,)
     ).fetchone()
@@ -144,10 +138,19 @@ def model_vectors(conn: psycopg.Connection[Any], model: Model) -> ModelVectors:
         ids[done : done + len(rows)] = rows["id"]
         shas[done : done + len(rows)] = rows["sha"]
         files[done : done + len(rows)] = rows["file"]
-        wanted = rows["vec"][rows["file"]]
+        wanted = rows["vec"]["values"][rows["file"]]
         vectors[kept : kept + len(wanted)] = wanted
         done, kept = done + len(rows), kept + len(wanted)
     return ModelVectors(ids[:done], shas[:done], files[:done], vectors[:kept])
+
+
+def _copy_row(fields: list[tuple[str, Any]]) -> np.dtype[Any]:
+    """A binary COPY row of fixed-size fields: the field count (int16), then each field as
+    its length (int32) and its value (big-endian, as PostgreSQL sends and takes them)."""
+    layout: list[tuple[str, Any]] = [("fields", ">i2")]
+    for name, kind in fields:
+        layout += [(f"{name}_len", ">i4"), (name, kind)]
+    return np.dtype(layout)
 
 
 def _copy_rows(conn: psycopg.Connection[Any], sql: str, row_size: int) -> Iterator[bytes]:
@@ -189,13 +192,12 @@ def store(
     model_id = int(model.model_id)
     ids, shas = checked
     # Binary COPY rows built as one array (a million rows: one write, not a million calls).
-    done = np.empty(
-        len(ids),
-        dtype=[("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("sha_len", ">i4"),
-               ("sha", "S32")],
-    )  # fmt: skip
-    done["fields"], done["id_len"], done["id"] = 2, 8, ids
-    done["sha_len"], done["sha"] = 32, shas
+    fields = [("id", ">i8"), ("sha", "S32")]
+    done = np.empty(len(ids), dtype=_copy_row(fields))
+    done["fields"] = len(fields)
+    for name, _ in fields:
+        done[f"{name}_len"] = done.dtype[name].itemsize
+    done["id"], done["sha"] = ids, shas
     with conn.cursor() as cur:
         cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS similar_done (id bigint, sha256 bytea) "

@@ -113,9 +113,7 @@ def format_table(groups: Sequence[Group]) -> str:
     for group in groups:
         rows.append((group, [], []))
         for m in group.images:
-            flags = ",".join(
-                f for f, on in (("outside", m.outside), ("link", m.link)) if on
-            )  # fmt: skip
+            flags = ",".join(f for f, on in (("outside", m.outside), ("link", m.link)) if on)
             cells = [
                 "keep" if m.keep else "dupe",
                 f"{m.width}x{m.height}",
@@ -161,8 +159,20 @@ def _csv_value(value: object) -> object:
 def format_csv(groups: Sequence[Group]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    columns = ["image_path", "image_id", "width", "height", "size", "keep", "distance",
-               "similarity", "reason", "metadata", "extra_metadata", "outside"]  # fmt: skip
+    columns = [
+        "image_path",
+        "image_id",
+        "width",
+        "height",
+        "size",
+        "keep",
+        "distance",
+        "similarity",
+        "reason",
+        "metadata",
+        "extra_metadata",
+        "outside",
+    ]
     writer.writerow(["group", "tier", *columns])
     for number, group in enumerate(groups, 1):
         for m in group.images:
