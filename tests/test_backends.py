@@ -44,6 +44,33 @@ def test_openvino_matches_torch_fp32(tiny_encoder, tmp_path):
     assert _cos_min(alone, encoder.encode_texts(TEXTS)) >= 0.9999
 
 
+def test_direct_conversion_gives_openvinos_converter_graph(tiny_encoder):
+    # clipdb calls the PyTorch frontend itself (no trace re-check, no empty pre-processing
+    # pass, no telemetry); the public converter is the reference and the fallback.
+    import openvino as ov
+    import torch
+
+    from clipdb.encoders.openvino_convert import convert_module, tower_modules
+
+    model = tiny_encoder.model.float().eval()
+    towers = tower_modules(model, tiny_encoder.image_size, 77, trim=True)
+    core = ov.Core()
+    inputs = {
+        "image": np.random.default_rng(0).standard_normal((3, 3, *tiny_encoder.image_size)),
+        "text": np.asarray(tiny_encoder.tokenizer(["a red car", "x", "two dogs"]))[:, :9],
+    }
+    for tower, (module, example, shape) in towers.items():
+        with torch.inference_mode():
+            direct = convert_module(module, example, shape)
+            reference = ov.convert_model(module, example_input=example, input=[shape])
+        assert len(direct.get_ops()) == len(reference.get_ops())
+        assert direct.input(0).get_partial_shape() == reference.input(0).get_partial_shape()
+        data = inputs[tower].astype(np.float32 if tower == "image" else np.int64)
+        got = core.compile_model(direct, "CPU")(data)[0]
+        want = core.compile_model(reference, "CPU")(data)[0]
+        assert np.allclose(got, want, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_ir_cache_reused_and_corrupt_bin_rebuilt(cache_dir, capsys):
     before = ovc.conversions

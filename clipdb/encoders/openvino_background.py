@@ -10,6 +10,7 @@ that come before the IR is ready are encoded by that torch model (same weights, 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ class ConvertingEncoder:
             target=self._convert, args=(convert,), name="clipdb-openvino-convert"
         )
         self._thread.start()  # not a daemon: an interrupted conversion would leave staging
+        self._rest: threading.Thread | None = None  # finish_conversion()'s
 
     def _convert(self, convert: Callable[[ClipEncoder], OpenVinoEncoder]) -> None:
         try:
@@ -69,6 +71,11 @@ class ConvertingEncoder:
 
     def ready(self) -> bool:
         return self._future.done()
+
+    def busy_converting(self) -> bool:
+        """True while an image batch would only wait for the IR (ingest decodes ahead
+        meanwhile); with ``meanwhile``, torch encodes instead and nothing waits."""
+        return not self.meanwhile and not self._future.done()
 
     def target(self) -> OpenVinoEncoder | ClipEncoder:
         """The converted encoder, waiting for it; torch when the conversion failed."""
@@ -133,9 +140,25 @@ class ConvertingEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.target().encode_texts(texts)
 
+    def finish_conversion(self) -> None:
+        """No image is waiting now (an ingest's encode pass has ended): the tower the first
+        conversion left out converts, from the torch model already loaded, in a thread the
+        process waits for at its end. A first text query would otherwise import and load that
+        model again (8.2 s for ViT-B-32 on 2 cores, against 1.3 s here)."""
+        if self._rest is None:
+            self._rest = threading.Thread(target=self._convert_rest, name="clipdb-openvino-text")
+            self._rest.start()
+
+    def _convert_rest(self) -> None:
+        # A failure here is said by the first text query, which converts again.
+        with contextlib.suppress(Exception):
+            self._future.result().add_missing_towers()
+
     def join(self) -> None:
-        """Wait for the conversion thread (tests, benchmarks)."""
+        """Wait for the conversion threads (tests, benchmarks)."""
         self._thread.join()
+        if self._rest is not None:
+            self._rest.join()
 
 
 def load_in_background(

@@ -4,7 +4,8 @@ Conversion needs the torch model and takes seconds, so the IR is kept under
 ``CLIPDB_HOME/openvino/<key>`` where the key names the architecture, the weights identity, the
 OpenVINO version and the weight format. A manifest holds the sha256 (and size and mtime) of
 every file: a cache that does not match is rebuilt with one warning, never used. A lock per
-folder makes concurrent first loads convert once.
+folder makes concurrent first loads convert once. A folder may hold one tower: a first ingest
+converts only the image tower, and the text tower is added when a text is first encoded.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from clipdb.config import openvino_cache_root
 from clipdb.encoders.device import cpu_has_fast_bf16
-from clipdb.encoders.torch import encode_text_prefix, text_is_causal_argmax
+from clipdb.encoders.openvino_convert import convert_tower, save_towers, tower_modules
+from clipdb.encoders.torch import text_is_causal_argmax
 from clipdb.models import ModelSpec, file_sha256
 
 MANIFEST = "manifest.json"
@@ -31,8 +34,9 @@ conversions = 0
 
 
 # Bumped when what a cache folder holds changes, so older folders are never read: l2 = text
-# tower traced with a dynamic sequence length (padding trimmed) and the pixel steps recorded.
-IR_LAYOUT = "l2"
+# tower traced with a dynamic sequence length (padding trimmed) and the pixel steps recorded;
+# l3 = a folder may hold the image tower alone (an l2 reader would call it corrupt).
+IR_LAYOUT = "l3"
 
 
 def cache_key(spec: ModelSpec, weights: str, version: str) -> str:
@@ -66,7 +70,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
             if file_sha256(folder / name) != digest:
                 return None
             stats[name], rehashed = current, True
-        if {f"{tower}.{ext}" for tower in TOWERS for ext in ("xml", "bin")} - set(files):
+        if not manifest_towers(manifest):
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -76,14 +80,21 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Atomically; a read-only cache (another user's) just stays as it is."""
+def manifest_towers(manifest: dict[str, Any]) -> frozenset[str]:
+    """The towers whose IR (``.xml`` and ``.bin``) the manifest lists."""
+    files = manifest.get("files") or {}
+    return frozenset(t for t in TOWERS if f"{t}.xml" in files and f"{t}.bin" in files)
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any], *, strict: bool = False) -> None:
+    """Atomically; a read-only cache (another user's) just stays as it is, unless ``strict``."""
+    staging = folder / f".{MANIFEST}.{os.getpid()}"
     try:
-        staging = folder / f".{MANIFEST}.{os.getpid()}"
         staging.write_text(json.dumps(manifest, indent=1))
         os.replace(staging, folder / MANIFEST)
     except OSError:
-        pass
+        if strict:
+            raise
 
 
 def convert_towers(
@@ -94,13 +105,14 @@ def convert_towers(
     extra: dict[str, Any],
     extra_files: dict[str, Path] | None = None,
     context_length: int | None = None,
+    towers: Sequence[str] = TOWERS,
 ) -> None:
-    """Convert both towers of a torch open_clip model to IR in ``folder`` (atomically);
+    """Convert ``towers`` of a torch open_clip model to IR in ``folder`` (atomically);
     ``extra_files`` (name -> source, e.g. the tokenizer) are copied in and verified alike.
     ``context_length``: the tokenizer's, where it differs from the model's (a Hugging Face
     text tower reports its position table, 514 for XLM-R, while its tokenizer pads to 77)."""
     global conversions
-    import openvino as ov  # before anything is made: without it, nothing is
+    import openvino  # noqa: F401 - before anything is made: without it, nothing is
 
     trim = text_is_causal_argmax(clip_model)
     clip_model = clip_model.float().eval()
@@ -108,7 +120,8 @@ def convert_towers(
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:
-        _save_towers(ov, _towers(clip_model, image_size, context, trim), weights, staging)
+        modules = tower_modules(clip_model, image_size, context, trim)
+        save_towers({tower: modules[tower] for tower in towers}, weights, staging)
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
         files: dict[str, str] = {}
@@ -133,59 +146,69 @@ def convert_towers(
     conversions += 1
 
 
-def _towers(
-    clip_model: Any, image_size: tuple[int, int], context: int, trim: bool
-) -> dict[str, tuple[Any, Any, list[int]]]:
-    """Each tower as a torch module of its own, with an example input and the input shape
-    (-1: any size) to convert it with. ``trim``: the text tower takes any number of tokens."""
-    import torch
-
-    class ImageTower(torch.nn.Module):
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            return self.model.encode_image(pixels).float()  # type: ignore[no-any-return]
-
-    class TextTower(torch.nn.Module):
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            if trim:  # any number of positions: callers cut the padding (encode_texts)
-                return encode_text_prefix(self.model, tokens).float()
-            return self.model.encode_text(tokens).float()  # type: ignore[no-any-return]
-
-    return {
-        "image": (ImageTower(clip_model), torch.zeros(1, 3, *image_size), [-1, 3, *image_size]),
-        "text": (
-            TextTower(clip_model),
-            torch.zeros(1, context, dtype=torch.int64),
-            [-1, -1 if trim else context],
-        ),
-    }
+def missing_tower(clip_model: Any, manifest: dict[str, Any], tower: str) -> Any:
+    """``tower`` of ``clip_model`` as an OpenVINO model, shaped as the manifest records."""
+    size = (int(manifest["image_size"][0]), int(manifest["image_size"][1]))
+    trim = bool(manifest.get("text_trim", False))
+    modules = tower_modules(clip_model.float().eval(), size, int(manifest["context_length"]), trim)
+    return convert_tower(*modules[tower], str(manifest["weights"]))
 
 
-def _save_towers(
-    ov: Any, towers: dict[str, tuple[Any, Any, list[int]]], weights: str, staging: Path
-) -> None:
-    """Convert each tower with OpenVINO (``ov``) and save it as ``<tower>.xml``/``.bin``;
-    int8: weights compressed."""
-    import torch
+def convert_missing_tower(
+    folder: Path,
+    tower: str,
+    shapes: dict[str, Any],
+    source: Callable[[], Any],
+    architecture: str,
+) -> Any:
+    """``tower`` for a verified ``folder`` that lacks it, from the open_clip model ``source``
+    loads: added to the folder once for every process (its lock), or None when another process
+    added it meanwhile. A folder this user cannot lock gets the model in memory only;
+    ``shapes`` (image_size, context_length, text_trim, weights) then stand in for its manifest."""
+    with contextlib.ExitStack() as stack:
+        manifest = None
+        with contextlib.suppress(OSError):  # no lock: another user's cache folder
+            stack.enter_context(converting(folder))
+            manifest = read_manifest(folder)
+        if manifest is not None and tower in manifest_towers(manifest):
+            return None
+        print(
+            f"converting the {tower} tower of {architecture} to OpenVINO (once per model and "
+            "precision; seconds)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if manifest is None:
+            return missing_tower(source(), shapes, tower)
+        return add_tower(source(), folder, manifest, tower)
 
-    with torch.inference_mode():
-        for tower, (module, example, shape) in towers.items():
-            converted = ov.convert_model(module, example_input=example, input=[shape])
-            if weights == "int8":
-                import logging
 
-                import nncf
+def add_tower(clip_model: Any, folder: Path, manifest: dict[str, Any], tower: str) -> Any:
+    """Convert ``tower`` into ``folder`` (verified, its ``manifest`` read under the caller's
+    :func:`converting` lock): the files first, then the manifest that lists them, so a reader
+    sees the tower whole or not at all. Returns the converted model; a folder that cannot be
+    written (another user's cache) stays as it was, and the caller runs the model from memory."""
+    global conversions
+    import openvino as ov
 
-                nncf.set_log_level(logging.ERROR)  # its per-layer tables are not for users
-                converted = nncf.compress_weights(converted)
-            ov.save_model(converted, staging / f"{tower}.xml", compress_to_fp16=False)
+    model = missing_tower(clip_model, manifest, tower)
+    conversions += 1
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+    except OSError:
+        return model
+    try:
+        ov.save_model(model, staging / f"{tower}.xml", compress_to_fp16=False)
+        for name in sorted(os.listdir(staging)):
+            manifest["files"][name] = file_sha256(staging / name)
+            manifest.setdefault("stats", {})[name] = _stat(staging / name)
+            os.replace(staging / name, folder / name)
+        _write_manifest(folder, manifest, strict=True)
+    except OSError:
+        pass  # the folder stays as it was listed; the tower runs from memory
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model
 
 
 def cache_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:

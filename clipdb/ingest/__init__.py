@@ -76,6 +76,7 @@ class Ingester:
         self.model_name = self.options.model or self.settings.model
         self.pretrained = self.options.pretrained or self.settings.pretrained
         self.encoder = encoder
+        self._loaded_encoder = False  # True once load_encoder() made it: then it is ours
         self._database = database
         self._spec: ModelSpec | None = encoder.spec if encoder is not None else None
         self.on_skip = self.options.on_skip or print_skip
@@ -122,6 +123,7 @@ class Ingester:
         if self.encoder is None:
             from clipdb.encoders import load_encoder
 
+            self._loaded_encoder = True
             self.encoder = load_encoder(
                 self._model_spec().architecture,
                 self.pretrained,
@@ -145,7 +147,10 @@ class Ingester:
         # Another ingest of a root with this model runs first: this plan then sees its rows.
         label = f"{spec.architecture}/{spec.pretrained}"
         with ingest_lock(self.database, label, self.roots, wait_s=wait_s):
-            return self._run(wait_s)
+            summary = self._run(wait_s)
+        if self._loaded_encoder:  # a conversion the encoder started ends with this call
+            getattr(self.encoder, "join", lambda: None)()
+        return summary
 
     def _run(self, wait_s: float) -> IngestSummary:
         """Scan -> plan (and backfills) -> engine -> writer -> prune and remember skips."""
@@ -281,6 +286,9 @@ class Ingester:
                     on_written=written,
                     started=start,
                 )
+                # A first OpenVINO run converted the image tower alone: the text tower
+                # converts now, while the index and the rest of the run are finished.
+                getattr(self.encoder, "finish_conversion", lambda: None)()
         finally:
             engine.close()
         return model
