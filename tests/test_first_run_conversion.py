@@ -67,6 +67,38 @@ def test_first_ingest_decodes_while_the_model_converts(database, cache_dir, tmp_
     assert converted.wait(GUARD_S)  # ingest may end first: torch encoded meanwhile
 
 
+@pytest.mark.slow
+def test_first_ingest_decodes_every_batch_while_the_model_converts(
+    database, cache_dir, tmp_path, monkeypatch
+):
+    # Six batches, where the read-ahead is two: the conversion is held until every image is
+    # decoded, which happens only if ingest goes on decoding instead of waiting in an encode.
+    decoded, order = threading.Event(), []
+    gate_conversion(monkeypatch, decoded, order)
+    real_decoded = pipeline.decoded_images
+
+    def counted(paths, *args, **kwargs):
+        for count, item in enumerate(real_decoded(paths, *args, **kwargs), 1):
+            if count == len(paths):
+                order.append("all decoded")
+                decoded.set()
+            yield item
+
+    monkeypatch.setattr(pipeline, "decoded_images", counted)
+    paths = make_images(tmp_path / "photos", 12)
+    summary = ingest(
+        [tmp_path / "photos"],
+        database=database,
+        model=TINY_MODEL,
+        pretrained="none",
+        device="cpu",
+        backend="openvino",
+        batch_size=2,
+    )
+    assert summary.new == len(paths)
+    assert order == ["all decoded", "convert"]  # before: the first encode waited (the guard)
+
+
 def only_towers(cache_dir) -> frozenset[str]:
     (folder,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
     manifest = ovc.read_manifest(folder)

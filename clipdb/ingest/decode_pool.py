@@ -66,14 +66,16 @@ class DecodePool:
         paths: Iterable[str],
         submit: Callable[[str], Future[R]],
         crashed: Callable[[str, str], R],
-        ahead: int,
+        ahead: int | Callable[[], int],
     ) -> Iterator[R]:
-        """``submit(path)``'s results in the order of ``paths``, at most ``ahead`` in flight;
-        ``crashed(path, reason)`` stands for the result of a file that kills its worker."""
+        """``submit(path)``'s results in the order of ``paths``, at most ``ahead`` in flight
+        (a callable: asked again before each submission); ``crashed(path, reason)`` stands
+        for the result of a file that kills its worker."""
         pending: deque[tuple[str, Future[R]]] = deque()
         remaining = iter(paths)
+        limit = ahead if callable(ahead) else lambda: ahead
         while True:
-            while len(pending) < ahead and (path := next(remaining, None)) is not None:
+            while len(pending) < limit() and (path := next(remaining, None)) is not None:
                 pending.append((path, submit(path)))
             if not pending:
                 return

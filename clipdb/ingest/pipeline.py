@@ -17,6 +17,9 @@ from clipdb.ingest.decode_pool import MIN_FILES_FOR_POOL, DecodePool
 from clipdb.ingest.options import images_per_s, rate_text
 from clipdb.ingest.writer import Encoded
 
+# Decoded pixels (uint8) an ingest may hold while its model converts: 1,780 images at 224².
+HELD_PIXEL_BYTES = 256 * 1024 * 1024
+
 
 def decoded_images(
     paths: list[str],
@@ -24,11 +27,12 @@ def decoded_images(
     pipeline: decode.PixelPipeline,
     *,
     workers: int,
-    read_ahead: int,
+    read_ahead: int | Callable[[], int],
     max_pixels: int | None,
     on_device: bool = False,
 ) -> Iterator[decode.Decoded]:
     """Each path decoded to pixels (or a skip reason), in order; a pool when it pays.
+    ``read_ahead``: files in flight (a callable: asked again as the pool submits).
 
     ``on_device``: JPEGs come back as bytes for :class:`DeviceDecoder` to decode, prepared
     (read, hashed, header checked) in threads of this process, because handing their bytes
@@ -60,11 +64,14 @@ def decoded_images(
     pool = DecodePool(workers)
     threads = ThreadPoolExecutor(workers, "clipdb-prepare") if on_device else None
     # Bounded read-ahead: decoding may outrun encoding, and decoded pixels are big.
-    ahead = max(read_ahead, 4 * workers)
+    wanted = read_ahead if callable(read_ahead) else lambda: read_ahead
     try:
         yield from video.flat(
             pool.ordered(
-                paths, submit, lambda path, reason: decode.Decoded(path, reason=reason), ahead
+                paths,
+                submit,
+                lambda path, reason: decode.Decoded(path, reason=reason),
+                lambda: max(wanted(), 4 * workers),
             )
         )
     finally:
@@ -120,15 +127,21 @@ def encoded_batches(
     engine's rows and skips, in the order they are ready."""
     on_device = device_decode.DeviceDecoder.for_encoder(encoder, decode_mode, max_pixels)
     batch: list[decode.Decoded] = []
+    # Full batches decoded while the encoder's model is still converting (a first OpenVINO
+    # run): encoding would only wait, so the decode workers run ahead on the cores the
+    # conversion leaves, up to HELD_PIXEL_BYTES, and the batches are encoded once it is done.
+    held: deque[list[decode.Decoded]] = deque()
+    converting: Callable[[], bool] = getattr(encoder, "busy_converting", lambda: False)
+    height, width = getattr(encoder, "image_size", (224, 224))
+    hold = max(1, HELD_PIXEL_BYTES // (3 * height * width * batch_size))
     # One batch in flight on CUDA: the next batch is gathered and decoded while the GPU
     # encodes this one (start_encoding returns before the GPU is done).
     in_flight: deque[tuple[device_decode.ModelBatch, Callable[[], Any]]] = deque()
     depth = 1 if device_decode.on_cuda(encoder) else 0
 
-    def flush() -> Iterator[Encoded]:
+    def flush(items: list[decode.Decoded]) -> Iterator[Encoded]:
         skipped: list[tuple[str, str]] = []  # by the device path's fallback
-        ready = model_batch(encoder, batch, on_device, lambda p, why: skipped.append((p, why)))
-        batch.clear()
+        ready = model_batch(encoder, items, on_device, lambda p, why: skipped.append((p, why)))
         if skipped:
             yield Encoded(skipped=skipped)
         if ready.items:
@@ -150,7 +163,7 @@ def encoded_batches(
         stats,
         encoder.pixel_pipeline,
         workers=workers,
-        read_ahead=2 * batch_size,
+        read_ahead=lambda: (hold + 2 if converting() else 2) * batch_size,
         max_pixels=max_pixels,
         on_device=on_device is not None,
     )
@@ -159,10 +172,16 @@ def encoded_batches(
             yield Encoded(skipped=[(item.path, item.reason)])
             continue
         batch.append(item)
-        if len(batch) >= batch_size:
-            yield from flush()
+        if len(batch) < batch_size:
+            continue
+        held.append(batch)
+        batch = []
+        while held and (len(held) > hold or not converting()):
+            yield from flush(held.popleft())
+    while held:
+        yield from flush(held.popleft())
     if batch:
-        yield from flush()
+        yield from flush(batch)
     while in_flight:
         yield records(*in_flight.popleft())
 
