@@ -23,7 +23,7 @@ from clipdb.decode import PixelPipeline
 from clipdb.encoders.device import pick_device, pick_precision
 from clipdb.encoders.hf_tokenizer import LazyHubTokenizer, hub_tokenizer_settings
 from clipdb.encoders.hub import offline_hub_if_unreachable
-from clipdb.encoders.spec import RANDOM_WEIGHTS_HINT
+from clipdb.encoders.spec import RANDOM_WEIGHTS_HINT, register_model_configs
 from clipdb.errors import ClipdbError, Option, WeightsUnavailable
 from clipdb.models import RANDOM_WEIGHTS, ModelSpec
 
@@ -287,6 +287,8 @@ def load_torch(spec: ModelSpec, device: str, precision: str) -> ClipEncoder:
     import open_clip
     import torch
 
+    # A spec read from an OpenVINO cache skipped the name check, which registers these.
+    register_model_configs()
     torch_device = pick_device(device)
     chosen_precision = pick_precision(precision, torch_device)
     text_config = (open_clip.get_model_config(spec.architecture) or {}).get("text_cfg", {})
