@@ -135,3 +135,22 @@ def test_cli_start_benchmark_smoke(tmp_path: Path, embedded_home: Path) -> None:
     assert list(result["phases_p50_ms"])[:4] == ["imports", "parse", "server", "schema"]
     assert list(result["phases_p50_ms"])[4:] == ["connect", "model", "embedding", "top-k", "print"]
     assert result["imports_one_run"][0]["module"] == "(all imports)"
+
+
+def test_first_run_benchmark_smoke(tmp_path: Path) -> None:
+    """bench/first_run.py at the tiny model: a (first, warm) pair, each a process of its own."""
+    script = SCRIPT.with_name("first_run.py")
+    command = [sys.executable, str(script), "--count", "12", "--size", "320x240", "--model",
+               "clipdb-tiny", "--modes", "wait", "--data", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    assert "wait: median to its end / warm" in done.stdout
+
+
+def test_conversion_benchmark_smoke() -> None:
+    """bench/conversion.py at the tiny model: both converters, and a first text query that
+    adds the text tower to an image-only cache."""
+    script = SCRIPT.with_name("conversion.py")
+    command = [sys.executable, str(script), "--model", "clipdb-tiny"]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    assert "| direct |" in done.stdout and "| convert_model |" in done.stdout
+    assert "then towers ['image', 'text']" in done.stdout
