@@ -22,6 +22,7 @@ from clipdb.db.ingest_lock import ingest_lock
 from clipdb.db.registry import Model, register_model, registered_model
 from clipdb.errors import UsageError
 from clipdb.ingest.bulk import index_window
+from clipdb.ingest.decode_pool import MIN_FILES_FOR_POOL, start_server_early
 from clipdb.ingest.engine import check_engine, start_engine, write_encoded
 from clipdb.ingest.options import ENGINES as ENGINES
 from clipdb.ingest.options import FIRST_RUN_CONVERSION, images_per_s
@@ -261,6 +262,9 @@ class Ingester:
         """Run the engine over the plan's files, the writer committing as they come;
         returns the model (registered now on its first run)."""
         architecture = self._model_spec().architecture
+        pooled = self._workers() > 0 and len(plan.to_encode) >= MIN_FILES_FOR_POOL
+        if self.options.engine == "local" and pooled:
+            start_server_early()  # overlaps the model load
         engine = start_engine(
             self.options, self.load_encoder, architecture, self.pretrained, self._workers()
         )

@@ -105,6 +105,15 @@ class DecodePool:
                 yield crashed(path, self.replace())
 
 
+def start_server_early() -> None:
+    """Start the decode pools' fork server now: it imports torch (seconds of one core), which
+    then overlaps the model load instead of following it, as the first pool would start it."""
+    from multiprocessing import forkserver
+
+    decode.worker_context()  # the preload every pool asks for
+    forkserver.ensure_running()
+
+
 def isolated_map(
     task: Callable[..., R],
     paths: list[str],
