@@ -94,11 +94,12 @@ def main() -> None:
     import torch
 
     from clipdb.db.embedded import ensure_server, stop_server
-    from clipdb.decode import PixelPipeline, decode_task
+    from clipdb.decode import decode_task
     from clipdb.encoders import load_encoder, resolve_model_spec
     from clipdb.encoders import openvino as ove
     from clipdb.encoders.device import cpu_has_fast_bf16
     from clipdb.ingest import ingest
+    from clipdb.pixels import PixelPipeline
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)

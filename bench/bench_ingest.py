@@ -29,7 +29,7 @@ os.environ.setdefault("CLIPDB_MODEL_CONFIGS", str(ROOT / "tests" / "model_config
 
 from benchutil import fresh_database  # noqa: E402
 
-from clipdb import decode, files  # noqa: E402
+from clipdb import decode, files, pixels  # noqa: E402
 from clipdb.db import Database  # noqa: E402
 from clipdb.db.embedded import ensure_server, stop_server  # noqa: E402
 from clipdb.db.registry import register_model  # noqa: E402
@@ -128,7 +128,7 @@ def naive(encoder, database: Database, paths: list[Path]) -> float:  # type: ign
 
 def drift(encoder, paths: list[Path]) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
     """Cosine between embeddings of draft-decoded and fully decoded JPEGs: min, mean, scale."""
-    pipeline = decode.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
+    pipeline = pixels.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
     fast = [decode.decode_task(str(p), pipeline, None, draft=True) for p in paths]
     full = [decode.decode_task(str(p), pipeline, None, draft=False) for p in paths]
     a = encoder.encode_images(pipeline.to_batch([d.pixels for d in fast]))
@@ -142,7 +142,7 @@ def drift(encoder, paths: list[Path]) -> tuple[float, float, int]:  # type: igno
 
 
 def precision_check(encoder, paths: list[Path]) -> float:  # type: ignore[no-untyped-def]
-    pipeline = decode.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
+    pipeline = pixels.PixelPipeline.from_preprocess(encoder.preprocess, max(encoder.image_size))
     batch = pipeline.to_batch([decode.decode_task(str(p), pipeline, None).pixels for p in paths])
     fp32 = dataclasses.replace(encoder, precision="fp32").encode_images(batch)
     other = encoder.encode_images(batch)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the sample writers the tests use (DNG
 from media_samples import dng, heic  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clipdb import decode  # noqa: E402
+from clipdb import decode, pixels  # noqa: E402
 
 WIDTH, HEIGHT = 4032, 3024
 
@@ -111,7 +111,7 @@ def sample_child(path: str) -> None:
     before it, with torch and clipdb imported, alongside)."""
     from clipdb.ingest.video import video_task
 
-    pipeline = decode.PixelPipeline(input_size=224, pil_steps=(("resize", (224,), 3, None),))
+    pipeline = pixels.PixelPipeline(input_size=224, pil_steps=(("resize", (224,), 3, None),))
     pipeline.to_pixels(Image.new("RGB", (448, 448)))  # torch's resize loaded, as in a worker
     before_kb = _status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:

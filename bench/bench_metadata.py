@@ -18,7 +18,7 @@ import numpy as np
 from benchutil import fresh_database
 from PIL import ExifTags, Image, TiffImagePlugin
 
-from clipdb import decode, exif, files
+from clipdb import decode, exif, files, pixels
 from clipdb.db.registry import register_model
 from clipdb.db.store import ImageRecord, upsert_images
 from clipdb.ingest import default_workers
@@ -54,7 +54,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         paths = make_photos(folder, args.images)
-        pipeline = decode.PixelPipeline(input_size=224)
+        pipeline = pixels.PixelPipeline(input_size=224)
         sample = paths[:1000]
         with_meta, without = [], []
         for path in sample:  # interleaved, same run

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_ingest import make_photos  # noqa: E402
 from sample_photos import sample_photos  # noqa: E402
 
-from clipdb import decode  # noqa: E402
+from clipdb import decode, pixels  # noqa: E402
 
 
 def methods(size: int) -> dict[str, Callable[[Any], np.ndarray]]:
@@ -111,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     encoder = load_encoder("ViT-B-32", "none", device="cpu", precision="fp32", backend="torch")
-    pipeline = decode.PixelPipeline.from_preprocess(encoder.preprocess, 224)
+    pipeline = pixels.PixelPipeline.from_preprocess(encoder.preprocess, 224)
     resizers = methods(224)
     variants = {
         f"margin {m}, {name}": (m, resizers[name])

@@ -76,22 +76,18 @@ def first_text_query(model_name: str) -> tuple[float, float, str]:
             "backend='openvino', background='wait'); t = time.perf_counter(); "
             "e.join(); print(time.perf_counter() - t)"
         )
-        made = subprocess.run(
-            [sys.executable, "-c", image_only, model_name],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
+        made, done = (
+            subprocess.run(
+                [sys.executable, "-c", script, model_name],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            for script in (image_only, TEXT_QUERY)  # in turn: the second reads the first's
         )
-        done = subprocess.run(
-            [sys.executable, "-c", TEXT_QUERY, model_name],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        seconds, towers = done.stdout.strip().split(" ", 1)
-        return float(made.stdout.split()[-1]), float(seconds), towers
+        seconds, towers = done.strip().split(" ", 1)
+        return float(made.split()[-1]), float(seconds), towers
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdb import decode, files
-from clipdb.decode import Decoded, ImageError, PixelPipeline
+from clipdb import decode, files, pixels
+from clipdb.decode import Decoded, ImageError
 from clipdb.exif import read_metadata
 from clipdb.phash import SIZE as PHASH_SIZE
 from clipdb.phash import square_phash
+from clipdb.pixels import PixelPipeline
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +46,7 @@ def device_decodable(image_format: str | None, mode: str, pipeline: PixelPipelin
         image_format == "JPEG"  # not MPO (Pillow's format for multi-picture JPEGs)
         and mode in JPEG_MODES
         and pipeline.whole is None
-        and all(step[0] == "crop" or step[2] in decode.FAST_RESAMPLE for step in pipeline.pil_steps)
+        and all(step[0] == "crop" or step[2] in pixels.FAST_RESAMPLE for step in pipeline.pil_steps)
     )
 
 
@@ -257,7 +258,7 @@ class DeviceDecoder:
         squares = _luma_squares(group)
         for step in self.pipeline.pil_steps:
             if step[0] == "resize":
-                group = _resize(group, step[1], decode.FAST_RESAMPLE[step[2]], step[3])
+                group = _resize(group, step[1], pixels.FAST_RESAMPLE[step[2]], step[3])
             else:
                 group = _center_crop(group, step[1], step[2])
         for position, index in enumerate(indices):
@@ -301,11 +302,11 @@ def _upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
 def _resize(
     group: torch.Tensor, size: tuple[int, ...], mode: str, max_size: int | None
 ) -> torch.Tensor:
-    """decode._resize for an (N, 3, H, W) uint8 tensor: the same sizes and kernel."""
+    """pixels._resize for an (N, 3, H, W) uint8 tensor: the same sizes and kernel."""
     import torch
 
     height, width = group.shape[-2:]
-    new_width, new_height = decode.resized_size(width, height, size, max_size)
+    new_width, new_height = pixels.resized_size(width, height, size, max_size)
     if (new_width, new_height) == (width, height):
         return group
     if group.device.type == "cpu":  # torch's uint8 kernel, as the CPU path uses
@@ -321,11 +322,11 @@ def _resize(
 
 
 def _center_crop(group: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """decode._center_crop for an (N, 3, H, W) tensor: zero padding where it is smaller."""
+    """pixels._center_crop for an (N, 3, H, W) tensor: zero padding where it is smaller."""
     import torch
 
     image_height, image_width = group.shape[-2:]
-    left, top = decode.crop_origin(image_width, image_height, height, width)
+    left, top = pixels.crop_origin(image_width, image_height, height, width)
     pad = (
         max(0, -left),
         max(0, left + width - image_width),

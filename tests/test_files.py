@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from clipdb import decode, files, thumbnail
+from clipdb import decode, files, pixels, thumbnail
 
 
 def write_jpeg(path: Path, size: tuple[int, int] = (40, 30), color=(200, 30, 40)) -> Path:
@@ -152,7 +152,7 @@ def test_pixel_pipeline_matches_preprocess(tiny_encoder, input_size) -> None:
     preprocess = (
         tiny_encoder.preprocess if input_size == 32 else open_clip.image_transform(224, False)
     )
-    pipeline = decode.PixelPipeline.from_preprocess(preprocess, input_size)
+    pipeline = pixels.PixelPipeline.from_preprocess(preprocess, input_size)
     assert pipeline.whole is None  # the split path, without torch in the workers
     rng = np.random.default_rng(3)
     sizes = [(70, 50), (50, 70), (301, 227), (20, 15), (input_size + 1, 5), (900, 601)]
@@ -173,7 +173,7 @@ def test_pixel_pipeline_falls_back_to_the_whole_transform() -> None:
     odd = T.Compose(
         [T.Resize(40), T.RandomCrop(32), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)]
     )
-    pipeline = decode.PixelPipeline.from_preprocess(odd, 32)
+    pipeline = pixels.PixelPipeline.from_preprocess(odd, 32)
     assert pipeline.whole is odd
     assert pipeline.to_pixels(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
 

@@ -40,6 +40,19 @@ def gate_conversion(monkeypatch, gate: threading.Event, order: list[str]) -> thr
     return converted
 
 
+def first_ingest(database, folder, *, batch_size: int):
+    """An ingest of ``folder`` that loads its own model: OpenVINO, the IR still to convert."""
+    return ingest(
+        [folder],
+        database=database,
+        model=TINY_MODEL,
+        pretrained="none",
+        device="cpu",
+        backend="openvino",
+        batch_size=batch_size,
+    )
+
+
 @pytest.mark.slow
 def test_first_ingest_decodes_while_the_model_converts(database, cache_dir, tmp_path, monkeypatch):
     decoded, order = threading.Event(), []
@@ -53,16 +66,7 @@ def test_first_ingest_decodes_while_the_model_converts(database, cache_dir, tmp_
 
     monkeypatch.setattr(pipeline, "model_batch", first_batch)
     paths = make_images(tmp_path / "photos", 6)
-    summary = ingest(
-        [tmp_path / "photos"],
-        database=database,
-        model=TINY_MODEL,
-        pretrained="none",
-        device="cpu",
-        backend="openvino",
-        batch_size=4,
-    )
-    assert summary.new == len(paths)
+    assert first_ingest(database, tmp_path / "photos", batch_size=4).new == len(paths)
     assert order[:2] == ["decoded", "convert"]  # before: the conversion came first (or hung)
     assert converted.wait(GUARD_S)  # ingest may end first: torch encoded meanwhile
 
@@ -86,16 +90,7 @@ def test_first_ingest_decodes_every_batch_while_the_model_converts(
 
     monkeypatch.setattr(pipeline, "decoded_images", counted)
     paths = make_images(tmp_path / "photos", 12)
-    summary = ingest(
-        [tmp_path / "photos"],
-        database=database,
-        model=TINY_MODEL,
-        pretrained="none",
-        device="cpu",
-        backend="openvino",
-        batch_size=2,
-    )
-    assert summary.new == len(paths)
+    assert first_ingest(database, tmp_path / "photos", batch_size=2).new == len(paths)
     assert order == ["all decoded", "convert"]  # before: the first encode waited (the guard)
 
 

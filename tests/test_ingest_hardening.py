@@ -11,7 +11,7 @@ import pytest
 from helpers import make_images
 from PIL import Image
 
-from clipdb import decode, files, thumbnail
+from clipdb import decode, files, pixels, thumbnail
 from clipdb.ingest import IngestSummary, ingest
 
 
@@ -385,7 +385,7 @@ def test_a_file_that_kills_a_decode_worker_is_skipped_and_the_rest_decode(tmp_pa
     paths = [str(p) for p in make_images(tmp_path, MIN_FILES_FOR_POOL + 4, size=(40, 30))]
     deadly = make_images(tmp_path, 1, size=(22, 18), prefix="deadly")[0]
     paths.insert(5, str(deadly))
-    pipeline = decode.PixelPipeline(input_size=8, whole=CrashingTransform((22, 18)))
+    pipeline = pixels.PixelPipeline(input_size=8, whole=CrashingTransform((22, 18)))
     results = list(decoded_images(paths, {}, pipeline, workers=2, read_ahead=4, max_pixels=None))
     assert [r.path for r in results] == paths
     assert {r.path: r.reason for r in results if r.reason} == {str(deadly): files.CRASHED}

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from media_samples import picture, video
 
-from clipdb import decode
+from clipdb import decode, pixels
 from clipdb.db.queries import search_vector
 from clipdb.ingest import video as sampling
 
-PIPELINE = decode.PixelPipeline(input_size=32, pil_steps=(("resize", (32,), 2, None),))
+PIPELINE = pixels.PixelPipeline(input_size=32, pil_steps=(("resize", (32,), 2, None),))
 
 
 def _times(path: Path) -> list[float]:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipdb.decode import PixelPipeline
 from clipdb.encoders.device import cpu_has_fast_bf16
 from clipdb.encoders.hf_tokenizer import (
     TOKENIZER_CONFIG,
@@ -41,6 +40,7 @@ from clipdb.encoders.tokenizer import ClipTokenizer
 from clipdb.encoders.torch import load_torch, used_positions
 from clipdb.errors import ClipdbError
 from clipdb.models import ModelSpec
+from clipdb.pixels import PixelPipeline
 
 if TYPE_CHECKING:
     import torch

@@ -29,7 +29,7 @@ from clipdb.models import ModelSpec
 if TYPE_CHECKING:
     import torch
 
-    from clipdb.decode import PixelPipeline
+    from clipdb.pixels import PixelPipeline
 
 
 class ConvertingEncoder:

@@ -18,7 +18,7 @@ from clipdb.models import ModelSpec
 if TYPE_CHECKING:  # torch is imported only where it runs: the OpenVINO path never needs it
     import torch
 
-    from clipdb.decode import PixelPipeline
+    from clipdb.pixels import PixelPipeline
 
 
 @runtime_checkable

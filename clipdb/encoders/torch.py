@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from clipdb.decode import PixelPipeline
 from clipdb.encoders.device import pick_device, pick_precision
 from clipdb.encoders.hf_tokenizer import LazyHubTokenizer, hub_tokenizer_settings
 from clipdb.encoders.hub import offline_hub_if_unreachable
 from clipdb.encoders.spec import RANDOM_WEIGHTS_HINT, register_model_configs
 from clipdb.errors import ClipdbError, Option, WeightsUnavailable
 from clipdb.models import RANDOM_WEIGHTS, ModelSpec
+from clipdb.pixels import PixelPipeline
 
 if TYPE_CHECKING:
     import torch
@@ -141,7 +141,7 @@ class ClipEncoder:
 
     @property
     def pixel_pipeline(self) -> PixelPipeline:
-        """The model's preprocessing as :class:`clipdb.decode.PixelPipeline` (cached)."""
+        """The model's preprocessing as :class:`clipdb.pixels.PixelPipeline` (cached)."""
         if self._pixels is None:
             self._pixels = PixelPipeline.from_preprocess(self.preprocess, max(self.image_size))
         return self._pixels

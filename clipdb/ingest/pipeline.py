@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from clipdb import decode, device_decode, files
+from clipdb import decode, device_decode, files, pixels
 from clipdb.db.store import ImageRecord
 from clipdb.ingest import video
 from clipdb.ingest.decode_pool import MIN_FILES_FOR_POOL, DecodePool
@@ -24,7 +24,7 @@ HELD_PIXEL_BYTES = 256 * 1024 * 1024
 def decoded_images(
     paths: list[str],
     stats: dict[str, files.FileStat],
-    pipeline: decode.PixelPipeline,
+    pipeline: pixels.PixelPipeline,
     *,
     workers: int,
     read_ahead: int | Callable[[], int],

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipdb import decode, files
+from clipdb import decode, files, pixels
 from clipdb.exif import PhotoMetadata
 from clipdb.phash import phash
 
@@ -168,7 +168,7 @@ def _when(text: str | None) -> datetime | None:
 def video_task(
     path: str,
     *,
-    pipeline: decode.PixelPipeline,
+    pipeline: pixels.PixelPipeline,
     max_pixels: int | None,
     found: files.FileStat | None = None,
 ) -> Item:
@@ -195,7 +195,7 @@ def _frames(
     path: str,
     container: Any,
     digest: bytes,
-    pipeline: decode.PixelPipeline,
+    pipeline: pixels.PixelPipeline,
     max_pixels: int | None,
 ) -> Item:
     if not container.streams.video:
