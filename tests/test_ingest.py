@@ -428,11 +428,20 @@ def test_cli_end_to_end_subprocess(database, image_factory, tmp_path):
     assert f"skipping {tmp_path / 'bad.jpg'}: not an image" in result.stderr
 
 
+# `python -m clipdb.ingest` with Ctrl-C handled as at a terminal: a test run started in the
+# background of a shell without job control (`tests &`, nohup) ignores SIGINT, and Python
+# keeps an inherited SIG_IGN, so SIGINT would never reach the watch loop.
+WITH_CTRL_C = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('clipdb.ingest', run_name='__main__', alter_sys=True)"
+)
+
+
 @pytest.mark.slow
 def test_watch_indexes_new_files_and_stops_cleanly_on_ctrl_c(database, image_factory, tmp_path):
     image_factory(tmp_path, 1)
     process = subprocess.Popen(
-        [sys.executable, "-m", "clipdb.ingest", str(tmp_path), "--watch", "--prune",
+        [sys.executable, "-c", WITH_CTRL_C, str(tmp_path), "--watch", "--prune",
          "--interval", "0.3", "--model", TINY_MODEL, "--pretrained", "none", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
     )  # fmt: skip
