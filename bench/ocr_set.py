@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -265,34 +266,47 @@ def chinese_lines(rng: random.Random) -> list[str]:
     return lines
 
 
-def make_chinese(folder: Path, count: int, seed: int = 7) -> dict[Path, list[str]]:
-    """``count`` images of Chinese text on sign, document or plain backgrounds."""
-    rng = random.Random(seed * 7919 + 2)  # its own stream: the other kinds stay as they were
+def _rendered_set(
+    folder: Path,
+    count: int,
+    rng: random.Random,
+    name: str,
+    one: Callable[[random.Random, int], tuple[str, list[str], str | None]],
+) -> dict[Path, list[str]]:
+    """``count`` images ``<name>_NNNN.png`` in ``folder``, the n-th rendered from what
+    ``one(rng, n)`` gives (kind, lines, font); the ground truth of each."""
     folder.mkdir(parents=True, exist_ok=True)
     truth: dict[Path, list[str]] = {}
     for n in range(count):
-        kind = ("sign", "document", "plain")[n % 3]
-        path = folder / f"chinese_{n:04d}.png"
-        image, words = render(rng, kind, chinese_lines(rng), font_path=CJK_FONT)
+        kind, lines, font_path = one(rng, n)
+        path = folder / f"{name}_{n:04d}.png"
+        image, words = render(rng, kind, lines, font_path=font_path)
         image.save(path)
         truth[path] = words
     return truth
+
+
+def make_chinese(folder: Path, count: int, seed: int = 7) -> dict[Path, list[str]]:
+    """``count`` images of Chinese text on sign, document or plain backgrounds."""
+    rng = random.Random(seed * 7919 + 2)  # its own stream: the other kinds stay as they were
+
+    def one(rng: random.Random, n: int) -> tuple[str, list[str], str | None]:
+        return ("sign", "document", "plain")[n % 3], chinese_lines(rng), CJK_FONT
+
+    return _rendered_set(folder, count, rng, "chinese", one)
 
 
 def make_photo_captions(folder: Path, count: int, seed: int = 7) -> dict[Path, list[str]]:
     """``count`` real photographs with made-up words written on them (captions, signs)."""
     rng = random.Random(seed * 7919 + 3)  # its own stream: the other kinds stay as they were
-    folder.mkdir(parents=True, exist_ok=True)
-    truth: dict[Path, list[str]] = {}
-    for n in range(count):
+
+    def one(rng: random.Random, n: int) -> tuple[str, list[str], str | None]:
         lines = [
             " ".join(word(rng) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 2))
         ]
-        path = folder / f"photo_{n:04d}.png"
-        image, words = render(rng, "photo", lines)
-        image.save(path)
-        truth[path] = words
-    return truth
+        return "photo", lines, None
+
+    return _rendered_set(folder, count, rng, "photo", one)
 
 
 def make_labelled(
