@@ -218,8 +218,14 @@ def cache_target(spec: ModelSpec, precision: str) -> tuple[Path, str]:
     chosen = precision
     if precision in ("auto", "fp16"):
         chosen = "bf16" if cpu_has_fast_bf16() else "fp32"
-    weights = "int8" if chosen == "int8" else "fp32"
+    weights = weight_format(chosen)
     return openvino_cache_root() / cache_key(spec, weights, openvino.get_version()), chosen
+
+
+def weight_format(precision: str) -> str:
+    """How a cache folder stores the weights for a chosen ``precision``: int8 compressed,
+    else fp32 (bf16 and fp32 both run from fp32 weights)."""
+    return "int8" if precision == "int8" else "fp32"
 
 
 @contextlib.contextmanager
